@@ -1,0 +1,296 @@
+"""MiniGrid Dynamic Obstacles in JAX, step for step as `minigrid/envs/dynamicobstacles.py` (3.2).
+
+State is compact (agent position and direction, the ordered obstacle list, the step count): there
+is no grid array. Every cell query is arithmetic (`cell_type`), so the step and the egocentric
+view are gather- and switch-free, which vmaps and compiles well.
+
+Each phase is a module-level pure function a test can call on its own:
+- `reset_state`: MiniGrid's `_gen_grid` distribution (agent start, obstacles by rejection sampling),
+  reproduced exactly with one uniform draw and `top_k`;
+- `move_obstacles`: each ball, in list order, moves to a uniform free king-move neighbour
+  (seeing earlier balls' new cells), or stays with MiniGrid's probability of 101 failed tries;
+- `transition`: the agent part of the step given the obstacles' new cells (the lock-step parity
+  tests force Python's moves through it);
+- `observe`: the (7,7,3) `image`, its one-hot (7,7,20) form, or the full (S,S,3) view.
+
+Step order (MiniGrid `DynamicObstaclesEnv.step`): map action >= 3 to 0; read the front cell
+BEFORE obstacles move (wall or ball = "not clear"); move obstacles; then the base step (turn, or
+move forward if the front cell is now empty/goal; goal gives 1 - 0.9 t/T); finally a forward
+action into a not-clear cell gives -1 and terminates, even if the ball has moved away.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import environment, spaces
+
+from envs import minigrid as mg
+from envs.minigrid import BALL, EMPTY, GOAL, WALL
+
+OBS_MODES = ("image", "one_hot", "full")
+
+
+@struct.dataclass
+class EnvState:
+    """The whole state of one episode (MiniGrid's agent_pos, agent_dir, obstacles, step_count)."""
+
+    agent_pos: jax.Array  # (2,) int32, MiniGrid (x, y); x right, y down
+    agent_dir: jax.Array  # () int32, 0=E 1=S 2=W 3=N
+    obstacles: jax.Array  # (N, 2) int32 (x, y), in MiniGrid's `self.obstacles` list order
+    time: jax.Array  # () int32, MiniGrid's step_count
+
+
+@struct.dataclass
+class EnvParams:
+    max_steps_in_episode: int = 256  # MiniGrid's max_steps (4 * size**2 by default)
+
+
+# ---------------------------------------------------------------------------------------------
+# PHASES (pure functions)
+# ---------------------------------------------------------------------------------------------
+
+
+def cell_type(xy: jax.Array, obstacles: jax.Array, size: int) -> jax.Array:
+    """Type (EMPTY, WALL, BALL, GOAL) of world cells ``xy`` (..., 2); off-grid cells are walls."""
+    x, y = xy[..., 0], xy[..., 1]
+    wall = (x <= 0) | (y <= 0) | (x >= size - 1) | (y >= size - 1)
+    goal = (x == size - 2) & (y == size - 2)
+    ball = jnp.any(jnp.all(xy[..., None, :] == obstacles, axis=-1), axis=-1)
+    return jnp.where(wall, WALL, jnp.where(goal, GOAL, jnp.where(ball, BALL, EMPTY))).astype(jnp.int32)
+
+
+def _interior_cells(size: int) -> np.ndarray:
+    """Interior cells (x, y) in row-major order, shape ((size-2)**2, 2)."""
+    ys, xs = np.meshgrid(np.arange(1, size - 1), np.arange(1, size - 1), indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], -1).astype(np.int32)
+
+
+def reset_state(key: jax.Array, size: int, n_obstacles: int, random_start: bool) -> EnvState:
+    """A fresh episode with MiniGrid's reset distribution.
+
+    MiniGrid places the agent (fixed (1,1) facing east, or uniform over interior non-goal cells
+    with a uniform direction) and then each ball by rejection sampling over cells that are empty
+    and not the agent's. The ordered ball tuple is thus uniform over ordered tuples of distinct
+    free cells, which is exactly the order of the top-N of i.i.d. uniform scores.
+    """
+    cells = jnp.asarray(_interior_cells(size))
+    n = cells.shape[0]
+    u = jax.random.uniform(key, (2 * n + 1,))
+    goal = jnp.all(cells == size - 2, axis=-1)
+    if random_start:
+        agent_idx = jnp.argmax(jnp.where(goal, -1.0, u[:n]))
+        agent_pos = cells[agent_idx]
+        agent_dir = jnp.minimum((u[2 * n] * 4).astype(jnp.int32), 3)
+    else:
+        agent_pos = jnp.array([1, 1], jnp.int32)
+        agent_dir = jnp.int32(0)
+    taken = goal | jnp.all(cells == agent_pos, axis=-1)
+    _, idx = jax.lax.top_k(jnp.where(taken, -1.0, u[n : 2 * n]), n_obstacles)
+    return EnvState(agent_pos=agent_pos, agent_dir=agent_dir, obstacles=cells[idx], time=jnp.int32(0))
+
+
+def move_obstacles(key: jax.Array, obstacles: jax.Array, agent_pos: jax.Array, size: int) -> jax.Array:
+    """Move each ball in list order to a uniform free king-move neighbour, as MiniGrid does.
+
+    A neighbour is free if it holds no wall, goal or ball (earlier balls at their new cells, later
+    ones at their old cells) and is not the agent's (pre-step) cell. MiniGrid tries 101 random
+    cells of the 3x3 box (its own cell included, which is occupied) and leaves the ball in place if
+    all fail: with k free neighbours that happens with probability ((9 - k) / 9) ** 101.
+
+    Args:
+      key: PRNG key (one uniform draw of shape (N, 9)).
+      obstacles: (N, 2) int32 in list order.
+      agent_pos: (2,) int32.
+    Returns:
+      (N, 2) int32 new positions.
+    """
+    n = obstacles.shape[0]
+    u = jax.random.uniform(key, (n, 9))
+    neigh = jnp.asarray(mg.NEIGH8)
+    for i in range(n):  # sequential by construction: ball i sees balls < i at their new cells
+        cand = obstacles[i] + neigh  # (8, 2)
+        free = (cell_type(cand, obstacles, size) == EMPTY) & ~jnp.all(cand == agent_pos, axis=-1)
+        k = free.sum()
+        p_stay = ((9.0 - k) / 9.0) ** 101
+        stay = (k == 0) | (u[i, 8] < p_stay)
+        j = jnp.argmax(jnp.where(free, u[i, :8], -1.0))
+        obstacles = obstacles.at[i].set(jnp.where(stay, obstacles[i], cand[j]))
+    return obstacles
+
+
+def transition(state: EnvState, action: jax.Array, new_obstacles: jax.Array, max_steps, size: int):
+    """The step given the obstacles' new cells: (state', reward, terminated, truncated).
+
+    Mirrors MiniGrid's order exactly: the front cell is checked against the OLD obstacles for the
+    collision penalty and against the NEW ones for whether the agent can move.
+    """
+    action = jnp.where(action >= 3, 0, action).astype(jnp.int32)
+    fwd = state.agent_pos + jnp.asarray(mg.DIR_TO_VEC)[state.agent_dir]
+    before = cell_type(fwd, state.obstacles, size)
+    not_clear = (before == WALL) | (before == BALL)
+    after = cell_type(fwd, new_obstacles, size)
+    time = state.time + 1
+    forward = action == 2
+    agent_dir = jnp.where(action == 0, (state.agent_dir - 1) % 4, jnp.where(action == 1, (state.agent_dir + 1) % 4, state.agent_dir))
+    can_move = forward & ((after == EMPTY) | (after == GOAL))
+    agent_pos = jnp.where(can_move, fwd, state.agent_pos)
+    goal = forward & (after == GOAL)
+    reward = jnp.where(goal, 1.0 - 0.9 * (time / max_steps), 0.0)
+    hit = forward & not_clear
+    reward = jnp.where(hit, -1.0, reward).astype(jnp.float32)
+    terminated = goal | hit
+    truncated = time >= max_steps
+    new_state = EnvState(agent_pos=agent_pos, agent_dir=agent_dir.astype(jnp.int32), obstacles=new_obstacles, time=time)
+    return new_state, reward, terminated, truncated
+
+
+def observe(state: EnvState, size: int, obs_mode: str = "image") -> jax.Array:
+    """The agent's observation of ``state``.
+
+    - "image": (7, 7, 3) uint8, MiniGrid's ``obs["image"]``, indexed [view_x, view_y]; the agent
+      is at [3, 6] facing towards j = 0; cells off the grid read as walls; nothing is occluded.
+    - "one_hot": (7, 7, 20) uint8, as ``OneHotPartialObsWrapper``.
+    - "full": (size, size, 3) uint8, as ``FullyObsWrapper`` ([x, y], agent as (10, 0, dir)).
+    """
+    if obs_mode == "full":
+        xs, ys = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+        grid = jnp.asarray(np.stack([xs, ys], -1).astype(np.int32))
+        img = mg.encode_image(cell_type(grid, state.obstacles, size))
+        agent = jnp.stack([jnp.uint8(mg.AGENT_CODE[0]), jnp.uint8(mg.AGENT_CODE[1]), state.agent_dir.astype(jnp.uint8)])
+        return img.at[state.agent_pos[0], state.agent_pos[1]].set(agent)
+    world = state.agent_pos + jnp.asarray(mg.VIEW_OFFSETS)[state.agent_dir]  # (7, 7, 2)
+    types = cell_type(world, state.obstacles, size)
+    types = types.at[mg.VIEW_SIZE // 2, mg.VIEW_SIZE - 1].set(EMPTY)  # the agent's own cell
+    if obs_mode == "one_hot":
+        return mg.encode_one_hot(types)
+    return mg.encode_image(types)
+
+
+# ---------------------------------------------------------------------------------------------
+# THE ENVIRONMENT (gymnax 1.x API)
+# ---------------------------------------------------------------------------------------------
+
+
+class DynamicObstacles(environment.Environment):
+    """`MiniGrid-Dynamic-Obstacles-*`: reach the goal at (S-2, S-2) avoiding moving balls.
+
+    Static attributes (they fix shapes or control flow, so changing one recompiles): ``size``,
+    ``n_obstacles``, ``random_start`` and ``obs_mode``. ``EnvParams.max_steps_in_episode`` is
+    traced. Actions: 0 = left, 1 = right, 2 = forward; any action >= 3 acts as 0, as in MiniGrid.
+    """
+
+    def __init__(self, size: int = 8, n_obstacles: int = 4, random_start: bool = False, obs_mode: str = "image"):
+        super().__init__()
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}; got {obs_mode!r}")
+        if size < 5:
+            raise ValueError(f"size must be at least 5, got {size}")
+        # MiniGrid's clamp: keep n if n <= size/2 + 1, else use size/2.
+        n = int(n_obstacles) if n_obstacles <= size / 2 + 1 else int(size / 2)
+        if n < 1:
+            raise ValueError(f"n_obstacles must be at least 1, got {n_obstacles}")
+        self.size = int(size)
+        self.n_obstacles = n
+        self.random_start = bool(random_start)
+        self.obs_mode = obs_mode
+
+    # gymnax hashes the env as a static argument of its jitted methods.
+    def __hash__(self):
+        return hash((type(self), self.size, self.n_obstacles, self.random_start, self.obs_mode))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and (self.size, self.n_obstacles, self.random_start, self.obs_mode) == (
+            other.size, other.n_obstacles, other.random_start, other.obs_mode)
+
+    @property
+    def name(self) -> str:
+        rnd = "Random-" if self.random_start else ""
+        return f"MiniGrid-Dynamic-Obstacles-{rnd}{self.size}x{self.size}-v0"
+
+    @property
+    def default_params(self) -> EnvParams:
+        return EnvParams(max_steps_in_episode=4 * self.size**2)
+
+    @property
+    def num_actions(self) -> int:
+        return 3
+
+    def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
+        return spaces.Discrete(3)
+
+    def observation_shape(self) -> tuple[int, ...]:
+        if self.obs_mode == "full":
+            return (self.size, self.size, 3)
+        return (mg.VIEW_SIZE, mg.VIEW_SIZE, mg.N_ONE_HOT if self.obs_mode == "one_hot" else 3)
+
+    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
+        high = 1 if self.obs_mode == "one_hot" else 10
+        return spaces.Box(0, high, self.observation_shape(), jnp.uint8)
+
+    def state_space(self, params: EnvParams | None = None) -> spaces.Dict:
+        return spaces.Dict(
+            {
+                "agent_pos": spaces.Box(0, self.size - 1, (2,), jnp.int32),
+                "agent_dir": spaces.Discrete(4),
+                "obstacles": spaces.Box(0, self.size - 1, (self.n_obstacles, 2), jnp.int32),
+                "time": spaces.Discrete((params or self.default_params).max_steps_in_episode + 1),
+            }
+        )
+
+    def observe(self, state: EnvState, params: EnvParams | None = None) -> jax.Array:
+        """The observation of ``state`` in this env's ``obs_mode`` (a pure function of the state)."""
+        return observe(state, self.size, self.obs_mode)
+
+    def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+        state = reset_state(key, self.size, self.n_obstacles, self.random_start)
+        return self.observe(state), state
+
+    def step_env(self, key, state, action, params):
+        new_obst = move_obstacles(key, state.obstacles, state.agent_pos, self.size)
+        state, reward, terminated, _ = transition(state, jnp.asarray(action), new_obst, params.max_steps_in_episode, self.size)
+        return self.observe(state), state, reward, terminated, {}
+
+    def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
+        return state.time >= params.max_steps_in_episode
+
+    def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
+        """One step with auto-reset: (obs, state, reward, terminated, truncated, info).
+
+        ``info["final_observation"]`` is the observation before any reset. The observation is
+        computed once from the selected state (it is a pure function of it).
+        """
+        params = self.default_params if params is None else params
+        return _step(self, key, state, action, params)
+
+    def reset(self, key: jax.Array, params: EnvParams | None = None):
+        params = self.default_params if params is None else params
+        return _reset(self, key, params)
+
+    def step_v0(self, key, state, action, params=None):
+        """gymnax 0.x adapter: (obs, state, reward, done, info) with done = terminated | truncated."""
+        obs, state, reward, term, trunc, info = self.step(key, state, action, params)
+        return obs, state, reward, term | trunc, info
+
+
+def _step_impl(env: DynamicObstacles, key, state, action, params):
+    key_move, key_reset = jax.random.split(key)
+    new_obst = move_obstacles(key_move, state.obstacles, state.agent_pos, env.size)
+    state_st, reward, terminated, truncated = transition(state, jnp.asarray(action), new_obst, params.max_steps_in_episode, env.size)
+    done = terminated | truncated
+    state_re = reset_state(key_reset, env.size, env.n_obstacles, env.random_start)
+    state_out = jax.tree.map(lambda r, s: jax.lax.select(done, r, s), state_re, state_st)
+    info = {"terminated": terminated, "truncated": truncated, "final_observation": env.observe(state_st), "final_state": state_st}
+    return env.observe(state_out), state_out, reward, terminated, truncated, info
+
+
+def _reset_impl(env: DynamicObstacles, key, params):
+    return env.reset_env(key, params)
+
+
+_step = jax.jit(_step_impl, static_argnums=0)
+_reset = jax.jit(_reset_impl, static_argnums=0)
