@@ -1,3 +1,13 @@
 """dtjax: Decision Transformers on MiniGrid Dynamic Obstacles in JAX/Flax, built for interpretability."""
 
 __version__ = "0.1.0"
+
+
+def load(path):
+    """A ready model ``(cfg, params)`` from a dtjax checkpoint or an original PyTorch `.pt` file.
+
+    See `dtjax.loader.load`; imported lazily so `import dtjax` stays light.
+    """
+    from dtjax.loader import load as _load
+
+    return _load(path)

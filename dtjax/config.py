@@ -87,6 +87,51 @@ def _check(cond: bool, msg: str) -> None:
 # MODEL (dtjax.model)
 # ---------------------------------------------------------------------------------------------
 
+OBS_CHANNELS = {"image": 3, "one_hot": 20}  # raw MiniGrid codes, or OneHotPartialObsWrapper bits
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    """A Decision Transformer over (R, s, a) tokens; defaults are the original's 1-layer model."""
+
+    n_layers: int = 1  # transformer blocks; the original studied a 1-layer model
+    d_model: int = 128  # residual stream width (original: 128)
+    n_heads: int = 2  # attention heads per block (original: 2)
+    d_head: int = 64  # width of each head (original: d_model / n_heads = 64)
+    d_mlp: int = 256  # MLP hidden width (original: 256)
+    n_timesteps: int = 1  # context K in timesteps; 1 = Markov policy pi(a | R, s, t) as the original
+    max_timestep: int = 300  # largest timestep with its own embedding row (the data's max_steps)
+    layer_norm: bool = False  # TransformerLens-style LN before attention/MLP/unembed (original: off)
+    attn_only: bool = False  # drop the MLPs
+    obs_mode: str = "image"  # "image": raw (7,7,3) codes as floats (original); "one_hot": (7,7,20)
+    time_embedding: str = "learned"  # "learned" table of max_timestep+1 rows, or "linear" in t
+    n_actions: int = 3  # left, right, forward; index n_actions is the padding action
+    n_ctx: int = 0  # positional rows; 0 = 3 * n_timesteps (R, s, a per timestep)
+    init_std: float = 0.02  # std of the normal init of weights (GPT-2 style); biases start at 0
+
+    def validate(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "n_timesteps", "max_timestep", "n_actions"):
+            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.attn_only or self.d_mlp >= 1, f"model.d_mlp must be >= 1 unless attn_only, got {self.d_mlp}")
+        _check(self.obs_mode in OBS_CHANNELS, f"model.obs_mode must be one of {', '.join(OBS_CHANNELS)}, got {self.obs_mode!r}")
+        _check(self.time_embedding in ("learned", "linear"), f"model.time_embedding must be 'learned' or 'linear', got {self.time_embedding!r}")
+        _check(self.n_ctx == 0 or self.n_ctx >= 3 * self.n_timesteps - 1,
+               f"model.n_ctx ({self.n_ctx}) is too small for {self.n_timesteps} timesteps (needs >= {3 * self.n_timesteps - 1})")
+        _check(self.init_std > 0, f"model.init_std must be > 0, got {self.init_std}")
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        return (7, 7, OBS_CHANNELS[self.obs_mode])
+
+    @property
+    def obs_dim(self) -> int:
+        return 49 * OBS_CHANNELS[self.obs_mode]
+
+    @property
+    def pos_rows(self) -> int:
+        """Rows of the positional embedding W_pos."""
+        return self.n_ctx or 3 * self.n_timesteps
+
 # ---------------------------------------------------------------------------------------------
 # DATA (dtjax.data)
 # ---------------------------------------------------------------------------------------------
