@@ -106,12 +106,20 @@ class ModelConfig(ConfigBase):
     obs_mode: str = "image"  # "image": raw (7,7,3) codes as floats (original); "one_hot": (7,7,20)
     time_embedding: str = "learned"  # "learned" table of max_timestep+1 rows, or "linear" in t
     n_actions: int = 3  # left, right, forward; index n_actions is the padding action
-    n_ctx: int = 0  # positional rows; 0 = 3 * n_timesteps (R, s, a per timestep)
-    init_std: float = 0.02  # std of the normal init of weights (GPT-2 style); biases start at 0
+    n_ctx: int = 0  # W_pos rows (see pos_rows); 0 = 3 * n_timesteps. The originals: 3 (R,s,a) or 2 (R,s)
+    init: str = "normal"  # "normal": N(0, init_std) GPT-2 style; "transformer_lens": the original's init
+    init_std: float = 0.02  # std of the "normal" init of weights (GPT-2 style); biases start at 0
+    # d_head is explicit (as in TransformerLens), so n_heads * d_head need not equal d_model.
 
     def validate(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_timesteps", "max_timestep", "n_actions", "n_ctx"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool), f"model.{name} must be an integer, got {v!r}")
+        for name in ("layer_norm", "attn_only"):
+            _check(isinstance(getattr(self, name), bool), f"model.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("n_layers", "d_model", "n_heads", "d_head", "n_timesteps", "max_timestep", "n_actions"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.init in ("normal", "transformer_lens"), f"model.init must be 'normal' or 'transformer_lens', got {self.init!r}")
         _check(self.attn_only or self.d_mlp >= 1, f"model.d_mlp must be >= 1 unless attn_only, got {self.d_mlp}")
         _check(self.obs_mode in OBS_CHANNELS, f"model.obs_mode must be one of {', '.join(OBS_CHANNELS)}, got {self.obs_mode!r}")
         _check(self.time_embedding in ("learned", "linear"), f"model.time_embedding must be 'learned' or 'linear', got {self.time_embedding!r}")
@@ -129,7 +137,7 @@ class ModelConfig(ConfigBase):
 
     @property
     def pos_rows(self) -> int:
-        """Rows of the positional embedding W_pos."""
+        """Rows of the positional embedding W_pos: the most tokens one forward pass takes."""
         return self.n_ctx or 3 * self.n_timesteps
 
 # ---------------------------------------------------------------------------------------------

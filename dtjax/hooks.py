@@ -1,16 +1,29 @@
 """TransformerLens hook names, the activation cache, and interventions as data.
 
-Every activation of ``dtjax.model`` passes through ``HookPoint.__call__(name, x)``: if the call
-asked for a cache, ``x`` is recorded under its TransformerLens name; if an intervention is
-registered for that name, ``x`` is replaced first. Interventions are a plain pytree
-``{name: Intervention}`` passed into the jitted forward, so:
+Every activation of ``dtjax.model`` passes through ``HookPoint.__call__(name, x)`` -- the
+"record, then maybe overwrite" step that TransformerLens's ``HookPoint`` and Flax's ``sow``
+perform. If an intervention is registered for ``name``, ``x`` is replaced first; if the call
+asked for a cache, the (possibly replaced) ``x`` is recorded under its TransformerLens name.
+Nothing is recorded or traced when neither is asked for, so training pays nothing for hooks.
 
-- ``Replace(mask, value)`` sets ``x = where(mask, value, x)`` (mask and value broadcast to ``x``);
-  its arrays are traced, so a new ablation value or mask never retraces;
-- ``Apply(fn)`` sets ``x = fn(x)``; ``fn`` is static (a new function retraces once).
+Interventions are a plain pytree ``{hook name: Intervention}`` passed into the jitted forward,
+so printing them shows exactly what was changed (penzai's "interventions as data"), and:
 
-Printing the interventions dict shows exactly what was changed (penzai's "interventions as
-data"), unlike TransformerLens's stateful hook context.
+- ``Replace(mask, value, head=None, pos=None)`` sets ``x = where(sel, value, x)`` where
+  ``sel = mask & (head axis in head) & (position axis in pos)``. ``mask`` and ``value`` broadcast
+  to ``x``; ``head`` / ``pos`` are integer indices resolved against the hook's layout (see
+  ``LAYOUT``). All four are traced, so a new value, mask, head or position never retraces
+  (only a new *shape* does).
+- ``Apply(fn, arg=None)`` sets ``x = fn(x)`` (or ``fn(x, arg)``): ``fn`` is static (a new
+  function compiles once), ``arg`` is a traced pytree (a new value does not retrace).
+
+Names accept TransformerLens shorthand through ``act_name`` (``("pattern", 0)`` ->
+``"blocks.0.attn.hook_pattern"``), like TL's ``get_act_name``. An intervention on a name that
+the forward pass never reaches is an error, so a typo cannot silently do nothing.
+
+Not like TransformerLens's stateful hook context (``HookedRootModule.hooks``): nothing here is
+registered on a model, and ``nn.intercept_methods`` is avoided because it is silently ignored
+once a function is compiled.
 """
 
 from __future__ import annotations
@@ -21,14 +34,40 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-# Hook names, with the TransformerLens shape convention (batch, pos, ...).
-EMBED_HOOKS = ("hook_state_embed", "hook_rtg_embed", "hook_action_embed", "hook_time_embed", "hook_embed", "hook_pos_embed")
-BLOCK_HOOKS = (
-    "hook_resid_pre", "ln1.hook_scale", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
-    "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
-    "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
+# Hook names. Shapes (TransformerLens vocabulary; K = timesteps, pos = tokens):
+EMBED_HOOKS = (
+    "hook_state_embed",  # (batch, K, d_model)
+    "hook_rtg_embed",  # (batch, K, d_model)
+    "hook_action_embed",  # (batch, K or K-1, d_model); absent when no action token is fed
+    "hook_time_embed",  # (batch, K, d_model)
+    "hook_embed",  # (batch, pos, d_model): interleaved tokens, time embedding added
+    "hook_pos_embed",  # (batch, pos, d_model)
 )
-FINAL_HOOKS = ("ln_final.hook_scale", "hook_logits")
+BLOCK_HOOKS = (
+    "hook_resid_pre",  # (batch, pos, d_model)
+    "ln1.hook_scale",  # (batch, pos, 1), only with layer_norm
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z",  # (batch, pos, head, d_head)
+    "attn.hook_attn_scores", "attn.hook_pattern",  # (batch, head, query_pos, key_pos)
+    "attn.hook_result",  # (batch, pos, head, d_model): each head's output before summing
+    "hook_attn_out",  # (batch, pos, d_model)
+    "hook_resid_mid",  # (batch, pos, d_model), absent when attn_only
+    "ln2.hook_scale",  # (batch, pos, 1), only with layer_norm and an MLP
+    "mlp.hook_pre", "mlp.hook_post",  # (batch, pos, d_mlp)
+    "hook_mlp_out",  # (batch, pos, d_model)
+    "hook_resid_post",  # (batch, pos, d_model)
+)
+FINAL_HOOKS = (
+    "ln_final.hook_scale",  # (batch, pos, 1), only with layer_norm
+    "hook_logits",  # (batch, K, n_actions), read at the state tokens
+)
+
+# Where the head and position axes are, by hook-name suffix (default: no head axis, pos axis 1).
+# For attention scores/patterns ``pos`` selects the query position. For the per-timestep hooks
+# (hook_*_embed but hook_embed/hook_pos_embed, and hook_logits) axis 1 counts timesteps.
+LAYOUT = {
+    "attn.hook_q": (2, 1), "attn.hook_k": (2, 1), "attn.hook_v": (2, 1), "attn.hook_z": (2, 1),
+    "attn.hook_result": (2, 1), "attn.hook_attn_scores": (1, 2), "attn.hook_pattern": (1, 2),
+}
 
 # TransformerLens get_act_name shorthands -> the full suffix inside a block.
 _SHORT = {
@@ -38,32 +77,51 @@ _SHORT = {
     "scores": "attn.hook_attn_scores", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
     "pre": "mlp.hook_pre", "post": "mlp.hook_post", "scale1": "ln1.hook_scale", "scale2": "ln2.hook_scale",
 }
+_GLOBAL_SHORT = {
+    "embed": "hook_embed", "pos_embed": "hook_pos_embed", "state_embed": "hook_state_embed",
+    "rtg_embed": "hook_rtg_embed", "action_embed": "hook_action_embed", "time_embed": "hook_time_embed",
+    "logits": "hook_logits", "scale": "ln_final.hook_scale",
+}
 
 
-def act_name(name: str, layer: int | None = None) -> str:
-    """Full hook name from a TransformerLens shorthand: ``act_name("pattern", 0)`` ->
-    ``"blocks.0.attn.hook_pattern"``; full names pass through unchanged."""
+def act_name(name: str | tuple, layer: int | None = None) -> str:
+    """Full hook name from a TransformerLens shorthand.
+
+    ``act_name("pattern", 0)`` and ``act_name(("pattern", 0))`` give ``"blocks.0.attn.hook_pattern"``;
+    ``act_name("embed")`` gives ``"hook_embed"``; full names pass through unchanged. Unknown
+    names raise ``KeyError``.
+    """
+    if isinstance(name, tuple):
+        if layer is not None or not 1 <= len(name) <= 2:
+            raise KeyError(f"hook name tuples are (name,) or (name, layer), got {name!r}")
+        name, layer = name if len(name) == 2 else (name[0], None)
+    if not isinstance(name, str):
+        raise KeyError(f"hook names are strings, got {name!r}")
     if layer is None:
-        if name in EMBED_HOOKS or name in FINAL_HOOKS or name.startswith("blocks."):
+        if name in EMBED_HOOKS or name in FINAL_HOOKS:
             return name
-        for short in ("embed", "pos_embed", "state_embed", "rtg_embed", "action_embed", "time_embed", "logits"):
-            if name == short:
-                return f"hook_{short}"
-        raise KeyError(f"unknown hook name {name!r}; give a layer for block hooks")
+        if name.startswith("blocks."):
+            parts = name.split(".", 2)
+            if len(parts) == 3 and parts[1].isdigit() and parts[2] in BLOCK_HOOKS:
+                return name
+            raise KeyError(f"unknown hook name {name!r}")
+        if name in _GLOBAL_SHORT:
+            return _GLOBAL_SHORT[name]
+        raise KeyError(f"unknown hook name {name!r} (block hooks need a layer, e.g. act_name({name!r}, 0))")
     suffix = _SHORT.get(name, name)
     if suffix not in BLOCK_HOOKS:
         raise KeyError(f"unknown block hook {name!r}")
-    return f"blocks.{layer}.{suffix}"
+    return f"blocks.{int(layer)}.{suffix}"
 
 
 def all_hook_names(n_layers: int, layer_norm: bool = False, attn_only: bool = False) -> list[str]:
-    """Every name a full cache of a model with this shape holds."""
+    """Every name a full cache of a model of this shape holds (with an action token fed)."""
     names = list(EMBED_HOOKS)
     for layer in range(n_layers):
         for h in BLOCK_HOOKS:
             if h.startswith("ln") and not layer_norm:
                 continue
-            if attn_only and (h.startswith("mlp.") or h in ("hook_mlp_out", "hook_resid_mid", "ln2.hook_scale")):
+            if attn_only and (h.startswith(("mlp.", "ln2.")) or h in ("hook_mlp_out", "hook_resid_mid")):
                 continue
             names.append(f"blocks.{layer}.{h}")
     if layer_norm:
@@ -72,54 +130,118 @@ def all_hook_names(n_layers: int, layer_norm: bool = False, attn_only: bool = Fa
     return names
 
 
+def _suffix(name: str) -> str:
+    return name.split(".", 2)[2] if name.startswith("blocks.") else name
+
+
 @struct.dataclass
 class Replace:
-    """``x <- where(mask, value, x)``; ``mask`` and ``value`` broadcast to the activation."""
+    """``x <- where(mask & head-selection & position-selection, value, x)``.
+
+    ``mask`` and ``value`` broadcast to the activation; ``head`` and ``pos`` are ``None`` (all)
+    or int indices (scalar or 1-D) on the hook's head / position axis (see ``LAYOUT``).
+    """
 
     mask: Any
     value: Any
+    head: Any = None
+    pos: Any = None
 
 
 @struct.dataclass
 class Apply:
-    """``x <- fn(x)``; ``fn`` is static (hashable), so each new function compiles once."""
+    """``x <- fn(x)``, or ``fn(x, arg)`` when ``arg`` is given.
+
+    ``fn`` is static (hashable), so each new function compiles once; ``arg`` is traced.
+    """
 
     fn: Callable = struct.field(pytree_node=False)
+    arg: Any = None
 
 
 Intervention = Replace | Apply
 
 
-def apply_intervention(iv: Intervention, x: jax.Array) -> jax.Array:
+def _index_mask(size: int, idx: Any, axis: int, ndim: int) -> jax.Array:
+    sel = (jnp.arange(size)[:, None] == jnp.atleast_1d(jnp.asarray(idx))[None, :]).any(-1)
+    shape = [1] * ndim
+    shape[axis] = size
+    return sel.reshape(shape)
+
+
+def selection(name: str, x: jax.Array, mask: Any = True, head: Any = None, pos: Any = None) -> jax.Array:
+    """The boolean selection of ``Replace`` on activation ``x`` of hook ``name`` (broadcastable)."""
+    sel = jnp.asarray(mask, bool)
+    head_axis, pos_axis = LAYOUT.get(_suffix(name), (None, 1))
+    if head is not None:
+        if head_axis is None:
+            raise ValueError(f"{name} has no head axis; use head=None")
+        sel = sel & _index_mask(x.shape[head_axis], head, head_axis, x.ndim)
+    if pos is not None:
+        sel = sel & _index_mask(x.shape[pos_axis], pos, pos_axis, x.ndim)
+    return sel
+
+
+def apply_intervention(name: str, iv: Intervention, x: jax.Array) -> jax.Array:
+    """``x`` after intervention ``iv`` on hook ``name``."""
     if isinstance(iv, Replace):
-        return jnp.where(iv.mask, jnp.asarray(iv.value, x.dtype), x)
+        sel = selection(name, x, iv.mask, iv.head, iv.pos)
+        return jnp.where(sel, jnp.asarray(iv.value, x.dtype), x)
     if isinstance(iv, Apply):
-        return iv.fn(x)
-    raise TypeError(f"not an intervention: {type(iv).__name__}")
+        return iv.fn(x) if iv.arg is None else iv.fn(x, iv.arg)
+    raise TypeError(f"intervention on {name} is a {type(iv).__name__}, not Replace or Apply")
+
+
+def normalize(interventions: dict | None) -> dict[str, Intervention]:
+    """Interventions keyed by full hook names (keys may be TL shorthand, see ``act_name``)."""
+    out: dict[str, Intervention] = {}
+    for key, iv in (interventions or {}).items():
+        full = act_name(key)
+        if full in out:
+            raise KeyError(f"two interventions on {full}")
+        if not isinstance(iv, (Replace, Apply)):
+            raise TypeError(f"intervention on {full} is a {type(iv).__name__}, not Replace or Apply")
+        out[full] = iv
+    return out
 
 
 class HookPoint:
-    """Records and/or overwrites activations by name during one forward pass (trace-time object)."""
+    """Records and/or overwrites activations by name during one forward pass (trace-time object).
 
-    def __init__(self, interventions: dict[str, Intervention] | None = None, cache: bool = False):
+    ``cache``: False (record nothing), True (record every hook) or a collection of full names.
+    """
+
+    def __init__(self, interventions: dict[str, Intervention] | None = None, cache: bool | Any = False):
         self.interventions = interventions or {}
-        self.cache: dict[str, jax.Array] | None = {} if cache else None
+        self.names = None if cache is True or cache is False else frozenset(cache)
+        self.cache: dict[str, jax.Array] | None = {} if cache is not False else None
+        self.seen: set[str] = set()
+
+    def _caches(self, name: str) -> bool:
+        return self.cache is not None and (self.names is None or name in self.names)
 
     def wants(self, name: str) -> bool:
         """Whether ``name`` must be materialised (cached or intervened on)."""
-        return self.cache is not None or name in self.interventions
+        return self._caches(name) or name in self.interventions
 
     def __call__(self, name: str, x: jax.Array) -> jax.Array:
+        self.seen.add(name)
         iv = self.interventions.get(name)
         if iv is not None:
-            x = apply_intervention(iv, x)
-        if self.cache is not None:
+            x = apply_intervention(name, iv, x)
+        if self._caches(name):
             self.cache[name] = x
         return x
 
+    def check(self) -> None:
+        """Raise if an intervention or a requested cache name was never reached."""
+        missing = sorted(set(self.interventions) - self.seen) + sorted((self.names or set()) - self.seen)
+        if missing:
+            raise KeyError(f"no activation named {missing[0]} in this forward pass (model or input lacks it)")
+
 
 # ---------------------------------------------------------------------------------------------
-# Ready-made interventions
+# Ready-made interventions. Names may be TL shorthand; head / pos select along the hook's axes.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -131,16 +253,28 @@ def head_mask(n_heads: int, heads, ndim: int = 4, head_axis: int = 2) -> jax.Arr
     return m.reshape(shape)
 
 
-def zero_ablation(name: str, mask: Any = True) -> dict[str, Replace]:
-    """Set the activation (or the masked part of it) to zero."""
-    return {name: Replace(mask=jnp.asarray(mask), value=jnp.float32(0.0))}
+def zero_ablation(name, mask: Any = True, *, head: Any = None, pos: Any = None) -> dict[str, Replace]:
+    """Set the activation (or its selected part) to zero.
+
+    ``zero_ablation("blocks.0.attn.hook_z", head=1)`` removes head 1 of layer 0.
+    """
+    return {act_name(name): Replace(mask=jnp.asarray(mask), value=jnp.float32(0.0), head=_idx(head), pos=_idx(pos))}
 
 
-def mean_ablation(name: str, mean: jax.Array, mask: Any = True) -> dict[str, Replace]:
-    """Replace the activation by ``mean`` (e.g. a dataset mean from a cache, broadcastable)."""
-    return {name: Replace(mask=jnp.asarray(mask), value=jnp.asarray(mean))}
+def mean_ablation(name, mean: jax.Array, mask: Any = True, *, head: Any = None, pos: Any = None) -> dict[str, Replace]:
+    """Replace the activation (or its selected part) by ``mean``, broadcastable to it.
+
+    Typically ``mean = cache[name].mean(0)``, a dataset mean over the batch of another run.
+    """
+    return {act_name(name): Replace(mask=jnp.asarray(mask), value=jnp.asarray(mean), head=_idx(head), pos=_idx(pos))}
 
 
-def patch_from_cache(cache: dict[str, jax.Array], name: str, mask: Any = True) -> dict[str, Replace]:
-    """Activation patching: take ``cache[name]`` (another run's) where ``mask`` is set."""
-    return {name: Replace(mask=jnp.asarray(mask), value=cache[name])}
+def patch_from_cache(cache: dict[str, jax.Array], name, mask: Any = True, *, head: Any = None,
+                     pos: Any = None) -> dict[str, Replace]:
+    """Activation patching: take ``cache[name]`` (another run's) where selected."""
+    full = act_name(name)
+    return {full: Replace(mask=jnp.asarray(mask), value=cache[full], head=_idx(head), pos=_idx(pos))}
+
+
+def _idx(i: Any) -> Any:
+    return None if i is None else jnp.asarray(i, jnp.int32)
