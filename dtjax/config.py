@@ -144,6 +144,76 @@ class ModelConfig(ConfigBase):
 # DATA (dtjax.data)
 # ---------------------------------------------------------------------------------------------
 
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig(ConfigBase):
+    """The behaviour policy: PPO with an MLP actor-critic (64-64 tanh), PureJaxRL style.
+
+    The original used 200k steps, 30 envs x 64 steps, lr 2.5e-4, clip 0.4, ent 0.25, 4 epochs,
+    30 minibatches on Python MiniGrid. On device we afford more envs and steps; these defaults
+    reach a mean return > 0.9 on 8x8 (max_steps 300) in about a minute on a 2-core CPU.
+    """
+
+    total_timesteps: int = 1_000_000  # env steps of PPO training; all are recorded
+    num_envs: int = 64  # parallel envs (vmapped)
+    num_steps: int = 128  # rollout length per update
+    lr: float = 1e-3  # Adam learning rate (linearly annealed to 0 when anneal_lr)
+    anneal_lr: bool = True  # linear decay of the learning rate over training
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_eps: float = 0.2  # PPO ratio clip
+    ent_coef: float = 0.1  # entropy bonus; high, as the original (0.25), else PPO settles on turning in place
+    vf_coef: float = 0.5  # value loss weight
+    max_grad_norm: float = 0.5  # global gradient clip
+    update_epochs: int = 4  # epochs per update
+    num_minibatches: int = 8  # minibatches per epoch
+    hidden: int = 64  # MLP width (original: 64)
+    n_snapshots: int = 4  # policy snapshots saved during training (for epsilon rollouts)
+
+    def validate(self) -> None:
+        for n in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "hidden"):
+            _check(getattr(self, n) >= 1, f"ppo.{n} must be >= 1, got {getattr(self, n)}")
+        _check((self.num_envs * self.num_steps) % self.num_minibatches == 0,
+               f"ppo.num_envs * ppo.num_steps ({self.num_envs * self.num_steps}) must be divisible by ppo.num_minibatches ({self.num_minibatches})")
+        _check(self.total_timesteps >= self.num_envs * self.num_steps,
+               f"ppo.total_timesteps ({self.total_timesteps}) must cover one update ({self.num_envs * self.num_steps} steps)")
+        _check(self.lr > 0 and 0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "ppo.lr must be > 0 and gamma, gae_lambda in (0, 1]")
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // (self.num_envs * self.num_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(ConfigBase):
+    """What the DT learns from: the PPO run's rollouts plus extra rollouts that shape returns.
+
+    The default mix: every PPO rollout (all qualities, as the original), plus episodes of the
+    final policy with a little randomness (eps 0.1: mostly fast successes, some crashes from
+    good states), plus uniform-random episodes (quick crashes into walls and balls: the
+    negative-return behaviour the DT needs at RTG -1). See docs/data.md for the measured returns.
+    """
+
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    random_steps: int = 200_000  # env steps of a uniform random policy added to the data
+    eps_steps: int = 400_000  # env steps of the final PPO policy with epsilon-random actions
+    eps: float = 0.1  # epsilon of those rollouts
+    snapshot_steps: int = 0  # env steps of each earlier PPO snapshot (epsilon policy) added
+    rollout_envs: int = 256  # parallel envs for the extra rollouts
+    pct_traj: float = 1.0  # train on the top fraction of timesteps by episode return
+    prob_go_from_end: float = 0.1  # probability a window ends at its episode's last step (original: 0.1)
+
+    def validate(self) -> None:
+        for n in ("random_steps", "eps_steps", "snapshot_steps"):
+            _check(getattr(self, n) >= 0, f"data.{n} must be >= 0, got {getattr(self, n)}")
+        _check(0 <= self.eps <= 1, f"data.eps must be in [0, 1], got {self.eps}")
+        _check(0 < self.pct_traj <= 1, f"data.pct_traj must be in (0, 1], got {self.pct_traj}")
+        _check(0 <= self.prob_go_from_end <= 1, f"data.prob_go_from_end must be in [0, 1], got {self.prob_go_from_end}")
+        _check(self.rollout_envs >= 1, f"data.rollout_envs must be >= 1, got {self.rollout_envs}")
+
+
+_SUBCONFIGS[("DataConfig", "ppo")] = PPOConfig
+
 # ---------------------------------------------------------------------------------------------
 # TRAINING (dtjax.train)
 # ---------------------------------------------------------------------------------------------
