@@ -43,6 +43,15 @@ class _StorageType:
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    if not isinstance(storage, np.ndarray):
+        raise LoadError(f"tensor without a storage ({type(storage).__name__})")
+    size, stride, offset = tuple(int(n) for n in size), tuple(int(n) for n in stride), int(offset)
+    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+        raise LoadError(f"malformed tensor (size {size}, stride {stride}, offset {offset})")
+    # as_strided trusts its arguments: check the view stays inside the storage.
+    extent = offset + (sum((n - 1) * s for n, s in zip(size, stride)) + 1 if all(size) else 0)
+    if extent > storage.size:
+        raise LoadError(f"tensor of size {size} reaches past its storage ({extent} > {storage.size} elements)")
     itemsize = storage.dtype.itemsize
     if not size:
         return np.array(storage[offset], dtype=storage.dtype)
@@ -64,9 +73,9 @@ class _SafeUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     }
 
-    def __init__(self, f, zf: zipfile.ZipFile, prefix: str):
+    def __init__(self, f, zf: zipfile.ZipFile, prefix: str, byteorder: str = "<"):
         super().__init__(f)
-        self.zf, self.prefix = zf, prefix
+        self.zf, self.prefix, self.byteorder = zf, prefix, byteorder
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -84,7 +93,7 @@ class _SafeUnpickler(pickle.Unpickler):
             raw = self.zf.read(f"{self.prefix}/data/{key}")
         except KeyError as e:
             raise LoadError(f"storage {key} missing from the archive") from e
-        arr = np.frombuffer(raw, dtype=stype.dtype.newbyteorder("<"))
+        arr = np.frombuffer(raw, dtype=stype.dtype.newbyteorder(self.byteorder))
         if arr.size < numel:
             raise LoadError(f"storage {key} is truncated ({arr.size} of {numel} elements)")
         return arr.astype(stype.dtype)
@@ -97,17 +106,21 @@ def read_pt(path: str | Path) -> dict:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise LoadError(f"{path} is not a PyTorch checkpoint (not a zip archive, or truncated)") from e
+    except OSError as e:
+        raise LoadError(f"cannot read {path}: {e.strerror or e}") from e
     with zf:
         pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if not pkls:
             raise LoadError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl)")
         prefix = pkls[0].rsplit("/", 1)[0] if "/" in pkls[0] else ""
         try:
+            order = zf.read(f"{prefix}/byteorder").strip() if f"{prefix}/byteorder" in zf.namelist() else b"little"
             with zf.open(pkls[0]) as f:
-                obj = _SafeUnpickler(f, zf, prefix).load()
+                obj = _SafeUnpickler(f, zf, prefix, ">" if order == b"big" else "<").load()
         except LoadError:
             raise
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, OSError) as e:
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, OSError, IndexError,
+                KeyError, AttributeError, RecursionError, MemoryError) as e:
             raise LoadError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e)[:100]})") from e
     if not isinstance(obj, dict):
         raise LoadError(f"{path}: expected a state dict, found {type(obj).__name__}")
@@ -146,6 +159,7 @@ def _original_to_dtjax(sd: dict, path: Path) -> tuple[ModelConfig, dict]:
             max_timestep=(time_w.shape[0] - 1) if not linear_time else 1000, layer_norm=layer_norm, attn_only=attn_only,
             obs_mode=obs_mode, time_embedding="linear" if linear_time else "learned",
             n_actions=sd["predict_actions.weight"].shape[0], n_ctx=sd["transformer.pos_embed.W_pos"].shape[0],
+            init="transformer_lens",  # how the original initialised them, if the config is reused
         )
     except ConfigError as e:
         raise LoadError(f"{path}: {e}") from e
@@ -172,7 +186,26 @@ def _original_to_dtjax(sd: dict, path: Path) -> tuple[ModelConfig, dict]:
         params[f"blocks_{layer}"] = block
     if layer_norm and "transformer.ln_final.w" in sd:
         params["ln_final"] = {"w": f32(sd["transformer.ln_final.w"]), "b": f32(sd["transformer.ln_final.b"])}
+    _check_shapes(cfg, params, path)
     return cfg, params
+
+
+def _check_shapes(cfg: ModelConfig, params: dict, path) -> None:
+    """Every array has the shape `dtjax.model.init_params` gives this config (docs/architecture.md)."""
+    import jax
+
+    from dtjax.model import init_params
+
+    want = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
+    got = jax.tree_util.tree_flatten_with_path(params)[0]
+    want_flat = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+    got_flat = {jax.tree_util.keystr(k): np.shape(v) for k, v in got}
+    if want_flat.keys() != got_flat.keys():
+        diff = sorted(want_flat.keys() ^ got_flat.keys())
+        raise LoadError(f"{path}: inconsistent state dict (parameter {diff[0]} missing or unexpected)")
+    for k, shape in want_flat.items():
+        if got_flat[k] != shape:
+            raise LoadError(f"{path}: parameter {k} has shape {got_flat[k]}, expected {shape} for the inferred config")
 
 
 def load_original(path: str | Path) -> tuple[ModelConfig, dict, dict]:
@@ -188,7 +221,14 @@ def load_original(path: str | Path) -> tuple[ModelConfig, dict, dict]:
                 except json.JSONDecodeError:
                     extra[k] = obj[k]
         obj = obj["model_state_dict"]
-    cfg, params = _original_to_dtjax(obj, path)
+    if not all(isinstance(k, str) for k in obj):
+        raise LoadError(f"{path}: not a Decision Transformer state dict (non-string keys)")
+    try:
+        cfg, params = _original_to_dtjax(obj, path)
+    except (AttributeError, TypeError, IndexError, ValueError, KeyError) as e:
+        if isinstance(e, LoadError):
+            raise
+        raise LoadError(f"{path}: malformed Decision Transformer state dict ({type(e).__name__}: {str(e)[:100]})") from e
     if "model_config" in extra and isinstance(extra["model_config"], dict):
         n_ctx = extra["model_config"].get("n_ctx")
         if n_ctx and n_ctx != cfg.pos_rows:
@@ -202,7 +242,10 @@ def load(path: str | Path) -> tuple[ModelConfig, dict]:
     if not path.exists():
         raise LoadError(f"checkpoint not found: {path}")
     if path.is_dir():
-        from dtjax.checkpoint import CheckpointError, restore_model
+        try:
+            from dtjax.checkpoint import CheckpointError, restore_model
+        except ImportError as e:
+            raise LoadError(f"{path} is a directory but dtjax.checkpoint.restore_model is unavailable ({e})") from e
 
         try:
             config, params, _ = restore_model(path)

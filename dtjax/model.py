@@ -35,6 +35,7 @@ from dtjax.hooks import HookPoint
 IGNORE = -1e5  # the original's masked attention score (replaced, not added)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
     """Random parameters with the shapes of docs/architecture.md.
 
@@ -47,9 +48,18 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
     W_U, b_U U(-1/sqrt(d_model), 1/sqrt(d_model)) as torch's nn.Linear.
     """
     d, h, dh, n_act = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.n_actions
-    keys = iter(jax.random.split(key, 8 + 8 * cfg.n_layers))
-    normal = lambda shape, std, mean=0.0: mean + std * jax.random.normal(next(keys), shape, jnp.float32)  # noqa: E731
-    uniform = lambda shape, b: jax.random.uniform(next(keys), shape, jnp.float32, -b, b)  # noqa: E731
+    # Random leaves are placeholders, filled from one flat draw at the end: one RNG call per
+    # distribution instead of one per array, which keeps compile time small.
+    draws: list[tuple[str, tuple, float, float]] = []
+
+    def normal(shape, std, mean=0.0):
+        draws.append(("normal", shape, std, mean))
+        return _Draw(len(draws) - 1)
+
+    def uniform(shape, bound):
+        draws.append(("uniform", shape, bound, 0.0))
+        return _Draw(len(draws) - 1)
+
     time_rows = cfg.max_timestep + 1 if cfg.time_embedding == "learned" else 1
     if cfg.init == "transformer_lens":
         std = resid_std = 0.8 / math.sqrt(d)
@@ -84,7 +94,26 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> dict:
         params[f"blocks_{layer}"] = block
     if cfg.layer_norm:
         params["ln_final"] = {"w": ones((d,)), "b": zeros((d,))}
-    return params
+    sizes = [math.prod(shape) for _, shape, _, _ in draws]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    k_normal, k_uniform = jax.random.split(key)
+    flat = {"normal": jax.random.normal(k_normal, (sum(sizes),)),
+            "uniform": jax.random.uniform(k_uniform, (sum(sizes),), minval=-1.0, maxval=1.0)}
+
+    def fill(leaf):
+        if not isinstance(leaf, _Draw):
+            return leaf
+        kind, shape, scale, mean = draws[leaf.i]
+        return mean + scale * flat[kind][offsets[leaf.i]: offsets[leaf.i] + sizes[leaf.i]].reshape(shape)
+
+    return jax.tree.map(fill, params, is_leaf=lambda x: isinstance(x, _Draw))
+
+
+class _Draw:
+    """Placeholder for the i-th random array of init_params."""
+
+    def __init__(self, i: int):
+        self.i = i
 
 
 def _layer_norm(p: dict, x: jax.Array, name: str, hook: HookPoint) -> jax.Array:
