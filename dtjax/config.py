@@ -185,34 +185,81 @@ class PPOConfig(ConfigBase):
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig(ConfigBase):
-    """What the DT learns from: the PPO run's rollouts plus extra rollouts that shape returns.
+class DataMixConfig(ConfigBase):
+    """Which rollouts make up the dataset. Extra sources are sized as fractions of the PPO run's
+    env steps (``ppo.total_timesteps``), so the mix keeps its shape when the PPO budget changes.
 
-    The default mix: every PPO rollout (all qualities, as the original), plus episodes of the
-    final policy with a little randomness (eps 0.1: mostly fast successes, some crashes from
-    good states), plus uniform-random episodes (quick crashes into walls and balls: the
-    negative-return behaviour the DT needs at RTG -1). See docs/data.md for the measured returns.
+    Why this default. A Markov DT pi(a | RTG, s, t) imitates, in each state, the actions that
+    were followed by the conditioned return. It must therefore see:
+    - at RTG +1, many fast successes: the final policy with a small epsilon (``final_*``) gives
+      short, near-optimal episodes in every state a good agent visits;
+    - at RTG -1, crashes *on purpose* from every kind of state, not only from the start. The PPO
+      rollouts' crashes (early, random-like policies) and uniform-random episodes (``random_*``)
+      cover the start states, but a crash of an epsilon-greedy good policy is mostly a good
+      agent's actions labelled -1, which teaches the DT to head for the goal at RTG -1. So
+      ``branch_*`` episodes follow the final policy for a random number of steps, then act
+      uniformly at random until the episode ends (random play crashes within a few steps), and
+      are recorded from the branch point only: every recorded action is then a crash-bound one,
+      from the states a good agent actually reaches, with its true timestep.
+    Earlier PPO snapshots (``snapshot_*``) add middling returns; off by default (the PPO rollouts
+    already hold every quality). See docs/data.md for the measured return distribution.
     """
 
+    ppo_rollouts: bool = True  # keep every transition of PPO training (all qualities, as the original)
+    final_frac: float = 0.5  # final policy, sampled, with final_eps random actions: fast successes
+    final_eps: float = 0.02  # epsilon of those rollouts; small, so their crashes are rare
+    random_frac: float = 0.1  # uniform random policy from reset: quick crashes from the start states
+    branch_frac: float = 0.3  # final policy, then uniform random from a random step on (recorded from there)
+    branch_steps: int = 0  # branch step drawn uniformly in [0, branch_steps); 0 = 4 * grid size
+    snapshot_frac: float = 0.0  # earlier PPO snapshots with snapshot_eps, split evenly between them
+    snapshot_eps: float = 0.1  # epsilon of the snapshot rollouts
+    envs: int = 256  # parallel envs of the extra rollouts (the rollout length follows from the steps)
+
+    def validate(self) -> None:
+        for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac"):
+            _check(getattr(self, n) >= 0, f"data.mix.{n} must be >= 0, got {getattr(self, n)}")
+        for n in ("final_eps", "snapshot_eps"):
+            _check(0 <= getattr(self, n) <= 1, f"data.mix.{n} must be in [0, 1], got {getattr(self, n)}")
+        _check(self.branch_steps >= 0, f"data.mix.branch_steps must be >= 0, got {self.branch_steps}")
+        _check(self.envs >= 1, f"data.mix.envs must be >= 1, got {self.envs}")
+        _check(self.ppo_rollouts or self.final_frac + self.random_frac + self.branch_frac + self.snapshot_frac > 0,
+               "data.mix selects no rollouts at all (ppo_rollouts false and every fraction 0)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(ConfigBase):
+    """What the DT learns from: the PPO behaviour policy, the mix of rollouts, and how windows
+    are sampled from them (dtjax.data.collect, dtjax.data.dataset)."""
+
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
-    random_steps: int = 200_000  # env steps of a uniform random policy added to the data
-    eps_steps: int = 400_000  # env steps of the final PPO policy with epsilon-random actions
-    eps: float = 0.1  # epsilon of those rollouts
-    snapshot_steps: int = 0  # env steps of each earlier PPO snapshot (epsilon policy) added
-    rollout_envs: int = 256  # parallel envs for the extra rollouts
-    pct_traj: float = 1.0  # train on the top fraction of timesteps by episode return
+    mix: DataMixConfig = dataclasses.field(default_factory=DataMixConfig)
+    pct_traj: float = 1.0  # train on the best episodes (by return) holding this fraction of the steps
     prob_go_from_end: float = 0.1  # probability a window ends at its episode's last step (original: 0.1)
 
     def validate(self) -> None:
-        for n in ("random_steps", "eps_steps", "snapshot_steps"):
-            _check(getattr(self, n) >= 0, f"data.{n} must be >= 0, got {getattr(self, n)}")
-        _check(0 <= self.eps <= 1, f"data.eps must be in [0, 1], got {self.eps}")
         _check(0 < self.pct_traj <= 1, f"data.pct_traj must be in (0, 1], got {self.pct_traj}")
         _check(0 <= self.prob_go_from_end <= 1, f"data.prob_go_from_end must be in [0, 1], got {self.prob_go_from_end}")
-        _check(self.rollout_envs >= 1, f"data.rollout_envs must be >= 1, got {self.rollout_envs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig(ConfigBase):
+    """A standalone collection job (``python -m dtjax.data collect``); TrainConfig has the same
+    env_id / max_steps / seed / data fields, so ``collect_dataset`` accepts either."""
+
+    env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # any registered Dynamic Obstacles id
+    max_steps: int = 300  # env max_steps, as the original's data (MiniGrid's default is 4 * size**2)
+    obs_mode: str = "image"  # what the PPO sees; the stored compact states serve every obs mode
+    seed: int = 0  # recorded in the metadata; collect_dataset takes its key explicitly
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(self.obs_mode in ("image", "one_hot", "full"), f"obs_mode must be image, one_hot or full, got {self.obs_mode!r}")
 
 
 _SUBCONFIGS[("DataConfig", "ppo")] = PPOConfig
+_SUBCONFIGS[("DataConfig", "mix")] = DataMixConfig
+_SUBCONFIGS[("CollectConfig", "data")] = DataConfig
 
 # ---------------------------------------------------------------------------------------------
 # TRAINING (dtjax.train)

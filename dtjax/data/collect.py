@@ -1,18 +1,29 @@
 """Collect a behaviour dataset on device: PPO training rollouts plus the configured mix.
 
-``collect(cfg, env, env_params, key)`` runs the jitted PPO (every transition recorded), then the
-extra rollouts of the mix (uniform random; the final policy with epsilon-random actions; earlier
-snapshots with epsilon), and returns store-ready arrays of complete episodes, env-major (each
-env's timeline in order, as the original's loader flattened them). Each env's trailing,
-unfinished episode is dropped: its return (hence its RTG) is unknown. (The original instead
-marked it truncated, which labels it with a wrong return-to-go.)
+Entry points:
+- ``collect_dataset(cfg, key) -> (arrays, metadata)``: the whole job for a CollectConfig or a
+  TrainConfig (anything with ``env_id``, ``max_steps``, ``seed`` and ``data``); the result is
+  ready for ``store.save`` and ``dataset.device_arrays``.
+- ``collect(data_cfg, env, env_params, key) -> Collection``: the same on a built env, also
+  returning the final PPO params and network.
+- ``prepare_dataset(cfg, env, env_params, key, run_dir)``: what ``dtjax.train`` calls: a given
+  dataset, else the run directory's, else a freshly collected one saved there.
+
+Arrays are complete episodes, env-major (each env's timeline in order, as the original's loader
+flattened them). Each env's trailing, unfinished episode is dropped: its return (hence its RTG)
+is unknown. (The original instead marked it truncated, which labels it with a wrong RTG.)
+Branch episodes (DataMixConfig) are recorded from their branch point, so they start at t > 0.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import DataConfig
@@ -20,71 +31,122 @@ from dtjax.data import store
 from dtjax.data.ppo import make_rollout, make_train
 
 
-def _episodes_env_major(rec: dict, source: int) -> dict[str, np.ndarray]:
-    """(T, E, ...) time-major records -> complete episodes, env-major, flattened to (N, ...)."""
+class Collection(NamedTuple):
+    arrays: dict[str, np.ndarray]  # store-ready (see dtjax.data.store)
+    info: dict[str, Any]  # JSON-able: timings, PPO returns per update, final policy return
+    params: Any  # final PPO params
+    network: Any  # the ActorCritic module
+
+
+def _episodes_env_major(rec: dict, source) -> dict[str, np.ndarray]:
+    """(T, E, ...) time-major records -> complete (kept) episodes, env-major, flattened to (N, ...).
+
+    ``source``: an int, or (E,) ints (the policy of each env).
+    """
     rec = jax.tree.map(np.asarray, rec)
     done = rec["terminated"] | rec["truncated"]  # (T, E)
     T, E = done.shape
     last_done = np.where(done.any(0), T - 1 - np.argmax(done[::-1], axis=0), -1)  # (E,)
-    keep = (np.arange(T)[:, None] <= last_done[None, :]).T.reshape(-1)  # env-major order
+    complete = np.arange(T)[:, None] <= last_done[None, :]
+    keep = complete & rec["keep"] if "keep" in rec else complete  # `keep` is a suffix of each episode
+    keep = keep.T.reshape(-1)  # env-major order
 
-    def em(x):  # (T, E, ...) -> (E*T, ...) env-major, then keep complete episodes
+    def em(x):  # (T, E, ...) -> (E*T, ...) env-major, then the kept steps
         return np.swapaxes(x, 0, 1).reshape((E * T,) + x.shape[2:])[keep]
 
     st = rec["state"]
     return {
         "agent_pos": em(st.agent_pos), "agent_dir": em(st.agent_dir), "obstacles": em(st.obstacles), "time": em(st.time),
         "action": em(rec["action"]), "reward": em(rec["reward"]), "terminated": em(rec["terminated"]),
-        "truncated": em(rec["truncated"]), "source": np.full(int(keep.sum()), source, np.int8),
+        "truncated": em(rec["truncated"]),
+        "source": em(np.broadcast_to(np.asarray(source, np.int8), (T, E))),
     }
 
 
-def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> tuple[dict[str, np.ndarray], dict]:
-    """Run PPO and the mix; return (arrays, info) with info holding PPO metrics and timings."""
-    k_ppo, k_rand, k_eps, k_snap = jax.random.split(key, 4)
+def allocate_envs(weights: list[float], n_envs: int) -> list[int]:
+    """Split ``n_envs`` in proportion to ``weights`` (largest remainder; >= 1 env per nonzero weight)."""
+    w = np.asarray(weights, np.float64)
+    nz = w > 0
+    if nz.sum() > n_envs:
+        raise store.DatasetError(f"data.mix.envs ({n_envs}) is smaller than the number of mix sources ({int(nz.sum())})")
+    raw = w / w.sum() * n_envs
+    n = np.where(nz, np.maximum(np.floor(raw), 1), 0).astype(int)
+    while n.sum() > n_envs:  # the >= 1 floor overshot: take from the largest
+        n[np.argmax(n)] -= 1
+    for i in np.argsort(-(raw - np.floor(raw)), kind="stable"):
+        if n.sum() >= n_envs:
+            break
+        if nz[i]:
+            n[i] += 1
+    return n.tolist()
+
+
+def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Collection:
+    """Run the jitted PPO (every transition recorded), then the extra rollouts of ``cfg.mix``.
+
+    The extra sources run together in one jitted rollout (one compilation): ``mix.envs`` envs
+    split between the sources in proportion to their fractions, all for the same number of
+    steps, so each source's step count matches its fraction up to that rounding.
+    """
+    mix = cfg.mix
+    k_ppo, k_mix = jax.random.split(key)
+    src = {name: i for i, name in enumerate(store.SOURCES)}
     t0 = time.time()
     train, network = make_train(cfg.ppo, env, env_params)
-    out = jax.jit(train)(k_ppo)
-    ppo_metrics = jax.tree.map(np.asarray, out["metrics"])
+    out = jax.block_until_ready(jax.jit(train)(k_ppo))
     t_ppo = time.time() - t0
-    rec = out["transitions"]
-    # (U, T, E, ...) -> (U*T, E, ...): each env's timeline continues across updates
-    rec = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), rec)
-    parts = [_episodes_env_major(rec, 0)]
-    last = ppo_metrics["mean_return"][-5:]
-    log(f"PPO: {cfg.ppo.num_updates * cfg.ppo.num_envs * cfg.ppo.num_steps} steps in {t_ppo:.1f}s, "
-        f"mean return of the last 5 updates {np.nanmean(last):.3f}")
+    ppo_returns = np.asarray(out["metrics"]["mean_return"])
+    final_return = float(np.nanmean(ppo_returns[-max(1, len(ppo_returns) // 20):]))
+    n_ppo = cfg.ppo.num_updates * cfg.ppo.num_envs * cfg.ppo.num_steps
+    log(f"PPO: {n_ppo} env steps in {t_ppo:.1f}s ({n_ppo / t_ppo:,.0f} steps/s incl. compile); "
+        f"mean return over the last 5% of updates {final_return:.3f}")
+    parts = []
+    if mix.ppo_rollouts:
+        # (U, T, E, ...) -> (U*T, E, ...): each env's timeline continues across updates
+        rec = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out["transitions"])
+        parts.append(_episodes_env_major(rec, src["ppo"]))
+    del out["transitions"]
 
-    def extra(n_steps, k, params, eps, source):
-        n_envs = min(cfg.rollout_envs, max(1, n_steps))
-        steps = max(1, n_steps // n_envs)
-        rollout = jax.jit(make_rollout(env, env_params, network, n_envs, steps), static_argnums=())
-        parts.append(_episodes_env_major(rollout(k, params, eps), source))
-
+    # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps)
+    branch_steps = mix.branch_steps or 4 * env.size
+    n_params = jax.tree.leaves(out["snapshots"])[0].shape[0]
+    final = n_params - 1  # the last snapshot is the final policy
+    sources = [("final", mix.final_frac, final, mix.final_eps, 0), ("random", mix.random_frac, -1, 1.0, 0),
+               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps)]
+    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0) for i in range(final)]
+    sources = [s for s in sources if s[1] > 0]
     t1 = time.time()
-    if cfg.random_steps:
-        extra(cfg.random_steps, k_rand, None, 1.0, 1)
-    if cfg.eps_steps:
-        extra(cfg.eps_steps, k_eps, out["params"], cfg.eps, 2)
-    if cfg.snapshot_steps:
-        n_snap = jax.tree.leaves(out["snapshots"])[0].shape[0]
-        for i in range(n_snap - 1):  # the last snapshot is the final policy
-            snap = jax.tree.map(lambda x: x[i], out["snapshots"])
-            extra(cfg.snapshot_steps, jax.random.fold_in(k_snap, i), snap, cfg.eps, 3)
+    mix_steps = 0
+    if sources:
+        total = sum(s[1] for s in sources) * cfg.ppo.total_timesteps
+        n_envs = allocate_envs([s[1] for s in sources], max(mix.envs, len(sources)))
+        E, T = sum(n_envs), max(1, math.ceil(total / sum(n_envs)))
+        per_env = lambda j: np.repeat([s[j] for s in sources], n_envs)  # noqa: E731
+        rollout = jax.jit(make_rollout(env, env_params, network, E, T))
+        rec = rollout(k_mix, out["snapshots"], jnp.asarray(per_env(2), jnp.int32), jnp.asarray(per_env(3), jnp.float32),
+                      jnp.asarray(per_env(4), jnp.int32))
+        parts.append(_episodes_env_major(rec, np.array([src[s[0]] for s in sources]).repeat(n_envs)))
+        mix_steps = E * T
+    t_mix = time.time() - t1
+    parts = [p for p in parts if len(p["action"])]
+    if not parts:
+        raise store.DatasetError("the collection produced no complete episode; raise the step counts")
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    log(f"mix rollouts: {mix_steps} env steps in {t_mix:.1f}s (incl. compile)")
     info = {
-        "ppo_seconds": t_ppo,
-        "mix_seconds": time.time() - t1,
-        "ppo_final_mean_return": float(np.nanmean(last)),
-        "ppo_mean_return_per_update": [None if np.isnan(x) else float(x) for x in ppo_metrics["mean_return"]],
+        "ppo_env_steps": n_ppo,
+        "ppo_seconds": round(t_ppo, 2),
+        "mix_env_steps": mix_steps,
+        "mix_seconds": round(t_mix, 2),
+        "ppo_final_mean_return": final_return,
+        "ppo_mean_return_per_update": [None if np.isnan(x) else round(float(x), 4) for x in ppo_returns],
+        "branch_steps": branch_steps,
     }
-    return arrays, info, out["params"], network
+    return Collection(arrays, info, out["params"], network)
 
 
 def evaluate_policy(network, params, env, env_params, key, n_episodes: int = 200, greedy: bool = False) -> dict:
-    """Mean return of a PPO policy over ``n_episodes`` complete episodes (sampled or greedy)."""
-    import jax.numpy as jnp
-
+    """Mean return, goal and hit rates of a PPO policy over ``n_episodes`` complete episodes."""
     max_steps = int(env_params.max_steps_in_episode)
     vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
@@ -102,8 +164,8 @@ def evaluate_policy(network, params, env, env_params, key, n_episodes: int = 200
             ret = jnp.where(done, ret, ret + r)
             return (obs, state, done | te | tr, ret), None
 
-        (_, _, done, ret), _ = jax.lax.scan(step, (obs, state, jnp.zeros(n_episodes, bool), jnp.zeros(n_episodes)),
-                                            jax.random.split(k_run, max_steps))
+        init = (obs, state, jnp.zeros(n_episodes, bool), jnp.zeros(n_episodes))
+        (_, _, done, ret), _ = jax.lax.scan(step, init, jax.random.split(k_run, max_steps))
         return ret
 
     ret = np.asarray(run(key))
@@ -111,12 +173,56 @@ def evaluate_policy(network, params, env, env_params, key, n_episodes: int = 200
 
 
 def dataset_metadata(cfg: DataConfig, env, env_params, env_id: str, seed: int) -> dict:
+    """The metadata.json fields describing how a dataset was made (store adds counts/version)."""
     return {
         "env_id": env_id,
         "max_steps": int(env_params.max_steps_in_episode),
-        "n_obstacles": env.n_obstacles,
+        "size": int(env.size),
+        "n_obstacles": int(env.n_obstacles),
         "obs_mode": env.obs_mode,
         "seed": int(seed),
         "data_config": cfg.to_dict(),
         "sources": list(store.SOURCES),
     }
+
+
+def _obs_mode_of(cfg) -> str:
+    if hasattr(cfg, "obs_mode"):
+        return cfg.obs_mode
+    model = getattr(cfg, "model", None)
+    return getattr(model, "obs_mode", "image")
+
+
+def collect_dataset(cfg, key: jax.Array, log=print) -> tuple[dict[str, np.ndarray], dict]:
+    """Collect the dataset ``cfg`` describes: (arrays, metadata), ready for ``store.save``.
+
+    ``cfg``: a CollectConfig or a TrainConfig (reads ``env_id``, ``max_steps``, ``seed``,
+    ``data``, and ``obs_mode`` or ``model.obs_mode`` for what the PPO sees; the stored compact
+    states serve every obs mode). ``key``: the PRNG key of the whole collection.
+    """
+    import envs
+
+    env, env_params = envs.make(cfg.env_id, max_steps=cfg.max_steps, obs_mode=_obs_mode_of(cfg))
+    col = collect(cfg.data, env, env_params, key, log=log)
+    meta = {**dataset_metadata(cfg.data, env, env_params, cfg.env_id, cfg.seed), "collection": col.info}
+    return col.arrays, meta
+
+
+def prepare_dataset(cfg, env, env_params, key, run_dir, log=print) -> tuple[dict[str, np.ndarray], dict]:
+    """The dataset a run trains on: ``cfg.dataset`` if given, else the one stored in the run
+    directory (a resumed run), else a freshly collected one saved to ``run_dir/dataset``."""
+    expect = {"env_id": cfg.env_id, "max_steps": cfg.max_steps}
+    if cfg.dataset:
+        arrays, meta = store.load(cfg.dataset, expect=expect)
+        log(f"dataset {cfg.dataset}: {meta['counts']['episodes']} episodes, {meta['counts']['steps']} steps")
+        return arrays, meta
+    path = Path(run_dir) / "dataset"
+    if path.exists():
+        arrays, meta = store.load(path, expect=expect)
+        log(f"reusing {path}: {meta['counts']['episodes']} episodes")
+        return arrays, meta
+    col = collect(cfg.data, env, env_params, key, log=log)
+    meta = {**dataset_metadata(cfg.data, env, env_params, cfg.env_id, cfg.seed), "collection": col.info}
+    store.save(path, col.arrays, meta)
+    log(store.format_summary(store.summary(col.arrays)))
+    return col.arrays, meta

@@ -1,15 +1,27 @@
 """A jitted PPO behaviour policy that records every transition it makes (PureJaxRL style).
 
-``make_train(cfg, env, env_params)`` returns ``train(key)``: the whole run (rollouts, GAE, PPO
-epochs) is one jitted function of nested ``lax.scan``s over vmapped envs. As the original
-project did, every transition of every rollout during training is kept, from the first random
-policy to the last, because a spread of returns is what a Decision Transformer needs.
+``make_train(cfg, env, env_params)`` returns ``(train, network)``; ``train(key)`` is the whole
+run (rollouts, GAE, PPO epochs) as one jittable function of nested ``lax.scan``s over vmapped
+envs, like luchris429/purejaxrl ``ppo.py``. As the original project did, every transition of
+every rollout during training is kept, from the first random policy to the last, because a
+spread of returns is what a Decision Transformer needs.
 
-Recorded per step (compact, the observation is regenerated exactly by ``env.observe``): the
+Recorded per step (compact; the observation is regenerated exactly by ``env.observe``): the
 state the agent acted in (agent_pos, agent_dir, obstacles, time), the action, the reward, and
-``terminated`` / ``truncated``. gymnax 1.x returns them separately: GAE bootstraps through a
-truncation with the value of the final state, and stops at a termination (PureJaxRL's single
-``done`` would wrongly treat timeouts as terminal).
+``terminated`` / ``truncated``.
+
+Termination vs truncation. gymnax 1.x returns them separately, and we use both. At a
+termination (goal or crash) the return after the step is 0, so GAE does not bootstrap. At a
+truncation (``time == max_steps`` without a terminal event) the episode is cut by the time
+limit, which the observation does not show, so the MDP would have continued: GAE bootstraps
+with the critic's value of the *final* state (``info["final_observation"]``, before the
+auto-reset), and does not carry advantages across the boundary. PureJaxRL's single ``done``
+would treat timeouts as terminal and teach the critic that standing still for 300 steps is
+worth 0 from states that look like any other. (Timeouts are rare once the policy learns; the
+choice matters mostly early on.)
+
+``make_rollout`` runs a trained (or the uniform random) policy with epsilon-random actions, and
+optionally branches into uniform-random play at a random step (see DataMixConfig).
 """
 
 from __future__ import annotations
@@ -27,7 +39,10 @@ from dtjax.config import PPOConfig
 
 class ActorCritic(nn.Module):
     """Separate actor and critic MLPs (hidden-hidden tanh) on the flattened observation, as the
-    original's `src/ppo/agent.py` (orthogonal init, sqrt(2) gain; actor head 0.01, critic 1)."""
+    original's `src/ppo/agent.py` (orthogonal init, sqrt(2) gain; actor head 0.01, critic 1).
+
+    ``obs`` (..., H, W, C) uint8 -> (logits (..., n_actions), value (...)).
+    """
 
     n_actions: int = 3
     hidden: int = 64
@@ -48,29 +63,35 @@ class ActorCritic(nn.Module):
 
 
 class Transition(NamedTuple):
+    """One vmapped env step of a PPO rollout; every leaf is (num_envs, ...) (time-major when stacked)."""
+
     state: Any  # envs.EnvState the action was taken in
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    value: jax.Array
-    log_prob: jax.Array
-    obs: jax.Array
-    next_value: jax.Array  # value of the state reached (before auto-reset), for truncation bootstraps
+    action: jax.Array  # (E,) int32
+    reward: jax.Array  # (E,) float32
+    terminated: jax.Array  # (E,) bool
+    truncated: jax.Array  # (E,) bool
+    value: jax.Array  # (E,) critic value of `obs`
+    log_prob: jax.Array  # (E,) log pi(action | obs) under the rollout policy
+    obs: jax.Array  # (E, H, W, C) the observation acted on
+    next_value: jax.Array  # (E,) value of the state reached before any auto-reset (truncation bootstrap)
 
 
-def gae(traj: Transition, last_value: jax.Array, gamma: float, lam: float):
-    """Generalised advantage estimation over a (T, envs) rollout; returns (advantages, targets)."""
+def gae(traj: Transition, last_value: jax.Array, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over a (T, E) rollout, gymnax 1.x style.
+
+    ``last_value`` (E,): value of the observation after the last step. Returns (advantages,
+    value targets), both (T, E). A termination stops bootstrapping; a truncation bootstraps from
+    the final state's value (``traj.next_value``); neither carries advantages across episodes.
+    """
 
     def step(carry, t):
         next_adv, next_value = carry
-        # After a truncation the next state is a reset: bootstrap from the final state's value.
-        boot = jnp.where(t.truncated & ~t.terminated, t.next_value, next_value)
-        nonterminal = 1.0 - t.terminated
-        delta = t.reward + gamma * boot * nonterminal - t.value
-        episode_end = t.terminated | t.truncated
-        adv = delta + gamma * lam * nonterminal * (1.0 - t.truncated) * next_adv
-        adv = jnp.where(episode_end & ~t.terminated, delta, adv)
+        # After an episode end the carried value belongs to the next episode's reset state; at a
+        # truncation bootstrap from the final state instead, at a termination not at all.
+        boot = jnp.where(t.truncated, t.next_value, next_value) * (1.0 - t.terminated)
+        delta = t.reward + gamma * boot - t.value
+        cont = 1.0 - (t.terminated | t.truncated)
+        adv = delta + gamma * lam * cont * next_adv
         return (adv, t.value), adv
 
     _, adv = jax.lax.scan(step, (jnp.zeros_like(last_value), last_value), traj, reverse=True)
@@ -78,7 +99,10 @@ def gae(traj: Transition, last_value: jax.Array, gamma: float, lam: float):
 
 
 def ppo_loss(params, network, batch, cfg: PPOConfig):
-    """Clipped surrogate + value loss - entropy bonus, advantages normalised per minibatch."""
+    """Clipped surrogate + value loss - entropy bonus, advantages normalised per minibatch.
+
+    ``batch`` = (Transition (M, ...), advantages (M,), targets (M,)). Returns (loss, (pg, v, entropy)).
+    """
     traj, adv, targets = batch
     logits, value = network.apply(params, traj.obs)
     logp_all = jax.nn.log_softmax(logits)
@@ -93,12 +117,18 @@ def ppo_loss(params, network, batch, cfg: PPOConfig):
 
 
 def make_train(cfg: PPOConfig, env, env_params):
-    """Build ``train(key) -> dict`` for ``cfg``; jit it (or vmap it over seeds) as you like.
+    """Build ``(train, network)`` for ``cfg``; jit ``train`` (or vmap it over seeds) as you like.
 
-    Returns a dict with ``params`` (final), ``snapshots`` (cfg.n_snapshots param sets, evenly
-    spaced, the last one final), ``transitions`` (every step: arrays shaped
-    (num_updates, num_steps, num_envs, ...)) and ``metrics`` (per update: mean episode return of
-    episodes finished in the update, losses).
+    ``train(key)`` returns a dict:
+    - ``params``: the final policy;
+    - ``snapshots``: ``cfg.n_snapshots`` param sets stacked on a leading axis, evenly spaced over
+      training, the last one the final policy;
+    - ``transitions``: every step, leaves shaped (num_updates, num_steps, num_envs, ...):
+      ``state`` (envs.EnvState acted in), ``action``, ``reward``, ``terminated``, ``truncated``;
+      each env's timeline continues across updates;
+    - ``metrics``: per update, ``mean_return`` of the episodes that ended in it (NaN if none;
+      rewards are terminal-only in Dynamic Obstacles, so the last reward is the return),
+      ``episodes``, ``loss``, ``entropy``.
     """
     network = ActorCritic(n_actions=env.num_actions, hidden=cfg.hidden)
     n_updates = cfg.num_updates
@@ -110,6 +140,7 @@ def make_train(cfg: PPOConfig, env, env_params):
     vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def train(key):
+        # INIT
         k_init, k_reset, k_run = jax.random.split(key, 3)
         obs0 = jnp.zeros((1,) + env.observation_shape(), jnp.uint8)
         params = network.init(k_init, obs0)
@@ -137,6 +168,7 @@ def make_train(cfg: PPOConfig, env, env_params):
             _, last_value = network.apply(params, obs)
             adv, targets = gae(traj, last_value, cfg.gamma, cfg.gae_lambda)
 
+            # EPOCHS: shuffle the (T * E) batch into minibatches, one Adam step each
             def epoch(carry, k_epoch):
                 params, opt_state = carry
                 flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (traj, adv, targets))
@@ -152,6 +184,8 @@ def make_train(cfg: PPOConfig, env, env_params):
                 return jax.lax.scan(minibatch, (params, opt_state), mbs)
 
             (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), jax.random.split(k_perm, cfg.update_epochs))
+
+            # RECORD: the compact transitions and this update's metrics
             ended = traj.terminated | traj.truncated
             n_ended = ended.sum()
             metrics = {
@@ -160,48 +194,66 @@ def make_train(cfg: PPOConfig, env, env_params):
                 "loss": losses[0].mean(),
                 "entropy": losses[3].mean(),
             }
-            record = (traj.state, traj.action, traj.reward, traj.terminated, traj.truncated)
+            record = {"state": traj.state, "action": traj.action, "reward": traj.reward,
+                      "terminated": traj.terminated, "truncated": traj.truncated}
             return (params, opt_state, obs, state), (record, metrics, params)
 
         (params, opt_state, _, _), (record, metrics, all_params) = jax.lax.scan(
             update, (params, opt_state, obs, state), jnp.arange(n_updates)
         )
+        # SNAPSHOTS: evenly spaced param sets (the per-update params are small: ~30k floats)
         snap_idx = jnp.minimum(jnp.arange(1, cfg.n_snapshots + 1) * snap_every - 1, n_updates - 1).at[-1].set(n_updates - 1)
         snapshots = jax.tree.map(lambda x: x[snap_idx], all_params)
-        st, action, reward, term, trunc = record
-        return {
-            "params": params,
-            "snapshots": snapshots,
-            "transitions": {"state": st, "action": action, "reward": reward, "terminated": term, "truncated": trunc},
-            "metrics": metrics,
-        }
+        return {"params": params, "snapshots": snapshots, "transitions": record, "metrics": metrics}
 
     return train, network
 
 
 def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
-    """``rollout(key, params, eps) -> transitions`` (num_steps, num_envs, ...) of an epsilon-greedy-
-    sampled policy: with probability eps a uniform random action, else a sample from the policy.
-    ``params=None`` gives the uniform random policy."""
-    vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    """Build ``rollout(key, params, policy, eps, branch_steps) -> record``: many behaviour
+    policies at once, one per env, in a single jittable scan (one compilation for a whole mix).
 
-    def rollout(key, params, eps):
-        k_reset, k_run = jax.random.split(key)
+    Args (E = num_envs):
+      params: a stack of P param sets (leaves with a leading P axis), e.g. PPO snapshots.
+      policy: (E,) int32, the param set each env follows; -1 = the uniform random policy.
+      eps: (E,) float32, probability of a uniform random action instead of a policy sample.
+      branch_steps: (E,) int32; if > 0, each episode of that env draws a branch step
+        ``b ~ U{0, ..., branch_steps-1}`` at reset, follows its policy while ``time < b`` and acts
+        uniformly at random from then on; 0 = never branch.
+
+    Returns ``record``, leaves time-major (num_steps, E, ...): ``state`` (acted in), ``action``,
+    ``reward``, ``terminated``, ``truncated``, and ``keep`` (the step is at or after its
+    episode's branch point; always True for envs that never branch). Envs auto-reset.
+    """
+    vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    never = jnp.iinfo(jnp.int32).max
+    env_idx = jnp.arange(num_envs)
+
+    def rollout(key, params, policy, eps, branch_steps):
+        k_reset, k_branch, k_run = jax.random.split(key, 3)
+
+        def draw_branch(k):
+            b = jax.random.randint(k, (num_envs,), 0, jnp.maximum(branch_steps, 1))
+            return jnp.where(branch_steps > 0, b, never)
+
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
 
         def step(carry, k):
-            obs, state = carry
-            k_pol, k_eps, k_rand, k_env = jax.random.split(k, 4)
+            obs, state, branch = carry
+            k_pol, k_eps, k_rand, k_env, k_b = jax.random.split(k, 5)
+            logits = jax.vmap(lambda p: network.apply(p, obs)[0])(params)  # (P, E, A): P is small
+            sampled = jax.random.categorical(k_pol, logits[jnp.maximum(policy, 0), env_idx])
             rand = jax.random.randint(k_rand, (num_envs,), 0, env.num_actions)
-            if params is None:
-                action = rand
-            else:
-                logits, _ = network.apply(params, obs)
-                action = jnp.where(jax.random.uniform(k_eps, (num_envs,)) < eps, rand, jax.random.categorical(k_pol, logits))
+            branched = state.time >= branch
+            use_rand = (policy < 0) | (jax.random.uniform(k_eps, (num_envs,)) < eps) | branched
+            action = jnp.where(use_rand, rand, sampled)
             nobs, nstate, reward, term, trunc, _ = vstep(jax.random.split(k_env, num_envs), state, action, env_params)
-            return (nobs, nstate), {"state": state, "action": action, "reward": reward, "terminated": term, "truncated": trunc}
+            nbranch = jnp.where(term | trunc, draw_branch(k_b), branch)
+            keep = branched | (branch_steps <= 0)
+            rec = {"state": state, "action": action, "reward": reward, "terminated": term, "truncated": trunc, "keep": keep}
+            return (nobs, nstate, nbranch), rec
 
-        _, rec = jax.lax.scan(step, (obs, state), jax.random.split(k_run, num_steps))
+        _, rec = jax.lax.scan(step, (obs, state, draw_branch(k_branch)), jax.random.split(k_run, num_steps))
         return rec
 
     return rollout

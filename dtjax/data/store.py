@@ -3,32 +3,39 @@
 Format (schema version 1)::
 
     <dataset>/
-      metadata.json      schema_version, env_id, max_steps, n_obstacles, obs_mode, seed, the data
-                         config (policy mix), counts (steps, episodes, per source), created
-      agent_pos.npy      (N, 2)    int8   MiniGrid (x, y) of the state acted in
-      agent_dir.npy      (N,)      int8   0=E 1=S 2=W 3=N
-      obstacles.npy      (N, n, 2) int8   ball cells, MiniGrid list order
-      time.npy           (N,)      int16  step count within the episode (the DT's timestep)
-      action.npy         (N,)      int8   0 left, 1 right, 2 forward
-      reward.npy         (N,)      float32
-      terminated.npy     (N,)      bool
-      truncated.npy      (N,)      bool
-      source.npy         (N,)      int8   0 PPO training rollouts, 1 uniform random, 2 final policy
-                                          with epsilon, 3 earlier PPO snapshots with epsilon
+      metadata.json      schema_version, env_id, max_steps, size, n_obstacles, obs_mode (what
+                         the PPO saw), seed, data_config (PPO settings and policy mix),
+                         collection (timings, PPO return per update), counts (steps, episodes,
+                         per source), created (unix time)
+      agent_pos.npy      (N, 2)    int8    MiniGrid (x, y) of the state acted in
+      agent_dir.npy      (N,)      int8    0=E 1=S 2=W 3=N
+      obstacles.npy      (N, n, 2) int8    ball cells (x, y), MiniGrid list order
+      time.npy           (N,)      int16   step count of that state (the DT's timestep)
+      action.npy         (N,)      int8    0 left, 1 right, 2 forward
+      reward.npy         (N,)      float32 reward of the step
+      terminated.npy     (N,)      bool    goal or crash on this step
+      truncated.npy      (N,)      bool    time limit on this step
+      source.npy         (N,)      int8    index into SOURCES: the policy that acted
+      obs.npy            (N, H, W, C) uint8  optional: the observations (metadata obs_mode)
 
-Transitions are grouped by episode, episodes are contiguous and complete (the last transition of
-each has terminated or truncated set), so episode boundaries are implied. Observations are not
-stored: ``env.observe(state)`` regenerates them exactly (147 bytes/step saved; the compact state
-is at most ~20 bytes).
+Rows are transitions grouped by episode: episodes are contiguous and complete (the last row of
+each has terminated or truncated set), so boundaries are implied, and within an episode
+``time`` rises by one per row. Most episodes start at time 0; branch episodes (see
+DataMixConfig) start where they were recorded. Observations need not be stored:
+``env.observe(EnvState(agent_pos, agent_dir, obstacles, time))`` regenerates them exactly, in
+any obs mode (147 bytes/step for "image", 980 for "one_hot", against ~17 bytes of state).
 
-Writes go to ``<dataset>.tmp-<pid>`` and are renamed into place only when complete, so a crash
-never leaves a half-written dataset, and an existing dataset is never overwritten.
+Writes go to a hidden sibling ``.<name>.tmp-<pid>-<rand>``, every file is fsynced, and the
+directory is renamed into place only when complete (then the parent is fsynced), so a crash
+never leaves a half-written dataset, and an existing path is never overwritten. ``load``
+checks everything it reads and raises ``DatasetError`` with a one-line message.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -36,30 +43,48 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA_VERSION = 1
-SOURCES = ("ppo", "random", "final_eps", "snapshot_eps")
+SOURCES = ("ppo", "random", "final", "snapshot", "branch")
+# name -> (dtype on disk, ndim)
 FIELDS = {
     "agent_pos": (np.int8, 2), "agent_dir": (np.int8, 1), "obstacles": (np.int8, 3), "time": (np.int16, 1),
     "action": (np.int8, 1), "reward": (np.float32, 1), "terminated": (np.bool_, 1), "truncated": (np.bool_, 1),
     "source": (np.int8, 1),
 }
+OPTIONAL = {"obs": (np.uint8, 4)}
+N_ACTIONS = 3
 
 
 class DatasetError(ValueError):
     """A dataset that is missing, corrupt, truncated or does not match; the message is one line."""
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict) -> Path:
-    """Write a dataset directory atomically. Refuses to overwrite an existing path."""
+    """Write a dataset directory atomically; refuses to overwrite an existing path.
+
+    ``arrays``: every FIELDS entry, plus optionally ``obs``. ``metadata``: JSON-able dict (at
+    least env_id and max_steps); ``schema_version``, ``counts`` and ``created`` are added.
+    """
     path = Path(path)
     if path.exists():
         raise DatasetError(f"dataset {path} already exists; choose another path or delete it")
-    _check_arrays(arrays, str(path))
+    _check_arrays(arrays, str(path), metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()
     try:
-        for name, (dtype, _) in FIELDS.items():
+        names = {**FIELDS, **{k: v for k, v in OPTIONAL.items() if k in arrays}}
+        for name, (dtype, _) in names.items():
             with open(tmp / f"{name}.npy", "wb") as f:
                 np.save(f, np.ascontiguousarray(arrays[name], dtype=dtype))
                 f.flush()
@@ -69,17 +94,22 @@ def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict)
             json.dump(meta, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if path.exists():  # appeared while we wrote
+            raise DatasetError(f"dataset {path} already exists; choose another path or delete it")
         os.rename(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
 
-def load(path: str | os.PathLike, expect: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def load(path: str | os.PathLike, expect: dict | None = None, mmap: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Read and validate a dataset: (arrays, metadata).
 
     ``expect``: metadata fields that must match (e.g. env_id, max_steps), else DatasetError.
+    ``mmap``: memory-map the arrays instead of reading them.
     """
     path = Path(path)
     if not path.is_dir():
@@ -89,20 +119,29 @@ def load(path: str | os.PathLike, expect: dict | None = None) -> tuple[dict[str,
         raise DatasetError(f"{path} is not a dtjax dataset (no metadata.json)")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: corrupt metadata.json ({e.msg})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: corrupt metadata.json ({getattr(e, 'msg', e.__class__.__name__)})") from e
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: corrupt metadata.json (not an object)")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise DatasetError(f"{path}: schema version {meta.get('schema_version')!r}, this dtjax reads {SCHEMA_VERSION}")
+    missing = [k for k in ("env_id", "max_steps", "counts") if k not in meta]
+    if missing:
+        raise DatasetError(f"{path}: metadata.json lacks {', '.join(missing)}")
     arrays = {}
-    for name in FIELDS:
+    for name, (dtype, _) in {**FIELDS, **OPTIONAL}.items():
         f = path / f"{name}.npy"
         if not f.exists():
+            if name in OPTIONAL:
+                continue
             raise DatasetError(f"{path}: missing {name}.npy")
         try:
-            arrays[name] = np.load(f, allow_pickle=False)
+            arrays[name] = np.load(f, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (ValueError, OSError, EOFError) as e:
-            raise DatasetError(f"{path}: corrupt or truncated {name}.npy ({str(e)[:80]})") from e
-    _check_arrays(arrays, str(path))
+            raise DatasetError(f"{path}: corrupt or truncated {name}.npy ({str(e).splitlines()[0][:80]})") from e
+        if arrays[name].dtype != dtype:
+            raise DatasetError(f"{path}: {name}.npy has dtype {arrays[name].dtype}, expected {np.dtype(dtype)}")
+    _check_arrays(arrays, str(path), meta)
     if counts(arrays) != meta.get("counts"):
         raise DatasetError(f"{path}: arrays do not match the counts in metadata.json")
     for k, v in (expect or {}).items():
@@ -111,26 +150,53 @@ def load(path: str | os.PathLike, expect: dict | None = None) -> tuple[dict[str,
     return arrays, meta
 
 
-def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
+def _check_arrays(arrays: dict[str, np.ndarray], where: str, meta: dict | None = None) -> None:
+    """Shapes, value ranges and episode structure; raises DatasetError."""
     missing = [k for k in FIELDS if k not in arrays]
     if missing:
         raise DatasetError(f"{where}: missing arrays {', '.join(missing)}")
     n = len(arrays["action"])
-    for name, (_, ndim) in FIELDS.items():
-        a = arrays[name]
+    for name, (_, ndim) in {**FIELDS, **OPTIONAL}.items():
+        if name not in arrays:
+            continue
+        a = np.asarray(arrays[name])
         if a.ndim != ndim or len(a) != n:
             raise DatasetError(f"{where}: {name} has shape {a.shape}, expected {ndim} dims and {n} rows")
     if n == 0:
         raise DatasetError(f"{where}: the dataset is empty")
+    meta = meta or {}
+    pos, obst = np.asarray(arrays["agent_pos"]), np.asarray(arrays["obstacles"])
+    if pos.shape[1] != 2 or obst.shape[2] != 2:
+        raise DatasetError(f"{where}: positions must be (x, y) pairs, got agent_pos {pos.shape}, obstacles {obst.shape}")
+    if "n_obstacles" in meta and obst.shape[1] != meta["n_obstacles"]:
+        raise DatasetError(f"{where}: obstacles has {obst.shape[1]} balls, metadata says {meta['n_obstacles']}")
+    size = meta.get("size")
+    hi = size if size is not None else 128
+    for name, lo_, hi_ in (("action", 0, N_ACTIONS), ("agent_dir", 0, 4), ("agent_pos", 0, hi), ("obstacles", 0, hi),
+                           ("source", 0, len(SOURCES))):
+        a = np.asarray(arrays[name])
+        if a.min() < lo_ or a.max() >= hi_:
+            raise DatasetError(f"{where}: {name} values outside [{lo_}, {hi_ - 1}] (found {a.min()}..{a.max()})")
+    t = np.asarray(arrays["time"]).astype(np.int64)
+    max_steps = meta.get("max_steps")
+    if t.min() < 0 or (max_steps is not None and t.max() >= max_steps):
+        raise DatasetError(f"{where}: time values outside [0, max_steps-1] (found {t.min()}..{t.max()})")
+    if not np.isfinite(np.asarray(arrays["reward"])).all():
+        raise DatasetError(f"{where}: reward has non-finite values")
     done = np.asarray(arrays["terminated"]) | np.asarray(arrays["truncated"])
     if not done[-1]:
-        raise DatasetError(f"{where}: the last episode is incomplete")
+        raise DatasetError(f"{where}: the last episode is incomplete (no terminated/truncated on the last row)")
+    bad = np.flatnonzero(~done[:-1] & (t[1:] != t[:-1] + 1))
+    if len(bad):
+        raise DatasetError(f"{where}: time does not rise by one within an episode at row {bad[0] + 1}")
 
 
 def episode_index(arrays: dict[str, np.ndarray]):
-    """(episode id per step (N,), episode starts (E,), lengths (E,), returns (E,))."""
+    """(episode id per step (N,), episode starts (E,), lengths (E,), returns (E,) float32)."""
     done = np.asarray(arrays["terminated"]) | np.asarray(arrays["truncated"])
     ends = np.flatnonzero(done)
+    if len(ends) == 0 or ends[-1] != len(done) - 1:
+        ends = np.append(ends, len(done) - 1)
     starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
     ep = np.repeat(np.arange(len(starts)), lengths)
@@ -150,46 +216,61 @@ def counts(arrays: dict[str, np.ndarray]) -> dict:
     }
 
 
-def summary(arrays: dict[str, np.ndarray]) -> dict:
-    """Episodes, steps, outcome counts (goal/hit/timeout), return histogram and lengths."""
+def outcomes(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode (goal (E,) bool, hit (E,) bool); neither = timeout (architecture.md)."""
+    _, starts, lengths, _ = episode_index(arrays)
+    last_reward = np.asarray(arrays["reward"])[starts + lengths - 1]
+    return last_reward > 0, last_reward <= -1
+
+
+def summary(arrays: dict[str, np.ndarray], bins: int = 10) -> dict:
+    """Episodes, steps, outcome counts (goal/hit/timeout), return histogram, lengths, per source."""
     ep, starts, lengths, returns = episode_index(arrays)
-    last = starts + lengths - 1
-    reward_last = np.asarray(arrays["reward"])[last]
-    goal, hit = reward_last > 0, reward_last <= -1
-    hist, edges = np.histogram(returns, bins=20, range=(-1.0, 1.0))
+    goal, hit = outcomes(arrays)
+    hist, edges = np.histogram(returns, bins=bins, range=(-1.0, 1.0))
     src = np.asarray(arrays["source"])[starts]
     per_source = {}
     for i, s in enumerate(SOURCES):
         m = src == i
         if m.any():
-            per_source[s] = {"episodes": int(m.sum()), "mean_return": float(returns[m].mean()),
-                             "goal": float(goal[m].mean()), "hit": float(hit[m].mean())}
+            per_source[s] = {"episodes": int(m.sum()), "steps": int(lengths[m].sum()), "mean_return": float(returns[m].mean()),
+                             "goal": float(goal[m].mean()), "hit": float(hit[m].mean()), "mean_length": float(lengths[m].mean())}
     return {
         "episodes": int(len(starts)),
         "steps": int(len(ep)),
         "outcomes": {"goal": int(goal.sum()), "hit": int(hit.sum()), "timeout": int((~goal & ~hit).sum())},
         "mean_return": float(returns.mean()),
-        "length": {"mean": float(lengths.mean()), "min": int(lengths.min()), "max": int(lengths.max())},
+        "length": {"mean": float(lengths.mean()), "min": int(lengths.min()), "median": float(np.median(lengths)),
+                   "max": int(lengths.max())},
         "return_histogram": {"counts": hist.tolist(), "edges": np.round(edges, 3).tolist()},
         "per_source": per_source,
     }
 
 
 def format_summary(s: dict) -> str:
-    o = s["outcomes"]
+    """A few printable lines of ``summary``: totals, outcomes, return histogram, per source."""
+    o, n = s["outcomes"], max(s["episodes"], 1)
+    L = s["length"]
     lines = [
-        f"{s['episodes']} episodes, {s['steps']} steps; mean return {s['mean_return']:.3f}; "
-        f"goal {o['goal']}, hit {o['hit']}, timeout {o['timeout']}; length mean {s['length']['mean']:.1f} "
-        f"(min {s['length']['min']}, max {s['length']['max']})",
+        f"{s['episodes']} episodes, {s['steps']} steps; mean return {s['mean_return']:+.3f}; "
+        f"goal {o['goal']} ({o['goal'] / n:.1%}), hit {o['hit']} ({o['hit'] / n:.1%}), "
+        f"timeout {o['timeout']} ({o['timeout'] / n:.1%}); length mean {L['mean']:.1f}, "
+        f"median {L['median']:.0f}, min {L['min']}, max {L['max']}",
+        "return histogram:",
     ]
+    counts_, edges = s["return_histogram"]["counts"], s["return_histogram"]["edges"]
+    top = max(max(counts_), 1)
+    for c, lo, hi in zip(counts_, edges[:-1], edges[1:]):
+        lines.append(f"  [{lo:+.1f}, {hi:+.1f}{']' if hi >= 1 else ')'} {c:8d} {'#' * round(40 * c / top)}")
     for name, v in s["per_source"].items():
-        lines.append(f"  {name:13s} {v['episodes']:7d} episodes, mean return {v['mean_return']:+.3f}, "
-                     f"goal {v['goal']:.1%}, hit {v['hit']:.1%}")
+        lines.append(f"  {name:9s} {v['episodes']:7d} episodes {v['steps']:9d} steps, mean return {v['mean_return']:+.3f}, "
+                     f"goal {v['goal']:.1%}, hit {v['hit']:.1%}, mean length {v['mean_length']:.1f}")
     return "\n".join(lines)
 
 
-def plot_summary(arrays: dict[str, np.ndarray], path: str) -> None:
-    """Return vs episode length scatter with marginal histograms (the original's reward-over-time plot)."""
+def plot_summary(arrays: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> None:
+    """Return vs episode length scatter with marginal histograms (the original's
+    ``plot_reward_over_time``), saved to ``path`` (png/pdf/svg by extension)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,14 +282,50 @@ def plot_summary(arrays: dict[str, np.ndarray], path: str) -> None:
     ax = fig.add_subplot(gs[1, 0])
     colors = np.where(returns > 0, "tab:green", np.where(returns < 0, "tab:red", "tab:grey"))
     ax.scatter(lengths, returns, c=colors, s=4, alpha=0.3)
-    ax.set_xlabel("episode length")
+    ax.set_xlabel("episode length (steps)")
     ax.set_ylabel("return")
     axx = fig.add_subplot(gs[0, 0], sharex=ax)
     axx.hist(lengths, bins=60, color="tab:blue")
+    axx.set_yscale("log")
     axx.tick_params(labelbottom=False)
     axy = fig.add_subplot(gs[1, 1], sharey=ax)
     axy.hist(returns, bins=40, orientation="horizontal", color="tab:blue")
+    axy.set_xscale("log")
     axy.tick_params(labelleft=False)
-    fig.suptitle(f"{len(lengths)} episodes")
+    fig.suptitle(title or f"{len(lengths)} episodes, {int(lengths.sum())} steps")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def random_dataset(rng: np.random.Generator, n_episodes: int, size: int = 8, n_obstacles: int = 4, max_steps: int = 300,
+                   max_len: int = 40) -> tuple[dict[str, np.ndarray], dict]:
+    """A valid dataset of random episodes (random states, actions and outcomes), for tests and
+    examples: (arrays, metadata). Lengths are U{1..max_len}; a quarter start at t > 0."""
+    lengths = rng.integers(1, max_len + 1, n_episodes)
+    n = int(lengths.sum())
+    t0 = np.where(rng.random(n_episodes) < 0.25, rng.integers(0, max_steps - max_len + 1, n_episodes), 0)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    ep = np.repeat(np.arange(n_episodes), lengths)
+    t = (np.arange(n) - starts[ep] + t0[ep]).astype(np.int16)
+    last = starts + lengths - 1
+    outcome = rng.integers(0, 3, n_episodes)  # 0 goal, 1 hit, 2 timeout
+    reward = np.zeros(n, np.float32)
+    reward[last] = np.where(outcome == 0, 1 - 0.9 * (t[last] + 1) / max_steps, np.where(outcome == 1, -1.0, 0.0))
+    terminated = np.zeros(n, bool)
+    truncated = np.zeros(n, bool)
+    terminated[last] = outcome < 2
+    truncated[last] = outcome == 2
+    arrays = {
+        "agent_pos": rng.integers(1, size - 1, (n, 2)).astype(np.int8),
+        "agent_dir": rng.integers(0, 4, n).astype(np.int8),
+        "obstacles": rng.integers(1, size - 1, (n, n_obstacles, 2)).astype(np.int8),
+        "time": t,
+        "action": rng.integers(0, N_ACTIONS, n).astype(np.int8),
+        "reward": reward,
+        "terminated": terminated,
+        "truncated": truncated,
+        "source": rng.integers(0, len(SOURCES), n_episodes).astype(np.int8)[ep],
+    }
+    meta = {"env_id": f"MiniGrid-Dynamic-Obstacles-{size}x{size}-v0", "max_steps": max_steps, "size": size,
+            "n_obstacles": n_obstacles, "obs_mode": "image", "seed": 0}
+    return arrays, meta
