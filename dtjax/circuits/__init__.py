@@ -1,0 +1,40 @@
+"""Mechanistic-interpretability analyses of a Decision Transformer, as pure functions.
+
+Every function takes ``(params, cfg, ...)`` -- the parameter dict and ``ModelConfig`` of
+``dtjax.load`` -- plus a cache, ``Inputs`` or nothing (weights-only circuits), and returns arrays
+(with a list of labels where the axis is a set of components). TransformerLens vocabulary
+throughout: hook names, ``W_QK``/``W_OV``, DLA, ``decompose_resid``.
+
+- ``core``: ``Inputs`` (a batch of model inputs as a pytree), logit directions, token positions.
+- ``attribution``: attention patterns, residual decomposition, direct logit attribution,
+  state-encoder maps, RTG scans, RTG/time embedding projections.
+- ``weights``: ``FactoredMatrix``, QK and OV circuits as 7x7 maps, their SVDs.
+- ``causal``: zero / mean ablations (logits and closed-loop returns), activation patching.
+"""
+
+from dtjax.circuits.attribution import (
+    attention_patterns, component_labels, decompose_logits, decompose_resid, direct_logit_attribution,
+    embedding_cosines, rtg_embedding_projection, rtg_scan, state_encoder_maps, time_embedding_projection,
+)
+from dtjax.circuits.causal import (
+    ABLATIONS, ablate_logits, ablate_returns, ablation_interventions, ablation_masks, ablation_means,
+    activation_patching, component_name, components, logit_diff_metric, patchable_hooks,
+)
+from dtjax.circuits.core import (
+    ACTIONS, Inputs, action_vector, direction_label, forward, logit_direction, obs_maps, obs_to_chw,
+    run_with_cache, run_with_hooks, state_pos,
+)
+from dtjax.circuits.weights import (
+    W_OV, W_QK, FactoredMatrix, circuit_svd, ov_circuit, ov_rtg, ov_state, qk_circuit, qk_embeddings_rtg,
+    qk_state_rtg,
+)
+
+__all__ = [
+    "ABLATIONS", "ACTIONS", "FactoredMatrix", "Inputs", "W_OV", "W_QK", "ablate_logits", "ablate_returns",
+    "ablation_interventions", "ablation_masks", "ablation_means", "action_vector", "activation_patching",
+    "attention_patterns", "circuit_svd", "component_labels", "component_name", "components", "decompose_logits",
+    "decompose_resid", "direct_logit_attribution", "direction_label", "embedding_cosines", "forward",
+    "logit_diff_metric", "logit_direction", "obs_maps", "obs_to_chw", "ov_circuit", "ov_rtg", "ov_state",
+    "patchable_hooks", "qk_circuit", "qk_embeddings_rtg", "qk_state_rtg", "rtg_embedding_projection", "rtg_scan",
+    "run_with_cache", "run_with_hooks", "state_encoder_maps", "state_pos", "time_embedding_projection",
+]

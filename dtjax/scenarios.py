@@ -1,0 +1,135 @@
+"""Hand-made and sampled situations to probe a Decision Transformer with.
+
+A scenario is an ``envs.EnvState`` built by hand (agent position and direction, ball cells),
+turned into an observation by the env's own pure ``observe``, so it is exactly what the agent
+would see. Unused balls are parked on the wall cell (0, 0): ``cell_type`` reads walls first, so a
+parked ball is invisible (these states are for observing, not for stepping).
+
+View geometry (MiniGrid): the agent sits at view cell (x=3, y=6) facing view "up"; the cell in
+front is (3, 5). In the world, facing east (dir 0) from (x, y), "front" is (x+1, y), "left" is
+(x, y-1) and "right" is (x, y+1).
+
+``scenario_inputs`` gives ``circuits.Inputs`` (K = 1: tokens R, s) for any set of target RTGs;
+``sample_inputs`` draws states from real rollouts (a random or given policy) for dataset means.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+from dtjax.circuits.core import Inputs
+
+PARKED = (0, 0)  # a wall cell: a ball here is never seen
+ENV_ID = "MiniGrid-Dynamic-Obstacles-8x8-v0"
+
+
+def make_state(agent_pos, agent_dir: int, balls=(), n_obstacles: int = 4, time: int = 0) -> envs.EnvState:
+    """An ``EnvState`` with the agent at ``agent_pos`` (x, y) facing ``agent_dir`` (0=E 1=S 2=W 3=N)
+    and balls at ``balls`` (a list of (x, y)); the remaining obstacles are parked out of sight."""
+    balls = list(balls)
+    if len(balls) > n_obstacles:
+        raise ValueError(f"{len(balls)} balls but the env has {n_obstacles} obstacles")
+    obst = balls + [PARKED] * (n_obstacles - len(balls))
+    return envs.EnvState(agent_pos=jnp.asarray(agent_pos, jnp.int32), agent_dir=jnp.int32(agent_dir),
+                         obstacles=jnp.asarray(obst, jnp.int32).reshape(n_obstacles, 2), time=jnp.int32(time))
+
+
+# name -> (agent_pos, agent_dir, balls, caption). Facing east in the 8x8 grid (interior 1..6).
+SCENARIOS = {
+    "clear_ahead": ((2, 3), 0, [], "no ball in view, open floor ahead"),
+    "ball_ahead": ((2, 3), 0, [(3, 3)], "ball in the cell directly in front"),
+    "ball_two_ahead": ((2, 3), 0, [(4, 3)], "ball two cells ahead"),
+    "ball_diag_left": ((2, 3), 0, [(3, 2)], "ball diagonally ahead-left"),
+    "ball_diag_right": ((2, 3), 0, [(3, 4)], "ball diagonally ahead-right"),
+    "ball_left": ((2, 3), 0, [(2, 2)], "ball directly to the left"),
+    "ball_right": ((2, 3), 0, [(2, 4)], "ball directly to the right"),
+    "goal_ahead": ((5, 6), 0, [], "goal in the cell directly in front"),
+    "wall_ahead": ((6, 3), 0, [], "wall directly in front"),
+    "start_seed0": ((1, 1), 0, [(6, 5), (4, 2), (1, 6), (4, 4)], "MiniGrid reset(seed=0), the write-up's example"),
+}
+# (clean, corrupted) pairs for activation patching.
+PATCH_PAIRS = {
+    "ball_ahead_vs_clear": ("ball_ahead", "clear_ahead"),
+    "wall_ahead_vs_clear": ("wall_ahead", "clear_ahead"),
+}
+
+
+def scenario_states(names=None) -> tuple[list[str], envs.EnvState]:
+    """(names, a batched EnvState) for ``names`` (default all of ``SCENARIOS``)."""
+    names = list(SCENARIOS) if names is None else list(names)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
+    states = [make_state(*SCENARIOS[n][:3]) for n in names]
+    return names, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def observe_states(states: envs.EnvState, obs_mode: str = "image", env_id: str = ENV_ID) -> jax.Array:
+    """Observations (n, 7, 7, C) uint8 of a batched EnvState, via the env's ``observe``."""
+    env, env_params = envs.make(env_id, obs_mode=obs_mode)
+    return jax.vmap(lambda s: env.observe(s, env_params))(states)
+
+
+def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0, obs_mode: str = "image",
+                    env_id: str = ENV_ID) -> tuple[list[str], Inputs]:
+    """(names, Inputs of batch n, K = 1): each scenario at target RTG ``rtg`` and ``timestep``.
+
+    ``rtg`` may be an (n,) array (one per scenario). Tokens are (R, s); the action token is not
+    fed because with one timestep it cannot affect the prediction (causal mask).
+    """
+    names, states = scenario_states(names)
+    obs = observe_states(states, obs_mode, env_id)
+    n = len(names)
+    rtg = jnp.broadcast_to(jnp.asarray(rtg, jnp.float32), (n,))
+    return names, Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
+
+
+def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str = "image", max_steps: int = 300,
+                  policy: Callable | None = None, n_envs: int = 16, env_id: str = ENV_ID) -> Inputs:
+    """``n`` single-timestep Inputs drawn from real rollouts (uniformly over visited steps).
+
+    Runs ``n_envs`` vmapped episodes (auto-reset) for ceil(n / n_envs) steps each. ``policy(key,
+    obs (n_envs, 7, 7, C), time (n_envs,)) -> actions`` defaults to uniform random actions (the
+    reference outputs' data). The RTG token is set to ``rtg``; the timestep is the env's step count.
+    """
+    env, env_params = envs.make(env_id, obs_mode=obs_mode, max_steps=max_steps)
+    steps = -(-n // n_envs)
+    k_reset, k_run = jax.random.split(key)
+    obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), env_params)
+    if policy is None:
+        def policy(k, obs, t):
+            return jax.random.randint(k, (obs.shape[0],), 0, env.num_actions)
+
+    def step(carry, k):
+        obs, state = carry
+        k_act, k_env = jax.random.split(k)
+        action = policy(k_act, obs, state.time)
+        out = (obs, state.time)
+        obs, state, *_ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, n_envs), state, action,
+                                                                       env_params)
+        return (obs, state), out
+
+    _, (obs, time) = jax.lax.scan(step, (obs0, state0), jax.random.split(k_run, steps))
+    obs = obs.reshape((-1,) + obs.shape[2:])[:n]
+    time = jnp.minimum(time.reshape(-1)[:n], max_steps).astype(jnp.int32)
+    return Inputs(obs=obs[:, None], rtg=jnp.full((n, 1), rtg, jnp.float32), timesteps=time[:, None])
+
+
+def render_view(obs: np.ndarray) -> np.ndarray:
+    """A small RGB picture (7, 7, 3) float of a raw (7, 7, 3) or one-hot (7, 7, 20) view, rows = view y.
+
+    Empty black, wall grey, ball blue, goal green; the agent's cell (3, 6) red.
+    """
+    obs = np.asarray(obs)
+    obj = obs[..., :11].argmax(-1) if obs.shape[-1] == 20 else obs[..., 0]
+    colours = {1: (0.05, 0.05, 0.05), 2: (0.5, 0.5, 0.5), 6: (0.2, 0.4, 1.0), 8: (0.1, 0.8, 0.2)}
+    img = np.zeros((7, 7, 3))
+    for code, rgb in colours.items():
+        img[obj == code] = rgb
+    img[3, 6] = (0.9, 0.1, 0.1)
+    return img.transpose(1, 0, 2)  # [x, y] -> rows = y
