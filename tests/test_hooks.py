@@ -179,3 +179,23 @@ def test_cache_name_filter(model):
     np.testing.assert_allclose(out, logits, atol=1e-6)
     with pytest.raises(KeyError):
         run_with_cache(params, CFG, *x, names=["blocks.0.ln1.hook_scale"])  # no LayerNorm in this model
+
+
+def test_forward_pays_nothing_for_hooks(model):
+    """The training path traces exactly what a hook-free model would: no extra ops, no outputs."""
+    params, x, _, _ = model
+    plain = jax.make_jaxpr(lambda p: forward(p, CFG, *x))(params)
+    hooked = jax.make_jaxpr(lambda p: run_with_hooks(p, CFG, *x))(params)
+    cached = jax.make_jaxpr(lambda p: run_with_cache(p, CFG, *x))(params)
+    inner = lambda j: j.eqns[0].params["jaxpr"].jaxpr  # noqa: E731  (the jitted call's body)
+    assert len(inner(plain).eqns) == len(inner(hooked).eqns)
+    assert len(inner(plain).outvars) == 1 and len(inner(cached).outvars) > 20
+
+
+def test_import_dtjax_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, dtjax; assert callable(dtjax.load); print(sorted(m for m in ('jax', 'flax', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
