@@ -264,3 +264,58 @@ _SUBCONFIGS[("CollectConfig", "data")] = DataConfig
 # ---------------------------------------------------------------------------------------------
 # TRAINING (dtjax.train)
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(ConfigBase):
+    """The whole job of `python train.py`: data, DT training, evaluation, calibration, checkpoints."""
+
+    run_name: str = "default"  # run directory is <checkpoint_dir>/<run_name>
+    checkpoint_dir: str = "checkpoints"  # where run directories go
+    seed: int = 0  # one seed for everything (data, init, batches, evaluation)
+    env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # the original's env
+    max_steps: int = 300  # env max_steps, as the original's data (MiniGrid's default is 256)
+    dataset: str = ""  # an existing dataset directory to train on; empty = collect one
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: str = "adamw"  # "adamw" (decoupled decay) or "adam_l2" (the original's torch Adam + L2)
+    lr: float = 1e-3  # peak learning rate; the original used 1e-4 constant for 6k-126k steps, too slow for a 10-minute CPU budget
+    lr_schedule: str = "cosine"  # "cosine" (warmup, then decay to 0: a stable final model) or "constant" (the original)
+    warmup_steps: int = 1_000  # linear warmup steps of the cosine schedule
+    weight_decay: float = 1e-3  # the original's weight decay
+    grad_clip: float = 0.0  # global-norm gradient clip; 0 = off (the original had none)
+    batch_size: int = 128  # the original's batch size; split over all devices
+    num_steps: int = 30_000  # optimizer steps
+    log_every: int = 500  # steps per jitted chunk and per metrics line
+    eval_every: int = 5_000  # steps between in-loop evaluations (0 = only at the end)
+    eval_episodes: int = 100  # episodes per target RTG during training
+    final_eval_episodes: int = 500  # episodes per target RTG in the final evaluation
+    eval_rtgs: tuple[float, ...] = (-1.0, 0.0, 1.0)  # target RTGs evaluated
+    calib_points: int = 21  # target RTGs in the calibration sweep over [-1, 1]
+    calib_episodes: int = 200  # episodes per calibration point
+    ckpt_every: int = 5_000  # steps between checkpoints
+    keep_checkpoints: int = 3  # orbax max_to_keep
+    wandb_project: str = ""  # log to Weights & Biases too when set and wandb is installed
+
+    def validate(self) -> None:
+        _check(bool(self.run_name) and "/" not in self.run_name and self.run_name not in (".", ".."),
+               f"run_name must be a plain directory name, got {self.run_name!r}")
+        _check(self.optimizer in ("adamw", "adam_l2"), f"optimizer must be 'adamw' or 'adam_l2', got {self.optimizer!r}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.lr_schedule in ("cosine", "constant"), f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        _check(0 <= self.warmup_steps < self.num_steps, f"warmup_steps must be in [0, num_steps), got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        for n in ("batch_size", "num_steps", "log_every", "eval_episodes", "final_eval_episodes", "calib_points",
+                  "calib_episodes", "ckpt_every", "keep_checkpoints"):
+            _check(getattr(self, n) >= 1, f"{n} must be >= 1, got {getattr(self, n)}")
+        _check(self.num_steps % self.log_every == 0, f"num_steps ({self.num_steps}) must be a multiple of log_every ({self.log_every})")
+        _check(self.ckpt_every % self.log_every == 0, f"ckpt_every ({self.ckpt_every}) must be a multiple of log_every ({self.log_every})")
+        _check(self.eval_every % self.log_every == 0, f"eval_every ({self.eval_every}) must be a multiple of log_every ({self.log_every})")
+        _check(len(self.eval_rtgs) >= 1, "eval_rtgs must not be empty")
+        _check(self.model.max_timestep >= self.max_steps - 1,
+               f"model.max_timestep ({self.model.max_timestep}) must cover the env's timesteps (max_steps - 1 = {self.max_steps - 1})")
+
+
+_SUBCONFIGS[("TrainConfig", "model")] = ModelConfig
+_SUBCONFIGS[("TrainConfig", "data")] = DataConfig

@@ -1,0 +1,124 @@
+"""Orbax checkpoints for dtjax runs: params, optimizer state, step, RNG and config, kept together.
+
+Layout of a run directory (``checkpoints/<run>/``)::
+
+    config.json          the full TrainConfig of the run (also stored inside every step)
+    metrics.jsonl        one JSON object per log line (loss, accuracy, eval returns)
+    calibration.json     target RTG sweep results, and calibration.png
+    ckpt/<step>/         orbax steps: items ``params``, ``train_state``, ``config``
+
+Orbax writes each step to a temporary directory and renames it when complete, so a crash
+never leaves a half-written step that restore would pick up. ``max_to_keep`` prunes old steps.
+
+``restore_model(path)`` is what ``dtjax.load`` calls: ``path`` may be the run directory, its
+``ckpt`` directory or one step directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CKPT_DIR = "ckpt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not exist or cannot be read; the message is one line."""
+
+
+def manager(run_dir: str | os.PathLike, max_to_keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager over ``run_dir/ckpt`` keeping the last ``max_to_keep`` steps."""
+    path = Path(run_dir).absolute() / CKPT_DIR
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+    return ocp.CheckpointManager(path, options=opts)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, params: Any, train_state: Any, config: dict) -> None:
+    """Write one step (asynchronously finalised; call ``mgr.wait_until_finished()`` before exit).
+
+    Args:
+      params: the model parameter pytree.
+      train_state: everything else needed to resume exactly (optimizer state, RNG key, step).
+      config: the run's config as a JSON-able dict.
+
+    Arrays are written as host (numpy) arrays: parameters are replicated in data-parallel
+    training, and a checkpoint without device layout opens on any topology (a run trained on 4
+    devices loads in a 1-device notebook).
+    """
+    params, train_state = jax.device_get((params, train_state))
+    mgr.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            train_state=ocp.args.StandardSave(train_state),
+            config=ocp.args.JsonSave(config),
+        ),
+    )
+
+
+def restore_train(mgr: ocp.CheckpointManager, params_like: Any, train_state_like: Any, step: int | None = None):
+    """Restore (step, params, train_state) with the structure of the given templates."""
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"no checkpoint steps under {mgr.directory}")
+    abstract = lambda t: jax.tree.map(ocp.utils.to_shape_dtype_struct, t)  # noqa: E731
+    out = mgr.restore(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract(params_like)),
+            train_state=ocp.args.StandardRestore(abstract(train_state_like)),
+        ),
+    )
+    return step, out["params"], out["train_state"]
+
+
+def _find_step_dir(path: Path) -> Path:
+    """Resolve a run dir, its ckpt dir or a step dir to the step directory to read."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"not a dtjax checkpoint directory: {path}")
+    if (path / "params").is_dir() and (path / "config").exists():
+        return path
+    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
+    steps = sorted(
+        (int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit() and (p / "params").is_dir()),
+    )
+    if not steps:
+        raise CheckpointError(f"no dtjax checkpoint steps found in {path}")
+    return ckpt / str(steps[-1])
+
+
+def restore_model(path: str | os.PathLike) -> tuple[dict, dict, int]:
+    """Read (config dict, params, step) from a dtjax checkpoint, as numpy-backed jax arrays.
+
+    ``path``: a run directory, its ``ckpt`` directory, or one step directory.
+    """
+    step_dir = _find_step_dir(Path(path).absolute())
+    try:
+        ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        out = ckptr.restore(
+            step_dir,
+            args=ocp.args.Composite(params=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()),
+        )
+    except Exception as e:  # orbax raises many types; the user needs one line
+        raise CheckpointError(f"cannot read dtjax checkpoint {step_dir}: {type(e).__name__}: {str(e)[:200]}") from e
+    params = jax.tree.map(np.asarray, out["params"])
+    return out["config"], params, int(step_dir.name) if step_dir.name.isdigit() else -1
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,235 @@
+"""Closed-loop evaluation of a Decision Transformer in the JAX env, and RTG calibration.
+
+Mirrors the original project's ``evaluate_dt_agent`` and ``calibration_statistics``
+(`src/decision_transformer/train.py`, `calibration.py`), but every episode of every target RTG
+runs at once: the batch is (target RTG x episode), vmapped through ``env.step`` and the DT, in
+one ``lax.while_loop`` that stops when every episode has ended.
+
+Protocol (as the original): the RTG token starts at the target and is decreased by each reward
+(rewards are terminal, so it stays constant); the timestep token is the env's step count
+(clipped to ``max_timestep``); with a context of K > 1 timesteps the previous actions are fed and
+the current action slot holds the padding action (causality means it is never read). Episode
+``i`` of every target RTG starts from the same reset key, so targets are compared on the same
+layouts. Outcomes: goal (reward > 0), hit (reward == -1: obstacle or wall), timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dtjax.config import ModelConfig
+from dtjax.model import forward
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Per-episode outcomes, each of shape (n_rtgs, n_episodes)."""
+
+    target_rtg: np.ndarray  # (R,)
+    returns: np.ndarray  # final (undiscounted) return
+    lengths: np.ndarray  # steps taken until the episode ended
+    goal: np.ndarray  # bool: reached the goal
+    hit: np.ndarray  # bool: walked into an obstacle or a wall
+    timeout: np.ndarray  # bool: truncated at max_steps without goal or hit
+
+    def summary(self) -> list[dict[str, float]]:
+        """One row per target RTG: mean/std/percentiles of return, rates, mean length."""
+        rows = []
+        for i, r in enumerate(self.target_rtg):
+            ret = self.returns[i]
+            rows.append(
+                {
+                    "target_rtg": float(r),
+                    "mean_return": float(ret.mean()),
+                    "std_return": float(ret.std()),
+                    "p10": float(np.percentile(ret, 10)),
+                    "p25": float(np.percentile(ret, 25)),
+                    "p50": float(np.percentile(ret, 50)),
+                    "p75": float(np.percentile(ret, 75)),
+                    "p90": float(np.percentile(ret, 90)),
+                    "goal_rate": float(self.goal[i].mean()),
+                    "hit_rate": float(self.hit[i].mean()),
+                    "timeout_rate": float(self.timeout[i].mean()),
+                    "mean_length": float(self.lengths[i].mean()),
+                    "episodes": int(ret.shape[0]),
+                }
+            )
+        return rows
+
+
+def _policy_logits(params, cfg: ModelConfig, hist, interventions):
+    obs, rtg, ts, act = hist
+    actions = act if cfg.n_timesteps > 1 else None
+    if interventions:
+        from dtjax.model import run_with_hooks
+
+        logits = run_with_hooks(params, cfg, obs, rtg, ts, actions, interventions=interventions)
+    else:
+        logits = forward(params, cfg, obs, rtg, ts, actions)
+    return logits[:, -1]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "env", "n_episodes", "greedy"))
+def _rollout(params, cfg, env, env_params, key, target_rtgs, n_episodes, greedy, temperature, interventions):
+    n_rtg = target_rtgs.shape[0]
+    batch = n_rtg * n_episodes
+    k_reset, k_loop = jax.random.split(key)
+    # Same reset key for episode i of every target RTG (common random numbers).
+    reset_keys = jnp.tile(jax.random.split(k_reset, n_episodes), (n_rtg, 1))
+    obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, env_params)
+    rtg0 = jnp.repeat(target_rtgs.astype(jnp.float32), n_episodes)
+    K = cfg.n_timesteps
+    pad_action = cfg.n_actions
+    max_t = cfg.max_timestep
+
+    def push(buf, x):  # shift the context window left and append x as the newest timestep
+        return jnp.concatenate([buf[:, 1:], x[:, None]], axis=1)
+
+    hist0 = (
+        push(jnp.zeros((batch, K) + obs0.shape[1:], obs0.dtype), obs0),
+        push(jnp.zeros((batch, K), jnp.float32), rtg0),
+        push(jnp.zeros((batch, K), jnp.int32), jnp.zeros((batch,), jnp.int32)),
+        jnp.full((batch, K), pad_action, jnp.int32),
+    )
+    max_steps = env_params.max_steps_in_episode
+
+    def cond(c):
+        step, done = c[0], c[3]
+        return (step < max_steps) & ~jnp.all(done)
+
+    def body(c):
+        step, state, hist, done, ret, length, outcome = c
+        logits = _policy_logits(params, cfg, hist, interventions)
+        k_act, k_env = jax.random.split(jax.random.fold_in(k_loop, step))
+        sampled = jax.random.categorical(k_act, logits / temperature, axis=-1)
+        action = jnp.where(greedy, jnp.argmax(logits, -1), sampled).astype(jnp.int32)
+        env_keys = jax.random.split(k_env, batch)
+        obs, state, reward, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            env_keys, state, action, env_params
+        )
+        ended = (term | trunc) & ~done
+        ret = jnp.where(done, ret, ret + reward)
+        length = jnp.where(done, length, length + 1)
+        # outcome: 0 running, 1 goal, 2 hit, 3 timeout
+        new_out = jnp.where(reward > 0, 1, jnp.where(reward <= -1, 2, 3))
+        outcome = jnp.where(ended, new_out, outcome)
+        done = done | term | trunc
+        rtg_next = hist[1][:, -1] - reward
+        t_next = jnp.minimum(state.time, max_t).astype(jnp.int32)
+        acts = hist[3].at[:, -1].set(action)
+        hist = (
+            push(hist[0], obs),
+            push(hist[1], rtg_next),
+            push(hist[2], t_next),
+            push(acts, jnp.full((batch,), pad_action, jnp.int32)),
+        )
+        return step + 1, state, hist, done, ret, length, outcome
+
+    zeros_f = jnp.zeros((batch,), jnp.float32)
+    carry = (
+        jnp.int32(0),
+        state0,
+        hist0,
+        jnp.zeros((batch,), bool),
+        zeros_f,
+        jnp.zeros((batch,), jnp.int32),
+        jnp.zeros((batch,), jnp.int32),
+    )
+    _, _, _, _, ret, length, outcome = jax.lax.while_loop(cond, body, carry)
+    shape = (n_rtg, n_episodes)
+    return ret.reshape(shape), length.reshape(shape), outcome.reshape(shape)
+
+
+def evaluate(
+    params: Any,
+    cfg: ModelConfig,
+    env,
+    env_params,
+    key: jax.Array,
+    target_rtgs,
+    n_episodes: int,
+    *,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    interventions: dict | None = None,
+) -> EvalResult:
+    """Run ``n_episodes`` closed-loop episodes for each target RTG, all in one jitted loop.
+
+    Args:
+      params, cfg: the DT.
+      env, env_params: from ``envs.make`` (the observation mode must match ``cfg``).
+      key: PRNG key; the same key gives the same episodes.
+      target_rtgs: (R,) initial RTGs.
+      n_episodes: episodes per target RTG.
+      greedy: argmax actions; otherwise sample from softmax(logits / temperature).
+      interventions: optional hook interventions applied at every step (see ``dtjax.hooks``).
+
+    Returns:
+      EvalResult with (R, n_episodes) arrays.
+    """
+    target_rtgs = jnp.asarray(np.asarray(target_rtgs, np.float32).reshape(-1))
+    ret, length, outcome = _rollout(
+        params, cfg, env, env_params, key, target_rtgs, int(n_episodes), bool(greedy),
+        jnp.float32(temperature), interventions or {},
+    )
+    outcome = np.asarray(outcome)
+    return EvalResult(
+        target_rtg=np.asarray(target_rtgs),
+        returns=np.asarray(ret),
+        lengths=np.asarray(length),
+        goal=outcome == 1,
+        hit=outcome == 2,
+        timeout=(outcome == 3) | (outcome == 0),
+    )
+
+
+def calibrate(params, cfg, env, env_params, key, rtgs=None, n_episodes: int = 200, **kw) -> dict:
+    """The original's "black box characterisation": achieved return as the target RTG sweeps.
+
+    Returns a JSON-able dict: ``rows`` (one summary row per target, see ``EvalResult.summary``),
+    ``monotonic`` (whether the mean return never decreases along the sweep, allowing 0.02 noise).
+    """
+    rtgs = np.linspace(-1.0, 1.0, 21) if rtgs is None else np.asarray(rtgs, np.float32)
+    res = evaluate(params, cfg, env, env_params, key, rtgs, n_episodes, **kw)
+    rows = res.summary()
+    means = np.array([r["mean_return"] for r in rows])
+    return {
+        "rows": rows,
+        "n_episodes": int(n_episodes),
+        "greedy": bool(kw.get("greedy", True)),
+        "monotonic": bool(np.all(np.diff(means) >= -0.02)),
+        "strictly_rising_ends": bool(means[-1] > means[0]),
+    }
+
+
+def plot_calibration(calib: dict, path: str, title: str = "Calibration") -> None:
+    """Target vs achieved return with the diagonal and a 10–90 percentile band (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = calib["rows"]
+    x = np.array([r["target_rtg"] for r in rows])
+    mean = np.array([r["mean_return"] for r in rows])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.fill_between(x, [r["p10"] for r in rows], [r["p90"] for r in rows], alpha=0.2, label="10–90th pct")
+    ax.fill_between(x, [r["p25"] for r in rows], [r["p75"] for r in rows], alpha=0.3, label="25–75th pct")
+    ax.plot(x, mean, "o-", label="mean achieved return")
+    lo, hi = min(x.min(), -1), max(x.max(), 1)
+    ax.plot([lo, hi], [lo, hi], "-.", color="lightseagreen", label="y = x")
+    ax.set_xlabel("target RTG")
+    ax.set_ylabel("achieved return")
+    ax.set_title(f"{title} ({calib['n_episodes']} episodes per point)")
+    ax.set_ylim(-1.1, 1.1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

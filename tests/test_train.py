@@ -1,0 +1,181 @@
+"""The main job: tiny end-to-end run, exact resume, sharded == unsharded, loss decreases, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dtjax
+from dtjax.config import ConfigError, DataConfig, DataMixConfig, ModelConfig, PPOConfig, TrainConfig
+from dtjax.model import init_params
+from dtjax.train import RunError, loss_fn, make_optimizer, train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_DATA = DataConfig(
+    ppo=PPOConfig(total_timesteps=4 * 16 * 32, num_envs=16, num_steps=32, num_minibatches=4, hidden=16),
+    mix=DataMixConfig(envs=16),
+)
+TINY_MODEL = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, max_timestep=49)
+
+
+def tiny_cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        run_name="tiny", checkpoint_dir=str(tmp_path), env_id="MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50,
+        model=TINY_MODEL, data=TINY_DATA, batch_size=16, num_steps=40, log_every=10, eval_every=20, ckpt_every=20,
+        warmup_steps=5, eval_episodes=4, final_eval_episodes=4, calib_points=3, calib_episodes=4,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    cfg = tiny_cfg(tmp)
+    summary = train_and_evaluate(cfg, progress=False)
+    return cfg, summary, tmp
+
+
+def test_tiny_end_to_end(tiny_run):
+    cfg, summary, tmp = tiny_run
+    run = Path(summary["run_dir"])
+    for f in ("config.json", "metrics.jsonl", "calibration.json", "calibration.png", "summary.json", "dataset/metadata.json"):
+        assert (run / f).exists(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [10, 20, 30, 40]
+    assert "eval/return@+1" in rows[1]
+    loaded_cfg, params = dtjax.load(run)
+    assert loaded_cfg == cfg.model
+    assert jax.tree.structure(params) == jax.tree.structure(init_params(jax.random.PRNGKey(0), cfg.model))
+    calib = json.loads((run / "calibration.json").read_text())
+    assert len(calib["rows"]) == 3 and calib["n_episodes"] == 4
+    with pytest.raises(RunError, match="already exists"):
+        train_and_evaluate(cfg, progress=False)
+
+
+def _final_params(run_dir):
+    return dtjax.load(run_dir)[1]
+
+
+def test_resume_gives_identical_params(tiny_run, tmp_path, monkeypatch):
+    """Kill the run right after its step-20 checkpoint, resume it: the same params as a run that
+    was never interrupted."""
+    cfg, summary, _ = tiny_run
+    run_cfg = tiny_cfg(tmp_path, run_name="resumed", dataset=str(Path(summary["run_dir"]) / "dataset"))
+    import dtjax.train as tr
+
+    real_save = tr.ckpt_lib.save
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(mgr, step, *a, **k):
+        real_save(mgr, step, *a, **k)
+        mgr.wait_until_finished()
+        if step == 20:
+            raise Killed
+
+    monkeypatch.setattr(tr.ckpt_lib, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_and_evaluate(run_cfg, progress=False)
+    monkeypatch.setattr(tr.ckpt_lib, "save", real_save)
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    train_and_evaluate(run_cfg, resume=True, progress=False)
+    ref = train_and_evaluate(run_cfg.replace(run_name="straight"), progress=False)
+    a, b = _final_params(tmp_path / "resumed"), _final_params(ref["run_dir"])
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [10, 20, 30, 40]  # no duplicated lines
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(RunError, match="cannot resume"):
+        train_and_evaluate(tiny_cfg(tmp_path, run_name="nothing"), resume=True, progress=False)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    cfg = TrainConfig(model=TINY_MODEL, max_steps=50, lr=3e-3, lr_schedule="constant", num_steps=100, log_every=10,
+                      eval_every=10, ckpt_every=10, warmup_steps=0)
+    rng = np.random.default_rng(0)
+    batch = {
+        "obs": jnp.asarray(rng.integers(0, 9, (32, 1, 7, 7, 3)), jnp.uint8), "rtg": jnp.asarray(rng.uniform(-1, 1, (32, 1)), jnp.float32),
+        "timesteps": jnp.asarray(rng.integers(0, 49, (32, 1)), jnp.int32), "actions": jnp.asarray(rng.integers(0, 3, (32, 1)), jnp.int32),
+        "mask": jnp.ones((32, 1), bool),
+    }
+    tx = make_optimizer(cfg)
+    params = init_params(jax.random.PRNGKey(0), TINY_MODEL)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(p, o):
+        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, TINY_MODEL, batch)
+        u, o = tx.update(g, o, p)
+        return jax.tree.map(lambda a, b: a + b, p, u), o, loss
+
+    losses = []
+    for _ in range(60):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    # padding positions do not count
+    masked = dict(batch, mask=jnp.zeros((32, 1), bool).at[0].set(True))
+    assert float(loss_fn(params, TINY_MODEL, masked)[0]) != pytest.approx(losses[-1])
+
+
+def test_config_roundtrip_and_validation(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    for bad in (dict(num_steps=45), dict(optimizer="sgd"), dict(run_name="a/b"), dict(max_steps=500)):
+        with pytest.raises(ConfigError):
+            tiny_cfg(tmp_path, **bad)
+
+
+def _run_cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = _run_cli("--no_such_flag", "1")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr and "Traceback" not in r.stderr
+    r = _run_cli("--model.d_model", "0")
+    assert r.returncode == 2 and "model.d_model must be >= 1" in r.stderr and "Traceback" not in r.stderr
+    r = _run_cli("--config", str(tmp_path / "missing.json"))
+    assert r.returncode == 2 and "config file not found" in r.stderr
+    r = _run_cli("--dataset", str(tmp_path / "nope"), "--checkpoint_dir", str(tmp_path), "--quiet")
+    assert r.returncode == 1 and "dataset not found" in r.stderr and "Traceback" not in r.stderr
+    r = _run_cli("--resume", "ghost", "--checkpoint_dir", str(tmp_path), "--quiet")
+    assert r.returncode == 1 and "cannot resume" in r.stderr
+
+
+def test_sharded_matches_single_device(tiny_run, tmp_path):
+    """The same run on 4 simulated CPU devices (batch split 4 ways) gives the same params."""
+    cfg, summary, _ = tiny_run
+    ds = str(Path(summary["run_dir"]) / "dataset")
+    script = (
+        "import json, sys; from dtjax.config import TrainConfig; from dtjax.train import train_and_evaluate\n"
+        "import jax; assert jax.device_count() == int(sys.argv[2]), jax.devices()\n"
+        "cfg = TrainConfig.from_json(open(sys.argv[1]).read())\n"
+        "train_and_evaluate(cfg, progress=False)\n"
+    )
+    outs = []
+    for n in (1, 4):
+        c = tiny_cfg(tmp_path, run_name=f"dev{n}", dataset=ds)
+        (tmp_path / f"cfg{n}.json").write_text(c.to_json())
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+        r = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"cfg{n}.json"), str(n)], capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(_final_params(tmp_path / f"dev{n}"))
+    for x, y in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+        np.testing.assert_allclose(x, y, atol=2e-5, rtol=1e-4)
