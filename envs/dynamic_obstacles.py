@@ -6,9 +6,10 @@ view are gather- and switch-free, which vmaps and compiles well.
 
 Each phase is a module-level pure function a test can call on its own:
 - `reset_state`: MiniGrid's `_gen_grid` distribution (agent start, obstacles by rejection sampling),
-  reproduced exactly with one uniform draw and `top_k`;
+  reproduced with one uniform draw of N (+2) numbers and sequential sampling without replacement;
 - `move_obstacles`: each ball, in list order, moves to a uniform free king-move neighbour
-  (seeing earlier balls' new cells), or stays with MiniGrid's probability of 101 failed tries;
+  (seeing earlier balls' new cells), or stays with MiniGrid's probability of 101 failed tries
+  (one uniform per ball);
 - `transition`: the agent part of the step given the obstacles' new cells (the lock-step parity
   tests force Python's moves through it);
 - `observe`: the (7,7,3) `image`, its one-hot (7,7,20) form, or the full (S,S,3) view.
@@ -70,28 +71,64 @@ def _interior_cells(size: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], -1).astype(np.int32)
 
 
+def _placement_pool(size: int, random_start: bool) -> np.ndarray:
+    """Cells a reset may place things on, row-major: the interior minus the goal, and minus the
+    fixed start (1, 1) unless the agent itself is drawn from the pool."""
+    cells = _interior_cells(size)
+    keep = ~np.all(cells == size - 2, axis=-1)
+    if not random_start:
+        keep &= ~np.all(cells == 1, axis=-1)
+    return cells[keep]
+
+
+def _draw_distinct(u: jax.Array, pool_size: int) -> jax.Array:
+    """Indices of an ordered tuple of distinct pool cells, uniform over all such tuples.
+
+    ``u`` (n,) uniforms in [0, 1). Draw i picks rank r_i ~ U{0..pool_size-1-i} among the cells not
+    yet picked, then converts that rank to a pool index by the fixed point
+    ``idx = r_i + #{earlier picks <= idx}`` (monotone, reached from below in at most i rounds):
+    sequential sampling without replacement, as MiniGrid's rejection sampling, in O(n^3) scalar
+    ops and n random numbers instead of a shuffle or a top-k over the whole grid.
+    """
+    n = u.shape[0]
+    ranks = jnp.minimum((u * (pool_size - np.arange(n))).astype(jnp.int32), pool_size - 1 - np.arange(n))
+    picks = []
+    for i in range(n):
+        idx = ranks[i]
+        for _ in range(i):
+            idx = ranks[i] + sum((p <= idx).astype(jnp.int32) for p in picks)
+        picks.append(idx)
+    return jnp.stack(picks)
+
+
 def reset_state(key: jax.Array, size: int, n_obstacles: int, random_start: bool) -> EnvState:
     """A fresh episode with MiniGrid's reset distribution.
 
     MiniGrid places the agent (fixed (1,1) facing east, or uniform over interior non-goal cells
     with a uniform direction) and then each ball by rejection sampling over cells that are empty
-    and not the agent's. The ordered ball tuple is thus uniform over ordered tuples of distinct
-    free cells, which is exactly the order of the top-N of i.i.d. uniform scores.
+    and not the agent's. The ordered (agent,) + balls tuple is thus uniform over ordered tuples of
+    distinct cells of the pool (interior minus goal, minus (1, 1) for the fixed start), which
+    `_draw_distinct` samples from one uniform draw of n_obstacles (+ 2 for a random start) numbers.
     """
-    cells = jnp.asarray(_interior_cells(size))
-    n = cells.shape[0]
-    u = jax.random.uniform(key, (2 * n + 1,))
-    goal = jnp.all(cells == size - 2, axis=-1)
+    pool = _placement_pool(size, random_start)
+    n_draw = n_obstacles + int(random_start)
+    u = jax.random.uniform(key, (n_draw + int(random_start),))
+    cells = jnp.asarray(pool)[_draw_distinct(u[:n_draw], pool.shape[0])]
     if random_start:
-        agent_idx = jnp.argmax(jnp.where(goal, -1.0, u[:n]))
-        agent_pos = cells[agent_idx]
-        agent_dir = jnp.minimum((u[2 * n] * 4).astype(jnp.int32), 3)
+        agent_pos, obstacles = cells[0], cells[1:]
+        agent_dir = jnp.minimum((u[n_draw] * 4).astype(jnp.int32), 3)
     else:
-        agent_pos = jnp.array([1, 1], jnp.int32)
+        agent_pos, obstacles = jnp.array([1, 1], jnp.int32), cells
         agent_dir = jnp.int32(0)
-    taken = goal | jnp.all(cells == agent_pos, axis=-1)
-    _, idx = jax.lax.top_k(jnp.where(taken, -1.0, u[n : 2 * n]), n_obstacles)
-    return EnvState(agent_pos=agent_pos, agent_dir=agent_dir, obstacles=cells[idx], time=jnp.int32(0))
+    return EnvState(agent_pos=agent_pos, agent_dir=agent_dir, obstacles=obstacles, time=jnp.int32(0))
+
+
+# For the one-uniform neighbour choice: _BEFORE[j, l] = 1 if l < j (rank of neighbour j among free ones).
+_BEFORE = np.tril(np.ones((8, 8), np.int32), -1)
+# P(all 101 of MiniGrid's tries fail | k free neighbours) = ((9 - k) / 9) ** 101, k = 0..8, as a
+# table: written as `((9. - k) / 9.) ** 101` under jit, XLA rewrites it to (9 - k)**101 / 9**101
+# = inf / inf = NaN in float32 (found the hard way), which silently disabled the stay rule.
+P_STAY = np.array([((9 - k) / 9) ** 101 for k in range(9)], np.float32)
 
 
 def move_obstacles(key: jax.Array, obstacles: jax.Array, agent_pos: jax.Array, size: int) -> jax.Array:
@@ -100,25 +137,32 @@ def move_obstacles(key: jax.Array, obstacles: jax.Array, agent_pos: jax.Array, s
     A neighbour is free if it holds no wall, goal or ball (earlier balls at their new cells, later
     ones at their old cells) and is not the agent's (pre-step) cell. MiniGrid tries 101 random
     cells of the 3x3 box (its own cell included, which is occupied) and leaves the ball in place if
-    all fail: with k free neighbours that happens with probability ((9 - k) / 9) ** 101.
+    all fail: with k free neighbours that happens with probability q = ((9 - k) / 9) ** 101.
+
+    One uniform u per ball decides both: stay if u < q, otherwise take the free neighbour of rank
+    floor(k (u - q) / (1 - q)) (that rescaled number is uniform on [0, 1) given u >= q). Exact up
+    to float32 resolution (2**-23 ~ 1e-7 in probability).
 
     Args:
-      key: PRNG key (one uniform draw of shape (N, 9)).
+      key: PRNG key (one uniform draw of shape (N,)).
       obstacles: (N, 2) int32 in list order.
       agent_pos: (2,) int32.
     Returns:
       (N, 2) int32 new positions.
     """
     n = obstacles.shape[0]
-    u = jax.random.uniform(key, (n, 9))
+    u = jax.random.uniform(key, (n,))
     neigh = jnp.asarray(mg.NEIGH8)
+    before = jnp.asarray(_BEFORE)
     for i in range(n):  # sequential by construction: ball i sees balls < i at their new cells
         cand = obstacles[i] + neigh  # (8, 2)
         free = (cell_type(cand, obstacles, size) == EMPTY) & ~jnp.all(cand == agent_pos, axis=-1)
-        k = free.sum()
-        p_stay = ((9.0 - k) / 9.0) ** 101
-        stay = (k == 0) | (u[i, 8] < p_stay)
-        j = jnp.argmax(jnp.where(free, u[i, :8], -1.0))
+        free_i = free.astype(jnp.int32)
+        k = free_i.sum()
+        q = jnp.asarray(P_STAY)[k]
+        stay = (k == 0) | (u[i] < q)
+        rank = jnp.minimum(((u[i] - q) / (1.0 - q) * k).astype(jnp.int32), k - 1)
+        j = jnp.argmax(free & ((before * free_i).sum(-1) == rank))  # the free neighbour of that rank
         obstacles = obstacles.at[i].set(jnp.where(stay, obstacles[i], cand[j]))
     return obstacles
 
@@ -284,8 +328,12 @@ def _step_impl(env: DynamicObstacles, key, state, action, params):
     done = terminated | truncated
     state_re = reset_state(key_reset, env.size, env.n_obstacles, env.random_start)
     state_out = jax.tree.map(lambda r, s: jax.lax.select(done, r, s), state_re, state_st)
-    info = {"terminated": terminated, "truncated": truncated, "final_observation": env.observe(state_st), "final_state": state_st}
-    return env.observe(state_out), state_out, reward, terminated, truncated, info
+    # Observing both states and selecting measured ~10% faster on CPU than observing the selected
+    # state (a fixed-start reset view is mostly constants), and gives final_observation for free.
+    obs_st = env.observe(state_st)
+    obs = jax.lax.select(done, env.observe(state_re), obs_st)
+    info = {"terminated": terminated, "truncated": truncated, "final_observation": obs_st, "final_state": state_st}
+    return obs, state_out, reward, terminated, truncated, info
 
 
 def _reset_impl(env: DynamicObstacles, key, params):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from envs.dynamic_obstacles import OBS_MODES, DynamicObstacles, EnvParams
 
 # id -> (size, n_obstacles, random_start). The Random-8x8 and Random-16x16 ids are dtjax
@@ -35,10 +37,17 @@ def make(env_id: str, **overrides) -> tuple[DynamicObstacles, EnvParams]:
     obs_mode = overrides.get("obs_mode", "image")
     if obs_mode not in OBS_MODES:
         raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}; got {obs_mode!r}")
-    env = DynamicObstacles(size, overrides.get("n_obstacles", n_obstacles), random_start, obs_mode)
+    n_obstacles = overrides.get("n_obstacles", n_obstacles)
+    if not _is_int(n_obstacles) or n_obstacles < 1:
+        raise ValueError(f"n_obstacles must be a positive integer, got {n_obstacles!r}")
     max_steps = overrides.get("max_steps")
     if max_steps is None:
         max_steps = 4 * size**2
-    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+    if not _is_int(max_steps) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-    return env, EnvParams(max_steps_in_episode=max_steps)
+    env = DynamicObstacles(size, int(n_obstacles), random_start, obs_mode)
+    return env, EnvParams(max_steps_in_episode=int(max_steps))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
