@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import ModelConfig
+from envs.dynamic_obstacles import cell_type
+from envs.minigrid import DIR_TO_VEC, WALL
 from dtjax.model import forward
 
 
@@ -36,6 +38,7 @@ class EvalResult:
     lengths: np.ndarray  # steps taken until the episode ended
     goal: np.ndarray  # bool: reached the goal
     hit: np.ndarray  # bool: walked into an obstacle or a wall
+    hit_wall: np.ndarray  # bool: the hit was into a wall (a subset of ``hit``)
     timeout: np.ndarray  # bool: truncated at max_steps without goal or hit
 
     def summary(self) -> list[dict[str, float]]:
@@ -55,6 +58,7 @@ class EvalResult:
                     "p90": float(np.percentile(ret, 90)),
                     "goal_rate": float(self.goal[i].mean()),
                     "hit_rate": float(self.hit[i].mean()),
+                    "hit_wall_rate": float(self.hit_wall[i].mean()),
                     "timeout_rate": float(self.timeout[i].mean()),
                     "mean_length": float(self.lengths[i].mean()),
                     "episodes": int(ret.shape[0]),
@@ -107,6 +111,8 @@ def _rollout(params, cfg, env, env_params, key, target_rtgs, n_episodes, greedy,
         step, state, hist, done, ret, length, outcome = c
         logits = _policy_logits(params, cfg, hist, interventions)
         k_act, k_env = jax.random.split(jax.random.fold_in(k_loop, step))
+        front = state.agent_pos + jnp.asarray(DIR_TO_VEC)[state.agent_dir]
+        front_wall = jax.vmap(lambda xy, o: cell_type(xy, o, env.size))(front, state.obstacles) == WALL
         sampled = jax.random.categorical(k_act, logits / temperature, axis=-1)
         action = jnp.where(greedy, jnp.argmax(logits, -1), sampled).astype(jnp.int32)
         env_keys = jax.random.split(k_env, batch)
@@ -116,8 +122,8 @@ def _rollout(params, cfg, env, env_params, key, target_rtgs, n_episodes, greedy,
         ended = (term | trunc) & ~done
         ret = jnp.where(done, ret, ret + reward)
         length = jnp.where(done, length, length + 1)
-        # outcome: 0 running, 1 goal, 2 hit, 3 timeout
-        new_out = jnp.where(reward > 0, 1, jnp.where(reward <= -1, 2, 3))
+        # outcome: 0 running, 1 goal, 2 hit a ball, 3 timeout, 4 hit a wall
+        new_out = jnp.where(reward > 0, 1, jnp.where(reward <= -1, jnp.where(front_wall, 4, 2), 3))
         outcome = jnp.where(ended, new_out, outcome)
         done = done | term | trunc
         rtg_next = hist[1][:, -1] - reward
@@ -184,7 +190,8 @@ def evaluate(
         returns=np.asarray(ret),
         lengths=np.asarray(length),
         goal=outcome == 1,
-        hit=outcome == 2,
+        hit=(outcome == 2) | (outcome == 4),
+        hit_wall=outcome == 4,
         timeout=(outcome == 3) | (outcome == 0),
     )
 

@@ -223,10 +223,9 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
     def save(step):
         ckpt_lib.save(mgr, step, params, {"opt_state": opt_state}, cfg.to_dict())
 
-    def run_eval(step, n_episodes):
-        res = evaluate(params, cfg.model, env, env_params, jax.random.fold_in(jax.random.fold_in(root, _KEY_EVAL), step),
-                       cfg.eval_rtgs, n_episodes)
-        return res
+    def run_eval(step, n_episodes, greedy=True):
+        key = jax.random.fold_in(jax.random.fold_in(root, _KEY_EVAL), step)
+        return evaluate(params, cfg.model, env, env_params, key, cfg.eval_rtgs, n_episodes, greedy=greedy)
 
     # TRAIN
     bar = tqdm(total=cfg.num_steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
@@ -254,6 +253,7 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
     # FINAL EVALUATION AND CALIBRATION
     t1 = time.time()
     final = run_eval(cfg.num_steps, cfg.final_eval_episodes)
+    sampled = run_eval(cfg.num_steps, cfg.final_eval_episodes, greedy=False)
     writer.write({"step": cfg.num_steps, **_eval_row(final), "final": True})
     calib = calibrate(params, cfg.model, env, env_params, jax.random.fold_in(root, _KEY_CALIB),
                       np.linspace(-1, 1, cfg.calib_points), cfg.calib_episodes)
@@ -263,6 +263,7 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
         "run_dir": str(run_dir),
         "steps": cfg.num_steps,
         "final_eval": final.summary(),
+        "final_eval_sampled": sampled.summary(),
         "calibration_monotonic": calib["monotonic"],
         "seconds": {"data": t_data, "train": t_train, "eval": time.time() - t1, "total": time.time() - t0},
         "devices": [str(d) for d in jax.devices()],
