@@ -6,6 +6,7 @@ triangle for the agent, its 7x7 view highlighted), so reports can show what the 
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from envs import minigrid as mg
@@ -30,8 +31,12 @@ def _tile_masks(tile: int):
 
 
 def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
-    """An RGB uint8 frame (size*tile, size*tile, 3) of one (unbatched) ``EnvState``."""
-    size = env.size
+    """An RGB uint8 frame (size*tile, size*tile, 3) of one (unbatched) ``EnvState``.
+
+    ``env`` is the env (anything with ``.size``) or the grid size itself; ``EnvParams`` does not
+    carry the size. Rows of the frame are y, columns x (a picture, not MiniGrid's [x, y]).
+    """
+    size = int(getattr(env, "size", env))
     pos = np.asarray(state.agent_pos)
     d = int(state.agent_dir)
     obstacles = {tuple(int(v) for v in o) for o in np.asarray(state.obstacles)}
@@ -60,11 +65,29 @@ def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
     return img
 
 
-def save_gif(frames, path: str, fps: int = 4) -> None:
-    """Write RGB frames (a list of (H, W, 3) uint8 arrays) to an animated GIF."""
+def _is_state(x) -> bool:
+    return hasattr(x, "agent_pos") and hasattr(x, "obstacles")
+
+
+def save_gif(frames, path: str, env=None, fps: int = 4, **render_kwargs) -> None:
+    """Write an episode to an animated GIF (Pillow, which ships with matplotlib).
+
+    ``frames``: a list of RGB (H, W, 3) uint8 arrays, or of ``EnvState``s, or one ``EnvState``
+    with a leading time axis (e.g. the states a ``lax.scan`` collected). States are drawn with
+    `render`, which needs ``env`` (or the grid size).
+    """
     from PIL import Image
 
-    frames = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    if _is_state(frames):  # one state, or states stacked along a leading time axis
+        stacked = jax.tree.map(np.asarray, frames)
+        n = stacked.agent_pos.shape[0] if stacked.agent_pos.ndim == 2 else None
+        frames = [stacked] if n is None else [jax.tree.map(lambda v: v[t], stacked) for t in range(n)]
+    frames = list(frames)
     if not frames:
         raise ValueError("save_gif needs at least one frame")
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    if _is_state(frames[0]):
+        if env is None:
+            raise ValueError("save_gif got states: pass env= (or the grid size) to render them")
+        frames = [render(f, env, **render_kwargs) for f in frames]
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)

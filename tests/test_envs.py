@@ -1,6 +1,6 @@
 """Parity of `envs` with the real `minigrid` package (3.2.0), and the env API.
 
-Plan (docs/envs.md): observation parity on snapshotted Python states; lock-step transitions with
+Plan (see docs/envs.md): observation parity on snapshotted Python states; lock-step transitions with
 Python's obstacle moves forced into `envs.transition` (zero mismatches, every forced move legal
 under our rule); chi-square homogeneity of reset placements, random starts and the one-step move
 distribution, with a wrong 4-neighbour rule as a negative control; one-hot and full views
@@ -34,6 +34,18 @@ MG_IDS = [
     "MiniGrid-Dynamic-Obstacles-16x16-v0",
 ]
 P_MIN = 1e-3
+# Random-start 8x8 and 16x16 are dtjax ids; MiniGrid has them only as constructor arguments.
+EXTRA_IDS = {
+    "MiniGrid-Dynamic-Obstacles-Random-8x8-v0": dict(size=8, agent_start_pos=None, n_obstacles=4),
+    "MiniGrid-Dynamic-Obstacles-Random-16x16-v0": dict(size=16, agent_start_pos=None, n_obstacles=8),
+}
+
+
+def python_env(env_id: str):
+    """The real MiniGrid env for an id, unwrapped (no checker overhead)."""
+    if env_id in EXTRA_IDS:
+        return DynamicObstaclesEnv(**EXTRA_IDS[env_id])
+    return gym.make(env_id).unwrapped
 
 
 def snapshot(u) -> EnvState:
@@ -70,14 +82,18 @@ def test_registration_matches_minigrid(env_id):
 
 
 def test_obstacle_clamp_and_overrides():
-    for size, n in [(5, 10), (8, 6), (8, 5), (16, 9)]:
-        py = DynamicObstaclesEnv(size=size, n_obstacles=n)
-        env, _ = envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", n_obstacles=n) if size == 8 else (None, None)
-        if env is not None:
-            assert env.n_obstacles == py.n_obstacles
+    for size in (5, 6, 7, 8, 16):
+        for n in range(1, 13):
+            assert envs.DynamicObstacles(size, n).n_obstacles == DynamicObstaclesEnv(size=size, n_obstacles=n).n_obstacles
+    assert envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", n_obstacles=9)[0].n_obstacles == 4
+    assert envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", n_obstacles=5)[0].n_obstacles == 5
     env, params = envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", max_steps=300, obs_mode="one_hot")
     assert params.max_steps_in_episode == 300 and env.observation_shape() == (7, 7, 20)
     assert envs.make("MiniGrid-Dynamic-Obstacles-16x16-v0", obs_mode="full")[0].observation_shape() == (16, 16, 3)
+    for env_id, kw in EXTRA_IDS.items():
+        env, params = envs.make(env_id)
+        py = DynamicObstaclesEnv(**kw)
+        assert (env.size, env.n_obstacles, env.random_start, params.max_steps_in_episode) == (py.width, py.n_obstacles, True, py.max_steps)
 
 
 def test_unknown_id_and_bad_overrides_are_clear_errors():
@@ -89,6 +105,10 @@ def test_unknown_id_and_bad_overrides_are_clear_errors():
         envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", max_steps=0)
     with pytest.raises(ValueError, match="unknown override"):
         envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", view_size=5)
+    with pytest.raises(ValueError, match="n_obstacles"):
+        envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", n_obstacles="4")
+    with pytest.raises(ValueError, match="max_steps"):
+        envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", max_steps=2.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +150,7 @@ def _policy(kind: str, rng: np.random.Generator, obs: np.ndarray) -> int:
 
 def run_lockstep(env_id: str, n_steps: int, seed: int) -> dict:
     env, params, obs_fn, trans_fn = jitted(env_id)
-    py = gym.make(env_id).unwrapped
+    py = python_env(env_id)
     rng = np.random.default_rng(seed)
     counts = dict(steps=0, mismatches=0, illegal=0, goals=0, hits=0, truncations=0, episodes=0)
     kinds = ["random", "turn", "cautious", "invalid"]
@@ -156,7 +176,8 @@ def run_lockstep(env_id: str, n_steps: int, seed: int) -> dict:
                 and bool(tj) == term
                 and bool(trj) == trunc
                 and tuple(np.asarray(state.agent_pos)) == tuple(py.agent_pos)
-                and int(state.agent_dir) == py.agent_dir
+                and int(state.agent_dir) == py.agent_dir == obs_py["direction"]
+                and int(state.time) == py.step_count
             )
             counts["mismatches"] += not ok
             counts["steps"] += 1
@@ -169,26 +190,41 @@ def run_lockstep(env_id: str, n_steps: int, seed: int) -> dict:
     return counts
 
 
-@pytest.mark.parametrize(
-    "env_id,n_steps",
-    [
-        ("MiniGrid-Dynamic-Obstacles-5x5-v0", 3000),
-        ("MiniGrid-Dynamic-Obstacles-Random-5x5-v0", 3000),
-        ("MiniGrid-Dynamic-Obstacles-6x6-v0", 3000),
-        ("MiniGrid-Dynamic-Obstacles-Random-6x6-v0", 3000),
-        ("MiniGrid-Dynamic-Obstacles-8x8-v0", 5000),
-        ("MiniGrid-Dynamic-Obstacles-16x16-v0", 4000),
-    ],
-)
-def test_lockstep_transitions_match_minigrid(env_id, n_steps):
-    """21k steps in all across the variants: zero mismatches, all forced moves legal."""
-    c = run_lockstep(env_id, n_steps, seed=MG_IDS.index(env_id) + 1)
+LOCKSTEP_STEPS = {
+    "MiniGrid-Dynamic-Obstacles-5x5-v0": 3000,
+    "MiniGrid-Dynamic-Obstacles-Random-5x5-v0": 3000,
+    "MiniGrid-Dynamic-Obstacles-6x6-v0": 3000,
+    "MiniGrid-Dynamic-Obstacles-Random-6x6-v0": 3000,
+    "MiniGrid-Dynamic-Obstacles-8x8-v0": 5000,
+    "MiniGrid-Dynamic-Obstacles-Random-8x8-v0": 1500,
+    "MiniGrid-Dynamic-Obstacles-16x16-v0": 4000,
+    "MiniGrid-Dynamic-Obstacles-Random-16x16-v0": 1500,
+}
+SEEDS = {env_id: i + 1 for i, env_id in enumerate(LOCKSTEP_STEPS)}
+
+
+def _check_lockstep(env_id: str, c: dict) -> None:
     assert c["mismatches"] == 0, c
     assert c["illegal"] == 0, c
     assert c["hits"] > 0 and c["episodes"] > 5, c
     if "16x16" not in env_id:  # 16x16 episodes are long (1024 steps); goals and truncations are rare
         assert c["goals"] > 0, c
-    assert c["truncations"] > 0 or "16x16" in env_id, c
+        assert c["truncations"] > 0, c
+
+
+@pytest.mark.parametrize("env_id,n_steps", list(LOCKSTEP_STEPS.items()))
+def test_lockstep_transitions_match_minigrid(env_id, n_steps):
+    """24k steps in all across the eight variants: zero mismatches, all forced moves legal."""
+    _check_lockstep(env_id, run_lockstep(env_id, n_steps, seed=SEEDS[env_id]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", list(LOCKSTEP_STEPS))
+def test_lockstep_transitions_match_minigrid_long(env_id):
+    """The nightly version: 25k steps per variant (200k in all), other seeds."""
+    c = run_lockstep(env_id, 25_000, seed=1000 + SEEDS[env_id])
+    _check_lockstep(env_id, c)
+    assert c["goals"] > 0 and c["truncations"] > 0, c
 
 
 def test_wrappers_one_hot_and_full_views():
@@ -222,34 +258,62 @@ def _chi2_p(a_labels, b_labels) -> float:
     return chi2_contingency(table)[1]
 
 
-def test_reset_placement_distribution_5x5():
-    n = 12000
-    py = gym.make("MiniGrid-Dynamic-Obstacles-5x5-v0").unwrapped
-    py.reset(seed=123)
-    a = []
+def _python_resets(env_id: str, n: int, seed: int) -> list:
+    py = python_env(env_id)
+    py.reset(seed=seed)
+    out = []
     for _ in range(n):
         py.reset()
-        a.append(tuple(tuple(o.cur_pos) for o in py.obstacles))
-    env, params = envs.make("MiniGrid-Dynamic-Obstacles-5x5-v0")
-    _, states = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(7), n), params)
-    b = [tuple(map(tuple, o)) for o in np.asarray(states.obstacles).tolist()]
+        out.append((tuple(int(v) for v in py.agent_pos), int(py.agent_dir), tuple(tuple(int(v) for v in o.cur_pos) for o in py.obstacles)))
+    return out
+
+
+def _jax_resets(env_id: str, n: int, seed: int) -> list:
+    env, params = envs.make(env_id)
+    _, s = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(jax.random.split(jax.random.PRNGKey(seed), n), params)
+    return [
+        (tuple(p), d, tuple(map(tuple, o)))
+        for p, d, o in zip(np.asarray(s.agent_pos).tolist(), np.asarray(s.agent_dir).tolist(), np.asarray(s.obstacles).tolist())
+    ]
+
+
+def reset_placement_p(n: int, seed: int = 0) -> float:
+    """5x5 fixed start: the ordered pair of balls over the 7 free cells, 42 outcomes."""
+    env_id = "MiniGrid-Dynamic-Obstacles-5x5-v0"
+    a = [x[2] for x in _python_resets(env_id, n, 123 + seed)]
+    b = [x[2] for x in _jax_resets(env_id, n, 7 + seed)]
     assert len(set(a)) == len(set(b)) == 42
-    assert _chi2_p(a, b) > P_MIN
+    return _chi2_p(a, b)
+
+
+def random_start_ps(n: int, seed: int = 0) -> dict:
+    """Random 5x5 (agent cell, first ball: 8 x 7 outcomes; direction) and Random 6x6 (agent cell x
+    direction: 15 x 4; second ball: 14)."""
+    ps = {}
+    a, b = _python_resets("MiniGrid-Dynamic-Obstacles-Random-5x5-v0", n, 5 + seed), _jax_resets("MiniGrid-Dynamic-Obstacles-Random-5x5-v0", n, 9 + seed)
+    assert len({(x[0], x[2][0]) for x in b}) == 8 * 7
+    ps["5x5 agent x ball0"] = _chi2_p([(x[0], x[2][0]) for x in a], [(x[0], x[2][0]) for x in b])
+    ps["5x5 dir"] = _chi2_p([x[1] for x in a], [x[1] for x in b])
+    a, b = _python_resets("MiniGrid-Dynamic-Obstacles-Random-6x6-v0", n, 6 + seed), _jax_resets("MiniGrid-Dynamic-Obstacles-Random-6x6-v0", n, 10 + seed)
+    ps["6x6 agent x dir"] = _chi2_p([x[:2] for x in a], [x[:2] for x in b])
+    ps["6x6 ball1"] = _chi2_p([x[2][1] for x in a], [x[2][1] for x in b])
+    return ps
+
+
+def test_reset_placement_distribution_5x5():
+    assert reset_placement_p(12_000) > P_MIN
 
 
 def test_random_start_distribution():
-    n = 12000
-    py = gym.make("MiniGrid-Dynamic-Obstacles-Random-6x6-v0").unwrapped
-    py.reset(seed=5)
-    a = []
-    for _ in range(n):
-        py.reset()
-        a.append((tuple(py.agent_pos), py.agent_dir, tuple(py.obstacles[0].cur_pos)))
-    env, params = envs.make("MiniGrid-Dynamic-Obstacles-Random-6x6-v0")
-    _, s = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(9), n), params)
-    b = [(tuple(p), d, tuple(o[0])) for p, d, o in zip(np.asarray(s.agent_pos).tolist(), np.asarray(s.agent_dir).tolist(), np.asarray(s.obstacles).tolist())]
-    assert _chi2_p([x[:2] for x in a], [x[:2] for x in b]) > P_MIN  # agent cell x direction
-    assert _chi2_p([x[2] for x in a], [x[2] for x in b]) > P_MIN  # first ball given the agent
+    ps = random_start_ps(6_000)
+    assert min(ps.values()) > P_MIN, ps
+
+
+@pytest.mark.slow
+def test_reset_distributions_large():
+    assert reset_placement_p(60_000, seed=1) > P_MIN
+    ps = random_start_ps(40_000, seed=1)
+    assert min(ps.values()) > P_MIN, ps
 
 
 def _crowded_state():
@@ -284,25 +348,62 @@ def _four_neighbour_moves(key, obstacles, agent_pos, size):
     return obstacles
 
 
-def test_obstacle_move_distribution_and_negative_control():
-    n = 8000
+def move_distribution_ps(n: int, seed: int = 0) -> dict:
+    """One step of the four balls of `_crowded_state`, Python (deepcopy + fresh rng) vs JAX."""
     py = _crowded_state()
     a = []
     for i in range(n):
         e = copy.deepcopy(py)
-        e.np_random = np.random.default_rng(i)
+        e.np_random = np.random.default_rng(seed * 1_000_000 + i)
         e.step(0)  # a turn: only the obstacle moves matter
-        a.append(tuple(tuple(o.cur_pos) for o in e.obstacles))
+        a.append(tuple(tuple(int(v) for v in o.cur_pos) for o in e.obstacles))
     state = snapshot(py)
-    keys = jax.random.split(jax.random.PRNGKey(11), n)
+    keys = jax.random.split(jax.random.PRNGKey(11 + seed), n)
     moved = jax.jit(jax.vmap(lambda k: envs.move_obstacles(k, state.obstacles, state.agent_pos, 8)))(keys)
     b = [tuple(map(tuple, o)) for o in np.asarray(moved).tolist()]
-    assert _chi2_p(a, b) > P_MIN  # joint outcome
+    ps = {"joint": _chi2_p(a, b)}
     for i in range(4):
-        assert _chi2_p([x[i] for x in a], [x[i] for x in b]) > P_MIN  # each ball's marginal
+        ps[f"ball{i}"] = _chi2_p([x[i] for x in a], [x[i] for x in b])
     wrong = jax.jit(jax.vmap(lambda k: _four_neighbour_moves(k, state.obstacles, state.agent_pos, 8)))(keys)
-    c = [tuple(map(tuple, o)) for o in np.asarray(wrong).tolist()]
-    assert _chi2_p(a, c) < 1e-6
+    ps["negative control (4-neighbour)"] = _chi2_p(a, [tuple(map(tuple, o)) for o in np.asarray(wrong).tolist()])
+    ps["outcomes"] = len(set(a) | set(b))
+    return ps
+
+
+def test_obstacle_move_distribution_and_negative_control():
+    ps = move_distribution_ps(8_000)
+    assert min(ps["joint"], *(ps[f"ball{i}"] for i in range(4))) > P_MIN, ps
+    assert ps["negative control (4-neighbour)"] < 1e-6, ps
+
+
+@pytest.mark.slow
+def test_obstacle_move_distribution_large():
+    ps = move_distribution_ps(60_000, seed=1)
+    assert min(ps["joint"], *(ps[f"ball{i}"] for i in range(4))) > P_MIN, ps
+    assert ps["negative control (4-neighbour)"] < 1e-12, ps
+
+
+def test_stay_rule_survives_jit():
+    """A ball with k free neighbours stays with probability ((9-k)/9)**101 (MiniGrid's 101 failed
+    tries). Regression: written as a power under jit, XLA rewrote it to inf/inf = NaN, which
+    silently disabled the rule. Jitted and eager moves must agree, and a draw below P_STAY[1]
+    must keep a ball with one free neighbour in place."""
+    from envs.dynamic_obstacles import P_STAY
+
+    np.testing.assert_allclose(P_STAY, [((9 - k) / 9) ** 101 for k in range(9)], rtol=1e-6, atol=1e-38)
+    # ball 0 at (1, 1): walls around, ball 1 at (2, 1), the agent at (1, 2): only (2, 2) is free
+    obstacles, agent = jnp.array([[1, 1], [2, 1]], jnp.int32), jnp.array([1, 2], jnp.int32)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2_000_000)
+    u0 = np.asarray(jax.jit(jax.vmap(lambda k: jax.random.uniform(k, (2,))[0]))(keys))  # move_obstacles' draw
+    stay_key, move_key = keys[np.argmax(u0 < P_STAY[1])], keys[np.argmax(u0 > 0.5)]
+    assert u0.min() < P_STAY[1]
+    move = jax.jit(lambda k: envs.move_obstacles(k, obstacles, agent, 8))
+    assert np.asarray(move(stay_key))[0].tolist() == [1, 1]
+    assert np.asarray(move(move_key))[0].tolist() == [2, 2]
+    state = snapshot(_crowded_state())
+    for k in jax.random.split(jax.random.PRNGKey(1), 20):
+        eager = envs.move_obstacles(k, state.obstacles, state.agent_pos, 8)
+        assert (np.asarray(eager) == np.asarray(jax.jit(envs.move_obstacles, static_argnums=3)(k, state.obstacles, state.agent_pos, 8))).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,44 +411,104 @@ def test_obstacle_move_distribution_and_negative_control():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_jit_vmap_autoreset_and_final_observation():
-    env, params = envs.make("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=5)
-    b = 16
-    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), b), params)
-    assert obs.shape == (b, 7, 7, 3) and obs.dtype == jnp.uint8
+ALL_IDS = list(envs.registered_envs)
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_every_id_jits_and_vmaps(env_id):
+    env, params = envs.make(env_id)
+    b = 4
+    keys = jax.random.split(jax.random.PRNGKey(0), b)
+    obs, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
     step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
-    seen_done = False
-    for t in range(5):
+    obs, state, r, term, trunc, info = step(keys, state, jnp.array([0, 1, 2, 2]), params)
+    assert obs.shape == (b, 7, 7, 3) and obs.dtype == jnp.uint8
+    assert all(x.dtype == jnp.int32 for x in jax.tree.leaves(state))
+    assert state.obstacles.shape == (b, env.n_obstacles, 2)
+    assert r.dtype == jnp.float32 and term.dtype == trunc.dtype == jnp.bool_
+    assert env.observation_space(params).shape == obs.shape[1:] and env.action_space(params).n == env.num_actions == 3
+    assert (np.asarray(obs) == np.asarray(jax.vmap(env.observe)(state))).all()
+
+
+def test_step_autoreset_and_final_observation():
+    """env.step = move, transition, then a tree-wide select with a fresh reset where done;
+    final_observation is the pre-reset observation. Checked against the phases called directly."""
+    env, params = envs.make("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=5)
+    b = 64
+    _, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), b), params)
+    step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+
+    @jax.jit
+    @jax.vmap
+    def phases(key, state, action):
+        k_move, k_reset = jax.random.split(key)
+        moved = envs.move_obstacles(k_move, state.obstacles, state.agent_pos, env.size)
+        st, r, term, trunc = envs.transition(state, action, moved, 5, env.size)
+        return st, r, term, trunc, envs.reset_state(k_reset, env.size, env.n_obstacles, env.random_start), env.observe(st)
+
+    rng = np.random.default_rng(0)
+    seen = dict(term=0, trunc=0)
+    for t in range(12):
         keys = jax.random.split(jax.random.PRNGKey(t + 1), b)
-        obs, nstate, r, term, trunc, info = step(keys, state, jnp.zeros(b, jnp.int32), params)  # turning only
+        action = jnp.asarray(rng.integers(0, 3, b), jnp.int32)
+        obs, nstate, r, term, trunc, info = step(keys, state, action, params)
+        st, r2, term2, trunc2, re, obs_st = phases(keys, state, action)
         done = np.asarray(term | trunc)
-        if done.any():
-            seen_done = True
-            assert (np.asarray(nstate.time)[done] == 0).all()  # auto-reset
-            fin = np.asarray(info["final_observation"])
-            assert (fin[done] == np.asarray(jax.vmap(env.observe)(info["final_state"]))[done]).all()
+        for got, a, b_ in zip(jax.tree.leaves(nstate), jax.tree.leaves(re), jax.tree.leaves(st)):
+            want = np.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), np.asarray(a), np.asarray(b_))
+            assert (np.asarray(got) == want).all()
+        assert (np.asarray(r) == np.asarray(r2)).all() and (np.asarray(term) == np.asarray(term2)).all()
+        assert (np.asarray(trunc) == np.asarray(trunc2)).all()
+        assert (np.asarray(info["final_observation"]) == np.asarray(obs_st)).all()
+        assert (np.asarray(obs) == np.asarray(jax.vmap(env.observe)(nstate))).all()
+        assert (np.asarray(nstate.time)[done] == 0).all()
+        seen["term"] += int(np.asarray(term).sum())
+        seen["trunc"] += int(np.asarray(trunc).sum())
         state = nstate
-    assert seen_done and np.asarray(trunc).all()
+    assert seen["term"] > 0 and seen["trunc"] > 0, seen
+
+
+def test_step_v0_adapter_returns_done():
+    env, params = envs.make("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=1)
+    _, s = env.reset(jax.random.PRNGKey(0), params)
+    obs, s1, r, done, info = env.step_v0(jax.random.PRNGKey(1), s, 0, params)
+    assert bool(done) and not bool(info["terminated"]) and bool(info["truncated"]) and int(s1.time) == 0
 
 
 def test_invalid_action_acts_as_left():
     env, params = envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0")
     _, s = env.reset(jax.random.PRNGKey(0), params)
     k = jax.random.PRNGKey(1)
-    for a in (3, 4, 6):
+    _, s0, r0, *_ = env.step(k, s, 0, params)
+    for a in (3, 4, 5, 6, 100):
         _, s1, r1, *_ = env.step(k, s, a, params)
-        _, s0, r0, *_ = env.step(k, s, 0, params)
         assert int(s1.agent_dir) == int(s0.agent_dir) == 3 and float(r1) == float(r0) == 0.0
 
 
 def test_render_and_gif(tmp_path):
+    from PIL import Image
+
     env, params = envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0")
     _, s = env.reset(jax.random.PRNGKey(0), params)
     frame = envs.render(s, env)
     assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8
-    # agent (red) drawn in its cell, goal (green) in its cell
+    assert (envs.render(s, 8) == frame).all()
+    # agent (red) drawn in its cell, goal (green) in its cell, a ball (blue) at each ball's centre
     agent = frame[32:64, 32:64].astype(int)
     assert ((agent[..., 0] == 255) & (agent[..., 1] < 100)).any()
     assert (frame[6 * 32 + 5, 6 * 32 + 5] == [0, 255, 0]).all()
-    envs.save_gif([frame, frame], str(tmp_path / "ep.gif"))
-    assert (tmp_path / "ep.gif").stat().st_size > 0
+    for x, y in np.asarray(s.obstacles).tolist():
+        px = frame[y * 32 + 16, x * 32 + 16].astype(int)  # blue, lightened if inside the view
+        assert px[2] == 255 and px[0] == px[1] < 128
+    envs.save_gif([frame, 255 - frame], str(tmp_path / "frames.gif"))  # (Pillow merges equal frames)
+    assert Image.open(tmp_path / "frames.gif").n_frames == 2
+
+    def body(state, key):
+        _, state, *_ = env.step(key, state, 2, params)
+        return state, state
+
+    _, traj = jax.lax.scan(body, s, jax.random.split(jax.random.PRNGKey(1), 3))
+    envs.save_gif(traj, str(tmp_path / "states.gif"), env=env)
+    assert Image.open(tmp_path / "states.gif").n_frames == 3
+    with pytest.raises(ValueError, match="env="):
+        envs.save_gif(traj, str(tmp_path / "x.gif"))
