@@ -249,12 +249,18 @@ def test_wrappers_one_hot_and_full_views():
 
 
 def _chi2_p(a_labels, b_labels) -> float:
+    """Chi-square homogeneity p-value of two samples of hashable outcomes. Outcomes seen fewer
+    than 10 times in both samples together are pooled into one column, so every expected count is
+    at least ~5 and the chi-square approximation holds."""
     keys = sorted(set(a_labels) | set(b_labels))
     idx = {k: i for i, k in enumerate(keys)}
     table = np.zeros((2, len(keys)))
     for row, labels in enumerate((a_labels, b_labels)):
         for lab in labels:
             table[row, idx[lab]] += 1
+    rare = table.sum(0) < 10
+    if rare.any():
+        table = np.concatenate([table[:, ~rare], table[:, rare].sum(1, keepdims=True)], axis=1)
     return chi2_contingency(table)[1]
 
 
