@@ -165,3 +165,32 @@ def test_summary_counts_outcomes_against_a_loop(ds, tmp_path):
     assert f"{len(returns)} episodes" in text and "return histogram" in text
     store.plot_summary(arrays, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_cli_summary_and_errors(tmp_path, ds, capsys):
+    from dtjax.data.__main__ import main
+
+    store.save(tmp_path / "d", *ds)
+    assert main(["summary", str(tmp_path / "d"), "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "50 episodes" in out and (tmp_path / "p.png").exists()
+    assert main(["summary", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dtjax.data: error: dataset not found") and "\n" not in err
+    assert main(["collect", "--out", str(tmp_path / "d")]) == 1  # never clobbers, before any work
+    with pytest.raises(SystemExit) as e:
+        main(["collect", "--out", str(tmp_path / "x"), "--mix", "bogus=1"])
+    assert e.value.code == 2 and "unknown field 'bogus'" in capsys.readouterr().err
+
+
+def test_parse_mix():
+    from dtjax.config import ConfigError, DataMixConfig
+    from dtjax.data.__main__ import parse_mix
+
+    m = parse_mix("random_frac=0.25,branch_frac=0,ppo_rollouts=false", DataMixConfig())
+    assert (m.random_frac, m.branch_frac, m.ppo_rollouts) == (0.25, 0.0, False)
+    o = parse_mix("original", DataMixConfig())
+    assert o.ppo_rollouts and o.final_frac == o.random_frac == o.branch_frac == o.snapshot_frac == 0
+    for bad in ("nope", "envs=many", "final_eps=2"):
+        with pytest.raises(ConfigError):
+            parse_mix(bad, DataMixConfig())

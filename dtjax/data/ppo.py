@@ -98,10 +98,11 @@ def gae(traj: Transition, last_value: jax.Array, gamma: float, lam: float) -> tu
     return adv, adv + traj.value
 
 
-def ppo_loss(params, network, batch, cfg: PPOConfig):
+def ppo_loss(params, network, batch, cfg: PPOConfig, ent_coef):
     """Clipped surrogate + value loss - entropy bonus, advantages normalised per minibatch.
 
-    ``batch`` = (Transition (M, ...), advantages (M,), targets (M,)). Returns (loss, (pg, v, entropy)).
+    ``batch`` = (Transition (M, ...), advantages (M,), targets (M,)); ``ent_coef``: the entropy
+    weight now (it may be annealed). Returns (loss, (pg, v, entropy)).
     """
     traj, adv, targets = batch
     logits, value = network.apply(params, traj.obs)
@@ -112,7 +113,7 @@ def ppo_loss(params, network, batch, cfg: PPOConfig):
     pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean()
     v_loss = 0.5 * ((value - targets) ** 2).mean()
     entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
-    total = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+    total = pg + cfg.vf_coef * v_loss - ent_coef * entropy
     return total, (pg, v_loss, entropy)
 
 
@@ -137,6 +138,9 @@ def make_train(cfg: PPOConfig, env, env_params):
     lr = optax.linear_schedule(cfg.lr, 0.0, n_updates * cfg.update_epochs * cfg.num_minibatches) if cfg.anneal_lr else cfg.lr
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=1e-5))
     snap_every = max(1, n_updates // max(cfg.n_snapshots, 1))
+    # Entropy bonus: linear from ent_coef (explore: find the goal before settling on turning in
+    # place, the safe 0-return behaviour) to ent_coef_end (a sharp final policy for the data).
+    ent_schedule = optax.linear_schedule(cfg.ent_coef, cfg.ent_coef_end, max(n_updates - 1, 1))
     vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def train(key):
@@ -167,6 +171,7 @@ def make_train(cfg: PPOConfig, env, env_params):
             (_, obs, state), traj = jax.lax.scan(env_step, (params, obs, state), jax.random.split(k_roll, cfg.num_steps))
             _, last_value = network.apply(params, obs)
             adv, targets = gae(traj, last_value, cfg.gamma, cfg.gae_lambda)
+            ent_coef = ent_schedule(update_idx)
 
             # EPOCHS: shuffle the (T * E) batch into minibatches, one Adam step each
             def epoch(carry, k_epoch):
@@ -177,7 +182,7 @@ def make_train(cfg: PPOConfig, env, env_params):
 
                 def minibatch(carry, mb):
                     params, opt_state = carry
-                    (loss, aux), grads = jax.value_and_grad(ppo_loss, has_aux=True)(params, network, mb, cfg)
+                    (loss, aux), grads = jax.value_and_grad(ppo_loss, has_aux=True)(params, network, mb, cfg, ent_coef)
                     updates, opt_state = tx.update(grads, opt_state, params)
                     return (optax.apply_updates(params, updates), opt_state), (loss, *aux)
 
