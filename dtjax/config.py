@@ -196,27 +196,26 @@ class DataMixConfig(ConfigBase):
     """Which rollouts make up the dataset. Extra sources are sized as fractions of the PPO run's
     env steps (``ppo.total_timesteps``), so the mix keeps its shape when the PPO budget changes.
 
-    Why this default. A Markov DT pi(a | RTG, s, t) imitates, in each state, the actions that
-    were followed by the conditioned return. It must therefore see:
-    - at RTG +1, many fast successes: the final policy with a small epsilon (``final_*``) gives
-      short, near-optimal episodes in every state a good agent visits;
-    - at RTG -1, crashes *on purpose* from every kind of state, not only from the start. The PPO
-      rollouts' crashes (early, random-like policies) and uniform-random episodes (``random_*``)
-      cover the start states, but a crash of an epsilon-greedy good policy is mostly a good
-      agent's actions labelled -1, which teaches the DT to head for the goal at RTG -1. So
-      ``branch_*`` episodes follow the final policy for a random number of steps, then act
-      uniformly at random until the episode ends (random play crashes within a few steps), and
-      are recorded from the branch point only: every recorded action is then a crash-bound one,
-      from the states a good agent actually reaches, with its true timestep.
-    Earlier PPO snapshots (``snapshot_*``) add middling returns; off by default (the PPO rollouts
-    already hold every quality). See docs/data.md for the measured return distribution.
+    Why this default. A Markov DT pi(a | RTG, s, t) copies, in each state, the actions that
+    were followed by the conditioned return. At RTG +1 it needs many fast successes in every
+    state a good agent visits: the final PPO policy (``final_*``, no epsilon: a good agent's
+    crash would label good actions -1). At RTG -1 it needs crashes on purpose from the states it
+    will be in; with the fixed start it crashes within ~5 steps, so uniform-random episodes from
+    reset (``random_*``) plus the early PPO rollouts suffice. Measured with dtjax.train's
+    defaults (docs/data.md): PPO rollouts alone give RTG -1 -> -0.91 (fails); adding random
+    episodes gives -1.00. ``branch_*`` episodes (the final policy for a random number of steps,
+    then uniform random, recorded from the branch point: crash-bound actions from good agents'
+    states) also give -1.00 with shorter crashes, but RTG +1 drops late in a 30k-step DT run
+    (0.95 up to 25k steps on every mix; at 30k 0.24-0.67 with branch data, 0.83-0.93 without),
+    so they are off by default; use them for random-start variants or longer contexts. Earlier
+    PPO snapshots (``snapshot_*``) add middling returns; off by default.
     """
 
     ppo_rollouts: bool = True  # keep every transition of PPO training (all qualities, as the original)
     final_frac: float = 0.5  # final policy, sampled, with final_eps random actions: fast successes
-    final_eps: float = 0.02  # epsilon of those rollouts; small, so their crashes are rare
+    final_eps: float = 0.0  # epsilon of those rollouts (a crash of a good agent labels good actions -1)
     random_frac: float = 0.1  # uniform random policy from reset: quick crashes from the start states
-    branch_frac: float = 0.1  # final policy, then uniform random from a random step on (recorded from there)
+    branch_frac: float = 0.0  # final policy, then uniform random from a random step on (recorded from there)
     branch_steps: int = 0  # branch step drawn uniformly in [0, branch_steps); 0 = 4 * grid size
     snapshot_frac: float = 0.0  # earlier PPO snapshots with snapshot_eps, split evenly between them
     snapshot_eps: float = 0.1  # epsilon of the snapshot rollouts
