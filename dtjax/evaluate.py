@@ -200,17 +200,26 @@ def calibrate(params, cfg, env, env_params, key, rtgs=None, n_episodes: int = 20
     """The original's "black box characterisation": achieved return as the target RTG sweeps.
 
     Returns a JSON-able dict: ``rows`` (one summary row per target, see ``EvalResult.summary``),
-    ``monotonic`` (whether the mean return never decreases along the sweep, allowing 0.02 noise).
+    ``strictly_monotonic`` (the mean return never decreases along the sweep), ``monotonic`` (no
+    decrease exceeds two standard errors of the difference: monotonic up to sampling noise), and
+    ``largest_decrease``.
     """
     rtgs = np.linspace(-1.0, 1.0, 21) if rtgs is None else np.asarray(rtgs, np.float32)
     res = evaluate(params, cfg, env, env_params, key, rtgs, n_episodes, **kw)
     rows = res.summary()
     means = np.array([r["mean_return"] for r in rows])
+    se = np.array([r["std_return"] for r in rows]) / np.sqrt(n_episodes)
+    diffs = np.diff(means)
+    noise = 2.0 * np.sqrt(se[1:] ** 2 + se[:-1] ** 2)  # 2 standard errors of each difference
     return {
         "rows": rows,
         "n_episodes": int(n_episodes),
         "greedy": bool(kw.get("greedy", True)),
-        "monotonic": bool(np.all(np.diff(means) >= -0.02)),
+        # never decreases along the sweep
+        "strictly_monotonic": bool(np.all(diffs >= 0)),
+        # no decrease larger than sampling noise (2 standard errors of the difference)
+        "monotonic": bool(np.all(diffs >= -noise)),
+        "largest_decrease": float(max(0.0, -diffs.min())),
         "strictly_rising_ends": bool(means[-1] > means[0]),
     }
 

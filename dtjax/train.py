@@ -265,6 +265,8 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
         "final_eval": final.summary(),
         "final_eval_sampled": sampled.summary(),
         "calibration_monotonic": calib["monotonic"],
+        "calibration_strictly_monotonic": calib["strictly_monotonic"],
+        "calibration_largest_decrease": calib["largest_decrease"],
         "seconds": {"data": t_data, "train": t_train, "eval": time.time() - t1, "total": time.time() - t0},
         "devices": [str(d) for d in jax.devices()],
     }
