@@ -51,7 +51,6 @@ class ConfigBase:
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
         kwargs = {}
-        hints = {f.name: f.type for f in dataclasses.fields(cls)}
         for k, v in d.items():
             sub = _SUBCONFIGS.get((cls.__name__, k))
             if sub is not None and isinstance(v, dict):
@@ -59,7 +58,6 @@ class ConfigBase:
             elif isinstance(v, list):
                 v = tuple(v)
             kwargs[k] = v
-        del hints
         return cls(**kwargs)
 
     def to_json(self) -> str:

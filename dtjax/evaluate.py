@@ -113,8 +113,10 @@ def _rollout(params, cfg, env, env_params, key, target_rtgs, n_episodes, greedy,
         k_act, k_env = jax.random.split(jax.random.fold_in(k_loop, step))
         front = state.agent_pos + jnp.asarray(DIR_TO_VEC)[state.agent_dir]
         front_wall = jax.vmap(lambda xy, o: cell_type(xy, o, env.size))(front, state.obstacles) == WALL
-        sampled = jax.random.categorical(k_act, logits / temperature, axis=-1)
-        action = jnp.where(greedy, jnp.argmax(logits, -1), sampled).astype(jnp.int32)
+        if greedy:  # static: greedy runs draw no action noise
+            action = jnp.argmax(logits, -1).astype(jnp.int32)
+        else:
+            action = jax.random.categorical(k_act, logits / temperature, axis=-1).astype(jnp.int32)
         env_keys = jax.random.split(k_env, batch)
         obs, state, reward, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             env_keys, state, action, env_params

@@ -24,10 +24,9 @@ def maybe_initialize_distributed() -> bool:
     """
     if not any(os.environ.get(v) for v in _DISTRIBUTED_VARS):
         return False
-    if os.environ.get("SLURM_JOB_ID") and not os.environ.get("SLURM_NTASKS", "1").isdigit():
-        return False
-    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
-        return False
+    ntasks = os.environ.get("SLURM_NTASKS", "1")
+    if os.environ.get("SLURM_JOB_ID") and (not ntasks.isdigit() or int(ntasks) <= 1):
+        return False  # a single-task SLURM job is not a multi-host run
     jax.distributed.initialize()
     return True
 
