@@ -1,10 +1,11 @@
 """TransformerLens hook names, the activation cache, and interventions as data.
 
-Every activation of ``dtjax.model`` passes through ``HookPoint.__call__(name, x)`` -- the
-"record, then maybe overwrite" step that TransformerLens's ``HookPoint`` and Flax's ``sow``
-perform. If an intervention is registered for ``name``, ``x`` is replaced first; if the call
-asked for a cache, the (possibly replaced) ``x`` is recorded under its TransformerLens name.
-Nothing is recorded or traced when neither is asked for, so training pays nothing for hooks.
+Every activation of ``dtjax.model.DecisionTransformer`` passes through one helper
+(``_Hooked.hook``): if an intervention is registered for its full TransformerLens name, ``x`` is
+replaced first; then it is ``sow``-n into the "intermediates" collection under that name (a
+no-op unless the call makes the collection mutable), so training pays nothing for hooks.
+The sown tree follows the module tree (``state["intermediates"]["blocks_0"]["attn"]["hook_pattern"]``);
+``flatten_intermediates`` turns it into the flat TL cache ``{"blocks.0.attn.hook_pattern": array}``.
 
 Interventions are a plain pytree ``{hook name: Intervention}`` passed into the jitted forward,
 so printing them shows exactly what was changed (penzai's "interventions as data"), and:
@@ -28,6 +29,7 @@ once a function is compiled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -130,6 +132,33 @@ def all_hook_names(n_layers: int, layer_norm: bool = False, attn_only: bool = Fa
     return names
 
 
+def hook_names(cfg, with_actions: bool = True) -> list[str]:
+    """Every hook a forward pass of a model with ModelConfig ``cfg`` reaches (in forward order);
+    without an action token fed (``with_actions=False``) there is no ``hook_action_embed``."""
+    names = all_hook_names(cfg.n_layers, cfg.layer_norm, cfg.attn_only)
+    return names if with_actions else [n for n in names if n != "hook_action_embed"]
+
+
+def flatten_intermediates(tree: dict) -> dict[str, Any]:
+    """The sown "intermediates" tree as a flat TL cache: ``{"blocks.0.attn.hook_pattern": array}``.
+
+    Module names map to TL names (``blocks_0`` -> ``blocks.0``); entries that are not hooks (e.g.
+    ``__call__`` outputs of ``capture_intermediates``) are skipped.
+    """
+    out: dict[str, Any] = {}
+
+    def walk(node, prefix):
+        for key, val in node.items():
+            name = f"{prefix}{key.replace('blocks_', 'blocks.')}"
+            if isinstance(val, Mapping):
+                walk(val, name + ".")
+            elif key.startswith("hook_"):
+                out[name] = val
+
+    walk(tree, "")
+    return out
+
+
 def _suffix(name: str) -> str:
     return name.split(".", 2)[2] if name.startswith("blocks.") else name
 
@@ -203,41 +232,6 @@ def normalize(interventions: dict | None) -> dict[str, Intervention]:
             raise TypeError(f"intervention on {full} is a {type(iv).__name__}, not Replace or Apply")
         out[full] = iv
     return out
-
-
-class HookPoint:
-    """Records and/or overwrites activations by name during one forward pass (trace-time object).
-
-    ``cache``: False (record nothing), True (record every hook) or a collection of full names.
-    """
-
-    def __init__(self, interventions: dict[str, Intervention] | None = None, cache: bool | Any = False):
-        self.interventions = interventions or {}
-        self.names = None if cache is True or cache is False else frozenset(cache)
-        self.cache: dict[str, jax.Array] | None = {} if cache is not False else None
-        self.seen: set[str] = set()
-
-    def _caches(self, name: str) -> bool:
-        return self.cache is not None and (self.names is None or name in self.names)
-
-    def wants(self, name: str) -> bool:
-        """Whether ``name`` must be materialised (cached or intervened on)."""
-        return self._caches(name) or name in self.interventions
-
-    def __call__(self, name: str, x: jax.Array) -> jax.Array:
-        self.seen.add(name)
-        iv = self.interventions.get(name)
-        if iv is not None:
-            x = apply_intervention(name, iv, x)
-        if self._caches(name):
-            self.cache[name] = x
-        return x
-
-    def check(self) -> None:
-        """Raise if an intervention or a requested cache name was never reached."""
-        missing = sorted(set(self.interventions) - self.seen) + sorted((self.names or set()) - self.seen)
-        if missing:
-            raise KeyError(f"no activation named {missing[0]} in this forward pass (model or input lacks it)")
 
 
 # ---------------------------------------------------------------------------------------------
