@@ -33,6 +33,8 @@ def main(argv=None) -> int:
                 parser.error(f"config file not found: {args.config}")
             except json.JSONDecodeError as e:
                 parser.error(f"config file {args.config} is not valid JSON: {e.msg} (line {e.lineno})")
+        if getattr(args, "model.obs_mode") is not None and getattr(args, "env.obs_mode") is None:
+            setattr(args, "env.obs_mode", getattr(args, "model.obs_mode"))  # the DT reads what the env shows
         cfg = apply_args(base, args)
         if args.resume:
             cfg = cfg.replace(run_name=args.resume)

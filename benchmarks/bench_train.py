@@ -41,7 +41,7 @@ def synthetic_arrays(n_episodes=2000, length=40, seed=0):
 def bench(model: ModelConfig, batch: int, steps: int):
     cfg = TrainConfig(model=model, batch_size=batch, num_steps=steps * 10, log_every=steps, eval_every=steps,
                       ckpt_every=steps, warmup_steps=0)
-    env, _ = envs.make(cfg.env_id, max_steps=300, obs_mode=model.obs_mode)
+    env, _ = envs.make(cfg.env.env_id, max_steps=300, obs_mode=model.obs_mode)
     data = device_arrays(synthetic_arrays())
     mesh = sharding.data_mesh()
     sb = functools.partial(sample_batch, env=env, cfg=SampleConfig(model.n_timesteps, model.max_timestep))

@@ -3,11 +3,12 @@
 __version__ = "0.1.0"
 
 
-def load(path):
-    """A ready model ``(cfg, params)`` from a dtjax checkpoint or an original PyTorch `.pt` file.
+def load(path, with_env: bool = False):
+    """A ready model ``(cfg, params)`` from a dtjax checkpoint or an original PyTorch `.pt` file;
+    with ``with_env=True``, ``(cfg, params, env_cfg)``: the ``EnvConfig`` it was trained in.
 
     See `dtjax.loader.load`; imported lazily so `import dtjax` stays light.
     """
     from dtjax.loader import load as _load
 
-    return _load(path)
+    return _load(path, with_env=with_env)

@@ -3,6 +3,7 @@
 Layout of a run directory (``checkpoints/<run>/``)::
 
     config.json          the full TrainConfig of the run (also stored inside every step)
+    env.json             its EnvConfig (env_id, max_steps, obs_mode): the env it was trained in
     metrics.jsonl        one JSON object per log line (loss, accuracy, eval returns)
     calibration.json     target RTG sweep results, and calibration.png
     ckpt/<step>/         orbax steps: items ``params``, ``train_state``, ``config``
@@ -26,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CKPT_DIR = "ckpt"
+ENV_FILE = "env.json"
 
 
 class CheckpointError(ValueError):

@@ -5,6 +5,7 @@ properties, never written back. Validation raises `ConfigError` with a one-line 
 every config round-trips through JSON (`to_dict` / `from_dict`).
 
 Sections (each owned by the module that consumes it):
+- EnvConfig: envs (the env a run collects, trains and is evaluated in; stored with the run)
 - ModelConfig: dtjax.model
 - PPOConfig, DataMixConfig, DatasetConfig: dtjax.data
 - TrainConfig: dtjax.train
@@ -79,6 +80,62 @@ _SUBCONFIGS: dict[tuple[str, str], type[ConfigBase]] = {}
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# ENV (envs)
+# ---------------------------------------------------------------------------------------------
+
+ENV_OBS_MODES = ("image", "one_hot", "full")  # envs.make's obs_mode: 7x7 raw codes, 7x7 one-hot, full grid
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig(ConfigBase):
+    """The env a run collects its data in, trains against and is evaluated and analysed in.
+
+    Stored with every run (``env.json`` and inside ``config.json``) and returned by
+    ``dtjax.load(path, with_env=True)``. The original project's ``.pt`` files get the defaults
+    below (its data setting; ``ReproduceOriginalPostShort.pt`` carries its own: max_steps 1000).
+    """
+
+    env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # any registered Dynamic Obstacles id (the original's)
+    max_steps: int = 300  # episode length cap, as the original's data (MiniGrid's default is 4 * size**2)
+    obs_mode: str = "image"  # what the agent sees; a DT's must equal its model.obs_mode
+
+    def validate(self) -> None:
+        from envs.registration import REGISTRY  # noqa: PLC0415 (envs is left of config; lazy keeps import light)
+
+        _check(self.env_id in REGISTRY, f"env.env_id: unknown env id {self.env_id!r}; valid ids: {', '.join(REGISTRY)}")
+        _check(isinstance(self.max_steps, int) and not isinstance(self.max_steps, bool) and self.max_steps >= 1,
+               f"env.max_steps must be an integer >= 1, got {self.max_steps!r}")
+        _check(self.obs_mode in ENV_OBS_MODES, f"env.obs_mode must be one of {', '.join(ENV_OBS_MODES)}, got {self.obs_mode!r}")
+
+    @property
+    def size(self) -> int:
+        """Grid side length (walls included)."""
+        from envs.registration import REGISTRY  # noqa: PLC0415
+
+        return REGISTRY[self.env_id][0]
+
+    def make(self):
+        """``(env, env_params)`` from ``envs.make``."""
+        import envs  # noqa: PLC0415
+
+        return envs.make(self.env_id, max_steps=self.max_steps, obs_mode=self.obs_mode)
+
+
+def _lift_env(d: dict, legacy: tuple[str, ...], obs_mode: str | None) -> dict:
+    """Configs of dtjax 0.1 had env_id / max_steps (/ obs_mode) at the top level: move them into
+    ``env``; an ``env`` without obs_mode takes the model's (``obs_mode``), so old runs still load."""
+    d = dict(d)
+    env = dict(d.get("env") or {})
+    for k in legacy:
+        if k in d:
+            env.setdefault(k, d.pop(k))
+    if obs_mode is not None:
+        env.setdefault("obs_mode", obs_mode)
+    d["env"] = env
+    return d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,22 +305,21 @@ class DataConfig(ConfigBase):
 @dataclasses.dataclass(frozen=True)
 class CollectConfig(ConfigBase):
     """A standalone collection job (``python -m dtjax.data collect``); TrainConfig has the same
-    env_id / max_steps / seed / data fields, so ``collect_dataset`` accepts either."""
+    env / seed / data fields, so ``collect_dataset`` accepts either."""
 
-    env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # any registered Dynamic Obstacles id
-    max_steps: int = 300  # env max_steps, as the original's data (MiniGrid's default is 4 * size**2)
-    obs_mode: str = "image"  # what the PPO sees; the stored compact states serve every obs mode
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)  # the env (obs_mode: what the PPO sees; the stored compact states serve every mode)
     seed: int = 0  # recorded in the metadata; collect_dataset takes its key explicitly
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
-    def validate(self) -> None:
-        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        _check(self.obs_mode in ("image", "one_hot", "full"), f"obs_mode must be image, one_hot or full, got {self.obs_mode!r}")
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CollectConfig":
+        return super().from_dict(_lift_env(d, ("env_id", "max_steps", "obs_mode"), None))
 
 
 _SUBCONFIGS[("DataConfig", "ppo")] = PPOConfig
 _SUBCONFIGS[("DataConfig", "mix")] = DataMixConfig
 _SUBCONFIGS[("CollectConfig", "data")] = DataConfig
+_SUBCONFIGS[("CollectConfig", "env")] = EnvConfig
 
 # ---------------------------------------------------------------------------------------------
 # TRAINING (dtjax.train)
@@ -277,8 +333,7 @@ class TrainConfig(ConfigBase):
     run_name: str = "default"  # run directory is <checkpoint_dir>/<run_name>
     checkpoint_dir: str = "checkpoints"  # where run directories go
     seed: int = 0  # one seed for everything (data, init, batches, evaluation)
-    env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # the original's env
-    max_steps: int = 300  # env max_steps, as the original's data (MiniGrid's default is 256)
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)  # collected in, trained for, evaluated in (obs_mode = model.obs_mode)
     dataset: str = ""  # an existing dataset directory to train on; empty = collect one
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -309,7 +364,9 @@ class TrainConfig(ConfigBase):
         _check(self.lr_schedule in ("cosine", "constant"), f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         _check(0 <= self.warmup_steps < self.num_steps, f"warmup_steps must be in [0, num_steps), got {self.warmup_steps}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(self.env.obs_mode == self.model.obs_mode,
+               f"env.obs_mode ({self.env.obs_mode}) must equal model.obs_mode ({self.model.obs_mode}): the DT reads the "
+               "env's observations (train.py's --model.obs_mode sets both)")
         for n in ("batch_size", "num_steps", "log_every", "eval_episodes", "final_eval_episodes", "calib_points",
                   "calib_episodes", "ckpt_every", "keep_checkpoints"):
             _check(getattr(self, n) >= 1, f"{n} must be >= 1, got {getattr(self, n)}")
@@ -317,9 +374,15 @@ class TrainConfig(ConfigBase):
         _check(self.ckpt_every % self.log_every == 0, f"ckpt_every ({self.ckpt_every}) must be a multiple of log_every ({self.log_every})")
         _check(self.eval_every % self.log_every == 0, f"eval_every ({self.eval_every}) must be a multiple of log_every ({self.log_every})")
         _check(len(self.eval_rtgs) >= 1, "eval_rtgs must not be empty")
-        _check(self.model.max_timestep >= self.max_steps - 1,
-               f"model.max_timestep ({self.model.max_timestep}) must cover the env's timesteps (max_steps - 1 = {self.max_steps - 1})")
+        _check(self.model.max_timestep >= self.env.max_steps - 1,
+               f"model.max_timestep ({self.model.max_timestep}) must cover the env's timesteps (env.max_steps - 1 = {self.env.max_steps - 1})")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        model = d.get("model") if isinstance(d.get("model"), dict) else {}
+        return super().from_dict(_lift_env(d, ("env_id", "max_steps"), model.get("obs_mode", "image")))
 
 
 _SUBCONFIGS[("TrainConfig", "model")] = ModelConfig
 _SUBCONFIGS[("TrainConfig", "data")] = DataConfig
+_SUBCONFIGS[("TrainConfig", "env")] = EnvConfig

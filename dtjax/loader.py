@@ -9,6 +9,11 @@ Supported originals (DecisionTransformerInterpretability): plain state dicts
 (`demo_model*.pt`), and dicts with `model_state_dict` plus JSON configs
 (`ReproduceOriginalPostShort.pt`, whose keys are renamed). The architecture is inferred from
 shapes as the original's `load_decision_transformer` did.
+
+The env a model belongs to (`load(path, with_env=True)`): a dtjax run's stored `EnvConfig`; for
+an original `.pt`, its embedded `environment_config` (env_id, max_steps) if it has one, else
+the original's data setting, `EnvConfig()`: MiniGrid-Dynamic-Obstacles-8x8-v0 with max_steps
+300; obs_mode is always the model's.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dtjax.config import ConfigError, ModelConfig
+from dtjax.config import ConfigError, EnvConfig, ModelConfig
 
 
 class LoadError(ValueError):
@@ -236,8 +241,32 @@ def load_original(path: str | Path) -> tuple[ModelConfig, dict, dict]:
     return cfg, params, extra
 
 
-def load(path: str | Path) -> tuple[ModelConfig, dict]:
-    """A ready model ``(cfg, params)`` from a dtjax checkpoint directory or an original `.pt` file."""
+def env_of_original(cfg: ModelConfig, extra: dict) -> EnvConfig:
+    """The env of an original `.pt` model: its embedded environment_config, else `EnvConfig()`."""
+    embedded = extra.get("environment_config") if isinstance(extra.get("environment_config"), dict) else {}
+    fields = {k: embedded[k] for k in ("env_id", "max_steps") if k in embedded}
+    try:
+        return EnvConfig(**fields, obs_mode=cfg.obs_mode)
+    except ConfigError:
+        return EnvConfig(obs_mode=cfg.obs_mode)
+
+
+def env_of_run(config: dict, model_cfg: ModelConfig, path) -> EnvConfig:
+    """The EnvConfig stored in a dtjax run config (0.1 runs: top-level env_id / max_steps)."""
+    env = dict(config.get("env") or {k: config[k] for k in ("env_id", "max_steps") if k in config})
+    env.setdefault("obs_mode", model_cfg.obs_mode)
+    try:
+        return EnvConfig.from_dict(env)
+    except (ConfigError, TypeError) as e:
+        raise LoadError(f"{path}: bad env config in checkpoint ({e})") from e
+
+
+def load(path: str | Path, with_env: bool = False):
+    """A ready model ``(cfg, params)`` from a dtjax checkpoint directory or an original `.pt` file.
+
+    With ``with_env=True``: ``(cfg, params, env_cfg)``, the ``EnvConfig`` the model was trained in
+    (see the module docstring for the original `.pt` files); ``env_cfg.make()`` builds it.
+    """
     path = Path(path)
     if not path.exists():
         raise LoadError(f"checkpoint not found: {path}")
@@ -253,10 +282,11 @@ def load(path: str | Path) -> tuple[ModelConfig, dict]:
             raise LoadError(str(e)) from e
         model_cfg = config.get("model", config)
         try:
-            return ModelConfig.from_dict(model_cfg), params
+            cfg = ModelConfig.from_dict(model_cfg)
         except (ConfigError, TypeError) as e:
             raise LoadError(f"{path}: bad model config in checkpoint ({e})") from e
+        return (cfg, params, env_of_run(config if "model" in config else {}, cfg, path)) if with_env else (cfg, params)
     if path.stat().st_size == 0:
         raise LoadError(f"{path} is empty")
-    cfg, params, _ = load_original(path)
-    return cfg, params
+    cfg, params, extra = load_original(path)
+    return (cfg, params, env_of_original(cfg, extra)) if with_env else (cfg, params)

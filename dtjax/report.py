@@ -154,12 +154,11 @@ def find_calibration(ckpt: Path) -> dict | None:
 def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions | None = None, log=print) -> Path:
     """Analyse checkpoint ``ckpt`` and write ``out_dir/report.html`` and ``summary.json``; returns the HTML path."""
     import dtjax
-    import envs
     from dtjax.evaluate import calibrate, plot_calibration
 
     opt = options or ReportOptions()
     ckpt, out_dir = Path(ckpt), Path(out_dir)
-    cfg, params = dtjax.load(ckpt)
+    cfg, params, env_cfg = dtjax.load(ckpt, with_env=True)
     params = jax.tree.map(jnp.asarray, params)
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _plt()
@@ -167,17 +166,19 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
     key = jax.random.PRNGKey(opt.seed)
     k_calib, k_sample, k_abl = jax.random.split(key, 3)
     doc = _Html(f"dtjax report: {ckpt.name}")
-    summary: dict[str, Any] = {"checkpoint": str(ckpt), "config": cfg.to_dict(), "direction": opt.direction, "fast": opt.fast}
+    summary: dict[str, Any] = {"checkpoint": str(ckpt), "config": cfg.to_dict(), "env": env_cfg.to_dict(),
+                               "direction": opt.direction, "fast": opt.fast}
     d_lab = C.direction_label(opt.direction)
     chans = CHANNELS[cfg.obs_mode]
     ch_idx, ch_names = list(chans), list(chans.values())
-    max_steps = cfg.max_timestep  # the env horizon matching the time-embedding table (the original's data setting)
-    env, env_params = envs.make(S.ENV_ID, obs_mode=cfg.obs_mode, max_steps=max_steps)
+    max_steps = env_cfg.max_steps
+    env, env_params = env_cfg.make()  # the env the model was trained in (stored with the run)
 
     doc.section("model", "Model", f"{html.escape(str(ckpt))}: {cfg.n_layers} layer(s), d_model {cfg.d_model}, "
                 f"{cfg.n_heads} heads of {cfg.d_head}, {'attention-only' if cfg.attn_only else f'MLP {cfg.d_mlp}'}, "
                 f"LayerNorm {'on' if cfg.layer_norm else 'off'}, obs {cfg.obs_mode} {cfg.obs_shape}, "
                 f"context {cfg.n_timesteps} timestep(s) ({cfg.pos_rows} positions), max timestep {cfg.max_timestep}. "
+                f"Env: {env_cfg.env_id}, max_steps {env_cfg.max_steps}. "
                 f"Directions are over actions (left, right, forward); the default analysed is <b>{d_lab}</b>. "
                 "Observation maps are drawn as the agent sees them: rows are view y, the agent (black triangle) "
                 "at the bottom centre facing up, so the cell directly in front is just above it.")
@@ -203,8 +204,8 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
 
     # SCENARIOS: probabilities, attention, DLA -------------------------------------------------
     log("scenarios")
-    names, inp = S.scenario_inputs(REPORT_SCENARIOS, rtg=opt.rtg, obs_mode=cfg.obs_mode)
-    _, inp_neg = S.scenario_inputs(REPORT_SCENARIOS, rtg=-1.0, obs_mode=cfg.obs_mode)
+    names, inp = S.scenario_inputs(REPORT_SCENARIOS, rtg=opt.rtg, env=env_cfg)
+    _, inp_neg = S.scenario_inputs(REPORT_SCENARIOS, rtg=-1.0, env=env_cfg)
     logits, cache = C.run_with_cache(params, cfg, inp)
     logits_neg = C.forward(params, cfg, inp_neg)
     probs, probs_neg = np.asarray(jax.nn.softmax(logits[:, 0])), np.asarray(jax.nn.softmax(logits_neg[:, 0]))
@@ -217,7 +218,7 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
         ax.axis("off")
     doc.figure(fig, "The scenarios' 7x7 views (grey wall, blue ball, green goal, red agent).")
     doc.table(["scenario", "caption", f"P(L) @{opt.rtg}", "P(R)", "P(F)", "P(L) @-1", "P(R)", "P(F)"],
-              [[n, S.SCENARIOS[n][3], *map(float, probs[i]), *map(float, probs_neg[i])] for i, n in enumerate(names)],
+              [[n, S.scenario_caption(n, env_cfg), *map(float, probs[i]), *map(float, probs_neg[i])] for i, n in enumerate(names)],
               "Greedy action probabilities (softmax of the logits at the state token).")
     summary["scenario_probs"] = {n: {"rtg": probs[i].round(4).tolist(), "rtg_neg1": probs_neg[i].round(4).tolist()}
                                  for i, n in enumerate(names)}
@@ -394,7 +395,7 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
 
     # ABLATIONS --------------------------------------------------------------------------------
     log("ablations")
-    sample = S.sample_inputs(k_sample, opt.mean_samples, rtg=opt.rtg, obs_mode=cfg.obs_mode, max_steps=max_steps)
+    sample = S.sample_inputs(k_sample, opt.mean_samples, rtg=opt.rtg, env=env_cfg)
     means = C.ablation_means(params, cfg, sample)
     doc.section("ablation", "Ablations", "Each head's hook_z or the MLP's output replaced by zero, or by its mean over "
                 f"{opt.mean_samples} states from random-policy rollouts (per position). Effect on the scenarios' "
@@ -424,8 +425,8 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
     pnames = None
     if opt.fast:
         pnames = ["hook_embed", "blocks.0.attn.hook_z", "blocks.0.hook_mlp_out", f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
-    pairs = {pair: (S.scenario_inputs([a], rtg=opt.rtg, obs_mode=cfg.obs_mode)[1],
-                    S.scenario_inputs([b], rtg=opt.rtg, obs_mode=cfg.obs_mode)[1]) for pair, (a, b) in S.PATCH_PAIRS.items()}
+    pairs = {pair: (S.scenario_inputs([a], rtg=opt.rtg, env=env_cfg)[1],
+                    S.scenario_inputs([b], rtg=opt.rtg, env=env_cfg)[1]) for pair, (a, b) in S.PATCH_PAIRS.items()}
     b0 = names.index("ball_ahead")
     pairs["rtg+1_vs_-1 (ball_ahead)"] = (inp.take(slice(b0, b0 + 1)).with_rtg(jnp.ones(1)),
                                           inp.take(slice(b0, b0 + 1)).with_rtg(-jnp.ones(1)))

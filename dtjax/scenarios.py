@@ -23,9 +23,10 @@ import numpy as np
 
 import envs
 from dtjax.circuits.core import Inputs
+from dtjax.config import EnvConfig
 
 PARKED = (0, 0)  # a wall cell: a ball here is never seen
-ENV_ID = "MiniGrid-Dynamic-Obstacles-8x8-v0"
+ENV_ID = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # the original's env, the default
 
 
 def make_state(agent_pos, agent_dir: int, balls=(), n_obstacles: int = 4, time: int = 0) -> envs.EnvState:
@@ -39,19 +40,32 @@ def make_state(agent_pos, agent_dir: int, balls=(), n_obstacles: int = 4, time: 
                          obstacles=jnp.asarray(obst, jnp.int32).reshape(n_obstacles, 2), time=jnp.int32(time))
 
 
-# name -> (agent_pos, agent_dir, balls, caption). Facing east in the 8x8 grid (interior 1..6).
-SCENARIOS = {
-    "clear_ahead": ((2, 3), 0, [], "no ball in view, open floor ahead"),
-    "ball_ahead": ((2, 3), 0, [(3, 3)], "ball in the cell directly in front"),
-    "ball_two_ahead": ((2, 3), 0, [(4, 3)], "ball two cells ahead"),
-    "ball_diag_left": ((2, 3), 0, [(3, 2)], "ball diagonally ahead-left"),
-    "ball_diag_right": ((2, 3), 0, [(3, 4)], "ball diagonally ahead-right"),
-    "ball_left": ((2, 3), 0, [(2, 2)], "ball directly to the left"),
-    "ball_right": ((2, 3), 0, [(2, 4)], "ball directly to the right"),
-    "goal_ahead": ((5, 6), 0, [], "goal in the cell directly in front"),
-    "wall_ahead": ((6, 3), 0, [], "wall directly in front"),
-    "start_seed0": ((1, 1), 0, [(6, 5), (4, 2), (1, 6), (4, 4)], "MiniGrid reset(seed=0), the write-up's example"),
-}
+def scenario_specs(size: int = 8) -> dict[str, tuple]:
+    """name -> (agent_pos, agent_dir, balls, caption) for a grid of side ``size`` (walls included).
+
+    Facing east from (x0, y0) = (2, 3) (grids >= 6; (1, 2) in 5x5, whose goal is at (3, 3)); the
+    goal and wall scenarios sit next to the goal (size-2, size-2) and the east wall. For 8x8 these
+    are the states the write-up's numbers and docs/findings.md use; ``start_seed0`` is added by
+    ``scenario_states`` (it depends on the env, not only on the size).
+    """
+    x0, y0 = (2, 3) if size >= 6 else (1, 2)
+    return {
+        "clear_ahead": ((x0, y0), 0, [], "no ball in view, open floor ahead"),
+        "ball_ahead": ((x0, y0), 0, [(x0 + 1, y0)], "ball in the cell directly in front"),
+        "ball_two_ahead": ((x0, y0), 0, [(x0 + 2, y0)], "ball two cells ahead"),
+        "ball_diag_left": ((x0, y0), 0, [(x0 + 1, y0 - 1)], "ball diagonally ahead-left"),
+        "ball_diag_right": ((x0, y0), 0, [(x0 + 1, y0 + 1)], "ball diagonally ahead-right"),
+        "ball_left": ((x0, y0), 0, [(x0, y0 - 1)], "ball directly to the left"),
+        "ball_right": ((x0, y0), 0, [(x0, y0 + 1)], "ball directly to the right"),
+        "goal_ahead": ((size - 3, size - 2), 0, [], "goal in the cell directly in front"),
+        "wall_ahead": ((size - 2, y0), 0, [], "wall directly in front"),
+    }
+
+
+# MiniGrid-Dynamic-Obstacles-8x8-v0 reset(seed=0), the write-up's example state.
+START_SEED0_8X8 = ((1, 1), 0, [(6, 5), (4, 2), (1, 6), (4, 4)], "MiniGrid reset(seed=0), the write-up's example")
+# name -> (agent_pos, agent_dir, balls, caption) in the original's 8x8 env (interior 1..6).
+SCENARIOS = {**scenario_specs(8), "start_seed0": START_SEED0_8X8}
 # (clean, corrupted) pairs for activation patching.
 PATCH_PAIRS = {
     "ball_ahead_vs_clear": ("ball_ahead", "clear_ahead"),
@@ -59,45 +73,78 @@ PATCH_PAIRS = {
 }
 
 
-def scenario_states(names=None) -> tuple[list[str], envs.EnvState]:
-    """(names, a batched EnvState) for ``names`` (default all of ``SCENARIOS``)."""
+def _env_cfg(env: EnvConfig | None, obs_mode: str | None, env_id: str | None, max_steps: int | None = None) -> EnvConfig:
+    base = env or EnvConfig()
+    changes = {k: v for k, v in (("obs_mode", obs_mode), ("env_id", env_id), ("max_steps", max_steps)) if v is not None}
+    return base.replace(**changes) if changes else base
+
+
+def scenario_states(names=None, env: EnvConfig | None = None) -> tuple[list[str], envs.EnvState]:
+    """(names, a batched EnvState) for ``names`` (default all of ``SCENARIOS``) in ``env`` (default 8x8).
+
+    ``start_seed0`` is MiniGrid's reset(seed=0) state in the fixed-start 8x8 env, and the env's
+    own ``reset(PRNGKey(0))`` state in any other.
+    """
+    env = env or EnvConfig()
+    jenv, jparams = env.make()
+    specs = scenario_specs(jenv.size)
     names = list(SCENARIOS) if names is None else list(names)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
-    states = [make_state(*SCENARIOS[n][:3]) for n in names]
+    states = []
+    for n in names:
+        if n != "start_seed0":
+            states.append(make_state(*specs[n][:3], n_obstacles=jenv.n_obstacles))
+        elif env.env_id == ENV_ID:
+            states.append(make_state(*START_SEED0_8X8[:3], n_obstacles=jenv.n_obstacles))
+        else:
+            states.append(jenv.reset(jax.random.PRNGKey(0), jparams)[1])
     return names, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def observe_states(states: envs.EnvState, obs_mode: str = "image", env_id: str = ENV_ID) -> jax.Array:
+def scenario_caption(name: str, env: EnvConfig | None = None) -> str:
+    if name == "start_seed0" and env is not None and env.env_id != ENV_ID:
+        return f"{env.env_id} reset(PRNGKey(0))"
+    return SCENARIOS[name][3]
+
+
+def observe_states(states: envs.EnvState, obs_mode: str = "image", env_id: str = ENV_ID,
+                   env: EnvConfig | None = None) -> jax.Array:
     """Observations (n, 7, 7, C) uint8 of a batched EnvState, via the env's ``observe``."""
-    env, env_params = envs.make(env_id, obs_mode=obs_mode)
-    return jax.vmap(lambda s: env.observe(s, env_params))(states)
+    jenv, jparams = _env_cfg(env, None if env else obs_mode, None if env else env_id).make()
+    return jax.vmap(lambda s: jenv.observe(s, jparams))(states)
 
 
-def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0, obs_mode: str = "image",
-                    env_id: str = ENV_ID) -> tuple[list[str], Inputs]:
+def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0, obs_mode: str | None = None,
+                    env_id: str | None = None, env: EnvConfig | None = None) -> tuple[list[str], Inputs]:
     """(names, Inputs of batch n, K = 1): each scenario at target RTG ``rtg`` and ``timestep``.
 
-    ``rtg`` may be an (n,) array (one per scenario). Tokens are (R, s); the action token is not
-    fed because with one timestep it cannot affect the prediction (causal mask).
+    ``env``: the EnvConfig to build them in (default: 8x8, image); ``obs_mode`` / ``env_id``
+    override its fields. ``rtg`` may be an (n,) array (one per scenario). Tokens are (R, s); the
+    action token is not fed because with one timestep it cannot affect the prediction (causal mask).
     """
-    names, states = scenario_states(names)
-    obs = observe_states(states, obs_mode, env_id)
+    env = _env_cfg(env, obs_mode, env_id)
+    names, states = scenario_states(names, env)
+    obs = observe_states(states, env=env)
     n = len(names)
     rtg = jnp.broadcast_to(jnp.asarray(rtg, jnp.float32), (n,))
     return names, Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
 
 
-def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str = "image", max_steps: int = 300,
-                  policy: Callable | None = None, n_envs: int = 16, env_id: str = ENV_ID) -> Inputs:
+def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None = None, max_steps: int | None = None,
+                  policy: Callable | None = None, n_envs: int = 16, env_id: str | None = None,
+                  env: EnvConfig | None = None) -> Inputs:
     """``n`` single-timestep Inputs drawn from real rollouts (uniformly over visited steps).
 
-    Runs ``n_envs`` vmapped episodes (auto-reset) for ceil(n / n_envs) steps each. ``policy(key,
-    obs (n_envs, 7, 7, C), time (n_envs,)) -> actions`` defaults to uniform random actions (the
-    reference outputs' data). The RTG token is set to ``rtg``; the timestep is the env's step count.
+    Runs ``n_envs`` vmapped episodes (auto-reset) of ``env`` (default 8x8, max_steps 300; the
+    keyword fields override it) for ceil(n / n_envs) steps each. ``policy(key, obs (n_envs, 7, 7,
+    C), time (n_envs,)) -> actions`` defaults to uniform random actions (the reference outputs'
+    data). The RTG token is set to ``rtg``; the timestep is the env's step count.
     """
-    env, env_params = envs.make(env_id, obs_mode=obs_mode, max_steps=max_steps)
+    env_cfg = _env_cfg(env, obs_mode, env_id, max_steps)
+    env, env_params = env_cfg.make()
+    max_steps = env_cfg.max_steps
     steps = -(-n // n_envs)
     k_reset, k_run = jax.random.split(key)
     obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), env_params)

@@ -190,6 +190,7 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
         raise RunError(f"run {run_dir} already exists: pass --resume {cfg.run_name} or choose another --run_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_lib.write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    ckpt_lib.write_json_atomic(run_dir / ckpt_lib.ENV_FILE, cfg.env.to_dict())
 
     mesh = sharding.data_mesh()
     sharding.check_divisible(cfg.batch_size, mesh, "batch_size")
@@ -197,7 +198,7 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
     t0 = time.time()
 
     # DATA
-    env, env_params = envs.make(cfg.env_id, max_steps=cfg.max_steps, obs_mode=cfg.model.obs_mode)
+    env, env_params = cfg.env.make()
     log = (lambda msg: tqdm.write(msg)) if progress else (lambda msg: None)
     arrays, _ = prepare_dataset(cfg, env, env_params, jax.random.fold_in(root, _KEY_DATA), run_dir, log=log)
     data = jax.device_put(device_arrays(arrays, cfg.data.pct_traj), sharding.replicated(mesh))

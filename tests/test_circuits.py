@@ -13,7 +13,7 @@ import pytest
 import dtjax
 from dtjax import circuits as C
 from dtjax import hooks, scenarios
-from dtjax.config import ModelConfig
+from dtjax.config import EnvConfig, ModelConfig
 from dtjax.model import init_params
 
 
@@ -318,3 +318,21 @@ def test_scenarios_place_objects_where_the_agent_sees_them():
     assert sampled.obs.shape == (20, 1, 7, 7, 3) and int(sampled.timesteps.max()) >= 4
     one_hot = scenarios.scenario_inputs(["ball_ahead"], obs_mode="one_hot")[1]
     assert one_hot.obs.shape == (1, 1, 7, 7, 20) and int(one_hot.obs[0, 0, 3, 5, 6]) == 1
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-Dynamic-Obstacles-5x5-v0", "MiniGrid-Dynamic-Obstacles-6x6-v0",
+                                    "MiniGrid-Dynamic-Obstacles-16x16-v0", "MiniGrid-Dynamic-Obstacles-Random-8x8-v0"])
+def test_scenarios_mean_the_same_in_every_env(env_id):
+    """Built in the model's env, each scenario shows what its name says (front cell (3, 5))."""
+    env = EnvConfig(env_id, max_steps=50)
+    names = ["clear_ahead", "ball_ahead", "ball_two_ahead", "ball_diag_left", "ball_diag_right", "ball_left",
+             "ball_right", "goal_ahead", "wall_ahead", "start_seed0"]
+    _, inp = scenarios.scenario_inputs(names, env=env)
+    obj = np.asarray(inp.obs[:, 0, :, :, 0])
+    front = {n: obj[i, 3, 5] for i, n in enumerate(names)}
+    assert front["clear_ahead"] == 1 and front["ball_ahead"] == 6 and front["goal_ahead"] == 8 and front["wall_ahead"] == 2
+    assert obj[2, 3, 4] == 6 and obj[3, 2, 5] == 6 and obj[4, 4, 5] == 6 and obj[5, 2, 6] == 6 and obj[6, 4, 6] == 6
+    assert not (obj[names.index("clear_ahead")] == 6).any()
+    _, start = scenarios.scenario_states(["start_seed0"], env)
+    _, reset = env.make()[0].reset(jax.random.PRNGKey(0), env.make()[1])
+    np.testing.assert_array_equal(start.agent_pos[0], reset.agent_pos)

@@ -36,6 +36,17 @@ def test_loaded_configs_and_param_tree():
     assert cfg.replace(d_model=8).d_model == 8 and dtjax.config.ModelConfig.from_json(cfg.to_json()) == cfg
 
 
+def test_original_models_come_with_their_env():
+    """Plain state dicts get the original's data setting (8x8, max_steps 300); the one with an
+    embedded environment_config gets its max_steps 1000; obs_mode is the model's."""
+    from dtjax.config import EnvConfig
+
+    assert dtjax.load(ORIG / "demo_model_overnight_training.pt", with_env=True)[2] == EnvConfig()
+    assert dtjax.load(ORIG / "demo_model_one_hot_overnight.pt", with_env=True)[2] == EnvConfig(obs_mode="one_hot")
+    env = dtjax.load(ORIG / "ReproduceOriginalPostShort.pt", with_env=True)[2]
+    assert (env.env_id, env.max_steps, env.obs_mode) == ("MiniGrid-Dynamic-Obstacles-8x8-v0", 1000, "image")
+
+
 def test_state_encoder_mapping():
     """W_state is state_encoder.weight transposed: flatten order (c, x, y) as the original."""
     raw = read_pt(ORIG / "demo_model.pt")

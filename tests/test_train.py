@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import dtjax
-from dtjax.config import ConfigError, DataConfig, DataMixConfig, ModelConfig, PPOConfig, TrainConfig
+from dtjax.config import ConfigError, DataConfig, DataMixConfig, EnvConfig, ModelConfig, PPOConfig, TrainConfig
 from dtjax.model import init_params
 from dtjax.train import RunError, loss_fn, make_optimizer, train_and_evaluate
 
@@ -29,7 +29,7 @@ TINY_MODEL = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, max_timestep
 
 def tiny_cfg(tmp_path, **kw) -> TrainConfig:
     base = dict(
-        run_name="tiny", checkpoint_dir=str(tmp_path), env_id="MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50,
+        run_name="tiny", checkpoint_dir=str(tmp_path), env=EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50),
         model=TINY_MODEL, data=TINY_DATA, batch_size=16, num_steps=40, log_every=10, eval_every=20, ckpt_every=20,
         warmup_steps=5, eval_episodes=4, final_eval_episodes=4, calib_points=3, calib_episodes=4,
     )
@@ -55,6 +55,9 @@ def test_tiny_end_to_end(tiny_run):
     assert "eval/return@+1" in rows[1]
     loaded_cfg, params = dtjax.load(run)
     assert loaded_cfg == cfg.model
+    # the env travels with the checkpoint: env.json, and dtjax.load(with_env=True)
+    assert json.loads((run / "env.json").read_text()) == cfg.env.to_dict()
+    assert dtjax.load(run, with_env=True)[2] == EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50)
     assert jax.tree.structure(params) == jax.tree.structure(init_params(jax.random.PRNGKey(0), cfg.model))
     calib = json.loads((run / "calibration.json").read_text())
     assert len(calib["rows"]) == 3 and calib["n_episodes"] == 4
@@ -104,7 +107,7 @@ def test_resume_errors(tmp_path):
 
 
 def test_loss_decreases_on_a_fixed_batch():
-    cfg = TrainConfig(model=TINY_MODEL, max_steps=50, lr=3e-3, lr_schedule="constant", num_steps=100, log_every=10,
+    cfg = TrainConfig(model=TINY_MODEL, env=EnvConfig(max_steps=50), lr=3e-3, lr_schedule="constant", num_steps=100, log_every=10,
                       eval_every=10, ckpt_every=10, warmup_steps=0)
     rng = np.random.default_rng(0)
     batch = {
@@ -135,7 +138,8 @@ def test_loss_decreases_on_a_fixed_batch():
 def test_config_roundtrip_and_validation(tmp_path):
     cfg = tiny_cfg(tmp_path)
     assert TrainConfig.from_json(cfg.to_json()) == cfg
-    for bad in (dict(num_steps=45), dict(optimizer="sgd"), dict(run_name="a/b"), dict(max_steps=500)):
+    for bad in (dict(num_steps=45), dict(optimizer="sgd"), dict(run_name="a/b"), dict(env=EnvConfig(max_steps=500)),
+                dict(env=EnvConfig(obs_mode="one_hot"))):
         with pytest.raises(ConfigError):
             tiny_cfg(tmp_path, **bad)
 
@@ -179,3 +183,31 @@ def test_sharded_matches_single_device(tiny_run, tmp_path):
         outs.append(_final_params(tmp_path / f"dev{n}"))
     for x, y in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
         np.testing.assert_allclose(x, y, atol=2e-5, rtol=1e-4)
+
+
+def test_v0_1_configs_load_with_their_env(tmp_path):
+    """dtjax 0.1 wrote env_id / max_steps at the top level of config.json: they become ``env``."""
+    old = tiny_cfg(tmp_path).to_dict()
+    env = old.pop("env")
+    old.update(env_id=env["env_id"], max_steps=env["max_steps"])
+    assert TrainConfig.from_dict(old).env == EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50)
+    one_hot = dict(old, model={**old["model"], "obs_mode": "one_hot"})
+    assert TrainConfig.from_dict(one_hot).env.obs_mode == "one_hot"
+    with pytest.raises(ConfigError, match="unknown env id"):
+        EnvConfig("MiniGrid-Empty-8x8-v0")
+
+
+def test_cli_model_obs_mode_sets_the_env_obs_mode(monkeypatch):
+    """``--model.obs_mode one_hot`` alone gives a one-hot env (the DT reads what the env shows);
+    an explicit, contradicting ``--env.obs_mode`` is a one-line error."""
+    sys.path.insert(0, str(ROOT))
+    import train as train_script
+
+    seen = {}
+    monkeypatch.setattr("dtjax.train.train_and_evaluate", lambda cfg, **kw: seen.setdefault("cfg", cfg) and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train_script.main(["--model.obs_mode", "one_hot", "--env.max_steps", "100", "--quiet"])
+    assert seen["cfg"].env == EnvConfig(max_steps=100, obs_mode="one_hot") and seen["cfg"].model.obs_mode == "one_hot"
+    r = _run_cli("--model.obs_mode", "one_hot", "--env.obs_mode", "image")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [line for line in r.stderr.splitlines() if "error:" in line][0].endswith("--model.obs_mode sets both)")

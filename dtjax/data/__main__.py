@@ -1,7 +1,7 @@
 """python -m dtjax.data {collect,summary}: make a behaviour dataset, or inspect one.
 
     python -m dtjax.data collect --out data/dyn8 [--env MiniGrid-Dynamic-Obstacles-8x8-v0]
-        [--max_steps 300] [--seed 0] [--mix random_frac=0.2,branch_frac=0 | --mix original]
+        [--env.max_steps 300] [--seed 0] [--mix random_frac=0.2,branch_frac=0 | --mix original]
         [--data.ppo.total_timesteps 500000 --data.mix.final_eps 0.05 ...] [--store_obs] [--plot p.png]
     python -m dtjax.data summary data/dyn8 [--plot returns.png] [--json]
 
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect", help="run PPO (+ the mix) and write a dataset")
     c.add_argument("--out", required=True, help="dataset directory to create (must not exist)")
-    c.add_argument("--env", dest="env_id", default=None, help="env id (default MiniGrid-Dynamic-Obstacles-8x8-v0)")
+    c.add_argument("--env", dest="env_shorthand", metavar="ENV_ID", default=None,
+                   help="env id (default MiniGrid-Dynamic-Obstacles-8x8-v0); same as --env.env_id")
     c.add_argument("--mix", default=None, help="a preset (default, original) or key=value,... DataMixConfig overrides")
     c.add_argument("--store_obs", action="store_true", help="also store the observations (obs.npy)")
     c.add_argument("--plot", help="also write a return-vs-length plot to this PNG")
@@ -71,12 +72,10 @@ def main(argv=None) -> int:
 
             try:
                 cfg = apply_args(CollectConfig(), args)
+                if args.env_shorthand:
+                    cfg = cfg.replace(env=cfg.env.replace(env_id=args.env_shorthand))
                 if args.mix:
                     cfg = cfg.replace(data=cfg.data.replace(mix=parse_mix(args.mix, cfg.data.mix)))
-                import envs
-
-                if cfg.env_id not in envs.REGISTRY:
-                    raise ConfigError(f"unknown env id {cfg.env_id!r}; valid ids: {', '.join(envs.REGISTRY)}")
             except (ConfigError, TypeError) as e:
                 parser.error(str(e))
             if Path(args.out).exists():
@@ -105,14 +104,14 @@ def main(argv=None) -> int:
 
 
 def observations(arrays, cfg, chunk: int = 65536):
-    """(N, H, W, C) uint8 observations of the stored states, in ``cfg.obs_mode``."""
+    """(N, H, W, C) uint8 observations of the stored states, in ``cfg.env.obs_mode``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import envs
 
-    env, _ = envs.make(cfg.env_id, max_steps=cfg.max_steps, obs_mode=cfg.obs_mode)
+    env, _ = cfg.env.make()
     observe = jax.jit(jax.vmap(env.observe))
     n = len(arrays["action"])
     out = np.empty((n,) + env.observation_shape(), np.uint8)

@@ -2,7 +2,7 @@
 
 Entry points:
 - ``collect_dataset(cfg, key) -> (arrays, metadata)``: the whole job for a CollectConfig or a
-  TrainConfig (anything with ``env_id``, ``max_steps``, ``seed`` and ``data``); the result is
+  TrainConfig (anything with an ``env`` EnvConfig, ``seed`` and ``data``); the result is
   ready for ``store.save`` and ``dataset.device_arrays``.
 - ``collect(data_cfg, env, env_params, key) -> Collection``: the same on a built env, also
   returning the final PPO params and network.
@@ -186,32 +186,23 @@ def dataset_metadata(cfg: DataConfig, env, env_params, env_id: str, seed: int) -
     }
 
 
-def _obs_mode_of(cfg) -> str:
-    if hasattr(cfg, "obs_mode"):
-        return cfg.obs_mode
-    model = getattr(cfg, "model", None)
-    return getattr(model, "obs_mode", "image")
-
-
 def collect_dataset(cfg, key: jax.Array, log=print) -> tuple[dict[str, np.ndarray], dict]:
     """Collect the dataset ``cfg`` describes: (arrays, metadata), ready for ``store.save``.
 
-    ``cfg``: a CollectConfig or a TrainConfig (reads ``env_id``, ``max_steps``, ``seed``,
-    ``data``, and ``obs_mode`` or ``model.obs_mode`` for what the PPO sees; the stored compact
-    states serve every obs mode). ``key``: the PRNG key of the whole collection.
+    ``cfg``: a CollectConfig or a TrainConfig (reads ``env``, ``seed`` and ``data``; ``env.obs_mode``
+    is what the PPO sees, and the stored compact states serve every obs mode). ``key``: the PRNG
+    key of the whole collection.
     """
-    import envs
-
-    env, env_params = envs.make(cfg.env_id, max_steps=cfg.max_steps, obs_mode=_obs_mode_of(cfg))
+    env, env_params = cfg.env.make()
     col = collect(cfg.data, env, env_params, key, log=log)
-    meta = {**dataset_metadata(cfg.data, env, env_params, cfg.env_id, cfg.seed), "collection": col.info}
+    meta = {**dataset_metadata(cfg.data, env, env_params, cfg.env.env_id, cfg.seed), "collection": col.info}
     return col.arrays, meta
 
 
 def prepare_dataset(cfg, env, env_params, key, run_dir, log=print) -> tuple[dict[str, np.ndarray], dict]:
     """The dataset a run trains on: ``cfg.dataset`` if given, else the one stored in the run
     directory (a resumed run), else a freshly collected one saved to ``run_dir/dataset``."""
-    expect = {"env_id": cfg.env_id, "max_steps": cfg.max_steps}
+    expect = {"env_id": cfg.env.env_id, "max_steps": cfg.env.max_steps}
     if cfg.dataset:
         arrays, meta = store.load(cfg.dataset, expect=expect)
         log(f"dataset {cfg.dataset}: {meta['counts']['episodes']} episodes, {meta['counts']['steps']} steps")
@@ -222,7 +213,7 @@ def prepare_dataset(cfg, env, env_params, key, run_dir, log=print) -> tuple[dict
         log(f"reusing {path}: {meta['counts']['episodes']} episodes")
         return arrays, meta
     col = collect(cfg.data, env, env_params, key, log=log)
-    meta = {**dataset_metadata(cfg.data, env, env_params, cfg.env_id, cfg.seed), "collection": col.info}
+    meta = {**dataset_metadata(cfg.data, env, env_params, cfg.env.env_id, cfg.seed), "collection": col.info}
     store.save(path, col.arrays, meta)
     log(store.format_summary(store.summary(col.arrays)))
     return col.arrays, meta
