@@ -1,0 +1,127 @@
+"""dtjax.analysis: the panels the report and the explorer draw, on models of every shape.
+
+Each panel is checked against an independent computation (a forward pass, a hand edit of the
+weights, or an identity of the decomposition), not against the circuits function it calls.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dtjax import analysis as A
+from dtjax import circuits as C
+from dtjax.config import ModelConfig
+from dtjax.model import forward, init_params
+from tolerance import assert_close
+
+BASE = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, max_timestep=20)
+SHAPES = {
+    "k1": BASE,
+    "k3_ln_2layers": BASE.replace(n_layers=2, n_timesteps=3, layer_norm=True),
+    "attn_only_linear_time": BASE.replace(attn_only=True, d_mlp=0, n_timesteps=2, time_embedding="linear"),
+    "one_hot_3layers": BASE.replace(obs_mode="one_hot", n_layers=3),
+}
+
+
+def _params(cfg, seed=0):
+    """Random params with every entry nonzero (numpy draws: no per-leaf compiles)."""
+    shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape).astype(np.float32)), shapes)
+
+
+def _inputs(cfg, b=3, seed=0):
+    rng = np.random.default_rng(seed)
+    k = cfg.n_timesteps
+    obs = rng.integers(0, 2, (b, k) + cfg.obs_shape) if cfg.obs_mode == "one_hot" else rng.integers(0, 9, (b, k) + cfg.obs_shape)
+    return C.Inputs(obs=jnp.asarray(obs.astype(np.uint8)), rtg=jnp.asarray(rng.uniform(-1, 1, (b, k)), jnp.float32),
+                    timesteps=jnp.asarray(rng.integers(0, 20, (b, k)), jnp.int32),
+                    actions=None if k == 1 else jnp.asarray(rng.integers(0, 3, (b, k - 1)), jnp.int32))
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def model(request):
+    cfg = SHAPES[request.param]
+    return cfg, _params(cfg), _inputs(cfg)
+
+
+V = C.action_vector("forward-right")
+
+
+def test_token_labels():
+    assert A.token_labels(1) == ["R_t", "s_t"]
+    assert A.token_labels(3) == ["R_t-2", "s_t-2", "a_t-2", "R_t-1", "s_t-1", "a_t-1", "R_t", "s_t"]
+    assert A.token_labels(2, 6) == ["R_t-1", "s_t-1", "a_t-1", "R_t", "s_t", "a_t"]
+
+
+def test_state_panels(model):
+    cfg, params, inp = model
+    out = A.state_panels(params, cfg, inp, V)
+    logits = forward(params, cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions)[:, -1]
+    assert_close(out["logits"], logits)
+    assert_close(out["probs"].sum(-1), np.ones(inp.batch))
+    assert_close(out["dla"].sum(-1), logits @ V)  # the components and biases sum to the logit difference
+    assert out["dla"].shape[1] == len(A.dla_labels(cfg, inp))
+    n = A.n_tokens(inp)
+    assert out["pattern"].shape == (cfg.n_layers, inp.batch, cfg.n_heads, n, n)
+    pos = 3 * (inp.n_timesteps - 1) + 1
+    assert_close(out["attn_to_rtg"], out["pattern"][:, :, :, pos, pos - 1])
+    if not cfg.layer_norm:  # the activation projection sums to the state embedding's direct contribution
+        assert_close(out["state_encoder"].sum((-1, -2, -3)), out["dla"][:, A.dla_labels(cfg, inp).index("embed_state")])
+
+
+def test_rtg_scan_panel_is_the_model_at_each_rtg(model):
+    cfg, params, inp = model
+    rtgs = jnp.asarray([-2.0, 0.5, 3.0])
+    scan = A.rtg_scan_panel(params, cfg, inp, rtgs, V)
+    assert scan["logits"].shape == (inp.batch, 3, cfg.n_actions)
+    for j, r in enumerate(np.asarray(rtgs)):
+        rtg = inp.rtg - inp.rtg[:, -1:] + r  # the whole history shifted: rewards between timesteps kept
+        logits = forward(params, cfg, inp.obs, rtg, inp.timesteps, inp.actions)[:, -1]
+        assert_close(scan["logits"][:, j], logits)
+        assert_close(scan["dla"][:, j].sum(-1), logits @ V)
+
+
+def test_weight_panels_by_hand(model):
+    """One observation feature's OV and state-encoder entries equal the weight products by hand."""
+    cfg, params, _ = model
+    w = A.weight_panels(params, cfg, V)
+    c = cfg.obs_shape[-1]
+    assert w["qk"].shape == (cfg.n_layers, cfg.n_heads, c, 7, 7) and w["ov"].shape[-1] == cfg.n_actions
+    assert_close(w["ov_dir"], w["ov"] @ np.asarray(V))
+    # W_state row of channel 0, cell (3, 5), through head 0's OV and the unembedding, by hand
+    row = np.asarray(params["W_state"]).reshape(c, 7, 7, cfg.d_model)[0, 3, 5]
+    a = params["blocks_0"]["attn"]
+    by_hand = row @ np.asarray(a["W_V"][0]) @ np.asarray(a["W_O"][0]) @ np.asarray(params["W_U"])
+    assert_close(w["ov"][0, 0, 0, 3, 5], by_hand)
+    assert_close(w["state_encoder"][0, 3, 5], row @ np.asarray(params["W_U"]) @ np.asarray(V))
+
+
+def test_ablation_panel(model):
+    cfg, params, inp = model
+    out = A.ablation_panel(params, cfg, inp, "zero")
+    labels = A.ablation_labels(cfg)
+    assert out["probs"].shape == (len(labels), inp.batch, cfg.n_actions)
+    assert ("L0_mlp" in labels) != cfg.attn_only
+    assert_close(out["probs"][0], A.state_panels(params, cfg, inp, V)["probs"])
+    # ablating head L0H1 = zeroing its rows of W_O (TL zero ablation keeps b_O)
+    p2 = jax.tree.map(lambda x: x, params)
+    p2["blocks_0"]["attn"]["W_O"] = params["blocks_0"]["attn"]["W_O"].at[1].set(0.0)
+    logits = forward(p2, cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions)[:, -1]
+    assert_close(out["logits"][labels.index("L0H1")], logits)
+
+
+def test_patching_panel(model):
+    cfg, params, inp = model
+    corrupted = inp.with_rtg(-inp.rtg[:, -1])
+    last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+    out = A.patching_panel(params, cfg, inp, corrupted, V, names=["hook_rtg_embed", "blocks.0.attn.hook_z", last])
+    n = A.n_tokens(inp)
+    assert out["matrix"].shape == (1 + cfg.n_heads + 1, n) and out["columns"] == A.token_labels(inp.n_timesteps, n)
+    row = out["rows"].index(last)
+    assert_close(out["matrix"][row, n - 1], 1.0)  # the final residual at the last state token is the whole effect
+    assert np.isnan(out["matrix"][0, inp.n_timesteps:]).all()  # per-timestep hook: K positions only
+    assert_close(out["matrix"][row, :n - 1], np.zeros(n - 1), floor=1.0)  # earlier tokens: the logit reads only the last
