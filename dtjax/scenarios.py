@@ -117,19 +117,22 @@ def observe_states(states: envs.EnvState, obs_mode: str = "image", env_id: str =
 
 
 def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0, obs_mode: str | None = None,
-                    env_id: str | None = None, env: EnvConfig | None = None) -> tuple[list[str], Inputs]:
-    """(names, Inputs of batch n, K = 1): each scenario at target RTG ``rtg`` and ``timestep``.
+                    env_id: str | None = None, env: EnvConfig | None = None, n_timesteps: int = 1) -> tuple[list[str], Inputs]:
+    """(names, Inputs of batch n): each scenario at target RTG ``rtg`` and ``timestep``.
 
     ``env``: the EnvConfig to build them in (default: 8x8, image); ``obs_mode`` / ``env_id``
-    override its fields. ``rtg`` may be an (n,) array (one per scenario). Tokens are (R, s); the
-    action token is not fed because with one timestep it cannot affect the prediction (causal mask).
+    override its fields. ``rtg`` may be an (n,) array (one per scenario). With one timestep the
+    tokens are (R, s): the action token is not fed because it cannot affect the prediction (causal
+    mask). ``n_timesteps`` > 1 (a model with a longer context) left-pads each scenario to that many
+    timesteps as training and evaluation pad an episode's first step (``Inputs.left_pad``).
     """
     env = _env_cfg(env, obs_mode, env_id)
     names, states = scenario_states(names, env)
     obs = observe_states(states, env=env)
     n = len(names)
     rtg = jnp.broadcast_to(jnp.asarray(rtg, jnp.float32), (n,))
-    return names, Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
+    inp = Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
+    return names, inp if n_timesteps == 1 else inp.left_pad(n_timesteps)
 
 
 def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None = None, max_steps: int | None = None,

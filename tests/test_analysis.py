@@ -125,3 +125,23 @@ def test_patching_panel(model):
     assert_close(out["matrix"][row, n - 1], 1.0)  # the final residual at the last state token is the whole effect
     assert np.isnan(out["matrix"][0, inp.n_timesteps:]).all()  # per-timestep hook: K positions only
     assert_close(out["matrix"][row, :n - 1], np.zeros(n - 1), floor=1.0)  # earlier tokens: the logit reads only the last
+
+
+def test_left_padded_scenarios_match_closed_loop_evaluation():
+    """A K=3 model's first decision in dtjax.evaluate is what it predicts on the left-padded
+    scenario of the env's reset state (the padding convention of training and evaluation)."""
+    from dtjax import scenarios
+    from dtjax.config import EnvConfig
+    from dtjax.evaluate import _policy_logits
+
+    cfg = SHAPES["k3_ln_2layers"]
+    params = _params(cfg)
+    env = EnvConfig("MiniGrid-Dynamic-Obstacles-Random-8x8-v0", max_steps=20)
+    _, inp = scenarios.scenario_inputs(["start_seed0"], rtg=0.5, env=env, n_timesteps=3)
+    assert inp.obs.shape[:2] == (1, 3) and inp.actions.shape == (1, 2) and (np.asarray(inp.actions) == 3).all()
+    assert (np.asarray(inp.obs[:, :2]) == 0).all() and (np.asarray(inp.rtg[0]) == [0, 0, 0.5]).all()
+    # evaluate's history at t = 0: the same padding, K actions (the last one padding too)
+    obs0 = jnp.asarray(np.asarray(inp.obs[:, -1]))
+    hist = (jnp.concatenate([jnp.zeros_like(inp.obs[:, :2]), obs0[:, None]], 1), jnp.asarray([[0.0, 0.0, 0.5]]),
+            jnp.zeros((1, 3), jnp.int32), jnp.full((1, 3), 3, jnp.int32))
+    assert_close(_policy_logits(params, cfg, hist, {}), A.state_panels(params, cfg, inp, V)["logits"])

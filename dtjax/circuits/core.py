@@ -50,6 +50,25 @@ class Inputs:
     def concat(parts: list["Inputs"]) -> "Inputs":
         return jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *parts)
 
+    def left_pad(self, n_timesteps: int, pad_action: int = 3) -> "Inputs":
+        """``n_timesteps`` of context, the real ones right-aligned after padding timesteps, as
+        training windows and closed-loop evaluation pad the start of an episode: zero observation,
+        RTG 0, timestep 0, the padding action; actions (batch, n_timesteps - 1) (None for 1).
+        """
+        k = self.n_timesteps
+        if k > n_timesteps:
+            raise ValueError(f"cannot pad {k} timesteps to {n_timesteps}")
+        b, pad = self.batch, n_timesteps - k
+
+        def lpad(x, value=0):
+            x = jnp.asarray(x)
+            return jnp.concatenate([jnp.full((b, pad) + x.shape[2:], value, x.dtype), x], axis=1)
+
+        acts = self.actions if self.actions is not None else jnp.zeros((b, 0), jnp.int32)
+        acts = jnp.concatenate([acts, jnp.full((b, k - 1 - acts.shape[1]), pad_action, jnp.int32)], 1)[:, : k - 1]
+        acts = lpad(acts, pad_action) if n_timesteps > 1 else None
+        return Inputs(obs=lpad(self.obs), rtg=lpad(self.rtg), timesteps=lpad(self.timesteps), actions=acts)
+
     def with_rtg(self, rtg) -> "Inputs":
         """Shift every RTG of each row so that its last (current) RTG is ``rtg`` (batch,) or ().
 
