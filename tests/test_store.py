@@ -8,11 +8,12 @@ import pytest
 
 from dtjax.data import store
 from dtjax.data.store import DatasetError
+from fixtures import random_dataset
 
 
 @pytest.fixture
 def ds():
-    return store.random_dataset(np.random.default_rng(0), 50)
+    return random_dataset(np.random.default_rng(0), 50)
 
 
 def _one_line(e):
