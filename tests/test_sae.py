@@ -351,11 +351,12 @@ def test_cli_train_then_eval(tiny_run, capsys):
     d = sae_store.load(path)
     assert d.cfg.hook == "blocks.0.hook_resid_post" and d.cfg.d_in == 16 and d.meta["n_train_tokens"] == 2048
     assert main(args) == 1 and "already exists" in capsys.readouterr().err  # nothing overwritten
-    assert main(["eval", "--sae", str(path), "--tokens", "1024", "--episodes", "2", "--no_figures", "--quiet"]) == 0
+    assert main(["eval", "--sae", str(path), "--tokens", "2048", "--analysis_tokens", "1024", "--episodes", "2",
+                 "--no_figures", "--quiet"]) == 0
     s = json.loads((path / "eval.json").read_text())
     assert set(s["reconstruction"]) == {"state", "rtg"}
     r = s["reconstruction"]["state"]
-    assert r["l0"] <= 4 and 0 <= r["dead_frac"] <= 1 and r["n_tokens"] == 1024
+    assert r["l0"] <= 4 and 0 <= r["dead_frac"] <= 1 and r["n_tokens"] == 2048 and s["downstream"]["n_tokens"] == 1024
     assert all(np.isfinite(s["downstream"][k]) for k in ("ce_clean", "ce_sae", "ce_zero", "ce_mean"))
     assert min(s["downstream"][k] for k in ("kl_sae", "kl_zero", "kl_mean")) >= 0
     assert len(s["closed_loop"]["sae_return"]) == 3

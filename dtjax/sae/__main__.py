@@ -3,7 +3,8 @@
     python -m dtjax.sae train --ckpt RUN [--dataset DIR] [--hook blocks.0.hook_resid_post] [--token state]
         [--arch topk|batchtopk|jumprelu] [--latents 1024] [--k 16] [--transcoder] [--name NAME | --out DIR]
         [--num_steps 1000 --batch_size 2048 --lr 1e-3 --n_tokens 262144 --seed 0 --l0_coef 2e-3 ...]
-    python -m dtjax.sae eval --sae SAE_DIR [--tokens 32768] [--episodes 500] [--no_closed_loop] [--no_figures]
+    python -m dtjax.sae eval --sae SAE_DIR [--tokens 262144] [--analysis_tokens 32768] [--episodes 500]
+        [--no_closed_loop] [--no_figures]
 
 train: RUN is a dtjax run directory, a run name under checkpoints/, or an original .pt file. The
 activations are harvested from RUN's stored dataset (RUN/dataset); a .pt model has none, so pass
@@ -64,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sae", required=True, type=Path, help="the dictionary's directory")
     e.add_argument("--ckpt", help="the model (default: the one it was trained on)")
     e.add_argument("--dataset", help="the dataset (default: the one it was trained on)")
-    e.add_argument("--tokens", type=_positive, default=32_768, help="held-out evaluation tokens (default 32768)")
+    e.add_argument("--tokens", type=_positive, default=262_144,
+                   help="held-out tokens per type for the reconstruction metrics and dead / dense fractions (default 262144)")
+    e.add_argument("--analysis_tokens", type=_positive, default=32_768,
+                   help="of those, tokens for CE / KL, the latents and the probes (default 32768)")
     e.add_argument("--episodes", type=_positive, default=500, help="closed-loop episodes per target RTG (default 500)")
     e.add_argument("--rtgs", type=float, nargs="+", default=[-1.0, 0.0, 1.0], help="closed-loop target RTGs")
     e.add_argument("--no_closed_loop", action="store_true", help="skip the closed-loop rollouts")
@@ -108,7 +112,7 @@ def _eval(args) -> int:
 
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     ctx, d = analysis.open_dictionary(args.sae, args.ckpt, args.dataset)
-    a = analysis.analyse(ctx, d, n_tokens=args.tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
+    a = analysis.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
                          closed_loop=not args.no_closed_loop, n_top=args.top, seed=args.seed, log=log)
     s = analysis.summary(a)
     store.write_json(args.sae / "eval.json", _jsonable(s))

@@ -198,10 +198,14 @@ def top_activating(Z: np.ndarray, n_top: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(vals > 0, idx, -1), np.where(vals > 0, vals, 0.0).astype(np.float32)
 
 
-def analyse(ctx: Context, d: store.Dictionary, *, n_tokens: int = 32_768, episodes: int = 500,
+def analyse(ctx: Context, d: store.Dictionary, *, n_tokens: int = 262_144, n_analysis: int = 32_768, episodes: int = 500,
             rtgs=(-1.0, 0.0, 1.0), closed_loop: bool = True, n_top: int = 9, seed: int | None = None,
             log=None) -> dict:
-    """Everything about one dictionary, as plain data (see the module docstring)."""
+    """Everything about one dictionary, as plain data (see the module docstring).
+
+    Reconstruction metrics (dead and dense fractions included) use ``n_tokens`` held-out tokens of
+    each type; the downstream CE / KL, the latents and the probes the first ``n_analysis`` of them.
+    """
     log = log or (lambda *_: None)
     cfg, mcfg = d.cfg, ctx.model_cfg
     variables = jax.tree.map(jnp.asarray, d.variables)
@@ -222,7 +226,9 @@ def analyse(ctx: Context, d: store.Dictionary, *, n_tokens: int = 32_768, episod
         out["reconstruction"][t] = metrics.reconstruction(variables, cfg, x, y)
     log(f"reconstruction: {time.perf_counter() - t0:.1f} s")
 
-    # DOWNSTREAM: the dictionary spliced in, against ablations
+    # DOWNSTREAM: the dictionary spliced in, against ablations (on the first n_analysis windows)
+    n_win = min(-(-n_analysis // mcfg.n_timesteps), h["mask"].shape[0])
+    h = jax.tree.map(lambda a: a[:n_win], h)
     x, y, idx = acts.flat_tokens(h, cfg.token)
     target = y if cfg.transcoder else x
     out["downstream"] = metrics.downstream(ctx.params, mcfg, cfg, variables, h["windows"], target.mean(0))
