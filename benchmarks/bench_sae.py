@@ -100,7 +100,8 @@ def main() -> int:
     t_harvest = time.perf_counter() - t0
     variables, history, sec = train_dictionary(cfg, tcfg, x, progress=False)
     print(f"trained {cfg.n_latents} latents, k={cfg.k}, {tcfg.num_steps} steps x {tcfg.batch_size} tokens: harvest "
-          f"{t_harvest:.1f} s, compile {sec['compile']:.1f} s, train {sec['train']:.1f} s ({sec['steps_per_s']:.1f} steps/s, "
+          f"{t_harvest:.1f} s, compile {sec['compile']:.1f} s, train {sec['train']:.1f} s wall / {sec['train_cpu']:.1f} s CPU "
+          f"({sec['steps_per_s']:.1f} steps/s, "
           f"{sec['steps_per_s'] * tcfg.batch_size:,.0f} tokens/s); load average {os.getloadavg()[0]:.1f}", flush=True)
 
     # TARGETS on held-out tokens

@@ -22,6 +22,7 @@ from dtjax.config import ModelConfig
 from dtjax.data import store as data_store
 from dtjax.model import forward, init_params, run_with_cache, run_with_hooks
 from dtjax.sae import metrics, probes
+from dtjax.sae.analysis import active_latents
 from dtjax.sae import store as sae_store
 from dtjax.sae.__main__ import main
 from dtjax.sae.model import SAEConfig, SAEError, apply, init_sae, jumprelu, kth_largest, step, topk_dense
@@ -200,6 +201,12 @@ def test_identity_dictionary_spliced_reproduces_the_model(hook):
     if hook.startswith("blocks."):
         changed = np.abs(np.asarray(cache2[hook] - cache[hook])).max(axis=(0, 2)) > 0
         assert changed.tolist() == [p % 3 == 1 for p in range(3 * TINY.n_timesteps)]
+        # the explorer's view: the most active latents at the last state token are the largest |x_i|
+        idx, val = active_latents(sae_store.Dictionary(cfg, ident, {}), params, TINY, obs, rtg, ts, act, top=3)
+        last = np.asarray(cache[hook][:, 3 * TINY.n_timesteps - 2]) - np.linspace(-1, 1, d)
+        z = np.concatenate([np.maximum(last, 0), np.maximum(-last, 0)], 1) * 0.7
+        assert_close(val, -np.sort(-z, 1)[:, :3], rtol=1e-5)
+        assert_close(np.take_along_axis(z, idx, 1), val, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_cfg", [TINY, TINY_LN], ids=["noLN", "LN"])

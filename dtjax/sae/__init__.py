@@ -15,12 +15,12 @@ jitted loop), ``splice`` (the dictionary as hook interventions), ``metrics``, ``
 (ground-truth probes and AUROC), ``store`` (directories), ``analysis`` (the jobs), ``render``.
 """
 
-from dtjax.sae.analysis import Context, analyse, make_config, open_context, open_dictionary, summary, train
+from dtjax.sae.analysis import Context, active_latents, analyse, make_config, open_context, open_dictionary, summary, train
 from dtjax.sae.model import ARCHS, TOKENS, SAEConfig, SAEError, SparseDictionary, init_sae
 from dtjax.sae.splice import splice
 from dtjax.sae.store import Dictionary, load, save
 from dtjax.sae.train import SAETrainConfig, train_dictionary
 
-__all__ = ["ARCHS", "TOKENS", "Context", "Dictionary", "SAEConfig", "SAEError", "SAETrainConfig", "SparseDictionary",
+__all__ = ["ARCHS", "TOKENS", "Context", "active_latents", "Dictionary", "SAEConfig", "SAEError", "SAETrainConfig", "SparseDictionary",
            "analyse", "init_sae", "load", "make_config", "open_context", "open_dictionary", "save", "splice", "summary",
            "train", "train_dictionary"]

@@ -129,6 +129,20 @@ def open_dictionary(path: str | Path, model: str | Path | None = None, dataset: 
     return ctx, d
 
 
+def active_latents(d: store.Dictionary, params: dict, model_cfg: ModelConfig, obs, rtg, timesteps, actions=None,
+                   top: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The dictionary's most active latents at the last timestep's token of its type (what an
+    explorer shows at the current step): (indices (batch, top), activations (batch, top)); inputs as
+    ``dtjax.model.forward``'s."""
+    from dtjax.model import run_with_cache
+
+    _, cache = run_with_cache(params, model_cfg, obs, rtg, timesteps, actions, names=acts.cache_names(d.cfg))
+    x, _ = acts.site_values(params, model_cfg, d.cfg, cache)
+    z = np.asarray(apply(jax.tree.map(jnp.asarray, d.variables), d.cfg, x[:, -1], "encode"))
+    idx = np.argsort(-z, axis=1)[:, :top]
+    return idx, np.take_along_axis(z, idx, 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # ANALYSIS
 # ---------------------------------------------------------------------------------------------

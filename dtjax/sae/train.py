@@ -224,7 +224,9 @@ def train_dictionary(cfg: SAEConfig, tcfg: SAETrainConfig, X: jax.Array, Y: jax.
     """Train on the buffer X (M, d_in) (Y (M, d_out) for a transcoder). Returns (variables, history, seconds).
 
     ``variables`` = {"params", "norm"} (``dtjax.sae.model``); ``history`` one row per chunk;
-    ``seconds`` = {"compile": compiling the chunk, "train": running every step, "steps_per_s"}.
+    ``seconds`` = {"compile": compiling the chunk, "train": running every step (wall), "train_cpu": the
+    same in CPU seconds of this process (all threads: a load-independent measure on a shared machine),
+    "steps_per_s"}.
     """
     from tqdm.auto import tqdm
 
@@ -242,7 +244,7 @@ def train_dictionary(cfg: SAEConfig, tcfg: SAETrainConfig, X: jax.Array, Y: jax.
     compiled = chunk.lower(state, X, Y, key, jnp.int32(0)).compile()  # compile apart from the timing of steps
     t_compile = time.perf_counter() - t
     bar = tqdm(total=tcfg.num_steps, disable=not progress, desc="sae", dynamic_ncols=True)
-    history, t0 = [], time.perf_counter()
+    history, t0, cpu0 = [], time.perf_counter(), time.process_time()
     for start in range(0, tcfg.num_steps, tcfg.log_every):
         state, m = compiled(state, X, Y, key, jnp.int32(start))
         m = {k: float(v) for k, v in m.items()}
@@ -253,6 +255,6 @@ def train_dictionary(cfg: SAEConfig, tcfg: SAETrainConfig, X: jax.Array, Y: jax.
         if log is not None and not progress:
             log(" ".join(f"{k} {v:.4g}" for k, v in row.items()))
     bar.close()
-    t_train = time.perf_counter() - t0
-    seconds = {"compile": t_compile, "train": t_train, "steps_per_s": tcfg.num_steps / max(t_train, 1e-9)}
+    t_train, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    seconds = {"compile": t_compile, "train": t_train, "train_cpu": cpu, "steps_per_s": tcfg.num_steps / max(t_train, 1e-9)}
     return {"params": state["params"], "norm": state["norm"]}, history, seconds
