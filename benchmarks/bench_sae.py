@@ -54,13 +54,13 @@ def step():
         W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
     opt.step()
     with torch.no_grad():
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        W_dec.div_(W_dec.norm(dim=1, keepdim=True))
     return loss
 for _ in range(warm): step()
 t = time.perf_counter()
 for _ in range(steps): loss = step()
 dt = time.perf_counter() - t
-print(steps / dt, float(loss))
+print(steps / dt, float(loss.detach()))
 '''
 
 

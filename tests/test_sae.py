@@ -20,7 +20,7 @@ from dtjax import hooks
 from dtjax.checkpoint import manager, save as save_ckpt, write_json_atomic
 from dtjax.config import ModelConfig
 from dtjax.data import store as data_store
-from dtjax.model import forward, init_params, run_with_cache, run_with_hooks
+from dtjax.model import init_params, run_with_cache, run_with_hooks
 from dtjax.sae import metrics, probes
 from dtjax.sae.analysis import active_latents
 from dtjax.sae import store as sae_store
