@@ -27,7 +27,8 @@ from dtjax.sae import store as sae_store
 from dtjax.sae.__main__ import main
 from dtjax.sae.model import SAEConfig, SAEError, apply, init_sae, jumprelu, kth_largest, step, topk_dense
 from dtjax.sae.splice import splice
-from dtjax.sae.train import SAETrainConfig, forward_train, loss_fn, make_optimizer, make_train_chunk, train_dictionary
+from dtjax.sae.train import (SAETrainConfig, forward_train, init_thresholds, loss_fn, make_optimizer, make_train_chunk,
+                             train_dictionary)
 
 ROOT = Path(__file__).resolve().parents[1]
 PT = ROOT / "checkpoints" / "original" / "demo_model_overnight_training.pt"
@@ -150,6 +151,9 @@ def test_jumprelu_threshold_gradient_is_the_kernel_pseudo_derivative():
         v["params"])["log_threshold"] for c in (0.0, 1.0)}
     g_l0 = np.asarray(g[1.0] - g[0.0])
     assert (g_l0 <= 0).all() and (g_l0 < 0).mean() > 0.5
+    # training starts from thresholds that give an L0 of k on the first tokens
+    v4 = init_thresholds(v, dataclasses.replace(cfg, k=4, init_threshold=1e-3), data)
+    assert float((apply(v4, cfg, data, "encode") > 0).sum(-1).mean()) == pytest.approx(4.0, abs=0.1)
 
 
 def _planted(aux_coef):
@@ -297,6 +301,7 @@ def test_probe_labels_on_scenarios():
     assert col["front=ball"].tolist() == [True, False, False, False]
     assert col["front=goal"].tolist() == [False, False, True, False]
     assert col["front=wall"].tolist() == [False, False, False, True]
+    assert col["front=ball|wall"].tolist() == [True, False, False, True]
     assert col["ball_adjacent"].tolist() == [True, False, False, False]
     assert col["rtg>0"].tolist() == [True, False, False, True] and col["rtg~0"].tolist() == [False, False, True, False]
     assert col["t in [5,10)"].tolist() == [False, True, False, False] and col["t>=50"].tolist() == [False, False, False, True]

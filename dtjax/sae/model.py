@@ -63,11 +63,11 @@ class SAEConfig(ConfigBase):
     arch: str = "topk"  # topk, batchtopk or jumprelu
     transcoder: bool = False  # read the MLP input of the hook's block, predict its hook_mlp_out
     n_latents: int = 1024  # dictionary size (8x d_model for the default DT)
-    k: int = 16  # active latents per token (topk), on average over a batch (batchtopk); jumprelu: unused
+    k: int = 16  # active latents per token (topk), on average over a batch (batchtopk); jumprelu: the initial L0
     d_in: int = 128  # width of what is read (d_model, or d_mlp for mlp.hook_pre/post)
     d_out: int = 128  # width of what is written (= d_in for an SAE)
     bandwidth: float = 0.05  # jumprelu: width of the STE kernel, in normalised units (pre-activations are O(1))
-    init_threshold: float = 0.1  # jumprelu: initial theta, in normalised units
+    init_threshold: float = 0.1  # jumprelu: smallest initial theta (normalised units); training sets them for an L0 of k
 
     def validate(self) -> None:
         _check(self.arch in ARCHS, f"sae.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")

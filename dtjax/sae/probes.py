@@ -6,7 +6,8 @@ where it was. Binary probes, by family:
 - ``cell``: the object (empty, wall, ball, goal) in each of the 49 view cells, named by view
   coordinate, ``cell(x,y)=ball``; the agent sits at (3, 6) facing up, so (3, 5) is the cell in front.
 - ``front``: the object in front (the cell (3, 5) probes under their own name, ``front=ball`` is
-  the "ball in front" of docs/findings.md), and ``ball_adjacent`` (a ball in one of the five
+  the "ball in front" of docs/findings.md), ``front=ball|wall`` (the front cell is blocked: what
+  vetoes "forward" at positive RTG), and ``ball_adjacent`` (a ball in one of the five
   view cells the agent could step or be hit from: left, right, front and the front diagonals).
 - ``rtg``: the RTG token's value (the return the episode had from there): ``rtg<-0.5`` (a crash),
   ``rtg~0`` (|rtg| < 0.05: a timeout), ``rtg>0.5``, and its sign ``rtg>0``.
@@ -63,6 +64,7 @@ def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int) -> tuple[l
                     add(f"front={o}", "front", obj[:, x, y] == code)
                 else:
                     add(f"cell({x},{y})={o}", "cell", obj[:, x, y] == code)
+    add("front=ball|wall", "front", np.isin(obj[:, FRONT[0], FRONT[1]], (OBJECTS["ball"], OBJECTS["wall"])))
     add("ball_adjacent", "front", np.any([obj[:, x, y] == OBJECTS["ball"] for x, y in ADJACENT], axis=0))
     add("rtg<-0.5", "rtg", rtg < -0.5)
     add("rtg~0", "rtg", np.abs(rtg) < 0.05)

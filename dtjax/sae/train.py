@@ -215,6 +215,21 @@ def make_train_chunk(cfg: SAEConfig, tcfg: SAETrainConfig, tx):
     return chunk
 
 
+def init_thresholds(variables: dict, cfg: SAEConfig, x: jax.Array) -> dict:
+    """JumpReLU thresholds set so that each latent fires on a fraction k / n_latents of the tokens ``x``
+    (an initial L0 of ``cfg.k``), at least ``cfg.init_threshold``.
+
+    The thresholds' straight-through gradient only sees pre-activations within ``bandwidth / 2`` of
+    them, so thresholds started far from the pre-activations barely move in a short run.
+    """
+    from dtjax.sae.model import apply
+
+    pre = apply(variables, cfg, x, "pre_acts")
+    q = jnp.quantile(pre, 1.0 - cfg.k / cfg.n_latents, axis=0)
+    theta = jnp.maximum(q, cfg.init_threshold)
+    return {**variables, "params": {**variables["params"], "log_threshold": jnp.log(theta)}}
+
+
 # Purpose tags for fold_in: each consumer of randomness has its own stream.
 KEY_HARVEST, KEY_INIT, KEY_BATCH, KEY_EVAL, KEY_ROLLOUT = range(5)
 
@@ -234,6 +249,8 @@ def train_dictionary(cfg: SAEConfig, tcfg: SAETrainConfig, X: jax.Array, Y: jax.
         raise ValueError("a transcoder trains on (input, output) pairs: pass Y")
     root = jax.random.PRNGKey(tcfg.seed)
     variables = init_sae(jax.random.fold_in(root, KEY_INIT), cfg, norm_stats(X, Y if cfg.transcoder else None))
+    if cfg.arch == "jumprelu":
+        variables = init_thresholds(variables, cfg, X[: 8192])
     tx = make_optimizer(tcfg)
     state = {"params": variables["params"], "opt_state": tx.init(variables["params"]), "norm": variables["norm"],
              "since_fired": jnp.zeros(cfg.n_latents, jnp.int32)}
