@@ -30,6 +30,11 @@ from dtjax.sae.splice import splice
 from dtjax.sae.train import (SAETrainConfig, forward_train, init_thresholds, loss_fn, make_optimizer, make_train_chunk,
                              train_dictionary)
 
+try:  # random valid datasets moved from dtjax.data.store to tests/fixtures.py on main
+    from fixtures import random_dataset
+except ImportError:
+    random_dataset = data_store.random_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 PT = ROOT / "checkpoints" / "original" / "demo_model_overnight_training.pt"
 TINY = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, n_timesteps=2, max_timestep=20)
@@ -344,7 +349,7 @@ def tiny_run(tmp_path_factory):
     """A dtjax run directory with a 1-timestep tiny model and a random dataset."""
     run = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = TINY_K1
-    arrays, meta = data_store.random_dataset(np.random.default_rng(0), 300, max_len=20)
+    arrays, meta = random_dataset(np.random.default_rng(0), 300, max_len=20)
     data_store.save(run / "dataset", arrays, meta)
     config = {"model": cfg.to_dict(), "data": {"prob_go_from_end": 0.1}}
     mgr = manager(run)
