@@ -122,7 +122,6 @@ def open_dictionary(path: str | Path, model: str | Path | None = None, dataset: 
     model = model or store.resolve_recorded(d.meta.get("model", {}), Path(path))
     dataset = dataset or store.resolve_recorded(d.meta.get("dataset", {}), Path(path))
     ctx = open_context(model, dataset)
-    acts.check_site(ctx.model_cfg, d.cfg.hook, d.cfg.token, d.cfg.transcoder)
     w = acts.check_site(ctx.model_cfg, d.cfg.hook, d.cfg.token, d.cfg.transcoder)
     if (w[1], w[2]) != (d.cfg.d_in, d.cfg.d_out):
         raise SAEError(f"the dictionary reads width {d.cfg.d_in}, this model's {d.cfg.hook} has {w[1]}")
