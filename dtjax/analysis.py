@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import circuits as C
+from dtjax import hooks as hooks_lib
 from dtjax.circuits.core import Inputs
 from dtjax.config import ModelConfig
 
@@ -144,7 +145,9 @@ def patching_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inp
     at the last state token, mean over the batch) and ``effects`` (the per-hook arrays).
     """
     res = _activation_patching(params, cfg, clean, corrupted, v, None if names is None else tuple(names))
-    effects = {k: np.asarray(val) for k, val in res["effects"].items()}
+    # a jitted dict comes back in sorted key order: put the hooks back in forward order
+    order = [hooks_lib.act_name(n) for n in names] if names else C.patchable_hooks(cfg, res["effects"])
+    effects = {k: np.asarray(res["effects"][k]) for k in order}
     width = max(val.shape[0] for val in effects.values())
     rows, mat = [], []
     for name, val in effects.items():

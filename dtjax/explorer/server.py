@@ -17,7 +17,6 @@ import logging
 import math
 import socket
 import sys
-import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -104,7 +103,9 @@ def make_app(catalog: Catalog, new_session: Callable[[], Session] | None = None)
 
         async def run_deferred(job: Deferred, seq) -> None:
             try:
+                log.info("%s started", job.kind)
                 reply = await run_in_threadpool(job.compute)
+                log.info("%s done", job.kind)
             except Exception as e:  # noqa: BLE001 (shown in the page; the server keeps serving)
                 log.error("%s failed:\n%s", job.kind, traceback.format_exc())
                 reply = {"type": "error", "message": f"{job.kind} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
@@ -192,15 +193,18 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, models_dir=None, log_
     import uvicorn
 
     say = log_fn or (lambda m: print(m, file=sys.stderr, flush=True))
+    import dtjax
+
     sock = bind(host, port)
     try:
-        say(f"loading {ckpt} and compiling the explore step ...")
-        model = Model.load(ckpt, name=Path(ckpt).name)
+        cfg, params, env_cfg = dtjax.load(ckpt, with_env=True)
+        model = Model(name=Path(ckpt).name, path=str(ckpt), cfg=cfg, params=params, env_cfg=env_cfg)
+        say(f"loaded {ckpt}; compiling the explore step ...")
+        model.compile_s = model.warm_up()
         say(f"compiled in {model.compile_s:.1f} s ({model.cfg.n_layers} layer(s), {model.cfg.n_heads} heads, "
             f"K={model.cfg.n_timesteps}, env {model.env_cfg.env_id})")
         catalog = Catalog(model, models_dir)
         app = make_app(catalog)
-        threading.Thread(target=model.get_means, name="ablation-means", daemon=True).start()
         real_port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         print(f"http://{shown}:{real_port}/", flush=True)

@@ -3,13 +3,14 @@
 A browser tab is one ``Session``. Its state is plain data: the history of the episode (one
 ``Step`` per env step: state, observation, action, reward), the index of the step on screen, and
 the controls (target RTG, timestep adjustment, logit direction, ablation set, sampling). Every
-message is one call of ``Session.handle(msg) -> list of replies``; the numbers come from two jitted
-functions, each compiled once per model shape (and env), with every control passed as *data*
+message is one call of ``Session.handle(msg) -> list of replies``; the numbers come from one jitted
+function, compiled once per model shape (and env), with every control passed as *data*
 (``Controls``: a new RTG, direction or ablation set never recompiles):
 
 - ``explore_step``: the model's own choice (greedy or sampled, with the ablations on), one
-  ``env.step``, the context window pushed as closed-loop evaluation pushes it, then ``_panels``;
-- ``panels``: ``_panels`` alone, for a control change or a step of the history;
+  ``env.step``, the context window pushed as closed-loop evaluation pushes it, then ``_panels``
+  -- or, for a control change or a step of the history, ``_panels`` alone (``NO_STEP``: the same
+  compiled function, so a model compiles once);
 - ``_panels``: ``dtjax.analysis`` on the current context: ``state_panels`` (probabilities,
   attention, DLA, state-encoder activation map), ``ablation_set_panel`` (the toggled ablations),
   ``ablation_panel`` (each component alone), ``rtg_scan_panel`` (one vmap over the RTG).
@@ -157,20 +158,24 @@ def _panels(params, cfg: ModelConfig, means: dict, window: Window, ctrl: Control
     }
 
 
-panels = jax.jit(_panels, static_argnames=("cfg",))
+NO_STEP, MODEL_ACTS = -2, -1  # explore_step's ``action`` besides an env action
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "env"))
 def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: envs.EnvState, window: Window,
                  ctrl: Controls, action, k_act, k_env) -> dict:
-    """One key press: act (``action`` >= 0, or -1 for the model's choice), step the env, analyse.
+    """One message: act, step the env, analyse -- or, with ``action == NO_STEP``, analyse only.
 
-    The model's choice uses the model as shown (the ablation set on): argmax when
-    ``ctrl.greedy``, else a sample from softmax(logits / temperature) with ``k_act``. The env
-    steps with ``k_env``; the returned state and observation are the step's own (before any
-    auto-reset: ``info["final_state"]``). Returns ``action``, ``state``, ``obs``, ``reward``,
-    ``terminated``, ``truncated``, ``front_wall`` (the front cell was a wall: a hit is a wall
-    hit), the new ``window`` and its ``panels``.
+    ``action``: an env action (>= 0), ``MODEL_ACTS`` (-1: the model's choice, using the model as
+    shown, i.e. with the ablation set on: argmax when ``ctrl.greedy``, else a sample from
+    softmax(logits / temperature) with ``k_act``) or ``NO_STEP`` (-2: a control change, or a step
+    of the history on screen). The env steps as ``env.step(k_env, ...)`` does, without the
+    auto-reset: the returned state and observation are the step's own (``info["final_state"]``).
+    One function for both kinds of message, so each model shape (and env) compiles once.
+
+    Returns ``action``, ``state``, ``obs``, ``reward``, ``terminated``, ``truncated``,
+    ``front_wall`` (the front cell was a wall: a hit is a wall hit), the new ``window`` and its
+    ``panels`` (see ``_panels``); with NO_STEP the state and window are the ones given.
     """
     now = A.ablation_set_panel(params, cfg, model_inputs(window, ctrl, cfg), ctrl.v, ctrl.masks, means, ctrl.abl_mean)
     logits = now["logits"][0]
@@ -178,10 +183,18 @@ def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: 
     a = jnp.where(action >= 0, action, jnp.where(ctrl.greedy, jnp.argmax(logits), sampled)).astype(jnp.int32)
     front = state.agent_pos + jnp.asarray(mg.DIR_TO_VEC)[state.agent_dir]
     front_wall = envs.cell_type(front, state.obstacles, env.size) == mg.WALL
-    _, _, reward, term, trunc, info = env.step(k_env, state, a, env_params)
-    new_state, obs = info["final_state"], info["final_observation"]
-    w = push(window, a, obs, window.cumrew[-1] + reward, new_state.time, cfg.n_actions)
-    return {"action": a, "state": new_state, "obs": obs, "reward": reward, "terminated": term, "truncated": trunc,
+    # env.step without its auto-reset (never shown here: an ended episode stays on screen): the same
+    # key split and phases as envs.dynamic_obstacles._step_impl, so the same keys give the same step
+    k_move, _ = jax.random.split(k_env)
+    moved = envs.move_obstacles(k_move, state.obstacles, state.agent_pos, env.size)
+    new_state, reward, term, trunc = envs.transition(state, a, moved, env_params.max_steps_in_episode, env.size)
+    obs = env.observe(new_state)
+    stepped = push(window, a, obs, window.cumrew[-1] + reward, new_state.time, cfg.n_actions)
+    do = action != NO_STEP
+    pick = lambda new, old: jax.tree.map(lambda x, y: jnp.where(do, x, y), new, old)  # noqa: E731
+    w = pick(stepped, jax.tree.map(jnp.asarray, window))
+    return {"action": a, "state": pick(new_state, state), "obs": obs,
+            "reward": jnp.where(do, reward, 0.0), "terminated": do & term, "truncated": do & trunc,
             "front_wall": front_wall, "window": w, "panels": _panels(params, cfg, means, w, ctrl)}
 
 
@@ -227,7 +240,7 @@ class Model:
         k = self.cfg.n_timesteps
         dummy = C.Inputs(obs=np.zeros((1, k) + self.cfg.obs_shape, np.uint8), rtg=np.zeros((1, k), np.float32),
                          timesteps=np.zeros((1, k), np.int32),
-                         actions=None if k == 1 else np.full((1, k - 1), self.cfg.n_actions, np.int32))
+                         actions=None if k == 1 else np.full((1, k), self.cfg.n_actions, np.int32))
         shapes = jax.eval_shape(lambda p, i: C.ablation_means(p, self.cfg, i), self.params, dummy)
         self.zero_means = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
@@ -247,13 +260,14 @@ class Model:
         with self._lock:
             if self._means is None:
                 ref = S.sample_inputs(jax.random.PRNGKey(0), self.mean_samples, rtg=0.9, env=self.env_cfg)
-                if self.cfg.n_timesteps > 1:
-                    ref = ref.left_pad(self.cfg.n_timesteps)
+                if self.cfg.n_timesteps > 1:  # K actions (3K tokens, as closed-loop evaluation feeds them);
+                    ref = ref.left_pad(self.cfg.n_timesteps)  # the explorer's 3K-1 tokens read the first 3K-1
+                    ref = ref.replace(actions=jnp.pad(ref.actions, ((0, 0), (0, 1)), constant_values=self.cfg.n_actions))
                 self._means = jax.device_get(C.ablation_means(self.params, self.cfg, ref))
             return self._means
 
     def warm_up(self, env_cfg: EnvConfig | None = None) -> float:
-        """Compile ``explore_step``, ``panels`` and the weight maps for ``env_cfg``; seconds."""
+        """Compile ``explore_step`` and the weight maps for ``env_cfg``; seconds."""
         t0 = time.perf_counter()
         s = Session(self, env_cfg=env_cfg)
         s.start()
@@ -331,6 +345,19 @@ def channel_names(obs_mode: str) -> list[str]:
 
 
 DEFAULT_CHANNELS = {"image": [0, 1], "one_hot": [1, 2, 6, 8]}  # the channels that vary in this env
+
+
+def patch_hooks(cfg: ModelConfig, inputs: C.Inputs) -> list[str]:
+    """The patching heatmap's default rows: the embeddings, then per layer the residual stream
+    before it, each head's ``hook_z`` and attention pattern, the attention and MLP outputs and the
+    residual after it (``hooks="all"``: every hook, q/k/v, scores, MLP neurons and LN scales too)."""
+    names = ["hook_rtg_embed", "hook_state_embed"] + (["hook_action_embed"] if inputs.actions is not None else [])
+    names.append("hook_time_embed")
+    for l in range(cfg.n_layers):
+        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z", f"blocks.{l}.attn.hook_pattern",
+                  f"blocks.{l}.hook_attn_out"] + ([] if cfg.attn_only else [f"blocks.{l}.hook_mlp_out"])
+        names.append(f"blocks.{l}.hook_resid_post")
+    return names
 
 
 def shape_notes(cfg: ModelConfig) -> dict[str, str]:
@@ -415,6 +442,12 @@ class Session:
                 acts[pad + j] = s.action
         return Window(obs=obs, cumrew=cumrew, time=t, actions=acts, valid=valid)
 
+    def _explore(self, j: int, action: int) -> dict:
+        """``explore_step`` at history step ``j`` (numpy results)."""
+        return jax.device_get(explore_step(self.model.params, self.cfg, self.env, self.env_params, self.means(),
+                                           self.history[j].state, self.window(j), self.controls(), np.int32(action),
+                                           jax.random.fold_in(self.keys[2], j), jax.random.fold_in(self.keys[1], j)))
+
     def inputs(self, i: int | None = None, ctrl: Controls | None = None) -> C.Inputs:
         """The model inputs at step ``i`` (default: on screen) under the current controls."""
         return jax.device_get(model_inputs(self.window(i), ctrl or self.controls(), self.cfg))
@@ -459,15 +492,13 @@ class Session:
 
     def _on_act(self, msg) -> list:
         a = msg.get("action")
-        action = -1 if a == "model" else _action(a)
+        action = MODEL_ACTS if a == "model" else _action(a)
         cur = self.history[self.cursor]
         if cur.outcome != "running":
             raise BadMessage(f"the episode has ended ({cur.outcome}): reset, or step back through the history")
         del self.history[self.cursor + 1:]  # acting from an earlier step branches: the old future is dropped
         j = self.cursor
-        out = jax.device_get(explore_step(self.model.params, self.cfg, self.env, self.env_params, self.means(),
-                                          cur.state, self.window(j), self.controls(), np.int32(action),
-                                          jax.random.fold_in(self.keys[2], j), jax.random.fold_in(self.keys[1], j)))
+        out = self._explore(j, action)
         reward, term, trunc = float(out["reward"]), bool(out["terminated"]), bool(out["truncated"])
         outcome = ("goal" if reward > 0 else "hit") if term else ("timeout" if trunc else "running")
         cur.action = int(out["action"])
@@ -635,14 +666,19 @@ class Session:
         kind = msg.get("corruption", "rtg")
         if kind not in CORRUPTIONS:
             raise BadMessage(f"unknown corruption {kind!r}; corruptions: {', '.join(CORRUPTIONS)}")
+        hooks = msg.get("hooks", "main")
+        if hooks not in ("main", "all"):
+            raise BadMessage(f"hooks must be main or all, got {hooks!r}")
         clean, corrupted, what = self.corrupt(kind, msg.get("ball"))
         model, cfg, v, step = self.model, self.cfg, self.controls().v, self.cursor
+        names = patch_hooks(cfg, clean) if hooks == "main" else None
 
         def compute():
             t0 = time.perf_counter()
-            res = A.patching_panel(model.params, cfg, clean, corrupted, v)
+            res = A.patching_panel(model.params, cfg, clean, corrupted, v, names)
             return {"type": "patching", "step": step, "corruption": kind, "what": what, "matrix": res["matrix"],
                     "rows": res["rows"], "columns": res["columns"], "clean": res["clean"], "corrupted": res["corrupted"],
+                    "hooks": hooks,
                     "seconds": time.perf_counter() - t0}
 
         return [{"type": "busy", "what": "patching"}, Deferred(compute, "patching")]
@@ -667,7 +703,7 @@ class Session:
     def corrupt(self, kind: str, ball=None) -> tuple[C.Inputs, C.Inputs, str]:
         """(clean, corrupted, description) Inputs of the step on screen for a corruption.
 
-        ``rtg``: the RTG token(s) negated (``Inputs.with_rtg``); ``front``: the cell in front of
+        ``rtg``: every RTG token negated (padding stays 0); ``front``: the cell in front of
         the agent (view cell (3, 5)) made empty in the current observation; ``ball``: ball
         ``ball`` (default the nearest one in view) removed from the state and the view re-observed.
         """
@@ -675,7 +711,7 @@ class Session:
         clean = self.inputs(ctrl=ctrl)
         if kind == "rtg":
             r = float(clean.rtg[0, -1])
-            return clean, clean.with_rtg(jnp.asarray([-r])), f"RTG {r:+.2f} -> {-r:+.2f}"
+            return clean, clean.replace(rtg=-clean.rtg), f"RTG {r:+.2f} -> {-r:+.2f}"
         cur = self.history[self.cursor]
         if kind == "front":
             empty = mg.CELL_ONE_HOT[mg.EMPTY] if self.cfg.obs_mode == "one_hot" else mg.CELL_CODES[mg.EMPTY]
@@ -740,7 +776,7 @@ class Session:
     def update(self, p: dict | None = None) -> list[dict]:
         """The ``step`` reply (what a key press needs first) and the ``panels`` reply of the step on screen."""
         if p is None:
-            p = jax.device_get(panels(self.model.params, self.cfg, self.means(), self.window(), self.controls()))
+            p = self._explore(self.cursor, NO_STEP)["panels"]
         cur = self.history[self.cursor]
         st = cur.state
         balls = [list(map(int, b)) for b in np.asarray(st.obstacles) if not np.all(b == PARK) and (b > 0).all()]
@@ -751,7 +787,8 @@ class Session:
             "return": cur.cumrew, "reward": cur.reward, "rtg": float(p["rtg_token"]),
             "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls},
             "view": np.asarray(p["view"]).T, "probs": p["probs"], "logits": p["logits"],
-            "ablated": ablated, "ablated_probs": p["ablated_probs"] if ablated else None,
+            "ablated": ablated, "ablated_probs": p["ablated_probs"] if ablated else None, "ablate": self.ctl["ablate"],
+            "kind": self.ctl["kind"],
             "action": None if self.cursor == 0 else self.history[self.cursor - 1].action,
         }
         ch = self.ctl["channels"]

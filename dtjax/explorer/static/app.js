@@ -9,16 +9,20 @@ const DIRS = [[1, 0], [0, 1], [-1, 0], [0, -1]];
 const PLOT_CFG = { displayModeBar: false, responsive: false };
 const ACTION_KEYS = { ArrowLeft: "left", ArrowRight: "right", ArrowUp: "forward" };
 
-// Everything a test or a user's script may read: window.__dtjax.
+// Everything a test or a user's script may read: window.__dtjax (S.idle(): every message answered, panels drawn).
 const S = {
   ws: null, seq: 0, init: null, step: null, panels: null, weights: null, weightsDirty: false,
   pendingActs: {},          // seq -> time of the key press (performance.now())
   latencies: [],            // key press -> probabilities in the DOM (ms)
   paintLatencies: [],       // key press -> the frame after the probabilities changed was painted (ms)
   renderMs: [],             // time to redraw the plotly panels after a step (ms)
-  renderedSeq: -1, stepSeq: -1, renderScheduled: false, renders: 0,
+  // seq of the messages this page sent (S.seq), of the last one answered, of the last panels drawn;
+  // replies the server sends on its own (a new connection) count as seq 0
+  answered: 0, stepSeq: 0, panelsSeq: 0, renderedSeq: -1, renderScheduled: false, renders: 0,
   loadedMs: null, errors: [], autoplay: false, controlInflight: null, controlQueued: null,
 };
+S.idle = () => S.answered === S.seq && S.renderedSeq === S.panelsSeq && !S.renderScheduled &&
+  Object.keys(S.pendingActs).length === 0;
 window.__dtjax = S;
 
 // ---------------------------------------------------------------------------------------------
@@ -33,6 +37,7 @@ function connect() {
   ws.onmessage = (ev) => {
     let msg;
     try { msg = JSON.parse(ev.data); } catch (e) { showMessage(`unreadable reply: ${e}`); return; }
+    if (typeof msg.seq === "number") S.answered = Math.max(S.answered, msg.seq);
     const fn = HANDLERS[msg.type];
     if (fn) fn(msg); else showMessage(`unknown reply type ${msg.type}`);
   };
@@ -84,7 +89,7 @@ const HANDLERS = {
   init(msg) { S.init = msg; buildControls(msg); },
   weights(msg) { S.weights = msg; S.weightsDirty = true; scheduleRender(); },
   step(msg) { onStep(msg); },
-  panels(msg) { S.panels = msg; controlDone(msg.seq); syncControls(msg.controls); scheduleRender(); },
+  panels(msg) { S.panels = msg; S.panelsSeq = msg.seq ?? 0; controlDone(msg.seq); syncControls(msg.controls); scheduleRender(); },
   busy(msg) { showMessage(`computing ${msg.what.replace("_", " ")} ...`, "info"); },
   patching(msg) { drawPatching(msg); $("message").hidden = true; },
   closed_loop(msg) { drawClosedLoop(msg); $("message").hidden = true; },
@@ -105,7 +110,7 @@ function onStep(msg) {
     S.latencies.push(performance.now() - t0);
     requestAnimationFrame(() => setTimeout(() => S.paintLatencies.push(performance.now() - t0), 0));
   }
-  S.stepSeq = msg.seq;
+  S.stepSeq = msg.seq ?? 0;
   drawFrame(msg.grid);
   drawView(msg.view);
   $("status").textContent = msg.status;
@@ -142,7 +147,7 @@ function drawProbs(msg) {
     }
   }
   $("action-probs").innerHTML = html;
-  $("probs-note").textContent = msg.ablated ? `clean (blue) and with ${S.panels ? S.panels.ablate.join(", ") : "the ablation"} (orange)` : "";
+  $("probs-note").textContent = msg.ablated ? `clean (blue) and with ${msg.ablate.join(", ")} ${msg.kind}-ablated (orange)` : "";
 }
 
 function viewCells(agent, dir) {
@@ -172,7 +177,7 @@ function drawFrame(grid) {
     const wall = x === 0 || y === 0 || x === n - 1 || y === n - 1;
     const goal = x === n - 2 && y === n - 2;
     let fill = wall ? COLORS.wall : goal ? COLORS.goal : COLORS.floor;
-    if (!wall && view.has(`${x},${y}`)) fill = goal ? "#4cff4c" : "#4c4c4c";
+    if (!wall && view.has(`${x},${y}`)) fill = goal ? "#66ff99" : "#33414f";  // the agent's view, tinted
     html += `<rect class="cell" data-x="${x}" data-y="${y}" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="${fill}"/>`;
     if (balls.has(`${x},${y}`)) html += `<circle cx="${(x + 0.5) * px}" cy="${(y + 0.5) * px}" r="${0.31 * px}" fill="${COLORS.ball}" pointer-events="none"/>`;
   }
@@ -224,7 +229,7 @@ function renderPanels() {
     throw e;
   }
   S.renderMs.push(performance.now() - t0);
-  S.renderedSeq = p.seq === null ? S.renderedSeq : p.seq;
+  S.renderedSeq = p.seq ?? 0;
   S.renders += 1;
   if (S.loadedMs === null) S.loadedMs = performance.now();
 }
@@ -367,8 +372,7 @@ function drawClosedLoop(msg) {
 
 function drawPatching(msg) {
   const z = msg.matrix;
-  const finite = z.flat().filter((v) => v !== null);
-  const lim = Math.max(1, ...finite.map(Math.abs));
+  const lim = 1.5;  // colours saturate beyond +-1.5 (a tiny clean - corrupted gap makes effects huge); the text is exact
   const data = [{ type: "heatmap", z, x: msg.columns, y: msg.rows, colorscale: "RdBu", reversescale: true, zmid: 0,
     zmin: -lim, zmax: lim, texttemplate: "%{z:.2f}", hovertemplate: "%{y} @ %{x}: %{z:.3f}<extra></extra>",
     colorbar: { thickness: 8 } }];
@@ -477,7 +481,7 @@ function wire() {
   $("channels").onchange = () => send({ type: "set",
     channels: [...document.querySelectorAll("[data-testid=channels] input:checked")].map((el) => Number(el.value)) });
   $("closed-loop-run").onclick = () => send({ type: "closed_loop", episodes: Number($("closed-loop-episodes").value) });
-  $("patch-run").onclick = () => send({ type: "patch", corruption: $("patch-corruption").value });
+  $("patch-run").onclick = () => send({ type: "patch", corruption: $("patch-corruption").value, hooks: $("patch-hooks").value });
   const goto = (i) => { if (S.step && i >= 0 && i < S.step.n_steps) send({ type: "goto", step: i }); };
   $("history-scrub").oninput = (e) => goto(Number(e.target.value));
   $("history-back").onclick = () => S.step && goto(S.step.step - 1);
@@ -491,9 +495,11 @@ function wire() {
     else send({ type: "edit", op: "agent", cell: xy, dir: Number($("agent-dir").value) });
   };
   $("agent-dir").onchange = (e) => send({ type: "edit", op: "agent", dir: Number(e.target.value) });
+  // after a choice in a menu or on a slider, the arrow keys play again (instead of moving the control)
+  document.querySelectorAll("select, input[type=range]").forEach((el) => el.addEventListener("change", () => el.blur()));
   document.addEventListener("keydown", (e) => {
-    const tag = e.target && e.target.tagName;
-    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+    const t = e.target, tag = t && t.tagName;
+    if (tag === "SELECT" || tag === "TEXTAREA" || (tag === "INPUT" && !["checkbox", "radio", "button"].includes(t.type))) return;
     if (e.key in ACTION_KEYS) { e.preventDefault(); act(ACTION_KEYS[e.key]); }
     else if (e.key === "m") act("model");
     else if (e.key === "[" && S.step) goto(S.step.step - 1);
