@@ -20,6 +20,7 @@ const S = {
   // replies the server sends on its own (a new connection) count as seq 0
   answered: 0, stepSeq: 0, panelsSeq: 0, renderedSeq: -1, renderScheduled: false, renders: 0,
   loadedMs: null, errors: [], autoplay: false, controlInflight: null, controlQueued: null,
+  marks: { script: performance.now() },  // page-load milestones (ms since navigation start)
 };
 S.idle = () => S.answered === S.seq && S.renderedSeq === S.panelsSeq && !S.renderScheduled &&
   Object.keys(S.pendingActs).length === 0;
@@ -31,7 +32,7 @@ window.__dtjax = S;
 function connect() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   S.ws = ws;
-  ws.onopen = () => { setConn("connected", "ok"); };
+  ws.onopen = () => { setConn("connected", "ok"); S.marks.open = S.marks.open ?? performance.now(); };
   ws.onclose = () => { setConn("disconnected: reload the page", "bad"); };
   ws.onerror = () => { setConn("connection error", "bad"); };
   ws.onmessage = (ev) => {
@@ -86,12 +87,20 @@ function showMessage(text, kind = "error") {
 // REPLIES
 // ---------------------------------------------------------------------------------------------
 const HANDLERS = {
-  init(msg) { S.init = msg; buildControls(msg); },
+  init(msg) {
+    S.marks.init = S.marks.init ?? performance.now();
+    S.init = msg; S.panels = null; S.weights = null; S.step = null;
+    for (const id of ["closed-loop", "patching", "patch-info"]) {
+      if (havePlotly()) Plotly.purge($(id));
+      $(id).innerHTML = ""; $(id).removeAttribute("data-step");
+    }
+    buildControls(msg);
+  },
   weights(msg) { S.weights = msg; S.weightsDirty = true; scheduleRender(); },
   step(msg) { onStep(msg); },
   panels(msg) { S.panels = msg; S.panelsSeq = msg.seq ?? 0; controlDone(msg.seq); syncControls(msg.controls); scheduleRender(); },
   busy(msg) { showMessage(`computing ${msg.what.replace("_", " ")} ...`, "info"); },
-  patching(msg) { drawPatching(msg); $("message").hidden = true; },
+  patching(msg) { if (havePlotly()) drawPatching(msg); else showMessage("plotly.js has not loaded yet"); $("message").hidden = true; },
   closed_loop(msg) { drawClosedLoop(msg); $("message").hidden = true; },
   error(msg) {
     if (msg.seq in S.pendingActs) delete S.pendingActs[msg.seq];
@@ -104,6 +113,7 @@ const HANDLERS = {
 function onStep(msg) {
   S.step = msg;
   drawProbs(msg);  // first: what a key press is waiting for
+  S.marks.step = S.marks.step ?? performance.now();
   const t0 = S.pendingActs[msg.seq];
   if (t0 !== undefined) {
     delete S.pendingActs[msg.seq];
@@ -211,6 +221,9 @@ function scheduleRender() {
   requestAnimationFrame(() => setTimeout(renderPanels, 0));
 }
 
+S.plotlyLoaded = () => { S.marks.plotly = performance.now(); scheduleRender(); };
+const havePlotly = () => typeof window.Plotly !== "undefined";
+
 function renderPanels() {
   S.renderScheduled = false;
   if (!S.init || !S.panels) return;
@@ -218,12 +231,13 @@ function renderPanels() {
   const p = S.panels;
   try {
     drawAttention(p);
-    drawDLA(p);
-    drawScan(p);
     drawStateEncoder(p);
     drawAblation(p);
     drawHistory(p);
     if (S.weightsDirty && S.weights) { drawWeights(S.weights); S.weightsDirty = false; }
+    if (!havePlotly()) return;  // the line and bar charts follow when plotly.js has loaded
+    drawDLA(p);
+    drawScan(p);
   } catch (e) {
     showMessage(`drawing failed: ${e}`);
     throw e;
@@ -231,7 +245,7 @@ function renderPanels() {
   S.renderMs.push(performance.now() - t0);
   S.renderedSeq = p.seq ?? 0;
   S.renders += 1;
-  if (S.loadedMs === null) S.loadedMs = performance.now();
+  if (S.loadedMs === null) { S.loadedMs = performance.now(); S.marks.drawn = S.loadedMs; }
 }
 
 function gridLayout(rows, cols, extra = {}) {
