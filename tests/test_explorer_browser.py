@@ -95,6 +95,16 @@ def _marker(page):
     return page.evaluate("document.querySelector('[data-testid=\"rtg-scan\"]').data.find(t => t.name === 'current RTG').x[0]")
 
 
+def _panel_state(page):
+    """What each panel shows now (its drawn data or text), to see that it was updated."""
+    return page.evaluate("""(() => {
+      const q = (t) => document.querySelector(`[data-testid="${t}"]`);
+      return {attention: q("attention").innerHTML, "state-encoder": q("state-encoder").innerHTML, ov: q("ov").innerHTML,
+              dla: JSON.stringify(q("dla").data.map(t => t.y)), ablation: q("ablation").innerText,
+              history: q("history").innerText, scan: JSON.stringify(q("rtg-scan").data.map(t => t.y))};
+    })()""")
+
+
 def _press(page, key):
     n = page.evaluate("window.__dtjax.latencies.length")
     page.keyboard.press(key)
@@ -145,10 +155,16 @@ def test_explorer_in_chromium(server, tmp_path, capsys):
         assert _text(page, "timestep") == "1" and _text(page, "last-action") == "right"
         assert _probs(page) != probs0 and page.get_attribute('[data-testid="view"]', "data-view") != view0
         assert page.get_attribute('[data-testid="frame"]', "data-agent") == "1,1,1"  # facing south now
-        attn0 = page.get_attribute('[data-testid="attention"]', "data-version")
+        before = _panel_state(page)
         _press(page, "ArrowLeft")
         assert _text(page, "timestep") == "2" and _text(page, "last-action") == "left"
-        assert page.get_attribute('[data-testid="attention"]', "data-version") != attn0  # panels redrawn
+        after = _panel_state(page)
+        for k in ("attention", "state-encoder", "dla", "ablation", "history", "scan"):  # every per-step panel redrawn
+            assert after[k] != before[k], k
+        page.select_option('[data-testid="head-select"]', "0,1")  # QK / OV follow the chosen head
+        page.wait_for_function("document.querySelector('[data-testid=\"qk\"]').getAttribute('data-head') === '0,1'")
+        _settled(page)
+        assert _panel_state(page)["ov"] != after["ov"]
 
         # latency: key press -> probabilities in the page, one key at a time (turns never end an episode)
         page.evaluate("window.__dtjax.latencies = []; window.__dtjax.paintLatencies = []; window.__dtjax.renderMs = []")

@@ -198,9 +198,13 @@ def test_scenarios_and_patching_corruptions(tiny):
     assert_close(corrupted.rtg, -np.asarray(clean.rtg))
     out = s.handle({"type": "patch", "corruption": "front"})
     res = out[1].compute()
-    ref = A.patching_panel(model.params, model.cfg, clean, clean.replace(obs=clear.obs),
-                           C.action_vector(("forward", "right")), patch_hooks(model.cfg, clean))
-    assert_close(np.nan_to_num(res["matrix"]), np.nan_to_num(ref["matrix"]))
+    names = patch_hooks(model.cfg, clean)
+    assert [r.split(" [")[0] for r in res["rows"]] == [n for n in names for _ in range(2 if ".attn.hook_" in n else 1)]
+    last = res["rows"].index("blocks.0.hook_resid_post")
+    assert_close(res["matrix"][last, -1], 1.0)  # the whole final residual at the last state token restores clean
+    v = C.action_vector(("forward", "right"))
+    assert_close(res["corrupted"], (forward(model.params, model.cfg, clear.obs, clean.rtg, clean.timesteps,
+                                            clean.actions)[0, -1] @ v))
     step, _ = s.handle({"type": "act", "action": 2})
     assert step["status"] == "hit" and step["return"] == -1.0 and not step["wall"]
     s.handle({"type": "scenario", "name": "wall_ahead"})

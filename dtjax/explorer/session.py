@@ -675,7 +675,7 @@ class Session:
 
         def compute():
             t0 = time.perf_counter()
-            res = A.patching_panel(model.params, cfg, clean, corrupted, v, names)
+            res = A.patching_panel(model.params, cfg, clean, corrupted, v, names, one_compile=True)
             return {"type": "patching", "step": step, "corruption": kind, "what": what, "matrix": res["matrix"],
                     "rows": res["rows"], "columns": res["columns"], "clean": res["clean"], "corrupted": res["corrupted"],
                     "hooks": hooks,

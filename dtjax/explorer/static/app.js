@@ -258,6 +258,7 @@ function gridLayout(rows, cols, extra = {}) {
 function mix(rgb, a) { return `rgb(${rgb.map((c) => Math.round(255 + (c - 255) * a)).join(",")})`; }
 function rdbu(t) { return mix(t >= 0 ? [33, 102, 172] : [178, 24, 43], Math.min(1, Math.abs(t))); }  // + blue, - red
 function blues(t) { return mix([8, 48, 107], Math.max(0, Math.min(1, t))); }
+const DIVERGING = [[0, "rgb(178,24,43)"], [0.5, "rgb(255,255,255)"], [1, "rgb(33,102,172)"]];  // as rdbu()
 function fmt(v) { return v === null ? "n/a" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3); }
 
 function drawMaps(el, maps, titles, opts = {}) {
@@ -387,7 +388,7 @@ function drawClosedLoop(msg) {
 function drawPatching(msg) {
   const z = msg.matrix;
   const lim = 1.5;  // colours saturate beyond +-1.5 (a tiny clean - corrupted gap makes effects huge); the text is exact
-  const data = [{ type: "heatmap", z, x: msg.columns, y: msg.rows, colorscale: "RdBu", reversescale: true, zmid: 0,
+  const data = [{ type: "heatmap", z, x: msg.columns, y: msg.rows, colorscale: DIVERGING, zmid: 0,
     zmin: -lim, zmax: lim, texttemplate: "%{z:.2f}", hovertemplate: "%{y} @ %{x}: %{z:.3f}<extra></extra>",
     colorbar: { thickness: 8 } }];
   Plotly.react($("patching"), data, { height: 16 * msg.rows.length + 70, margin: { l: 230, r: 10, t: 10, b: 30 },
