@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def server(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "analyse.py", "--ckpt", CKPT, "--serve", "--port", "0",
                                  "--models", "checkpoints/original"], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
                                 text=True)
-    url = proc.stdout.readline().strip()  # printed once the explore step is compiled
+    ready, _, _ = select.select([proc.stdout], [], [], 600)  # the URL is printed once the explore step is compiled
+    url = proc.stdout.readline().strip() if ready else ""
     if not url.startswith("http://127.0.0.1:"):
         proc.kill()
         pytest.fail(f"no URL from the server: {url!r} {log.read_text()[-2000:]}")

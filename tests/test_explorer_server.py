@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ import pytest
 
 from explorer_models import tiny_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 starlette = pytest.importorskip("starlette")
 pytest.importorskip("httpx")
-from starlette.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():  # Starlette >= 1.x suggests httpx2 for its TestClient; httpx still works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient  # noqa: E402
 
 from dtjax.explorer.catalog import Catalog, find_models  # noqa: E402
 from dtjax.explorer.server import make_app, to_jsonable  # noqa: E402

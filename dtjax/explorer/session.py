@@ -183,12 +183,11 @@ def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: 
     a = jnp.where(action >= 0, action, jnp.where(ctrl.greedy, jnp.argmax(logits), sampled)).astype(jnp.int32)
     front = state.agent_pos + jnp.asarray(mg.DIR_TO_VEC)[state.agent_dir]
     front_wall = envs.cell_type(front, state.obstacles, env.size) == mg.WALL
-    # env.step without its auto-reset (never shown here: an ended episode stays on screen): the same
-    # key split and phases as envs.dynamic_obstacles._step_impl, so the same keys give the same step
-    k_move, _ = jax.random.split(k_env)
-    moved = envs.move_obstacles(k_move, state.obstacles, state.agent_pos, env.size)
-    new_state, reward, term, trunc = envs.transition(state, a, moved, env_params.max_steps_in_episode, env.size)
-    obs = env.observe(new_state)
+    # env.step without its auto-reset (never shown: an ended episode stays on screen): its key split
+    # (the step key first, the reset key second) and its step_env, so the same keys give the same step
+    k_step, _ = jax.random.split(k_env)
+    obs, new_state, reward, term, _ = env.step_env(k_step, state, a, env_params)
+    trunc = env.is_truncated(new_state, env_params)
     stepped = push(window, a, obs, window.cumrew[-1] + reward, new_state.time, cfg.n_actions)
     do = action != NO_STEP
     pick = lambda new, old: jax.tree.map(lambda x, y: jnp.where(do, x, y), new, old)  # noqa: E731
