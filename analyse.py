@@ -3,6 +3,9 @@
 PATH is a dtjax run / checkpoint directory or an original ``.pt`` file. Writes
 ``DIR/report.html`` (self-contained) and ``DIR/summary.json``; DIR defaults to
 ``reports/<checkpoint name>``.
+
+python analyse.py --ckpt PATH --serve [--port 8000] [--host 127.0.0.1] [--models checkpoints]:
+the interactive explorer (``dtjax.explorer``) at the printed URL, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,7 +25,23 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, help="episodes per target for calibration and closed-loop ablations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--serve", action="store_true", help="start the interactive explorer instead of writing a report")
+    parser.add_argument("--port", type=int, default=8000, help="explorer port (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="explorer address (default: this machine only)")
+    parser.add_argument("--models", type=Path, default=Path("checkpoints"),
+                        help="directory of run directories and .pt files the explorer can switch to")
     args = parser.parse_args(argv)
+
+    if args.serve:
+        from dtjax.explorer import serve
+        from dtjax.loader import LoadError
+
+        try:
+            return serve(args.ckpt, host=args.host, port=args.port, models_dir=args.models,
+                         log_fn=(lambda *_: None) if args.quiet else None)
+        except (LoadError, ValueError, OSError) as e:
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 1
 
     from dtjax.config import ConfigError
     from dtjax.loader import LoadError

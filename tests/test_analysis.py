@@ -85,6 +85,19 @@ def test_rtg_scan_panel_is_the_model_at_each_rtg(model):
         assert_close(scan["dla"][:, j].sum(-1), logits @ V)
 
 
+def test_rtg_scan_keeps_padding_at_rtg_zero():
+    """At an episode's first step a K=3 context is left-padded (RTG 0); the scan moves only the real RTG."""
+    from dtjax import scenarios
+
+    cfg = SHAPES["k3_ln_2layers"]
+    params = _params(cfg)
+    _, inp = scenarios.scenario_inputs(["ball_ahead"], rtg=0.5, n_timesteps=3)
+    scan = A.rtg_scan_panel(params, cfg, inp, jnp.asarray([-1.0, 2.0]), V)
+    for j, r in enumerate((-1.0, 2.0)):
+        logits = forward(params, cfg, inp.obs, jnp.asarray([[0.0, 0.0, r]]), inp.timesteps, inp.actions)[:, -1]
+        assert_close(scan["logits"][:, j], logits)
+
+
 def test_weight_panels_by_hand(model):
     """One observation feature's OV and state-encoder entries equal the weight products by hand."""
     cfg, params, _ = model
@@ -145,3 +158,32 @@ def test_left_padded_scenarios_match_closed_loop_evaluation():
     hist = (jnp.concatenate([jnp.zeros_like(inp.obs[:, :2]), obs0[:, None]], 1), jnp.asarray([[0.0, 0.0, 0.5]]),
             jnp.zeros((1, 3), jnp.int32), jnp.full((1, 3), 3, jnp.int32))
     assert_close(_policy_logits(params, cfg, hist, {}), A.state_panels(params, cfg, inp, V)["logits"])
+
+
+def test_ablation_set_panel_and_closed_loop_by_hand():
+    """Zero-ablating a set of heads = zeroing their W_O rows (TL zero ablation keeps b_O), in one
+    forward pass and in closed-loop episodes; all-False masks are the clean model."""
+    from dtjax.config import EnvConfig
+    from dtjax.evaluate import evaluate
+
+    cfg = SHAPES["k1"]
+    params, inp = _params(cfg), _inputs(cfg)
+    means = C.ablation_means(params, cfg, inp)
+    edited = jax.tree.map(lambda x: x, params)
+    edited["blocks_0"]["attn"]["W_O"] = params["blocks_0"]["attn"]["W_O"].at[:].set(0.0)
+    masks = A.ablation_set_masks(cfg, ["L0H0", "L0H1"])
+    out = A.ablation_set_panel(params, cfg, inp, V, masks, means, False)
+    logits = forward(edited, cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions)[:, -1]
+    assert_close(out["logits"], logits)
+    assert_close(out["dla"].sum(-1), logits @ V)
+    none = A.ablation_set_panel(params, cfg, inp, V, A.ablation_set_masks(cfg), means, True)
+    assert_close(none["logits"], forward(params, cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions)[:, -1])
+    with pytest.raises(ValueError, match="unknown component"):
+        A.ablation_set_masks(cfg, ["L3H0"])
+    env, env_params = EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=8).make()
+    key = jax.random.PRNGKey(3)
+    res = A.closed_loop_panel(params, cfg, env, env_params, key, 0.5, 6, masks, means, False)
+    for row, p in enumerate((params, edited)):
+        ref = evaluate(p, cfg, env, env_params, key, [0.5], 6)
+        assert_close(res["mean_return"][row], ref.returns.mean())
+        assert_close(res["hit_rate"][row], ref.hit.mean())

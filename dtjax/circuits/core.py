@@ -73,9 +73,13 @@ class Inputs:
         """Shift every RTG of each row so that its last (current) RTG is ``rtg`` (batch,) or ().
 
         Rewards between timesteps (RTG differences) are preserved; for K = 1 this just sets it.
+        Padding timesteps (``left_pad``: a zero observation, which no real view is) keep RTG 0.
         """
         r = jnp.asarray(self.rtg, jnp.float32)
-        return self.replace(rtg=r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1)))
+        shifted = r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1))
+        obs = jnp.asarray(self.obs)
+        padding = ~jnp.any(obs.reshape(obs.shape[:2] + (-1,)) != 0, axis=-1)  # (batch, K)
+        return self.replace(rtg=jnp.where(padding, 0.0, shifted))
 
 
 def state_pos(n_timesteps: int, k: int = -1) -> int:

@@ -1,0 +1,806 @@
+"""One explorer session: the env being played, its history, the controls, and the jitted steps.
+
+A browser tab is one ``Session``. Its state is plain data: the history of the episode (one
+``Step`` per env step: state, observation, action, reward), the index of the step on screen, and
+the controls (target RTG, timestep adjustment, logit direction, ablation set, sampling). Every
+message is one call of ``Session.handle(msg) -> list of replies``; the numbers come from one jitted
+function, compiled once per model shape (and env), with every control passed as *data*
+(``Controls``: a new RTG, direction or ablation set never recompiles):
+
+- ``explore_step``: the model's own choice (greedy or sampled, with the ablations on), one
+  ``env.step``, the context window pushed as closed-loop evaluation pushes it, then ``_panels``
+  -- or, for a control change or a step of the history, ``_panels`` alone (``NO_STEP``: the same
+  compiled function, so a model compiles once);
+- ``_panels``: ``dtjax.analysis`` on the current context: ``state_panels`` (probabilities,
+  attention, DLA, state-encoder activation map), ``ablation_set_panel`` (the toggled ablations),
+  ``ablation_panel`` (each component alone), ``rtg_scan_panel`` (one vmap over the RTG).
+
+Weights-only maps (``analysis.weight_panels``) are recomputed only when the direction changes;
+activation patching (``analysis.patching_panel``) and closed-loop episodes
+(``analysis.closed_loop_panel``) run on request, off the key-press path (``Deferred``).
+
+Context (K timesteps), as ``dtjax.evaluate`` builds it: the last K steps of the episode,
+left-padded with a zero observation, RTG 0, timestep 0 and the padding action; the RTG token of
+step j is the target minus the rewards collected before it; the timestep token is the env's step
+count plus the timestep adjustment.
+
+Randomness: ``seed`` -> ``k_reset, k_env, k_act = split(PRNGKey(seed), 3)``; reset uses
+``k_reset``; step j (0-based, from the episode's first state) uses ``fold_in(k_env, j)`` for the
+env and ``fold_in(k_act, j)`` for a sampled action. The same seed and actions replay the same
+episode, and stepping back then acting again branches deterministically.
+
+Grid edits: a removed ball is parked at ``PARK`` = (-1, -1), outside the grid, where every cell
+around it is off-grid (a wall): it is never seen, never blocks and never moves, so the env plays
+exactly as one with fewer balls. (``dtjax.scenarios`` parks at (0, 0), fine for observing but a
+ball there can step into (1, 1); scenario states are re-parked here.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+import envs
+from envs import minigrid as mg
+from dtjax import analysis as A
+from dtjax import circuits as C
+from dtjax import scenarios as S
+from dtjax.config import EnvConfig, ModelConfig
+
+PARK = (-1, -1)  # off the grid: a parked ball is invisible, never blocks and never moves
+N_SCAN = 101  # RTG scan points over the slider's range
+RTG_RANGE, RTG_RANGE_EXTRAPOLATE = 1.0, 10.0
+MEAN_SAMPLES = 256  # rollout states for mean ablation
+OUTCOMES = ("running", "goal", "hit", "timeout")
+CORRUPTIONS = {"rtg": "RTG -> -RTG", "front": "the front cell emptied", "ball": "one ball removed"}
+MAX_EPISODES = 1000
+
+
+class BadMessage(ValueError):
+    """A message the session cannot apply; its text (one line) is shown in the page."""
+
+
+# ---------------------------------------------------------------------------------------------
+# PURE PIECES (jittable)
+# ---------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Window:
+    """The model's context at one step: the last K timesteps, oldest first, left-padded.
+
+    obs (K, 7, 7, C) uint8; cumrew (K,) float32: reward collected before each timestep;
+    time (K,) int32: the env's step count; actions (K,) int32: the action taken at each timestep
+    (the padding action ``n_actions`` at padded and at the current slot); valid (K,) bool.
+    """
+
+    obs: Any
+    cumrew: Any
+    time: Any
+    actions: Any
+    valid: Any
+
+
+@struct.dataclass
+class Controls:
+    """Every control as an array, so changing one never recompiles.
+
+    rtg () the target RTG; t_adjust () int added to the timestep tokens; v (n_actions,) the logit
+    direction; abl_z (layer, head), abl_mlp (layer,) bool: the ablation set; abl_mean () bool: mean
+    (True) or zero ablation; scan_rtgs (N_SCAN,); greedy () bool; temperature () float.
+    """
+
+    rtg: Any
+    t_adjust: Any
+    v: Any
+    abl_z: Any
+    abl_mlp: Any
+    abl_mean: Any
+    scan_rtgs: Any
+    greedy: Any
+    temperature: Any
+
+    @property
+    def masks(self) -> dict:
+        return {"z": self.abl_z, "mlp": self.abl_mlp}
+
+
+def model_inputs(window: Window, ctrl: Controls, cfg: ModelConfig) -> C.Inputs:
+    """``circuits.Inputs`` (batch 1) of a window: RTG = target - reward so far, timestep = step
+    count + adjustment, padding (RTG 0, timestep 0) where not valid; K-1 action tokens."""
+    rtg = jnp.where(window.valid, ctrl.rtg - window.cumrew, 0.0).astype(jnp.float32)
+    ts = jnp.where(window.valid, window.time + ctrl.t_adjust, 0).astype(jnp.int32)
+    actions = jnp.asarray(window.actions)[None, :-1] if cfg.n_timesteps > 1 else None
+    return C.Inputs(obs=jnp.asarray(window.obs)[None], rtg=rtg[None], timesteps=ts[None], actions=actions)
+
+
+def push(window: Window, action, obs, cumrew, time_, pad_action: int) -> Window:
+    """The window after acting ``action`` at its current step and arriving at ``obs``."""
+    def shift(buf, x):
+        return jnp.concatenate([jnp.asarray(buf)[1:], jnp.asarray(x, jnp.asarray(buf).dtype)[None]])
+
+    acts = jnp.asarray(window.actions).at[-1].set(action)
+    return Window(obs=shift(window.obs, obs), cumrew=shift(window.cumrew, cumrew), time=shift(window.time, time_),
+                  actions=shift(acts, pad_action), valid=shift(window.valid, True))
+
+
+def view_objects(obs: jax.Array) -> jax.Array:
+    """MiniGrid object index (7, 7) [x, y] of each view cell (raw codes or one-hot)."""
+    obs = jnp.asarray(obs)
+    return obs[..., :11].argmax(-1).astype(jnp.int32) if obs.shape[-1] == mg.N_ONE_HOT else obs[..., 0].astype(jnp.int32)
+
+
+def _panels(params, cfg: ModelConfig, means: dict, window: Window, ctrl: Controls) -> dict:
+    inp = model_inputs(window, ctrl, cfg)
+    sp = A.state_panels(params, cfg, inp, ctrl.v)
+    ab = A.ablation_set_panel(params, cfg, inp, ctrl.v, ctrl.masks, means, ctrl.abl_mean)
+    each = A.ablation_panel(params, cfg, inp, "mean", A.ablation_values(means, ctrl.abl_mean))
+    scan = A.rtg_scan_panel(params, cfg, inp, ctrl.scan_rtgs, ctrl.v)
+    return {
+        "probs": sp["probs"][0], "logits": sp["logits"][0], "pattern": sp["pattern"][:, 0],
+        "attn_to_rtg": sp["attn_to_rtg"][:, 0], "dla": sp["dla"][0], "logit_diff": sp["logit_diff"][0],
+        "state_encoder": sp["state_encoder"][0],
+        "ablated_probs": ab["probs"][0], "ablated_logits": ab["logits"][0], "ablated_dla": ab["dla"][0],
+        "ablated_logit_diff": ab["logit_diff"][0], "each_probs": each["probs"][:, 0],
+        "scan_rtg": scan["rtg"], "scan_logits": scan["logits"][0], "scan_probs": scan["probs"][0],
+        "scan_dla": scan["dla"][0], "scan_attn": scan["attn_to_rtg"][0],
+        "rtg_token": inp.rtg[0, -1], "timestep_token": inp.timesteps[0, -1], "view": view_objects(window.obs[-1]),
+    }
+
+
+NO_STEP, MODEL_ACTS = -2, -1  # explore_step's ``action`` besides an env action
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "env"))
+def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: envs.EnvState, window: Window,
+                 ctrl: Controls, action, k_act, k_env) -> dict:
+    """One message: act, step the env, analyse -- or, with ``action == NO_STEP``, analyse only.
+
+    ``action``: an env action (>= 0), ``MODEL_ACTS`` (-1: the model's choice, using the model as
+    shown, i.e. with the ablation set on: argmax when ``ctrl.greedy``, else a sample from
+    softmax(logits / temperature) with ``k_act``) or ``NO_STEP`` (-2: a control change, or a step
+    of the history on screen). The env steps as ``env.step(k_env, ...)`` does, without the
+    auto-reset: the returned state and observation are the step's own (``info["final_state"]``).
+    One function for both kinds of message, so each model shape (and env) compiles once.
+
+    Returns ``action``, ``state``, ``obs``, ``reward``, ``terminated``, ``truncated``,
+    ``front_wall`` (the front cell was a wall: a hit is a wall hit), the new ``window`` and its
+    ``panels`` (see ``_panels``); with NO_STEP the state and window are the ones given.
+    """
+    now = A.ablation_set_panel(params, cfg, model_inputs(window, ctrl, cfg), ctrl.v, ctrl.masks, means, ctrl.abl_mean)
+    logits = now["logits"][0]
+    sampled = jax.random.categorical(k_act, logits / ctrl.temperature)
+    a = jnp.where(action >= 0, action, jnp.where(ctrl.greedy, jnp.argmax(logits), sampled)).astype(jnp.int32)
+    front = state.agent_pos + jnp.asarray(mg.DIR_TO_VEC)[state.agent_dir]
+    front_wall = envs.cell_type(front, state.obstacles, env.size) == mg.WALL
+    # env.step without its auto-reset (never shown: an ended episode stays on screen): its key split
+    # (the step key first, the reset key second) and its step_env, so the same keys give the same step
+    k_step, _ = jax.random.split(k_env)
+    obs, new_state, reward, term, _ = env.step_env(k_step, state, a, env_params)
+    trunc = env.is_truncated(new_state, env_params)
+    stepped = push(window, a, obs, window.cumrew[-1] + reward, new_state.time, cfg.n_actions)
+    do = action != NO_STEP
+    pick = lambda new, old: jax.tree.map(lambda x, y: jnp.where(do, x, y), new, old)  # noqa: E731
+    w = pick(stepped, jax.tree.map(jnp.asarray, window))
+    return {"action": a, "state": pick(new_state, state), "obs": obs,
+            "reward": jnp.where(do, reward, 0.0), "terminated": do & term, "truncated": do & trunc,
+            "front_wall": front_wall, "window": w, "panels": _panels(params, cfg, means, w, ctrl)}
+
+
+@functools.partial(jax.jit, static_argnames=("env",))
+def _observe(env, state):
+    return env.observe(state)
+
+
+def episode_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(k_reset, k_env, k_act) of an episode (see the module docstring)."""
+    k_reset, k_env, k_act = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return k_reset, k_env, k_act
+
+
+# ---------------------------------------------------------------------------------------------
+# A LOADED MODEL (shared by sessions)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Model:
+    """A model ready to explore: config, params, its env, and mean-ablation references.
+
+    The reference means (``circuits.ablation_means`` over ``mean_samples`` random-policy rollout
+    states of the env, ``scenarios.sample_inputs``; with K > 1 each state is an episode's first
+    step, left-padded) are computed on first use (``get_means``): until then zero ablation runs on
+    zeros of the same shapes, so computing them never recompiles the step.
+    """
+
+    name: str
+    path: str
+    cfg: ModelConfig
+    params: Any
+    env_cfg: EnvConfig
+    mean_samples: int = MEAN_SAMPLES
+    compile_s: float = 0.0
+    _means: dict | None = dataclasses.field(default=None, repr=False)
+    _lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        if self.env_cfg.obs_mode != self.cfg.obs_mode:
+            self.env_cfg = self.env_cfg.replace(obs_mode=self.cfg.obs_mode)
+        k = self.cfg.n_timesteps
+        dummy = C.Inputs(obs=np.zeros((1, k) + self.cfg.obs_shape, np.uint8), rtg=np.zeros((1, k), np.float32),
+                         timesteps=np.zeros((1, k), np.int32),
+                         actions=None if k == 1 else np.full((1, k), self.cfg.n_actions, np.int32))
+        shapes = jax.eval_shape(lambda p, i: C.ablation_means(p, self.cfg, i), self.params, dummy)
+        self.zero_means = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+    @classmethod
+    def load(cls, path, name: str | None = None, warm: bool = True, **kw) -> "Model":
+        """``dtjax.load(path, with_env=True)``, compiled for its env unless ``warm=False``."""
+        import dtjax
+
+        cfg, params, env_cfg = dtjax.load(path, with_env=True)
+        model = cls(name=name or Path(path).name, path=str(path), cfg=cfg, params=params, env_cfg=env_cfg, **kw)
+        if warm:
+            model.compile_s = model.warm_up()
+        return model
+
+    def get_means(self) -> dict:
+        """The mean-ablation references (computed once, thread-safe)."""
+        with self._lock:
+            if self._means is None:
+                ref = S.sample_inputs(jax.random.PRNGKey(0), self.mean_samples, rtg=0.9, env=self.env_cfg)
+                if self.cfg.n_timesteps > 1:  # K actions (3K tokens, as closed-loop evaluation feeds them);
+                    ref = ref.left_pad(self.cfg.n_timesteps)  # the explorer's 3K-1 tokens read the first 3K-1
+                    ref = ref.replace(actions=jnp.pad(ref.actions, ((0, 0), (0, 1)), constant_values=self.cfg.n_actions))
+                self._means = jax.device_get(C.ablation_means(self.params, self.cfg, ref))
+            return self._means
+
+    def warm_up(self, env_cfg: EnvConfig | None = None) -> float:
+        """Compile ``explore_step`` and the weight maps for ``env_cfg``; seconds."""
+        t0 = time.perf_counter()
+        s = Session(self, env_cfg=env_cfg)
+        s.start()
+        s.handle({"type": "act", "action": 0})
+        return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# THE SESSION (mutable shell around the pure pieces)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Step:
+    """One step of the episode: the state arrived at, and what happened on the way."""
+
+    state: envs.EnvState  # numpy leaves
+    obs: np.ndarray
+    cumrew: float  # reward collected up to and including the transition into this step
+    reward: float = 0.0  # reward of the transition into this step
+    action: int | None = None  # action taken at this step (None: not yet)
+    outcome: str = "running"  # "running", or how the episode ended at this step
+    wall: bool = False  # the hit was into a wall
+
+    @property
+    def time(self) -> int:
+        return int(self.state.time)
+
+
+@dataclasses.dataclass
+class Deferred:
+    """Work off the key-press path: ``compute()`` (pure; run in a worker thread) -> a reply dict."""
+
+    compute: Callable[[], dict]
+    kind: str
+
+
+def _num(x, name: str, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise BadMessage(f"{name} must be a finite number, got {x!r}")
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        raise BadMessage(f"{name} must be in [{lo:g}, {hi:g}], got {x:g}")
+    return float(x)
+
+
+def _int(x, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise BadMessage(f"{name} must be an integer, got {x!r}")
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        raise BadMessage(f"{name} must be in [{lo}, {hi}], got {x}")
+    return x
+
+
+def _bool(x, name: str) -> bool:
+    if not isinstance(x, bool):
+        raise BadMessage(f"{name} must be true or false, got {x!r}")
+    return x
+
+
+def _action(x, name: str = "action") -> int:
+    """An env action from an index or a name ("left", "right", "forward")."""
+    if isinstance(x, str) and x in C.ACTIONS:
+        return C.ACTIONS.index(x)
+    if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(C.ACTIONS):
+        return x
+    raise BadMessage(f"unknown {name} {x!r}; actions are 0-2 or {', '.join(C.ACTIONS)}")
+
+
+def channel_names(obs_mode: str) -> list[str]:
+    """Names of the observation channels (image: object, colour, state; one-hot: each bit)."""
+    if obs_mode == "one_hot":
+        return ([f"obj:{k}" for k in mg.OBJECT_TO_IDX] + [f"colour:{k}" for k in mg.COLOR_TO_IDX]
+                + [f"state:{k}" for k in mg.STATE_TO_IDX])
+    return ["object", "colour", "state"]
+
+
+DEFAULT_CHANNELS = {"image": [0, 1], "one_hot": [1, 2, 6, 8]}  # the channels that vary in this env
+
+
+def patch_hooks(cfg: ModelConfig, inputs: C.Inputs) -> list[str]:
+    """The patching heatmap's default rows: the embeddings, then per layer the residual stream
+    before it, each head's ``hook_z`` and attention pattern, the attention and MLP outputs and the
+    residual after it (``hooks="all"``: every hook, q/k/v, scores, MLP neurons and LN scales too)."""
+    names = ["hook_rtg_embed", "hook_state_embed"] + (["hook_action_embed"] if inputs.actions is not None else [])
+    names.append("hook_time_embed")
+    for l in range(cfg.n_layers):
+        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z", f"blocks.{l}.attn.hook_pattern",
+                  f"blocks.{l}.hook_attn_out"] + ([] if cfg.attn_only else [f"blocks.{l}.hook_mlp_out"])
+        names.append(f"blocks.{l}.hook_resid_post")
+    return names
+
+
+def shape_notes(cfg: ModelConfig) -> dict[str, str]:
+    """What a panel does not show for this model's shape (empty when everything applies)."""
+    notes = {}
+    if cfg.attn_only:
+        notes["ablation"] = "attention-only model: no MLP to ablate."
+    if cfg.layer_norm:
+        notes["state-encoder"] = ("LayerNorm model: the activation map is the direct write before ln_final, so it "
+                                  "does not sum to the DLA's embed_state entry.")
+    if cfg.n_layers > 1:
+        notes["qk"] = notes["ov"] = (f"layers > 0: the direct path from the embeddings only (composition with "
+                                     f"earlier layers is not included).")
+    if cfg.n_timesteps > 1:
+        notes["attention"] = (f"context of {cfg.n_timesteps} timesteps: tokens R, s, a per timestep, padded at the "
+                              f"start of an episode (zero obs, RTG 0, timestep 0, padding action).")
+    if cfg.time_embedding == "linear":
+        notes["timestep"] = "linear time embedding: timesteps outside training are extrapolated."
+    return notes
+
+
+class Session:
+    """One browser tab. ``handle(msg)`` applies one message and returns the replies to send."""
+
+    def __init__(self, model: Model, env_cfg: EnvConfig | None = None, seed: int = 0, catalog=None):
+        self.catalog = catalog
+        self.ctl = {"rtg": 0.9, "extrapolate": False, "t_adjust": 0, "direction": ("forward", "right"),
+                    "greedy": True, "temperature": 1.0, "ablate": [], "kind": "zero", "head": (0, 0),
+                    "channels": None}
+        self._install(model, env_cfg)
+        self._reset(seed)
+
+    # -- model and env ---------------------------------------------------------------------
+    def _install(self, model: Model, env_cfg: EnvConfig | None = None) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.env_cfg = (env_cfg or model.env_cfg).replace(obs_mode=model.cfg.obs_mode)
+        self.env, self.env_params = self.env_cfg.make()
+        self.ctl["ablate"] = [n for n in self.ctl["ablate"] if n in A.ablation_labels(self.cfg)]
+        l, h = self.ctl["head"]
+        self.ctl["head"] = (min(l, self.cfg.n_layers - 1), min(h, self.cfg.n_heads - 1))
+        self.ctl["channels"] = list(DEFAULT_CHANNELS[self.cfg.obs_mode])
+
+    def _reset(self, seed: int) -> None:
+        self.seed = seed
+        self.keys = episode_keys(seed)
+        obs, state = self.env.reset(self.keys[0], self.env_params)
+        self._start(state, obs)
+
+    def _start(self, state, obs) -> None:
+        self.history = [Step(state=jax.device_get(state), obs=np.asarray(obs), cumrew=0.0)]
+        self.cursor = 0
+
+    # -- controls and windows --------------------------------------------------------------
+    def means(self) -> dict:
+        """The replacement references of the ablation kind chosen (zeros for zero ablation)."""
+        return self.model.get_means() if self.ctl["kind"] == "mean" else self.model.zero_means
+
+    def controls(self) -> Controls:
+        cfg, ctl = self.cfg, self.ctl
+        masks = A.ablation_set_masks(cfg, ctl["ablate"])
+        span = RTG_RANGE_EXTRAPOLATE if ctl["extrapolate"] else RTG_RANGE
+        pos, neg = ctl["direction"]
+        return Controls(rtg=np.float32(ctl["rtg"]), t_adjust=np.int32(ctl["t_adjust"]),
+                        v=np.asarray(C.action_vector(pos if neg is None else (pos, neg), cfg.n_actions)),
+                        abl_z=masks["z"], abl_mlp=masks["mlp"], abl_mean=np.bool_(ctl["kind"] == "mean"),
+                        scan_rtgs=np.linspace(-span, span, N_SCAN, dtype=np.float32), greedy=np.bool_(ctl["greedy"]),
+                        temperature=np.float32(ctl["temperature"]))
+
+    def window(self, i: int | None = None) -> Window:
+        """The context window at history step ``i`` (default: the step on screen), numpy."""
+        i = self.cursor if i is None else i
+        k = self.cfg.n_timesteps
+        steps = self.history[max(0, i - k + 1): i + 1]
+        pad = k - len(steps)
+        obs = np.zeros((k,) + self.cfg.obs_shape, np.uint8)
+        cumrew, t = np.zeros(k, np.float32), np.zeros(k, np.int32)
+        acts, valid = np.full(k, self.cfg.n_actions, np.int32), np.zeros(k, bool)
+        for j, s in enumerate(steps):
+            obs[pad + j], cumrew[pad + j], t[pad + j], valid[pad + j] = s.obs, s.cumrew, s.time, True
+            if j < len(steps) - 1:
+                acts[pad + j] = s.action
+        return Window(obs=obs, cumrew=cumrew, time=t, actions=acts, valid=valid)
+
+    def _explore(self, j: int, action: int) -> dict:
+        """``explore_step`` at history step ``j`` (numpy results)."""
+        return jax.device_get(explore_step(self.model.params, self.cfg, self.env, self.env_params, self.means(),
+                                           self.history[j].state, self.window(j), self.controls(), np.int32(action),
+                                           jax.random.fold_in(self.keys[2], j), jax.random.fold_in(self.keys[1], j)))
+
+    def inputs(self, i: int | None = None, ctrl: Controls | None = None) -> C.Inputs:
+        """The model inputs at step ``i`` (default: on screen) under the current controls."""
+        return jax.device_get(model_inputs(self.window(i), ctrl or self.controls(), self.cfg))
+
+    # -- messages --------------------------------------------------------------------------
+    def start(self) -> list:
+        """The replies of a new connection: ``init``, ``weights``, then the current step."""
+        return [self.init_message(), self.weights(), *self.update()]
+
+    def handle(self, msg) -> list:
+        """Apply one message (a dict, or its JSON text); bad ones give an ``error`` reply."""
+        seq = None
+        try:
+            if isinstance(msg, (str, bytes)):
+                import json
+
+                try:
+                    msg = json.loads(msg)
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise BadMessage(f"bad JSON: {str(e).splitlines()[0][:120]}") from None
+            if not isinstance(msg, dict):
+                raise BadMessage(f"a message is a JSON object, got {type(msg).__name__}")
+            seq = msg.get("seq")
+            kind = msg.get("type")
+            fn = getattr(self, f"_on_{kind}", None) if isinstance(kind, str) else None
+            if fn is None:
+                raise BadMessage(f"unknown message type {kind!r}; types: {', '.join(self.message_types())}")
+            replies = fn(msg)
+        except BadMessage as e:
+            return [{"type": "error", "message": str(e), "seq": seq}]
+        for r in replies:
+            if isinstance(r, dict):
+                r.setdefault("seq", seq)
+        return replies
+
+    @classmethod
+    def message_types(cls) -> list[str]:
+        return sorted(n[4:] for n in dir(cls) if n.startswith("_on_"))
+
+    def _on_hello(self, msg) -> list:
+        return self.start()
+
+    def _on_act(self, msg) -> list:
+        a = msg.get("action")
+        action = MODEL_ACTS if a == "model" else _action(a)
+        cur = self.history[self.cursor]
+        if cur.outcome != "running":
+            raise BadMessage(f"the episode has ended ({cur.outcome}): reset, or step back through the history")
+        del self.history[self.cursor + 1:]  # acting from an earlier step branches: the old future is dropped
+        j = self.cursor
+        out = self._explore(j, action)
+        reward, term, trunc = float(out["reward"]), bool(out["terminated"]), bool(out["truncated"])
+        outcome = ("goal" if reward > 0 else "hit") if term else ("timeout" if trunc else "running")
+        cur.action = int(out["action"])
+        self.history.append(Step(state=out["state"], obs=np.asarray(out["obs"]), cumrew=cur.cumrew + reward,
+                                 reward=reward, outcome=outcome, wall=outcome == "hit" and bool(out["front_wall"])))
+        self.cursor = len(self.history) - 1
+        return self.update(out["panels"])
+
+    def _on_reset(self, msg) -> list:
+        seed = _int(msg.get("seed", self.seed), "seed", 0, 2**31 - 1)
+        replies = []
+        env_id = msg.get("env_id")
+        if env_id is not None and env_id != self.env_cfg.env_id:
+            if env_id not in envs.REGISTRY:
+                raise BadMessage(f"unknown env id {env_id!r}; ids: {', '.join(envs.REGISTRY)}")
+            self._install(self.model, self.env_cfg.replace(env_id=env_id))
+            replies.append(self.init_message())
+        self._reset(seed)
+        return replies + self.update()
+
+    def _on_scenario(self, msg) -> list:
+        name = msg.get("name")
+        if name not in S.SCENARIOS:
+            raise BadMessage(f"unknown scenario {name!r}; scenarios: {', '.join(S.SCENARIOS)}")
+        _, states = S.scenario_states([name], self.env_cfg)
+        state = jax.tree.map(lambda x: np.asarray(x[0]), states)
+        parked = np.all(state.obstacles == np.asarray(S.PARKED), -1)
+        state = state.replace(obstacles=np.where(parked[:, None], np.asarray(PARK, np.int32), state.obstacles))
+        self._start(state, _observe(self.env, state))
+        return self.update()
+
+    def _on_edit(self, msg) -> list:
+        cur = self.history[self.cursor]
+        if cur.outcome != "running":
+            raise BadMessage(f"the episode has ended ({cur.outcome}) at this step: reset, or step back to edit")
+        size = self.env.size
+        state = cur.state
+        op = msg.get("op")
+        cell = msg.get("cell")
+        if cell is not None:
+            if not (isinstance(cell, (list, tuple)) and len(cell) == 2):
+                raise BadMessage(f"cell must be [x, y], got {cell!r}")
+            x, y = (_int(c, "cell coordinate") for c in cell)
+            if not (0 <= x < size and 0 <= y < size):
+                raise BadMessage(f"cell ({x}, {y}) is off the {size}x{size} grid")
+            if x in (0, size - 1) or y in (0, size - 1):
+                raise BadMessage(f"cell ({x}, {y}) is a wall")
+            if (x, y) == (size - 2, size - 2):
+                raise BadMessage(f"cell ({x}, {y}) is the goal")
+        obst = np.asarray(state.obstacles).copy()
+        agent = tuple(int(v) for v in state.agent_pos)
+        if op == "ball":
+            if cell is None:
+                raise BadMessage("edit ball needs a cell [x, y]")
+            if (x, y) == agent:
+                raise BadMessage(f"cell ({x}, {y}) holds the agent")
+            here = np.all(obst == (x, y), -1)
+            if here.any():
+                obst[here] = PARK
+            else:
+                free = np.all(obst == PARK, -1)
+                if not free.any():
+                    raise BadMessage(f"all {len(obst)} balls of this env are on the grid: remove one first")
+                obst[np.argmax(free)] = (x, y)
+            state = state.replace(obstacles=obst.astype(np.int32))
+        elif op == "agent":
+            if cell is not None:
+                if np.all(obst == (x, y), -1).any():
+                    raise BadMessage(f"cell ({x}, {y}) holds a ball")
+                state = state.replace(agent_pos=np.asarray((x, y), np.int32))
+            if "dir" in msg:
+                state = state.replace(agent_dir=np.int32(_int(msg["dir"], "dir", 0, 3)))
+            elif cell is None:
+                raise BadMessage("edit agent needs a cell [x, y] or a dir (0=E 1=S 2=W 3=N)")
+        else:
+            raise BadMessage(f"unknown edit op {op!r}; ops: ball, agent")
+        del self.history[self.cursor + 1:]
+        cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
+        return self.update()
+
+    def _on_set(self, msg) -> list:
+        ctl = dict(self.ctl)
+        known = {"rtg", "extrapolate", "t_adjust", "direction", "greedy", "temperature", "ablate", "kind", "head",
+                 "channels", "type", "seq"}
+        bad = sorted(set(msg) - known)
+        if bad:
+            raise BadMessage(f"unknown control {bad[0]!r}; controls: {', '.join(sorted(known - {'type', 'seq'}))}")
+        if "extrapolate" in msg:
+            ctl["extrapolate"] = _bool(msg["extrapolate"], "extrapolate")
+            if not ctl["extrapolate"]:
+                ctl["rtg"] = min(max(ctl["rtg"], -RTG_RANGE), RTG_RANGE)
+        if "rtg" in msg:
+            span = RTG_RANGE_EXTRAPOLATE if ctl["extrapolate"] else RTG_RANGE
+            r = _num(msg["rtg"], "RTG")
+            if abs(r) > span:
+                hint = "" if ctl["extrapolate"] else " (allow extrapolation for [-10, 10])"
+                raise BadMessage(f"RTG {r:g} is outside [-{span:g}, {span:g}]{hint}")
+            ctl["rtg"] = r
+        if "t_adjust" in msg:
+            m = self.cfg.max_timestep
+            ctl["t_adjust"] = _int(msg["t_adjust"], "timestep adjustment", -m, m)
+        if "direction" in msg:
+            d = msg["direction"]
+            if not isinstance(d, dict) or "pos" not in d:
+                raise BadMessage(f"direction must be {{pos: action, neg: action or null}}, got {d!r}")
+            pos = C.ACTIONS[_action(d["pos"], "direction action")]
+            neg = None if d.get("neg") is None else C.ACTIONS[_action(d["neg"], "direction action")]
+            if pos == neg:
+                raise BadMessage(f"direction {pos}-{neg} is zero: choose two different actions, or one")
+            ctl["direction"] = (pos, neg)
+        if "greedy" in msg:
+            ctl["greedy"] = _bool(msg["greedy"], "greedy")
+        if "temperature" in msg:
+            t = _num(msg["temperature"], "temperature", 0.0, 100.0)
+            if t <= 0:
+                raise BadMessage("temperature must be > 0")
+            ctl["temperature"] = t
+        if "ablate" in msg:
+            names = msg["ablate"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise BadMessage(f"ablate must be a list of component names, got {names!r}")
+            try:
+                A.ablation_set_masks(self.cfg, names)
+            except ValueError as e:
+                raise BadMessage(str(e)) from None
+            ctl["ablate"] = sorted(set(names), key=A.ablation_labels(self.cfg).index)
+        if "kind" in msg:
+            if msg["kind"] not in ("zero", "mean"):
+                raise BadMessage(f"ablation kind must be zero or mean, got {msg['kind']!r}")
+            ctl["kind"] = msg["kind"]
+        if "head" in msg:
+            h = msg["head"]
+            if not (isinstance(h, (list, tuple)) and len(h) == 2):
+                raise BadMessage(f"head must be [layer, head], got {h!r}")
+            ctl["head"] = (_int(h[0], "layer", 0, self.cfg.n_layers - 1), _int(h[1], "head", 0, self.cfg.n_heads - 1))
+        if "channels" in msg:
+            ch = msg["channels"]
+            n = self.cfg.obs_shape[-1]
+            if not isinstance(ch, list) or not ch or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in ch):
+                raise BadMessage(f"channels must be a non-empty list of channel indices 0..{n - 1}, got {ch!r}")
+            ctl["channels"] = sorted(set(ch))
+        weights = any(ctl[k] != self.ctl[k] for k in ("direction", "head", "channels"))
+        self.ctl = ctl
+        return ([self.weights()] if weights else []) + self.update()
+
+    def _on_goto(self, msg) -> list:
+        self.cursor = _int(msg.get("step"), "step", 0, len(self.history) - 1)
+        return self.update()
+
+    def _on_model(self, msg) -> list:
+        if self.catalog is None:
+            raise BadMessage("no model directory: start the explorer with a models directory to switch models")
+        name = msg.get("name")
+        try:
+            model = self.catalog.get(name)
+        except KeyError:
+            raise BadMessage(f"unknown model {name!r}; models: {', '.join(self.catalog.names())}") from None
+        except ValueError as e:  # a file that does not load
+            raise BadMessage(f"cannot load {name}: {str(e).splitlines()[0]}") from None
+        self._install(model)
+        self._reset(self.seed)
+        return self.start()
+
+    def _on_patch(self, msg) -> list:
+        kind = msg.get("corruption", "rtg")
+        if kind not in CORRUPTIONS:
+            raise BadMessage(f"unknown corruption {kind!r}; corruptions: {', '.join(CORRUPTIONS)}")
+        hooks = msg.get("hooks", "main")
+        if hooks not in ("main", "all"):
+            raise BadMessage(f"hooks must be main or all, got {hooks!r}")
+        clean, corrupted, what = self.corrupt(kind, msg.get("ball"))
+        model, cfg, v, step = self.model, self.cfg, self.controls().v, self.cursor
+        names = patch_hooks(cfg, clean) if hooks == "main" else None
+
+        def compute():
+            t0 = time.perf_counter()
+            res = A.patching_panel(model.params, cfg, clean, corrupted, v, names, one_compile=True)
+            return {"type": "patching", "step": step, "corruption": kind, "what": what, "matrix": res["matrix"],
+                    "rows": res["rows"], "columns": res["columns"], "clean": res["clean"], "corrupted": res["corrupted"],
+                    "hooks": hooks,
+                    "seconds": time.perf_counter() - t0}
+
+        return [{"type": "busy", "what": "patching"}, Deferred(compute, "patching")]
+
+    def _on_closed_loop(self, msg) -> list:
+        n = _int(msg.get("episodes", 50), "episodes", 1, MAX_EPISODES)
+        model, cfg, env, env_params, ctl = self.model, self.cfg, self.env, self.env_params, dict(self.ctl)
+        masks = A.ablation_set_masks(cfg, ctl["ablate"])
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 1_000_003)
+        means = self.means()
+
+        def compute():
+            t0 = time.perf_counter()
+            res = A.closed_loop_panel(model.params, cfg, env, env_params, key, ctl["rtg"], n, masks, means,
+                                      ctl["kind"] == "mean", greedy=ctl["greedy"], temperature=ctl["temperature"])
+            return {"type": "closed_loop", "episodes": n, "rtg": ctl["rtg"], "ablate": ctl["ablate"], "kind": ctl["kind"],
+                    "greedy": ctl["greedy"], **res, "seconds": time.perf_counter() - t0}
+
+        return [{"type": "busy", "what": "closed_loop"}, Deferred(compute, "closed_loop")]
+
+    # -- corruptions for patching ----------------------------------------------------------
+    def corrupt(self, kind: str, ball=None) -> tuple[C.Inputs, C.Inputs, str]:
+        """(clean, corrupted, description) Inputs of the step on screen for a corruption.
+
+        ``rtg``: every RTG token negated (padding stays 0); ``front``: the cell in front of
+        the agent (view cell (3, 5)) made empty in the current observation; ``ball``: ball
+        ``ball`` (default the nearest one in view) removed from the state and the view re-observed.
+        """
+        ctrl = self.controls()
+        clean = self.inputs(ctrl=ctrl)
+        if kind == "rtg":
+            r = float(clean.rtg[0, -1])
+            return clean, clean.replace(rtg=-clean.rtg), f"RTG {r:+.2f} -> {-r:+.2f}"
+        cur = self.history[self.cursor]
+        if kind == "front":
+            empty = mg.CELL_ONE_HOT[mg.EMPTY] if self.cfg.obs_mode == "one_hot" else mg.CELL_CODES[mg.EMPTY]
+            obs = np.asarray(clean.obs).copy()
+            obs[0, -1, 3, 5] = empty
+            front = int(view_objects(clean.obs[0, -1])[3, 5])
+            name = {v: k for k, v in mg.OBJECT_TO_IDX.items()}.get(front, str(front))
+            return clean, clean.replace(obs=jnp.asarray(obs)), f"front cell ({name}) emptied"
+        obst = np.asarray(cur.state.obstacles)
+        seen = self.visible_balls(cur.state)
+        if ball is None:
+            if not seen:
+                raise BadMessage("no ball in view to remove")
+            pos = np.asarray(cur.state.agent_pos)
+            ball = min(seen, key=lambda i: np.abs(obst[i] - pos).sum())
+        ball = _int(ball, "ball", 0, len(obst) - 1)
+        if np.all(obst[ball] == PARK):
+            raise BadMessage(f"ball {ball} is not on the grid")
+        state = cur.state.replace(obstacles=np.where(np.arange(len(obst))[:, None] == ball, np.asarray(PARK, np.int32), obst))
+        obs = np.asarray(clean.obs).copy()
+        obs[0, -1] = np.asarray(_observe(self.env, state))
+        return clean, clean.replace(obs=jnp.asarray(obs)), f"ball {ball} at ({obst[ball][0]}, {obst[ball][1]}) removed"
+
+    def visible_balls(self, state) -> list[int]:
+        """Indices of the balls inside the agent's 7x7 view."""
+        view = {tuple(c) for c in (np.asarray(state.agent_pos) + mg.VIEW_OFFSETS[int(state.agent_dir)]).reshape(-1, 2)}
+        return [i for i, b in enumerate(np.asarray(state.obstacles)) if tuple(b) in view and not np.all(b == PARK)]
+
+    # -- replies ---------------------------------------------------------------------------
+    def init_message(self) -> dict:
+        cfg, env_cfg = self.cfg, self.env_cfg
+        return {
+            "type": "init", "model": {"name": self.model.name, "path": self.model.path, "config": cfg.to_dict(),
+                                      "env": self.model.env_cfg.to_dict(), "compile_s": self.model.compile_s},
+            "env": env_cfg.to_dict(), "env_ids": list(envs.REGISTRY), "size": self.env.size,
+            "n_obstacles": self.env.n_obstacles, "max_steps": int(self.env_params.max_steps_in_episode),
+            "models": self.catalog.names() if self.catalog else [self.model.name],
+            "scenarios": {n: S.scenario_caption(n, env_cfg) for n in S.SCENARIOS},
+            "corruptions": CORRUPTIONS, "actions": list(C.ACTIONS), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "tokens": A.token_labels(cfg.n_timesteps), "dla_labels": A.dla_labels(cfg, self.inputs()),
+            "ablation_labels": A.ablation_labels(cfg), "channels": channel_names(cfg.obs_mode),
+            "notes": shape_notes(cfg), "controls": self.control_values(), "n_scan": N_SCAN,
+        }
+
+    def control_values(self) -> dict:
+        c = dict(self.ctl)
+        c["direction"] = {"pos": c["direction"][0], "neg": c["direction"][1]}
+        c["head"] = list(c["head"])
+        return c
+
+    def weights(self) -> dict:
+        """The ``weights`` reply: weights-only maps for the chosen head and channels, along the direction."""
+        w = jax.device_get(A.weight_panels(self.model.params, self.cfg, self.controls().v))
+        l, h = self.ctl["head"]
+        ch = self.ctl["channels"]
+        rows = lambda m: np.swapaxes(np.asarray(m)[ch], -1, -2)  # (C, x, y) -> shown channels (C', y, x)  # noqa: E731
+        return {"type": "weights", "head": [l, h], "channels": ch, "direction": self.control_values()["direction"],
+                "qk": rows(w["qk"][l, h]), "ov_dir": rows(w["ov_dir"][l, h]),
+                "ov": np.stack([rows(w["ov"][l, h][..., a]) for a in range(self.cfg.n_actions)]),
+                "ov_rtg": w["ov_rtg"][l, h], "state_encoder": rows(w["state_encoder"])}
+
+    def update(self, p: dict | None = None) -> list[dict]:
+        """The ``step`` reply (what a key press needs first) and the ``panels`` reply of the step on screen."""
+        if p is None:
+            p = self._explore(self.cursor, NO_STEP)["panels"]
+        cur = self.history[self.cursor]
+        st = cur.state
+        balls = [list(map(int, b)) for b in np.asarray(st.obstacles) if not np.all(b == PARK) and (b > 0).all()]
+        ablated = bool(self.ctl["ablate"])
+        step = {
+            "type": "step", "step": self.cursor, "n_steps": len(self.history), "timestep": cur.time,
+            "model_timestep": int(p["timestep_token"]), "status": cur.outcome, "wall": cur.wall,
+            "return": cur.cumrew, "reward": cur.reward, "rtg": float(p["rtg_token"]),
+            "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls},
+            "view": np.asarray(p["view"]).T, "probs": p["probs"], "logits": p["logits"],
+            "ablated": ablated, "ablated_probs": p["ablated_probs"] if ablated else None, "ablate": self.ctl["ablate"],
+            "kind": self.ctl["kind"],
+            "action": None if self.cursor == 0 else self.history[self.cursor - 1].action,
+        }
+        ch = self.ctl["channels"]
+        hist = [{"t": s.time, "action": s.action, "reward": s.reward, "outcome": s.outcome} for s in self.history]
+        pan = {
+            "type": "panels", "step": self.cursor, "pattern": p["pattern"], "attn_to_rtg": p["attn_to_rtg"],
+            "dla": p["dla"], "logit_diff": float(p["logit_diff"]),
+            "ablated_dla": p["ablated_dla"] if ablated else None,
+            "ablated_logit_diff": float(p["ablated_logit_diff"]) if ablated else None,
+            "state_encoder": np.swapaxes(np.asarray(p["state_encoder"])[ch], -1, -2), "channels": ch,
+            "each_probs": p["each_probs"], "ablate": self.ctl["ablate"], "kind": self.ctl["kind"],
+            "scan": {"rtg": p["scan_rtg"], "logits": p["scan_logits"], "probs": p["scan_probs"], "dla": p["scan_dla"],
+                     "attn": p["scan_attn"], "marker": float(p["rtg_token"])},
+            "history": hist, "controls": self.control_values(),
+        }
+        return [step, pan]

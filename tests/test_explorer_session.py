@@ -1,0 +1,253 @@
+"""dtjax.explorer.session: the explorer's state and its jitted steps, against the env and the model.
+
+An episode played in a session is compared with ``envs`` stepped directly (same keys), its
+model inputs with the evaluation padding built by hand (``Inputs.left_pad``), and its panels
+with ``dtjax.model.forward`` / ``dtjax.analysis`` on those hand-built inputs, or with a hand edit
+of the weights.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from dtjax import analysis as A
+from dtjax import circuits as C
+from dtjax import scenarios as S
+from dtjax.explorer.session import PARK, Session, patch_hooks
+from dtjax.model import forward
+from explorer_models import ENV, tiny_model
+from tolerance import assert_close
+
+ACTIONS = [2, 0, 2, 2, 1, 2, 2, 0, 2, 2, 2, 1, 2, 2, 2, 2, 0, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
+
+
+def _play_direct(env_cfg, seed, actions):
+    """The episode stepped with ``envs`` directly, keys as the session documents."""
+    env, params = env_cfg.make()
+    k_reset, k_env, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
+    obs, state = env.reset(k_reset, params)
+    steps = [(np.asarray(obs), jax.device_get(state), 0.0, False, False)]
+    for j, a in enumerate(actions):
+        _, _, r, term, trunc, info = env.step(jax.random.fold_in(k_env, j), state, a, params)
+        state = info["final_state"]
+        steps.append((np.asarray(info["final_observation"]), jax.device_get(state), float(r), bool(term), bool(trunc)))
+        if term or trunc:
+            break
+    return steps
+
+
+def _hand_inputs(cfg, steps, actions, j, rtg, t_adjust=0):
+    """Evaluation's model inputs at step j, built from the direct episode and ``Inputs.left_pad``."""
+    lo = max(0, j - cfg.n_timesteps + 1)
+    cum = np.cumsum([s[2] for s in steps])
+    real = C.Inputs(obs=jnp.asarray(np.stack([s[0] for s in steps[lo:j + 1]]))[None],
+                    rtg=jnp.asarray([[rtg - cum[i] for i in range(lo, j + 1)]], jnp.float32),
+                    timesteps=jnp.asarray([[int(s[1].time) + t_adjust for s in steps[lo:j + 1]]], jnp.int32),
+                    actions=jnp.asarray([actions[lo:j]], jnp.int32) if cfg.n_timesteps > 1 else None)
+    return real.left_pad(cfg.n_timesteps, pad_action=cfg.n_actions) if cfg.n_timesteps > 1 else real
+
+
+def test_episode_from_seed_equals_env_stepped_directly(tiny):
+    """K = 3: the context window and its padding are exercised."""
+    model = tiny
+    cfg = model.cfg
+    s = Session(model, seed=7)
+    direct = _play_direct(ENV, 7, ACTIONS)
+    for j, a in enumerate(ACTIONS[: len(direct) - 1]):
+        step, _ = s.handle({"type": "act", "action": a})
+        obs, state, r, term, trunc = direct[j + 1]
+        assert step["timestep"] == int(state.time) == j + 1
+        np.testing.assert_array_equal(s.history[-1].obs, obs)
+        np.testing.assert_array_equal(s.history[-1].state.obstacles, state.obstacles)
+        np.testing.assert_array_equal(s.history[-1].state.agent_pos, state.agent_pos)
+        assert step["reward"] == r
+        assert step["status"] == (("goal" if r > 0 else "hit") if term else "timeout" if trunc else "running")
+        hand = _hand_inputs(cfg, direct, ACTIONS, j + 1, 0.9)
+        got = s.inputs()
+        for f in ("obs", "rtg", "timesteps", "actions"):
+            if getattr(hand, f) is not None:
+                np.testing.assert_array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(hand, f)), err_msg=f"{f} at {j}")
+        logits = forward(model.params, cfg, hand.obs, hand.rtg, hand.timesteps, hand.actions)[0, -1]
+        assert_close(step["probs"], jax.nn.softmax(logits))
+    assert direct[-1][3] or direct[-1][4], "the fixed actions end the episode within max_steps"
+    err = s.handle({"type": "act", "action": 2})
+    assert err[0]["type"] == "error" and "ended" in err[0]["message"]
+
+
+def test_panels_equal_analysis_on_the_same_inputs(tiny):
+    model = tiny
+    cfg = model.cfg
+    s = Session(model, seed=1)
+    for a in (0, 1, 1):
+        s.handle({"type": "act", "action": a})
+    out = s.handle({"type": "set", "rtg": 0.4, "t_adjust": 3, "direction": {"pos": "forward", "neg": "left"},
+                    "ablate": ["L0H1"]})
+    step, panels = out[-2:]
+    direct = _play_direct(ENV, 1, [0, 1, 1])
+    assert len(direct) == 4 and not (direct[-1][3] or direct[-1][4])
+    inp = _hand_inputs(cfg, direct, [0, 1, 1], 3, 0.4, t_adjust=3)
+    v = C.action_vector(("forward", "left"))
+    ref = A.state_panels(model.params, cfg, inp, v)
+    assert_close(step["probs"], ref["probs"][0])
+    assert_close(panels["dla"], ref["dla"][0])
+    assert_close(np.sum(panels["dla"]), ref["logit_diff"][0])  # the bars sum to the logit difference
+    assert_close(panels["pattern"], ref["pattern"][:, 0])
+    assert_close(panels["state_encoder"], np.swapaxes(np.asarray(ref["state_encoder"][0])[s.ctl["channels"]], -1, -2))
+    scan = A.rtg_scan_panel(model.params, cfg, inp, np.linspace(-1, 1, 101, dtype=np.float32), v)
+    assert_close(panels["scan"]["logits"], scan["logits"][0])
+    assert_close(panels["scan"]["attn"], scan["attn_to_rtg"][0])
+    assert panels["scan"]["marker"] == pytest.approx(0.4)
+    each = A.ablation_panel(model.params, cfg, inp, "zero")
+    assert_close(panels["each_probs"], each["probs"][:, 0])
+    # zero-ablating head L0H1 = zeroing its rows of W_O (TL zero ablation keeps b_O), by hand
+    p2 = jax.tree.map(lambda x: x, model.params)
+    p2["blocks_0"]["attn"]["W_O"] = model.params["blocks_0"]["attn"]["W_O"].at[1].set(0.0)
+    assert_close(step["ablated_probs"], jax.nn.softmax(forward(p2, cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions)[0, -1]))
+    w = s.weights()
+    ref_w = A.weight_panels(model.params, cfg, v)
+    assert_close(w["qk"], np.swapaxes(np.asarray(ref_w["qk"][0, 0])[s.ctl["channels"]], -1, -2))
+
+
+def test_model_acts_greedy_and_sampled(tiny):
+    model = tiny
+    s = Session(model, seed=5)
+    inp = s.inputs()
+    step, _ = s.handle({"type": "act", "action": "model"})
+    logits = forward(model.params, model.cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions)[0, -1]
+    assert s.history[0].action == int(jnp.argmax(logits))
+    s.handle({"type": "reset", "seed": 5})
+    s.handle({"type": "set", "greedy": False, "temperature": 2.0})
+    k_act = jax.random.split(jax.random.PRNGKey(5), 3)[2]
+    chosen = []
+    for j in range(6):
+        inp = s.inputs()
+        logits = forward(model.params, model.cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions)[0, -1]
+        want = int(jax.random.categorical(jax.random.fold_in(k_act, j), logits / 2.0))
+        step, _ = s.handle({"type": "act", "action": "model"})
+        if step["status"] != "running":
+            break
+        chosen.append(s.history[-2].action)
+        assert chosen[-1] == want
+    assert len(set(chosen)) > 1  # sampling, not argmax
+
+
+def test_history_scrub_and_branch_replays_deterministically(tiny):
+    model = tiny
+    s = Session(model, seed=2)
+    for a in (1, 0, 1, 1):  # turns only: the episode runs on, the balls move
+        s.handle({"type": "act", "action": a})
+    end = s.history[-1]
+    step, _ = s.handle({"type": "goto", "step": 1})
+    assert step["step"] == 1 and step["n_steps"] == 5 and step["timestep"] == 1
+    s.handle({"type": "act", "action": 0})  # branch: the old future is dropped
+    assert len(s.history) == 3
+    for a in (1, 1):
+        s.handle({"type": "act", "action": a})
+    np.testing.assert_array_equal(s.history[-1].obs, end.obs)  # same seed, same actions: same episode
+    np.testing.assert_array_equal(s.history[-1].state.obstacles, end.state.obstacles)
+    assert s.handle({"type": "goto", "step": 9})[0]["type"] == "error"
+
+
+def test_grid_edits_and_parked_balls(tiny):
+    model = tiny
+    s = Session(model, seed=0)
+    n = s.env.n_obstacles
+    balls = [tuple(int(v) for v in b) for b in np.asarray(s.history[0].state.obstacles)]
+    step, _ = s.handle({"type": "edit", "op": "ball", "cell": list(balls[0])})  # remove
+    assert len(step["grid"]["balls"]) == n - 1 and tuple(s.history[0].state.obstacles[0]) == PARK
+    # a parked ball is invisible: the view equals that of an env holding only the other balls
+    fewer = envs.DynamicObstacles(s.env.size, n - 1)
+    st = s.history[0].state
+    np.testing.assert_array_equal(s.history[0].obs, fewer.observe(st.replace(obstacles=st.obstacles[1:])))
+    for _ in range(12):  # ... and never moves
+        s.handle({"type": "act", "action": 0})
+    assert tuple(s.history[-1].state.obstacles[0]) == PARK
+    s.handle({"type": "reset", "seed": 0})
+    step, _ = s.handle({"type": "edit", "op": "agent", "cell": [3, 3], "dir": 2})
+    assert step["grid"]["agent"] == [3, 3] and step["grid"]["dir"] == 2
+    np.testing.assert_array_equal(s.history[0].obs, s.env.observe(s.history[0].state))
+    taken = {tuple(int(v) for v in b) for b in np.asarray(s.history[0].state.obstacles)} | {(3, 3), (6, 6)}
+    free = next([x, y] for x in range(1, 7) for y in range(1, 7) if (x, y) not in taken)
+    for bad, text in [({"op": "ball", "cell": [0, 3]}, "wall"), ({"op": "ball", "cell": [6, 6]}, "goal"),
+                      ({"op": "ball", "cell": [3, 3]}, "agent"), ({"op": "ball", "cell": [9, 1]}, "off the"),
+                      ({"op": "ball", "cell": free}, "remove one first"), ({"op": "agent", "dir": 4}, "dir"),
+                      ({"op": "ball", "cell": "x"}, "cell"), ({"op": "fly"}, "unknown edit")]:
+        out = s.handle({"type": "edit", **bad})
+        assert out[0]["type"] == "error" and text in out[0]["message"], (bad, out)
+
+
+def test_scenarios_and_patching_corruptions(tiny):
+    model = tiny
+    s = Session(model, seed=0)
+    s.handle({"type": "scenario", "name": "ball_ahead"})
+    _, clear = S.scenario_inputs(["clear_ahead"], rtg=0.9, env=ENV, n_timesteps=model.cfg.n_timesteps)
+    for kind in ("front", "ball"):  # emptying the front cell or removing its ball gives clear_ahead
+        clean, corrupted, _ = s.corrupt(kind)
+        np.testing.assert_array_equal(np.asarray(corrupted.obs), np.asarray(clear.obs))
+        assert not np.array_equal(np.asarray(clean.obs), np.asarray(clear.obs))
+    clean, corrupted, _ = s.corrupt("rtg")
+    assert_close(corrupted.rtg, -np.asarray(clean.rtg))
+    out = s.handle({"type": "patch", "corruption": "front"})
+    res = out[1].compute()
+    names = patch_hooks(model.cfg, clean)
+    assert [r.split(" [")[0] for r in res["rows"]] == [n for n in names for _ in range(2 if ".attn.hook_" in n else 1)]
+    last = res["rows"].index("blocks.0.hook_resid_post")
+    assert_close(res["matrix"][last, -1], 1.0)  # the whole final residual at the last state token restores clean
+    v = C.action_vector(("forward", "right"))
+    assert_close(res["corrupted"], (forward(model.params, model.cfg, clear.obs, clean.rtg, clean.timesteps,
+                                            clean.actions)[0, -1] @ v))
+    step, _ = s.handle({"type": "act", "action": 2})
+    assert step["status"] == "hit" and step["return"] == -1.0 and not step["wall"]
+    s.handle({"type": "scenario", "name": "wall_ahead"})
+    step, _ = s.handle({"type": "act", "action": 2})
+    assert step["status"] == "hit" and step["wall"]
+    s.handle({"type": "scenario", "name": "goal_ahead"})
+    step, _ = s.handle({"type": "act", "action": 2})
+    assert step["status"] == "goal" and step["return"] == pytest.approx(1 - 0.9 / ENV.max_steps)
+
+
+def test_mean_ablation(tiny):
+    model = tiny
+    s = Session(model, seed=0)
+    step, panels = s.handle({"type": "set", "kind": "mean", "ablate": ["L0_mlp"]})
+    means = model.get_means()
+    _, worlds = C.ablate_logits(model.params, model.cfg, s.inputs(), "mean", means, comps=[("mlp", 0)])
+    assert_close(step["ablated_probs"], jax.nn.softmax(worlds[1, 0, -1]))
+    assert panels["kind"] == "mean" and panels["ablate"] == ["L0_mlp"]
+
+
+def test_bad_messages_are_one_line_errors(tiny):
+    s = Session(tiny, seed=0)
+    cases = ["{bad json", "[1, 2]", {"type": "fly"}, {"type": "act", "action": 7}, {"type": "act", "action": "up"},
+             {"type": "set", "rtg": "high"}, {"type": "set", "rtg": 3.0}, {"type": "set", "rtg": float("nan")},
+             {"type": "set", "t_adjust": 1.5}, {"type": "set", "direction": {"pos": "left", "neg": "left"}},
+             {"type": "set", "ablate": ["L9H9"]}, {"type": "set", "kind": "half"}, {"type": "set", "head": [0, 5]},
+             {"type": "set", "temperature": 0}, {"type": "set", "colour": 1}, {"type": "reset", "seed": -1},
+             {"type": "reset", "env_id": "CartPole-v1"}, {"type": "scenario", "name": "lava"},
+             {"type": "patch", "corruption": "noise"}, {"type": "closed_loop", "episodes": 0},
+             {"type": "model", "name": "other"}]
+    for msg in cases:
+        out = s.handle(msg)
+        assert len(out) == 1 and out[0]["type"] == "error", msg
+        assert out[0]["message"] and "\n" not in out[0]["message"]
+    assert s.handle({"type": "set", "extrapolate": True, "rtg": 3.0})[-1]["scan"]["marker"] == pytest.approx(3.0)
+    assert s.handle({"type": "act", "action": "left", "seq": 4})[0]["seq"] == 4  # still serving
+
+
+def test_shape_notes_say_what_does_not_apply():
+    from dtjax.config import ModelConfig
+    from dtjax.explorer.session import shape_notes
+
+    assert shape_notes(ModelConfig()) == {}  # the default shape: every panel applies as is
+    notes = shape_notes(ModelConfig(attn_only=True, d_mlp=0, layer_norm=True, n_layers=2, n_timesteps=2))
+    assert "no MLP" in notes["ablation"] and "LayerNorm" in notes["state-encoder"] and "direct path" in notes["qk"]
+    assert "padded" in notes["attention"]
