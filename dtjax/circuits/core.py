@@ -69,13 +69,21 @@ class Inputs:
         acts = lpad(acts, pad_action) if n_timesteps > 1 else None
         return Inputs(obs=lpad(self.obs), rtg=lpad(self.rtg), timesteps=lpad(self.timesteps), actions=acts)
 
-    def with_rtg(self, rtg) -> "Inputs":
+    def with_rtg(self, rtg, pad_action: int = 3) -> "Inputs":
         """Shift every RTG of each row so that its last (current) RTG is ``rtg`` (batch,) or ().
 
         Rewards between timesteps (RTG differences) are preserved; for K = 1 this just sets it.
+        Padding timesteps (those before the last whose action is ``pad_action``, as
+        ``left_pad``, training windows and closed-loop evaluation pad an episode's start) keep
+        their RTG (0): the model never saw padding with another RTG.
         """
         r = jnp.asarray(self.rtg, jnp.float32)
-        return self.replace(rtg=r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1)))
+        new = r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1))
+        k = self.n_timesteps
+        if self.actions is not None and k > 1:
+            pad = jnp.asarray(self.actions)[:, : k - 1] == pad_action
+            new = jnp.where(jnp.concatenate([pad, jnp.zeros_like(pad[:, :1])], 1), r, new)
+        return self.replace(rtg=new)
 
 
 def state_pos(n_timesteps: int, k: int = -1) -> int:
