@@ -52,6 +52,24 @@ def _scalar_parser(tp):
     return str, None
 
 
+def parse_value(tp, text: str, name: str = "value"):
+    """``text`` converted to the field type ``tp`` exactly as its flag would be (bool: true/false,
+    yes/no, on/off, 1/0; Literal: one of its choices; tuple: space-separated elements).
+    A bad value raises ``ConfigError`` with a one-line message naming ``name``."""
+    if typing.get_origin(tp) is tuple:
+        elem = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        return tuple(parse_value(elem, t, name) for t in text.split())
+    conv, choices = _scalar_parser(tp)
+    try:
+        v = conv(text.strip())
+    except (ValueError, argparse.ArgumentTypeError):
+        kind = {_parse_bool: "true or false", int: "an integer", float: "a number"}.get(conv, "a value")
+        raise ConfigError(f"{name} needs {kind}, got {text!r}") from None
+    if choices is not None and v not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {text!r}")
+    return v
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type[ConfigBase], prefix: str = "") -> None:
     """Add one ``--prefix.field`` flag per leaf field of ``cls`` (defaults: None = unset)."""
     hints = _field_types(cls)

@@ -295,9 +295,14 @@ class DynamicObstacles(environment.Environment):
         return self.observe(state), state
 
     def step_env(self, key, state, action, params):
+        """One step without auto-reset (gymnax's ``step_env``): (obs, state, reward, terminated, info).
+
+        The obstacles move (``key``), then the agent acts (``transition``); ``info["truncated"]``.
+        ``step`` is this plus the auto-reset select: the step is assembled here only.
+        """
         new_obst = move_obstacles(key, state.obstacles, state.agent_pos, self.size)
-        state, reward, terminated, _ = transition(state, jnp.asarray(action), new_obst, params.max_steps_in_episode, self.size)
-        return self.observe(state), state, reward, terminated, {}
+        state, reward, terminated, truncated = transition(state, jnp.asarray(action), new_obst, params.max_steps_in_episode, self.size)
+        return self.observe(state), state, reward, terminated, {"truncated": truncated}
 
     def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
         return state.time >= params.max_steps_in_episode
@@ -315,23 +320,19 @@ class DynamicObstacles(environment.Environment):
         params = self.default_params if params is None else params
         return _reset(self, key, params)
 
-    def step_v0(self, key, state, action, params=None):
-        """gymnax 0.x adapter: (obs, state, reward, done, info) with done = terminated | truncated."""
-        obs, state, reward, term, trunc, info = self.step(key, state, action, params)
-        return obs, state, reward, term | trunc, info
-
 
 def _step_impl(env: DynamicObstacles, key, state, action, params):
-    key_move, key_reset = jax.random.split(key)
-    new_obst = move_obstacles(key_move, state.obstacles, state.agent_pos, env.size)
-    state_st, reward, terminated, truncated = transition(state, jnp.asarray(action), new_obst, params.max_steps_in_episode, env.size)
+    """``step_env``, then gymnax's auto-reset: a tree-wide select of a fresh reset where done
+    (the key split as gymnax's ``Environment.step``: step key first, reset key second)."""
+    key_step, key_reset = jax.random.split(key)
+    obs_st, state_st, reward, terminated, info = env.step_env(key_step, state, action, params)
+    truncated = info["truncated"]
     done = terminated | truncated
-    state_re = reset_state(key_reset, env.size, env.n_obstacles, env.random_start)
+    obs_re, state_re = env.reset_env(key_reset, params)
     state_out = jax.tree.map(lambda r, s: jax.lax.select(done, r, s), state_re, state_st)
     # Observing both states and selecting measured ~10% faster on CPU than observing the selected
     # state (a fixed-start reset view is mostly constants), and gives final_observation for free.
-    obs_st = env.observe(state_st)
-    obs = jax.lax.select(done, env.observe(state_re), obs_st)
+    obs = jax.lax.select(done, obs_re, obs_st)
     info = {"terminated": terminated, "truncated": truncated, "final_observation": obs_st, "final_state": state_st}
     return obs, state_out, reward, terminated, truncated, info
 

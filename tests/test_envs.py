@@ -438,7 +438,8 @@ def test_every_id_jits_and_vmaps(env_id):
 
 def test_step_autoreset_and_final_observation():
     """env.step = move, transition, then a tree-wide select with a fresh reset where done;
-    final_observation is the pre-reset observation. Checked against the phases called directly."""
+    final_observation is the pre-reset observation; env.step_env is the step without the reset.
+    Checked against the phases called directly."""
     env, params = envs.make("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=5)
     b = 64
     _, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), b), params)
@@ -450,7 +451,8 @@ def test_step_autoreset_and_final_observation():
         k_move, k_reset = jax.random.split(key)
         moved = envs.move_obstacles(k_move, state.obstacles, state.agent_pos, env.size)
         st, r, term, trunc = envs.transition(state, action, moved, 5, env.size)
-        return st, r, term, trunc, envs.reset_state(k_reset, env.size, env.n_obstacles, env.random_start), env.observe(st)
+        return st, r, term, trunc, envs.reset_state(k_reset, env.size, env.n_obstacles, env.random_start), env.observe(st), \
+            env.step_env(k_move, state, action, params)
 
     rng = np.random.default_rng(0)
     seen = dict(term=0, trunc=0)
@@ -458,7 +460,11 @@ def test_step_autoreset_and_final_observation():
         keys = jax.random.split(jax.random.PRNGKey(t + 1), b)
         action = jnp.asarray(rng.integers(0, 3, b), jnp.int32)
         obs, nstate, r, term, trunc, info = step(keys, state, action, params)
-        st, r2, term2, trunc2, re, obs_st = phases(keys, state, action)
+        st, r2, term2, trunc2, re, obs_st, (obs_se, st_se, r_se, term_se, info_se) = phases(keys, state, action)
+        # step_env (no reset) is the phases too: the pre-reset half of env.step
+        for got, want in zip(jax.tree.leaves((obs_se, st_se, r_se, term_se, info_se["truncated"])),
+                             jax.tree.leaves((obs_st, st, r2, term2, trunc2))):
+            assert (np.asarray(got) == np.asarray(want)).all()
         done = np.asarray(term | trunc)
         for got, a, b_ in zip(jax.tree.leaves(nstate), jax.tree.leaves(re), jax.tree.leaves(st)):
             want = np.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), np.asarray(a), np.asarray(b_))
@@ -472,13 +478,6 @@ def test_step_autoreset_and_final_observation():
         seen["trunc"] += int(np.asarray(trunc).sum())
         state = nstate
     assert seen["term"] > 0 and seen["trunc"] > 0, seen
-
-
-def test_step_v0_adapter_returns_done():
-    env, params = envs.make("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=1)
-    _, s = env.reset(jax.random.PRNGKey(0), params)
-    obs, s1, r, done, info = env.step_v0(jax.random.PRNGKey(1), s, 0, params)
-    assert bool(done) and not bool(info["terminated"]) and bool(info["truncated"]) and int(s1.time) == 0
 
 
 def test_invalid_action_acts_as_left():

@@ -10,6 +10,7 @@ import pytest
 from dtjax import hooks
 from dtjax.config import ModelConfig
 from dtjax.model import _run_with_hooks, forward, init_params, run_with_cache, run_with_hooks
+from tolerance import assert_close
 
 CFG = ModelConfig(n_layers=2, d_model=16, n_heads=3, d_head=8, d_mlp=32, n_timesteps=2, max_timestep=20)
 
@@ -61,24 +62,23 @@ def test_zero_head_equals_zeroing_its_output_weights(model):
     by_head = run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation(("z", 1), head=1))
     by_result = run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation("blocks.1.attn.hook_result", head=1))
     for out in (by_mask, by_head, by_result):
-        np.testing.assert_allclose(out, manual, atol=1e-5)
+        assert_close(out, manual)
     assert not np.allclose(manual, forward(params, CFG, *x), atol=1e-4)
 
 
 def test_zero_mlp_and_position(model):
     params, x, logits, cache = model
     no_mlp = _with(params, ["blocks_0", "mlp"], lambda p: {**p, "W_out": 0 * p["W_out"], "b_out": 0 * p["b_out"]})
-    np.testing.assert_allclose(run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation(("mlp_out", 0))),
-                               forward(no_mlp, CFG, *x), atol=1e-5)
+    assert_close(run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation(("mlp_out", 0))), forward(no_mlp, CFG, *x))
     # zeroing the last token's residual stream (an action token) changes no logit (causal, read at states)
     last = 3 * CFG.n_timesteps - 1
     out = run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation("blocks.0.hook_resid_pre", pos=last))
-    np.testing.assert_allclose(out, logits, atol=1e-6)
+    assert_close(out, logits)
     # zeroing position 1 (first state token) by hand through the embedding
     out = run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation("blocks.0.hook_resid_pre", pos=1))
     _, c2 = run_with_cache(params, CFG, *x, interventions=hooks.zero_ablation("hook_embed", pos=1) |
                            {"hook_pos_embed": hooks.Replace(True, 0.0, pos=1)})
-    np.testing.assert_allclose(out, c2["hook_logits"], atol=1e-6)
+    assert_close(out, c2["hook_logits"])
     np.testing.assert_array_equal(c2["blocks.0.hook_resid_pre"][:, 1], 0.0)
 
 
@@ -89,7 +89,7 @@ def test_pattern_ablation_by_hand(model):
     onehot = jnp.zeros((n, n)).at[:, 0].set(1.0)
     _, c = run_with_cache(params, CFG, *x, interventions={("pattern", 0): hooks.Replace(True, onehot)})
     v = cache["blocks.0.attn.hook_v"]
-    np.testing.assert_allclose(c["blocks.0.attn.hook_z"], jnp.broadcast_to(v[:, :1], v.shape), atol=1e-6)
+    assert_close(c["blocks.0.attn.hook_z"], jnp.broadcast_to(v[:, :1], v.shape))
 
 
 def test_mean_ablation_and_apply(model):
@@ -97,13 +97,13 @@ def test_mean_ablation_and_apply(model):
     name = "blocks.0.hook_attn_out"
     mean = cache[name].mean(0)
     _, c = run_with_cache(params, CFG, *x, interventions=hooks.mean_ablation(name, mean))
-    np.testing.assert_allclose(c[name], jnp.broadcast_to(mean, cache[name].shape), atol=1e-6)
+    assert_close(c[name], jnp.broadcast_to(mean, cache[name].shape))
     # Apply with a traced argument: scaling by 0 equals zero ablation
     scaled = run_with_hooks(params, CFG, *x, interventions={name: hooks.Apply(lambda a, s: a * s, jnp.float32(0.0))})
-    np.testing.assert_allclose(scaled, run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation(name)), atol=1e-6)
+    assert_close(scaled, run_with_hooks(params, CFG, *x, interventions=hooks.zero_ablation(name)))
     # the cache holds the activation after intervention
     _, c = run_with_cache(params, CFG, *x, interventions={name: hooks.Apply(jnp.negative)})
-    np.testing.assert_allclose(c[name], -cache[name], atol=1e-6)
+    assert_close(c[name], -cache[name])
 
 
 def test_patching_from_cache(model):
@@ -111,14 +111,14 @@ def test_patching_from_cache(model):
     b = _inputs(CFG, seed=1)
     logits_b, cache_b = run_with_cache(params, CFG, *b)
     iv = hooks.patch_from_cache(cache_b, ("resid_post", 1))
-    np.testing.assert_allclose(run_with_hooks(params, CFG, *a, interventions=iv), logits_b, atol=1e-5)
+    assert_close(run_with_hooks(params, CFG, *a, interventions=iv), logits_b)
     # patching only the last state token's residual changes only the last logit
     last_state = 3 * CFG.n_timesteps - 2
     logits_a = forward(params, CFG, *a)
     out = run_with_hooks(params, CFG, *a, interventions=hooks.patch_from_cache(cache_b, "blocks.1.hook_resid_post",
                                                                                 pos=last_state))
-    np.testing.assert_allclose(out[:, :-1], logits_a[:, :-1], atol=1e-6)
-    np.testing.assert_allclose(out[:, -1], logits_b[:, -1], atol=1e-5)
+    assert_close(out[:, :-1], logits_a[:, :-1])
+    assert_close(out[:, -1], logits_b[:, -1])
 
 
 def test_new_values_do_not_retrace(model):
@@ -152,7 +152,7 @@ def test_sweep_heads_with_vmap(model):
 
     swept = jax.jit(jax.vmap(ablate))(jnp.arange(CFG.n_heads))
     for h in range(CFG.n_heads):
-        np.testing.assert_allclose(swept[h], ablate(h), atol=1e-6)
+        assert_close(swept[h], ablate(h))
 
 
 def test_unknown_or_invalid_interventions(model):
@@ -175,8 +175,8 @@ def test_cache_name_filter(model):
     params, x, logits, cache = model
     out, c = run_with_cache(params, CFG, *x, names=[("pattern", 0), "hook_logits", "blocks.1.attn.hook_result"])
     assert set(c) == {"blocks.0.attn.hook_pattern", "hook_logits", "blocks.1.attn.hook_result"}
-    np.testing.assert_allclose(c["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_pattern"], atol=1e-6)
-    np.testing.assert_allclose(out, logits, atol=1e-6)
+    assert_close(c["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_pattern"])
+    assert_close(out, logits)
     with pytest.raises(KeyError):
         run_with_cache(params, CFG, *x, names=["blocks.0.ln1.hook_scale"])  # no LayerNorm in this model
 

@@ -11,6 +11,7 @@ import envs
 from dtjax.config import DataConfig, DataMixConfig, PPOConfig
 from dtjax.data import collect, store
 from dtjax.data.ppo import Transition, gae
+from tolerance import assert_close
 
 ENV_ID, MAX_STEPS = "MiniGrid-Dynamic-Obstacles-5x5-v0", 50
 
@@ -49,8 +50,8 @@ def test_gae_matches_loop(seed, gamma, lam):
                       jnp.asarray(next_value))
     adv, targets = _gae(traj, jnp.asarray(last), jnp.float32(gamma), jnp.float32(lam))
     ref = gae_reference(reward, value, next_value, term, trunc, last, gamma, lam)
-    np.testing.assert_allclose(adv, ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(targets, ref + value, rtol=1e-4, atol=1e-4)
+    assert_close(adv, ref)
+    assert_close(targets, ref + value)
 
 
 FAST = DataConfig(

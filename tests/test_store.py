@@ -8,11 +8,12 @@ import pytest
 
 from dtjax.data import store
 from dtjax.data.store import DatasetError
+from fixtures import random_dataset
 
 
 @pytest.fixture
 def ds():
-    return store.random_dataset(np.random.default_rng(0), 50)
+    return random_dataset(np.random.default_rng(0), 50)
 
 
 def _one_line(e):
@@ -191,8 +192,18 @@ def test_parse_mix():
 
     m = parse_mix("random_frac=0.25,branch_frac=0,ppo_rollouts=false", DataMixConfig())
     assert (m.random_frac, m.branch_frac, m.ppo_rollouts) == (0.25, 0.0, False)
+    off = parse_mix("ppo_rollouts=false,final_frac=0.5", DataMixConfig())
+    assert parse_mix("ppo_rollouts=True", off).ppo_rollouts and not parse_mix("ppo_rollouts=0", DataMixConfig()).ppo_rollouts
     o = parse_mix("original", DataMixConfig())
     assert o.ppo_rollouts and o.final_frac == o.random_frac == o.branch_frac == o.snapshot_frac == 0
-    for bad in ("nope", "envs=many", "final_eps=2"):
-        with pytest.raises(ConfigError):
+    for bad, msg in (("nope", "unknown --mix preset"), ("envs=many", "envs needs an integer"), ("final_eps=2", "final_eps"),
+                     ("ppo_rollouts=flase", "ppo_rollouts needs true or false"), ("ppo_rollouts=", "needs true or false")):
+        with pytest.raises(ConfigError, match=msg) as e:
             parse_mix(bad, DataMixConfig())
+        assert "\n" not in str(e.value)
+    # a typo reaches the user as a one-line argparse error from the command line too
+    from dtjax.data.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["collect", "--out", "/nonexistent/never-written", "--mix", "ppo_rollouts=ture"])
+    assert e.value.code == 2

@@ -22,7 +22,11 @@ PRESETS = {"default": {}, "original": {"final_frac": 0.0, "random_frac": 0.0, "b
 
 
 def parse_mix(spec: str, base):
-    """``base`` (a DataMixConfig) with ``spec`` applied: a preset name or ``k=v,k=v`` overrides."""
+    """``base`` (a DataMixConfig) with ``spec`` applied: a preset name or ``k=v,k=v`` overrides.
+
+    Values are parsed as the matching ``--data.mix.*`` flag would be (``dtjax.cli.parse_value``):
+    a bool is true/false (or yes/no, on/off, 1/0), anything else is a ``ConfigError``."""
+    from dtjax.cli import parse_value
     from dtjax.config import ConfigError
 
     if "=" not in spec:
@@ -36,11 +40,7 @@ def parse_mix(spec: str, base):
         k = k.strip()
         if k not in hints:
             raise ConfigError(f"--mix: unknown field {k!r}; fields: {', '.join(hints)}")
-        tp = hints[k]
-        try:
-            changes[k] = v.strip().lower() in ("1", "true", "yes", "on") if tp is bool else tp(v)
-        except ValueError:
-            raise ConfigError(f"--mix: {k} needs a {tp.__name__}, got {v!r}") from None
+        changes[k] = parse_value(hints[k], v, name=f"--mix: {k}")  # the flags' parser: a typo is an error
     return dataclasses.replace(base, **changes)
 
 

@@ -145,33 +145,6 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
     return Collection(arrays, info, out["params"], network)
 
 
-def evaluate_policy(network, params, env, env_params, key, n_episodes: int = 200, greedy: bool = False) -> dict:
-    """Mean return, goal and hit rates of a PPO policy over ``n_episodes`` complete episodes."""
-    max_steps = int(env_params.max_steps_in_episode)
-    vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
-
-    @jax.jit
-    def run(key):
-        k_reset, k_run = jax.random.split(key)
-        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_episodes), env_params)
-
-        def step(c, k):
-            obs, state, done, ret = c
-            k_a, k_e = jax.random.split(k)
-            logits, _ = network.apply(params, obs)
-            a = jnp.argmax(logits, -1) if greedy else jax.random.categorical(k_a, logits)
-            obs, state, r, te, tr, _ = vstep(jax.random.split(k_e, n_episodes), state, a, env_params)
-            ret = jnp.where(done, ret, ret + r)
-            return (obs, state, done | te | tr, ret), None
-
-        init = (obs, state, jnp.zeros(n_episodes, bool), jnp.zeros(n_episodes))
-        (_, _, done, ret), _ = jax.lax.scan(step, init, jax.random.split(k_run, max_steps))
-        return ret
-
-    ret = np.asarray(run(key))
-    return {"mean_return": float(ret.mean()), "goal": float((ret > 0).mean()), "hit": float((ret <= -1).mean())}
-
-
 def dataset_metadata(cfg: DataConfig, env, env_params, env_id: str, seed: int) -> dict:
     """The metadata.json fields describing how a dataset was made (store adds counts/version)."""
     return {

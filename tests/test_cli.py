@@ -1,0 +1,154 @@
+"""dtjax.cli and train.py's command line, the positive path: flags of every type land in the
+TrainConfig, ``--config FILE`` is a base that flags override, ``--resume`` names the run.
+
+Nothing is trained: train.py's ``main`` runs as on the command line up to its call of
+``dtjax.train.train_and_evaluate``, which is replaced by a stub that records what it was given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import typing
+from pathlib import Path
+
+import pytest
+
+import dtjax.train
+from dtjax import cli
+from dtjax.config import ConfigBase, ConfigError, DataMixConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Called(Exception):
+    """Raised by the stub in place of training."""
+
+
+@pytest.fixture
+def train_cli(monkeypatch):
+    """``run(*argv) -> (TrainConfig, call kwargs)``: what ``python train.py *argv`` would train."""
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seen = {}
+
+    def stub(cfg, **kw):
+        seen.clear()
+        seen.update(kw, cfg=cfg)
+        raise _Called
+
+    monkeypatch.setattr(dtjax.train, "train_and_evaluate", stub)
+
+    def run(*argv):
+        with pytest.raises(_Called):
+            script.main(list(argv))
+        kw = dict(seen)
+        return kw.pop("cfg"), kw
+
+    return run
+
+
+def test_no_flags_give_the_defaults(train_cli):
+    cfg, kw = train_cli()
+    assert cfg == TrainConfig() and kw == {"resume": False, "progress": True}
+
+
+def test_flags_of_every_type_land_in_the_config(train_cli):
+    cfg, kw = train_cli(
+        "--lr", "3e-4", "--num_steps", "2000", "--optimizer", "adam_l2", "--eval_rtgs", "-1", "-0.5", "1",
+        "--model.d_model", "64", "--model.n_heads", "4", "--model.layer_norm", "true", "--model.attn_only", "yes",
+        "--model.time_embedding", "linear", "--data.mix.random_frac", "0.25", "--data.ppo.anneal_lr", "false",
+        "--quiet",
+    )
+    d = TrainConfig()
+    want = d.replace(
+        lr=3e-4, num_steps=2000, optimizer="adam_l2", eval_rtgs=(-1.0, -0.5, 1.0),
+        model=d.model.replace(d_model=64, n_heads=4, layer_norm=True, attn_only=True, time_embedding="linear"),
+        data=d.data.replace(mix=d.data.mix.replace(random_frac=0.25), ppo=d.data.ppo.replace(anneal_lr=False)),
+    )
+    assert cfg == want
+    assert type(cfg.model.d_model) is int and type(cfg.lr) is float and type(cfg.eval_rtgs) is tuple
+    assert kw == {"resume": False, "progress": False}
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("False", False), ("1", True), ("0", False), ("on", True), ("no", False)])
+def test_boolean_spellings(train_cli, text, value):
+    assert train_cli("--model.layer_norm", text)[0].model.layer_norm is value
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--model.layer_norm", "ture"], "expected true/false, got 'ture'"),
+    (["--model.d_model", "6.5"], "invalid int value"),
+    (["--eval_rtgs"], "expected at least one argument"),
+    (["--model.time_embedding", "cubic"], "model.time_embedding must be 'learned' or 'linear'"),
+])
+def test_bad_values_are_one_line_errors(train_cli, capsys, argv, msg):
+    with pytest.raises(SystemExit) as e:
+        train_cli(*argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and msg in err[-1] and not any("Traceback" in line for line in err)
+
+
+def test_config_file_is_a_base_that_flags_override(train_cli, tmp_path):
+    d = TrainConfig()
+    base = d.replace(lr=5e-4, num_steps=2000, eval_rtgs=(0.5,), model=d.model.replace(d_model=32, n_layers=2, layer_norm=True))
+    (tmp_path / "full.json").write_text(base.to_json())
+    cfg, _ = train_cli("--config", str(tmp_path / "full.json"))
+    assert cfg == base
+    cfg, _ = train_cli("--config", str(tmp_path / "full.json"), "--lr", "1e-3", "--model.d_model", "48",
+                       "--model.layer_norm", "false")
+    assert cfg == base.replace(lr=1e-3, model=base.model.replace(d_model=48, layer_norm=False))
+    # a partial file: what it leaves out keeps the defaults, nested sections included
+    (tmp_path / "part.json").write_text(json.dumps({"lr": 2e-4, "model": {"n_layers": 3}}))
+    cfg, _ = train_cli("--config", str(tmp_path / "part.json"), "--model.d_head", "16")
+    assert cfg == d.replace(lr=2e-4, model=d.model.replace(n_layers=3, d_head=16))
+
+
+def test_resume_names_the_run(train_cli):
+    cfg, kw = train_cli("--resume", "night1", "--run_name", "other")
+    assert cfg.run_name == "night1" and kw["resume"] is True
+
+
+def _leaves(cfg: ConfigBase, prefix: str = ""):
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, ConfigBase):
+            yield from _leaves(v, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", v
+
+
+def _as_text(v) -> list[str]:
+    if isinstance(v, bool):
+        return ["true" if v else "false"]
+    if isinstance(v, tuple):
+        return [str(x) for x in v]
+    return [str(v)]
+
+
+def test_every_leaf_field_is_a_flag_that_round_trips():
+    """Each leaf of TrainConfig is a flag, and giving every one its default value as text
+    rebuilds the default config (every field type parses back to itself)."""
+    parser = argparse.ArgumentParser()
+    cli.add_config_args(parser, TrainConfig)
+    flags = {a.dest for a in parser._actions}
+    leaves = dict(_leaves(TrainConfig()))
+    assert set(leaves) <= flags
+    argv = [t for name, v in leaves.items() for t in (f"--{name}", *_as_text(v))]
+    # a changed base shows that every given flag is applied, not just left at its default
+    changed = TrainConfig().replace(lr=0.5, model=TrainConfig().model.replace(d_model=7, layer_norm=True))
+    assert cli.apply_args(changed, parser.parse_args(argv)) == TrainConfig()
+    assert cli.apply_args(changed, parser.parse_args([])) is changed
+
+
+def test_parse_value_types():
+    hints = typing.get_type_hints(DataMixConfig)
+    assert cli.parse_value(hints["ppo_rollouts"], "Off") is False
+    assert cli.parse_value(hints["envs"], " 12 ") == 12 and cli.parse_value(hints["random_frac"], "0.5") == 0.5
+    assert cli.parse_value(typing.get_type_hints(TrainConfig)["eval_rtgs"], "-1 0 1") == (-1.0, 0.0, 1.0)
+    for tp, text in ((bool, "maybe"), (int, "1.5"), (float, "x")):
+        with pytest.raises(ConfigError, match="needs"):
+            cli.parse_value(tp, text, name="f")
