@@ -73,15 +73,17 @@ class Inputs:
         """Shift every RTG of each row so that its last (current) RTG is ``rtg`` (batch,) or ().
 
         Rewards between timesteps (RTG differences) are preserved; for K = 1 this just sets it.
-        Padding timesteps (those before the last whose action is ``pad_action``, as
-        ``left_pad``, training windows and closed-loop evaluation pad an episode's start) keep
-        their RTG (0): the model never saw padding with another RTG.
+        Padding timesteps keep their RTG 0 (the model never saw padding with another RTG): those
+        before the last that are padding by the convention of ``left_pad``, training windows and
+        closed-loop evaluation (action ``pad_action``, RTG 0, timestep 0, zero observation).
         """
         r = jnp.asarray(self.rtg, jnp.float32)
         new = r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1))
         k = self.n_timesteps
         if self.actions is not None and k > 1:
-            pad = jnp.asarray(self.actions)[:, : k - 1] == pad_action
+            obs = jnp.asarray(self.obs)[:, : k - 1]
+            pad = ((jnp.asarray(self.actions)[:, : k - 1] == pad_action) & (r[:, : k - 1] == 0)
+                   & (jnp.asarray(self.timesteps)[:, : k - 1] == 0) & ~jnp.any(obs != 0, axis=tuple(range(2, obs.ndim))))
             new = jnp.where(jnp.concatenate([pad, jnp.zeros_like(pad[:, :1])], 1), r, new)
         return self.replace(rtg=new)
 
