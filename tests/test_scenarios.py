@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import scenarios
+from dtjax.circuits import Inputs
 from dtjax.config import EnvConfig
 
 ENV = EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=6)
@@ -45,10 +46,16 @@ def test_sample_windows_are_the_rollout_history():
 
 
 def test_with_rtg_shifts_real_timesteps_and_keeps_padding_at_zero():
-    _, inp = scenarios.scenario_inputs(["ball_ahead", "clear_ahead"], rtg=0.9, env=ENV, n_timesteps=3)
-    # a second step in the history of row 1: real timesteps 1, 2 with RTG 0.9, one padding timestep
-    inp = inp.replace(rtg=jnp.asarray([[0.0, 0.0, 0.9], [0.0, 0.9, 0.9]]), actions=jnp.asarray([[PAD, PAD], [PAD, 2]]))
-    out = np.asarray(inp.with_rtg(jnp.asarray([-1.0, 0.25]), PAD).rtg)
-    np.testing.assert_allclose(out, [[0.0, 0.0, -1.0], [0.0, 0.25, 0.25]])
-    k1 = scenarios.scenario_inputs(["ball_ahead"], rtg=0.9, env=ENV)[1]
+    """Row 0: an episode's first step left-padded to K = 3; row 1: its second step (one padding
+    timestep). Padding keeps RTG 0; a real timestep that merely has RTG 0 and action 3 is shifted."""
+    obs = np.ones((3, 3, 7, 7, 3), np.uint8)
+    obs[0, :2] = 0
+    obs[1, :1] = 0
+    inp = Inputs(obs=jnp.asarray(obs), rtg=jnp.asarray([[0.0, 0.0, 0.9], [0.0, 0.9, 0.9], [0.0, 0.9, 0.9]]),
+                           timesteps=jnp.asarray([[0, 0, 0], [0, 0, 1], [3, 4, 5]]),
+                           actions=jnp.asarray([[PAD, PAD], [PAD, 2], [PAD, 1]]))
+    out = np.asarray(inp.with_rtg(jnp.asarray([-1.0, 0.25, 0.5]), PAD).rtg)
+    np.testing.assert_allclose(out, [[0.0, 0.0, -1.0], [0.0, 0.25, 0.25], [-0.4, 0.5, 0.5]], atol=1e-6)
+    k1 = inp.take(slice(0, 1)).replace(obs=inp.obs[:1, -1:], rtg=inp.rtg[:1, -1:], timesteps=inp.timesteps[:1, -1:],
+                                       actions=None)
     np.testing.assert_allclose(np.asarray(k1.with_rtg(-0.5).rtg), [[-0.5]])
