@@ -1,14 +1,14 @@
 """Every model shape train.py accepts is analysable: every report section on a covering design of
 shapes (tiny random-init models), and full ``analyse.py`` runs on tiny models trained here.
 
-Factors (values chosen for distinct code paths): layers 1 (layer 0 only) and 4 (the most
-train.py's README invites); timesteps 1 (tokens R, s; no action token), 3 (the issue's failing
-example) and 10 (the longest: 29 tokens); LayerNorm; attention-only; obs image / one-hot; time
-embedding learned / linear. ``DESIGN`` has every pair of factor values together at least once
-(``test_design_covers_every_pair``) in 7 rows, the fewest a 3 x 2^5 pairwise design allows
-here. Two layers and K = 2 are a trained model's shape (three layers: tests/test_analysis.py
-and the slow design); ``--runslow`` adds a 12-row design over layers 1-4 x K {1, 3, 10} with
-closed-loop rollouts and real figures.
+Factors (values chosen for distinct code paths): layers 1 (layer 0 only) and 4 (the largest
+the issue lists); timesteps 1 (tokens R, s; no action token), 3 (the issue's failing example)
+and 10 (the longest: 29 tokens); LayerNorm; attention-only; obs image / one-hot; time embedding
+learned / linear. ``DESIGN`` has every pair of factor values together at least once
+(``test_design_covers_every_pair``) in 7 rows (6 cannot: a 3 x 2^5 pairwise design needs 7).
+Two layers (the README's example) and K = 2 are a trained model's shape below; three layers
+are in tests/test_analysis.py and the slow design: ``--runslow`` adds a 12-row design over
+layers 1-4 x K {1, 3, 10} with closed-loop rollouts and real figures.
 
 The CI rows run every section's compute step and its render step cheaply (figures are built
 but not rasterised; the trained runs draw them for real) with ``closed_loop=False``: the
