@@ -2,7 +2,7 @@
 
 PATH is a dtjax run / checkpoint directory or an original ``.pt`` file. Writes
 ``DIR/report.html`` (self-contained) and ``DIR/summary.json``; DIR defaults to
-``reports/<checkpoint name>``.
+``reports/<checkpoint name>``. The report's sections live in ``dtjax/report/sections/``.
 
 python analyse.py --ckpt PATH --serve [--port 8000] [--host 127.0.0.1] [--models checkpoints]:
 the interactive explorer (``dtjax.explorer``) at the printed URL, until Ctrl-C.
@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     parser.add_argument("--direction", default="forward-right", help="logit direction, e.g. forward-right or forward")
     parser.add_argument("--rtg", type=float, default=0.9, help="target RTG of the scenarios")
     parser.add_argument("--episodes", type=int, help="episodes per target for calibration and closed-loop ablations")
+    parser.add_argument("--sections", help="comma-separated section keys to include (default: all), e.g. dla,qk")
+    parser.add_argument("--no-closed-loop", action="store_true",
+                        help="run no episodes (no calibration unless saved, no closed-loop ablations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--serve", action="store_true", help="start the interactive explorer instead of writing a report")
@@ -31,6 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", type=Path, default=Path("checkpoints"),
                         help="directory of run directories and .pt files the explorer can switch to")
     args = parser.parse_args(argv)
+    if args.episodes is not None and args.episodes < 1:
+        print("error: --episodes must be >= 1", file=sys.stderr)
+        return 2
 
     if args.serve:
         from dtjax.explorer import serve
@@ -45,20 +51,20 @@ def main(argv=None) -> int:
 
     from dtjax.config import ConfigError
     from dtjax.loader import LoadError
-    from dtjax.report import ReportOptions, build_report
+    from dtjax.report import ReportError, ReportOptions, build_report
 
-    opt = ReportOptions.quick() if args.fast else ReportOptions()
-    changes = {"direction": args.direction, "rtg": args.rtg, "seed": args.seed}
+    opt = (ReportOptions.quick() if args.fast else ReportOptions()).replace(direction=args.direction, rtg=args.rtg,
+                                                                            seed=args.seed)
     if args.episodes is not None:
-        if args.episodes < 1:
-            print("error: --episodes must be >= 1", file=sys.stderr)
-            return 2
-        changes.update(calib_episodes=args.episodes, ablation_episodes=args.episodes)
-    opt = opt.__class__(**{**opt.__dict__, **changes})
+        opt = opt.replace(calib_episodes=args.episodes, ablation_episodes=args.episodes)
+    if args.no_closed_loop:
+        opt = opt.replace(closed_loop=False)
+    if args.sections:
+        opt = opt.replace(sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()))
     out = args.out or Path("reports") / (args.ckpt.stem if args.ckpt.suffix == ".pt" else args.ckpt.absolute().name)
     try:
         build_report(args.ckpt, out, opt, log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
-    except (LoadError, ConfigError, ValueError, OSError) as e:
+    except (LoadError, ConfigError, ReportError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 1
     print(out / "report.html")

@@ -14,11 +14,17 @@ data, not a new compile. Panels are read at the *last* state token (the action b
 - ``rtg_scan_panel``: the current RTG swept (one vmap): logits, DLA, attention to the RTG token.
 - ``weight_panels``: weights only: the state encoder's weight projection, QK (state query -> RTG
   key) and OV (state -> logits) maps per layer and head.
-- ``ablation_panel``: probabilities with each head / MLP ablated (zero or mean), one vmap.
+- ``ablation_panel``: probabilities with each head / MLP ablated (zero or mean), one vmap;
+  ``ablation_returns``: the same ablations in closed loop.
 - ``patching_panel``: activation patching clean -> corrupted as a (row, position) matrix.
 - ``ablation_set_panel``: the model with a *set* of components ablated together (the explorer's
   toggles; which ones, and zero vs mean, are data: one compile); ``closed_loop_panel``: its
   effect on closed-loop episodes.
+- ``embedding_panels``: weights only: the RTG and time embeddings' direct paths onto the
+  logits, their QK scores against the RTG key per layer, cosines with the unembedding.
+- ``svd_panels``: weights only: singular values of W_QK and W_OV per layer and head, and the top
+  OV directions read in input and output vocabulary.
+- ``rtg_scan_stats``: summary numbers of an RTG scan (DLA slopes over [-1, 1], correlations).
 
 Shape rules: with K timesteps of context there are 3K-1 tokens ``R_t-k, s_t-k, a_t-k, ..., R_t,
 s_t`` (``token_labels``); attn-only models have no MLP component; QK/OV maps of layer l > 0 are
@@ -125,6 +131,7 @@ def ablation_panel(params: dict, cfg: ModelConfig, inputs: Inputs, kind: str = "
     head and MLP (``ablation_labels``). ``kind``: "zero", "mean" (``means`` from
     ``circuits.ablation_means`` over windows as long as ``inputs``) or "dhead_mean".
     """
+    kind, means = _zero_as_mean(kind, means)
     _, worlds = C.ablate_logits(params, cfg, inputs, kind, means)
     logits = worlds[:, :, -1]
     return {"logits": logits, "probs": jax.nn.softmax(logits, -1)}
@@ -133,6 +140,26 @@ def ablation_panel(params: dict, cfg: ModelConfig, inputs: Inputs, kind: str = "
 # One compile for every hook, position and head (``one_compile``; the per-hook sweeps of
 # circuits.activation_patching compile one by one otherwise: ~26 compiles for a 1-layer model).
 _activation_patching = jax.jit(C.activation_patching, static_argnames=("cfg", "names"))
+
+
+def _zero_as_mean(kind: str, means: dict | None) -> tuple[str, dict | None]:
+    """Zero ablation with reference means at hand, as a mean ablation by zero means: the same
+    values (``where(mask, 0, x)``) through the mean ablation's intervention structure, so the zero
+    and mean worlds compile once between them instead of twice."""
+    if kind == "zero" and means is not None:
+        return "mean", jax.tree.map(jnp.zeros_like, means)
+    return kind, means
+
+
+def ablation_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Array, target_rtgs, n_episodes: int,
+                     kind: str = "zero", means: dict | None = None) -> dict:
+    """Closed-loop returns with each head / MLP ablated (``circuits.ablate_returns``: labels,
+    target_rtg, and (world, R) mean_return, goal_rate, hit_rate, timeout_rate as numpy arrays);
+    every world runs the same episodes. ``means`` must cover the closed loop's 3K tokens
+    (``scenarios.sample_inputs(n_timesteps=K)`` windows do); zero and mean share one compile."""
+    kind, means = _zero_as_mean(kind, means)
+    res = C.ablate_returns(params, cfg, env, env_params, key, target_rtgs, n_episodes, kind, means)
+    return {k: (v if k == "labels" else np.asarray(v)) for k, v in res.items()}
 
 
 def patching_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, v: jax.Array,
@@ -233,3 +260,64 @@ def closed_loop_panel(params: dict, cfg: ModelConfig, env, env_params, key: jax.
     out = np.asarray(rows, np.float64).T
     return {"labels": ["clean", "ablated"], "mean_return": out[0], "goal_rate": out[1], "hit_rate": out[2],
             "timeout_rate": out[3], "mean_length": out[4]}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def embedding_panels(params: dict, cfg: ModelConfig, v: jax.Array, rtgs: jax.Array) -> dict:
+    """The RTG and time embeddings read through the unembedding and the QK circuits (weights only).
+
+    Returns ``rtg`` (n,); ``rtg_proj`` (n, n_actions) = (RTG w_R) @ W_U per action and
+    ``rtg_proj_dir`` (n,) along ``v`` (the RTG token's direct path: lines through 0);
+    ``time_proj`` (max_timestep + 1,) = W_time[t] @ W_U @ v (a linear embedding: t w_t);
+    ``qk_time`` (layer, head, rows): each W_time row (the state token's time embedding) as query
+    against w_R as key, per unit RTG (rows = max_timestep + 1, or 1 per unit t if linear);
+    ``qk_pos`` (layer, head): the last state token's positional embedding as query against w_R;
+    cosines with each W_U column: ``cos_rtg`` (n_actions,), ``cos_pos`` (pos_rows, n_actions),
+    ``cos_state_channel`` (C, n_actions) for each channel's mean W_state row, ``cos_time``.
+    Layers > 0 read the embeddings directly (no composition with earlier layers).
+    """
+    rtgs = jnp.asarray(rtgs, jnp.float32)
+    pos = C.state_pos(cfg.n_timesteps)
+    eye = jnp.eye(cfg.n_actions, dtype=jnp.float32)
+    key = params["W_rtg"]
+    qk_time = jnp.stack([C.qk_embeddings_rtg(params, cfg, l)["time"] for l in range(cfg.n_layers)])
+    qk_pos = jnp.stack([C.qk_circuit(params, params["W_pos"][pos:pos + 1], key, l)[:, 0, 0] for l in range(cfg.n_layers)])
+    cos = C.embedding_cosines(params, cfg)
+    return {"rtg": rtgs, "rtg_proj": jnp.stack([C.rtg_embedding_projection(params, rtgs, e) for e in eye], -1),
+            "rtg_proj_dir": C.rtg_embedding_projection(params, rtgs, v),
+            "time_proj": C.time_embedding_projection(params, cfg, v), "qk_time": qk_time, "qk_pos": qk_pos,
+            "cos_rtg": cos["rtg"], "cos_pos": cos["pos"], "cos_state_channel": cos["state_channel"], "cos_time": cos["time"]}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "k"))
+def svd_panels(params: dict, cfg: ModelConfig, k: int = 2) -> dict:
+    """``circuits.circuit_svd`` of every layer, stacked: the arrays of its dict with a leading
+    layer axis (``qk_S``, ``ov_S`` (layer, head, d_head); ``ov_input_maps``, ``qk_query_maps``
+    (layer, head, k, C, 7, 7); ``ov_output_logits`` (layer, head, k, n_actions); ``qk_key_rtg``
+    (layer, head, k)). ``k`` is capped at d_head. Layers > 0: direct path from the embeddings.
+    """
+    k = min(k, cfg.d_head)
+    per_layer = [C.circuit_svd(params, cfg, l, k) for l in range(cfg.n_layers)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+
+
+def rtg_scan_stats(rtg: np.ndarray, dla: np.ndarray, labels: list[str], points=(-1.0, 0.0, 1.0)) -> dict:
+    """Summary numbers of one state's RTG scan (``rtg_scan_panel`` for one batch row).
+
+    Args: ``rtg`` (n,), ``dla`` (n, component) with ``labels``. Returns ``slope``
+    {label: d DLA / d RTG}, a least-squares line over the scanned RTGs in [-1, 1] (the trained
+    range); ``corr_labels`` and ``corr`` (m, m): correlations over the scan between the
+    components that vary (constant ones, the positional embedding and the biases, are left out);
+    ``at`` (len(points),) the scan indices nearest ``points``.
+    """
+    rtg, dla = np.asarray(rtg, np.float64), np.asarray(dla, np.float64)
+    inside = np.abs(rtg) <= 1 + 1e-6
+    if inside.sum() >= 2:
+        slope = np.polyfit(rtg[inside], dla[inside], 1)[0]
+    else:
+        slope = np.full(dla.shape[1], np.nan)
+    cand = [i for i, lab in enumerate(labels) if lab not in ("b_U", "embed_pos", "ln_final_b") and "b_O" not in lab]
+    keep = [i for i in cand if dla[:, i].std() > 1e-6]
+    corr = np.corrcoef(dla[:, keep].T).reshape(len(keep), len(keep)) if len(keep) > 1 else np.ones((len(keep), len(keep)))
+    return {"slope": dict(zip(labels, slope.tolist())), "corr_labels": [labels[i] for i in keep], "corr": corr,
+            "at": [int(np.argmin(np.abs(rtg - r))) for r in points]}

@@ -225,29 +225,3 @@ def calibrate(params, cfg, env, env_params, key, rtgs=None, n_episodes: int = 20
         "strictly_rising_ends": bool(means[-1] > means[0]),
     }
 
-
-def plot_calibration(calib: dict, path: str, title: str = "Calibration") -> None:
-    """Target vs achieved return with the diagonal and a 10–90 percentile band (matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = calib["rows"]
-    x = np.array([r["target_rtg"] for r in rows])
-    mean = np.array([r["mean_return"] for r in rows])
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.fill_between(x, [r["p10"] for r in rows], [r["p90"] for r in rows], alpha=0.2, label="10–90th pct")
-    ax.fill_between(x, [r["p25"] for r in rows], [r["p75"] for r in rows], alpha=0.3, label="25–75th pct")
-    ax.plot(x, mean, "o-", label="mean achieved return")
-    lo, hi = min(x.min(), -1), max(x.max(), 1)
-    ax.plot([lo, hi], [lo, hi], "-.", color="lightseagreen", label="y = x")
-    ax.set_xlabel("target RTG")
-    ax.set_ylabel("achieved return")
-    ax.set_title(f"{title} ({calib['n_episodes']} episodes per point)")
-    ax.set_ylim(-1.1, 1.1)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -11,10 +11,13 @@ front is (3, 5). In the world, facing east (dir 0) from (x, y), "front" is (x+1,
 
 ``scenario_inputs`` gives ``circuits.Inputs`` (K = 1: tokens R, s) for any set of target RTGs;
 ``sample_inputs`` draws states from real rollouts (a random or given policy) for dataset means.
+For a model with K > 1 timesteps of context both give K-timestep inputs padded as training and
+closed-loop evaluation pad an episode's start (``Inputs.left_pad``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -137,37 +140,68 @@ def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0,
 
 def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None = None, max_steps: int | None = None,
                   policy: Callable | None = None, n_envs: int = 16, env_id: str | None = None,
-                  env: EnvConfig | None = None) -> Inputs:
-    """``n`` single-timestep Inputs drawn from real rollouts (uniformly over visited steps).
+                  env: EnvConfig | None = None, n_timesteps: int = 1, pad_action: int = 3) -> Inputs:
+    """``n`` Inputs drawn from real rollouts: the window a policy sees at each visited step.
 
     Runs ``n_envs`` vmapped episodes (auto-reset) of ``env`` (default 8x8, max_steps 300; the
-    keyword fields override it) for ceil(n / n_envs) steps each. ``policy(key, obs (n_envs, 7, 7,
-    C), time (n_envs,)) -> actions`` defaults to uniform random actions (the reference outputs'
-    data). The RTG token is set to ``rtg``; the timestep is the env's step count.
+    keyword fields override it) for ceil(n / n_envs) steps each and keeps every visited step, in
+    step-major order. ``policy(key, obs (n_envs, 7, 7, C), time (n_envs,)) -> actions`` defaults
+    to uniform random actions (the reference outputs' data). The RTG token is set to ``rtg``; the
+    timestep is the env's step count.
+
+    ``n_timesteps`` K > 1: each input is the window of the K steps ending at the visited step, as
+    closed-loop evaluation builds it (``dtjax.evaluate``): within the current episode, left-padded
+    at the episode's start (zero observation, RTG 0, timestep 0, ``pad_action``); ``actions``
+    (n, K) are the actions taken before each step and the current step's slot holds
+    ``pad_action`` (3K tokens, so dataset means such as ``circuits.ablation_means`` cover the
+    closed loop's positions and, trimmed, a scenario's 3K - 1). K = 1: one step, no action token.
     """
     env_cfg = _env_cfg(env, obs_mode, env_id, max_steps)
     env, env_params = env_cfg.make()
-    max_steps = env_cfg.max_steps
-    steps = -(-n // n_envs)
+    if int(n_timesteps) < 1:
+        raise ValueError(f"n_timesteps must be >= 1, got {n_timesteps}")
+    obs, real, time, actions = _rollout_windows(key, env, env_params, n_envs, -(-n // n_envs), int(n_timesteps),
+                                                int(pad_action), policy)
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])[:n]  # noqa: E731 (steps, n_envs, ...) -> (n, ...)
+    obs, real, time, actions = flat(obs), flat(real), flat(time), flat(actions)
+    return Inputs(obs=obs, rtg=jnp.where(real, jnp.float32(rtg), 0.0),
+                  timesteps=jnp.where(real, jnp.minimum(time, env_cfg.max_steps), 0).astype(jnp.int32),
+                  actions=actions if n_timesteps > 1 else None)
+
+
+@functools.partial(jax.jit, static_argnames=("env", "n_envs", "steps", "K", "pad_action", "policy"))
+def _rollout_windows(key, env, env_params, n_envs, steps, K, pad_action, policy):
+    """(steps, n_envs, ...) windows (obs, real mask, time, actions) of ``sample_inputs``."""
     k_reset, k_run = jax.random.split(key)
     obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), env_params)
-    if policy is None:
+    if policy is None:  # uniform random actions
         def policy(k, obs, t):
             return jax.random.randint(k, (obs.shape[0],), 0, env.num_actions)
 
+    def first_window(obs, t):  # an episode's first step: K - 1 padding timesteps, then the observation
+        o = jnp.zeros((n_envs, K) + obs.shape[1:], obs.dtype).at[:, -1].set(obs)
+        real = jnp.zeros((n_envs, K), bool).at[:, -1].set(True)
+        return o, real, jnp.zeros((n_envs, K), jnp.int32).at[:, -1].set(t), jnp.full((n_envs, K), pad_action, jnp.int32)
+
+    def push(buf, x):  # drop the oldest timestep, append x as the newest
+        return jnp.concatenate([buf[:, 1:], jnp.broadcast_to(x, buf.shape[:1] + buf.shape[2:])[:, None]], 1)
+
     def step(carry, k):
-        obs, state = carry
+        obs, state, window = carry
         k_act, k_env = jax.random.split(k)
         action = policy(k_act, obs, state.time)
-        out = (obs, state.time)
-        obs, state, *_ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, n_envs), state, action,
-                                                                       env_params)
-        return (obs, state), out
+        obs, state, _, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, n_envs), state,
+                                                                                     action, env_params)
+        o, real, t, a = window
+        a = a.at[:, -1].set(action)
+        nxt = (push(o, obs), push(real, True), push(t, state.time), push(a, jnp.int32(pad_action)))
+        done = term | trunc  # auto-reset: obs and state are the next episode's first step
+        new = jax.tree.map(lambda f, x: jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), f, x),
+                           first_window(obs, state.time), nxt)
+        return (obs, state, new), window
 
-    _, (obs, time) = jax.lax.scan(step, (obs0, state0), jax.random.split(k_run, steps))
-    obs = obs.reshape((-1,) + obs.shape[2:])[:n]
-    time = jnp.minimum(time.reshape(-1)[:n], max_steps).astype(jnp.int32)
-    return Inputs(obs=obs[:, None], rtg=jnp.full((n, 1), rtg, jnp.float32), timesteps=time[:, None])
+    _, windows = jax.lax.scan(step, (obs0, state0, first_window(obs0, state0.time)), jax.random.split(k_run, steps))
+    return windows
 
 
 def render_view(obs: np.ndarray) -> np.ndarray:

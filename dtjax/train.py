@@ -30,9 +30,10 @@ import numpy as np
 import optax
 
 from dtjax import checkpoint as ckpt_lib
+from dtjax import plots
 from dtjax import sharding
 from dtjax.config import ConfigError, TrainConfig
-from dtjax.evaluate import calibrate, evaluate, plot_calibration
+from dtjax.evaluate import calibrate, evaluate
 from dtjax.model import forward, init_params
 
 
@@ -259,7 +260,7 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
     calib = calibrate(params, cfg.model, env, env_params, jax.random.fold_in(root, _KEY_CALIB),
                       np.linspace(-1, 1, cfg.calib_points), cfg.calib_episodes)
     ckpt_lib.write_json_atomic(run_dir / "calibration.json", calib)
-    plot_calibration(calib, str(run_dir / "calibration.png"), title=f"{cfg.run_name}")
+    plots.plot_calibration(calib, run_dir / "calibration.png", title=f"{cfg.run_name}")
     summary = {
         "run_dir": str(run_dir),
         "steps": cfg.num_steps,

@@ -164,7 +164,9 @@ def test_summary_counts_outcomes_against_a_loop(ds, tmp_path):
     assert s["length"]["max"] == max(lengths) and s["mean_return"] == pytest.approx(np.mean(returns), abs=1e-5)
     text = store.format_summary(s)
     assert f"{len(returns)} episodes" in text and "return histogram" in text
-    store.plot_summary(arrays, tmp_path / "plot.png")
+    from dtjax import plots
+
+    plots.plot_dataset(*store.episode_index(arrays)[2:], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
 

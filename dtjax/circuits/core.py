@@ -69,17 +69,23 @@ class Inputs:
         acts = lpad(acts, pad_action) if n_timesteps > 1 else None
         return Inputs(obs=lpad(self.obs), rtg=lpad(self.rtg), timesteps=lpad(self.timesteps), actions=acts)
 
-    def with_rtg(self, rtg) -> "Inputs":
+    def with_rtg(self, rtg, pad_action: int = 3) -> "Inputs":
         """Shift every RTG of each row so that its last (current) RTG is ``rtg`` (batch,) or ().
 
         Rewards between timesteps (RTG differences) are preserved; for K = 1 this just sets it.
-        Padding timesteps (``left_pad``: a zero observation, which no real view is) keep RTG 0.
+        Padding timesteps keep their RTG 0 (the model never saw padding with another RTG): those
+        before the last that are padding by the convention of ``left_pad``, training windows and
+        closed-loop evaluation (action ``pad_action``, RTG 0, timestep 0, zero observation).
         """
         r = jnp.asarray(self.rtg, jnp.float32)
-        shifted = r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1))
-        obs = jnp.asarray(self.obs)
-        padding = ~jnp.any(obs.reshape(obs.shape[:2] + (-1,)) != 0, axis=-1)  # (batch, K)
-        return self.replace(rtg=jnp.where(padding, 0.0, shifted))
+        new = r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1))
+        k = self.n_timesteps
+        if self.actions is not None and k > 1:
+            obs = jnp.asarray(self.obs)[:, : k - 1]
+            pad = ((jnp.asarray(self.actions)[:, : k - 1] == pad_action) & (r[:, : k - 1] == 0)
+                   & (jnp.asarray(self.timesteps)[:, : k - 1] == 0) & ~jnp.any(obs != 0, axis=tuple(range(2, obs.ndim))))
+            new = jnp.where(jnp.concatenate([pad, jnp.zeros_like(pad[:, :1])], 1), r, new)
+        return self.replace(rtg=new)
 
 
 def state_pos(n_timesteps: int, k: int = -1) -> int:

@@ -95,7 +95,10 @@ def main(argv=None) -> int:
             summ = store.summary(arrays)
             print(json.dumps(summ, indent=1) if args.json else store.format_summary(summ))
         if args.plot:
-            store.plot_summary(arrays, args.plot)
+            from dtjax import plots
+
+            _, _, lengths, returns = store.episode_index(arrays)
+            plots.plot_dataset(lengths, returns, args.plot)
             print(f"wrote {args.plot}")
     except store.DatasetError as e:
         print(f"dtjax.data: error: {e}", file=sys.stderr)

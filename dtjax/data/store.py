@@ -266,32 +266,3 @@ def format_summary(s: dict) -> str:
         lines.append(f"  {name:9s} {v['episodes']:7d} episodes {v['steps']:9d} steps, mean return {v['mean_return']:+.3f}, "
                      f"goal {v['goal']:.1%}, hit {v['hit']:.1%}, mean length {v['mean_length']:.1f}")
     return "\n".join(lines)
-
-
-def plot_summary(arrays: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> None:
-    """Return vs episode length scatter with marginal histograms (the original's
-    ``plot_reward_over_time``), saved to ``path`` (png/pdf/svg by extension)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _, _, lengths, returns = episode_index(arrays)
-    fig = plt.figure(figsize=(7, 6))
-    gs = fig.add_gridspec(2, 2, width_ratios=(4, 1), height_ratios=(1, 4), hspace=0.05, wspace=0.05)
-    ax = fig.add_subplot(gs[1, 0])
-    colors = np.where(returns > 0, "tab:green", np.where(returns < 0, "tab:red", "tab:grey"))
-    ax.scatter(lengths, returns, c=colors, s=4, alpha=0.3)
-    ax.set_xlabel("episode length (steps)")
-    ax.set_ylabel("return")
-    axx = fig.add_subplot(gs[0, 0], sharex=ax)
-    axx.hist(lengths, bins=60, color="tab:blue")
-    axx.set_yscale("log")
-    axx.tick_params(labelbottom=False)
-    axy = fig.add_subplot(gs[1, 1], sharey=ax)
-    axy.hist(returns, bins=40, orientation="horizontal", color="tab:blue")
-    axy.set_xscale("log")
-    axy.tick_params(labelleft=False)
-    fig.suptitle(title or f"{len(lengths)} episodes, {int(lengths.sum())} steps")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)

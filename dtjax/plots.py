@@ -1,0 +1,275 @@
+"""Every figure dtjax draws, from plain data (matplotlib, Agg backend).
+
+Functions named after what they show return a ``matplotlib.figure.Figure`` and never compute an
+analysis: they take the arrays, labels and numbers that ``dtjax.analysis``, ``dtjax.evaluate``
+or ``dtjax.data.store`` computed. ``save(fig, path)`` writes one to disk, ``png_bytes(fig)``
+encodes one for the HTML report; both close it. ``plot_calibration`` and ``plot_dataset`` are
+the one-call versions the training job and the data CLI use.
+
+A leaf module: it imports only numpy and (lazily, so ``import dtjax`` stays light) matplotlib.
+Observation maps are (..., 7, 7) arrays indexed [x, y] and drawn as the agent sees them: rows
+are view y, the agent (black triangle) at the bottom centre (3, 6) facing up.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: str | os.PathLike, dpi: int = 110, tight: bool = False) -> None:
+    """Write ``fig`` to ``path`` (png/pdf/svg by extension) and close it."""
+    fig.savefig(path, dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    _plt().close(fig)
+
+
+def png_bytes(fig, dpi: int = 90) -> bytes:
+    """``fig`` as PNG bytes (tight bounding box), closed afterwards."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+# TRAINING AND DATA ---------------------------------------------------------------------------
+
+
+def calibration(calib: dict, title: str = "Calibration"):
+    """Target vs achieved return with the diagonal and 10-90 / 25-75 percentile bands.
+
+    ``calib``: ``dtjax.evaluate.calibrate``'s dict (``rows`` with target_rtg, mean_return, p10,
+    p25, p75, p90; ``n_episodes``).
+    """
+    plt = _plt()
+    rows = calib["rows"]
+    x = np.array([r["target_rtg"] for r in rows])
+    mean = np.array([r["mean_return"] for r in rows])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.fill_between(x, [r["p10"] for r in rows], [r["p90"] for r in rows], alpha=0.2, label="10–90th pct")
+    ax.fill_between(x, [r["p25"] for r in rows], [r["p75"] for r in rows], alpha=0.3, label="25–75th pct")
+    ax.plot(x, mean, "o-", label="mean achieved return")
+    lo, hi = min(x.min(), -1), max(x.max(), 1)
+    ax.plot([lo, hi], [lo, hi], "-.", color="lightseagreen", label="y = x")
+    ax.set_xlabel("target RTG")
+    ax.set_ylabel("achieved return")
+    ax.set_title(f"{title} ({calib['n_episodes']} episodes per point)")
+    ax.set_ylim(-1.1, 1.1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(calib: dict, path: str | os.PathLike, title: str = "Calibration") -> None:
+    """``calibration(calib, title)`` saved to ``path`` (what ``train.py`` writes as calibration.png)."""
+    save(calibration(calib, title), path, dpi=110)
+
+
+def dataset(lengths: np.ndarray, returns: np.ndarray, title: str = ""):
+    """Return vs episode length scatter with marginal histograms (the original's
+    ``plot_reward_over_time``); ``lengths``, ``returns`` (episodes,) from ``store.episode_index``."""
+    plt = _plt()
+    lengths, returns = np.asarray(lengths), np.asarray(returns)
+    fig = plt.figure(figsize=(7, 6))
+    gs = fig.add_gridspec(2, 2, width_ratios=(4, 1), height_ratios=(1, 4), hspace=0.05, wspace=0.05)
+    ax = fig.add_subplot(gs[1, 0])
+    colors = np.where(returns > 0, "tab:green", np.where(returns < 0, "tab:red", "tab:grey"))
+    ax.scatter(lengths, returns, c=colors, s=4, alpha=0.3)
+    ax.set_xlabel("episode length (steps)")
+    ax.set_ylabel("return")
+    axx = fig.add_subplot(gs[0, 0], sharex=ax)
+    axx.hist(lengths, bins=60, color="tab:blue")
+    axx.set_yscale("log")
+    axx.tick_params(labelbottom=False)
+    axy = fig.add_subplot(gs[1, 1], sharey=ax)
+    axy.hist(returns, bins=40, orientation="horizontal", color="tab:blue")
+    axy.set_xscale("log")
+    axy.tick_params(labelleft=False)
+    fig.suptitle(title or f"{len(lengths)} episodes, {int(lengths.sum())} steps")
+    return fig
+
+
+def plot_dataset(lengths: np.ndarray, returns: np.ndarray, path: str | os.PathLike, title: str = "") -> None:
+    """``dataset(lengths, returns, title)`` saved to ``path`` (``python -m dtjax.data ... --plot``)."""
+    save(dataset(lengths, returns, title), path, dpi=100, tight=True)
+
+
+# REPORT FIGURES -------------------------------------------------------------------------------
+
+
+def views(images: Sequence[np.ndarray], titles: Sequence[str]):
+    """A row of RGB pictures (7, 7, 3) (``scenarios.render_view``), one per scenario."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(images), figsize=(1.5 * len(images), 1.9), squeeze=False)
+    for ax, img, t in zip(axes[0], images, titles):
+        ax.imshow(img)
+        ax.set_title(t.replace("_", " "), fontsize=7)
+        ax.axis("off")
+    return fig
+
+
+def attention(patterns: np.ndarray, titles: Sequence[str], tokens: Sequence[str], max_annotated: int = 6):
+    """Attention patterns (layer, example, head, q, k): one panel per layer (rows) and example x
+    head (columns), queries as rows. Values are written in the cells when there are at most
+    ``max_annotated`` tokens."""
+    plt = _plt()
+    patterns = np.asarray(patterns)
+    n_layers, n_ex, n_heads, n_tok = patterns.shape[:4]
+    side = 1.8 if n_tok <= 6 else 2.6
+    fig, axes = plt.subplots(n_layers, n_ex * n_heads, figsize=(side * n_ex * n_heads, (side + 0.2) * n_layers),
+                             squeeze=False)
+    fs = 7 if n_tok <= 6 else 5
+    for l in range(n_layers):
+        for j in range(n_ex):
+            for h in range(n_heads):
+                ax = axes[l, j * n_heads + h]
+                pat = patterns[l, j, h]
+                ax.imshow(pat, vmin=0, vmax=1, cmap="viridis")
+                if n_tok <= max_annotated:
+                    for (q, k), val in np.ndenumerate(pat):
+                        ax.text(k, q, f"{val:.2f}", ha="center", va="center", fontsize=7, color="w")
+                ax.set_title(f"{titles[j]}\nL{l}H{h}", fontsize=7)
+                ax.set_xticks(range(n_tok), tokens, fontsize=fs, rotation=90 if n_tok > 6 else 0)
+                ax.set_yticks(range(n_tok), tokens, fontsize=fs)
+    return fig
+
+
+def grouped_bars(values: np.ndarray, labels: Sequence[str], series: Sequence[str], ylabel: str):
+    """Bars (series, label): one group per label, one bar per series (e.g. DLA per scenario)."""
+    plt = _plt()
+    values = np.asarray(values)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.45 * len(labels) + 2), 3.5))
+    w = 0.8 / len(series)
+    for i, name in enumerate(series):
+        ax.bar(np.arange(len(labels)) + i * w, values[i], w, label=name)
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - w / 2, labels, fontsize=8, rotation=90 if len(labels) > 14 else 0)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6, ncol=5)
+    return fig
+
+
+def rtg_scan(rtg: np.ndarray, logits: np.ndarray, dla: np.ndarray, labels: Sequence[str], attn: np.ndarray,
+             actions: Sequence[str], direction: str):
+    """One state's RTG scan: logits (n, n_actions); DLA (n, component) of the components that
+    vary or are large, and their total; attention of the state to its RTG token (n, layer, head)."""
+    plt = _plt()
+    rtg, logits, dla, attn = map(np.asarray, (rtg, logits, dla, attn))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+    for a, name in enumerate(actions):
+        axes[0].plot(rtg, logits[:, a], label=name)
+    axes[0].set_title("logits")
+    for i, lab in enumerate(labels):
+        if np.ptp(dla[:, i]) > 1e-6 or abs(dla[0, i]) > 0.05:
+            axes[1].plot(rtg, dla[:, i], label=lab)
+    axes[1].plot(rtg, dla.sum(1), "k--", label="total")
+    axes[1].set_title(f"DLA onto {direction}")
+    for l in range(attn.shape[1]):
+        for h in range(attn.shape[2]):
+            axes[2].plot(rtg, attn[:, l, h], label=f"L{l}H{h}")
+    axes[2].set_title("attention state -> RTG (softmax)")
+    for ax in axes:
+        for x in (-1, 0, 1):
+            ax.axvline(x, color="grey", lw=0.5, ls=":")
+        ax.set_xlabel("target RTG")
+        ax.legend(fontsize=6, ncol=1 + len(ax.get_lines()) // 12)
+    return fig
+
+
+def _show_map(ax, m, title, vmax=None, cmap="RdBu"):
+    m = np.asarray(m)
+    vmax = vmax or max(float(np.abs(m).max()), 1e-9)
+    im = ax.imshow(m.T, cmap=cmap, vmin=-vmax, vmax=vmax)
+    ax.plot(3, 6, "^", color="black", ms=6)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def maps_grid(maps: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], suptitle: str):
+    """Observation maps (rows, cols, 7, 7) [x, y], with a symmetric colour scale shared per row."""
+    plt = _plt()
+    maps = np.asarray(maps)
+    r, c = maps.shape[:2]
+    fig, axes = plt.subplots(r, c, figsize=(2.1 * c + 0.6, 2.1 * r), squeeze=False)
+    for i in range(r):
+        vmax = float(np.abs(maps[i]).max()) or 1e-9
+        for j in range(c):
+            im = _show_map(axes[i, j], maps[i, j], f"{row_labels[i]} {col_labels[j]}", vmax)
+        fig.colorbar(im, ax=axes[i].tolist(), shrink=0.8)
+    fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def embeddings(rtg: np.ndarray, rtg_proj: np.ndarray, rtg_proj_dir: np.ndarray, time_proj: np.ndarray,
+               qk_time: np.ndarray, actions: Sequence[str], direction: str, linear_time: bool):
+    """RTG token's direct path per action and along the direction (n,); time embedding on the
+    direction (T,); QK of the time embedding (query) against the RTG key (layer, head, rows)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    for a, name in enumerate(actions):
+        axes[0].plot(rtg, rtg_proj[:, a], label=name)
+    axes[0].plot(rtg, rtg_proj_dir, "k--", label=direction)
+    axes[0].set_title("(RTG w_R) . W_U")
+    axes[0].set_xlabel("RTG")
+    axes[1].plot(np.asarray(time_proj), label=direction)
+    axes[1].set_title(f"W_time[t] . {direction}" + (" (linear: t w_t)" if linear_time else ""))
+    axes[1].set_xlabel("timestep")
+    qk_time = np.asarray(qk_time)
+    for l in range(qk_time.shape[0]):
+        for h in range(qk_time.shape[1]):
+            if linear_time:
+                axes[2].bar(l * qk_time.shape[1] + h, qk_time[l, h, 0], label=f"L{l}H{h}")
+            else:
+                axes[2].plot(qk_time[l, h], label=f"L{l}H{h}")
+    axes[2].set_title("QK: W_time (query) . w_R (key)" + (", per unit t" if linear_time else ""))
+    axes[2].set_xlabel("head" if linear_time else "timestep")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def singular_values(qk_S: np.ndarray, ov_S: np.ndarray):
+    """Singular values of W_QK and W_OV (layer, head, r) on a log scale, one line per head."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, S, name in ((axes[0], qk_S, "W_QK"), (axes[1], ov_S, "W_OV")):
+        S = np.asarray(S)
+        for l in range(S.shape[0]):
+            for h in range(S.shape[1]):
+                ax.semilogy(S[l, h] + 1e-12, "o-", ms=3, label=f"L{l}H{h}")
+        ax.set_title(f"{name} singular values")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], max_annotated: int = 600):
+    """A (row, column) matrix on a symmetric colour scale (at least [-1, 1]), NaN blank; values
+    written in the cells when there are at most ``max_annotated`` of them."""
+    plt = _plt()
+    mat = np.asarray(matrix, np.float64)
+    n_r, n_c = mat.shape
+    fig, ax = plt.subplots(figsize=(4 + 0.6 * n_c, 0.22 * n_r + 1))
+    lim = max(1.0, float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0)
+    im = ax.imshow(mat, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    if mat.size <= max_annotated:
+        for (i, j), x in np.ndenumerate(mat):
+            if np.isfinite(x):
+                ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=6)
+    ax.set_yticks(range(n_r), rows, fontsize=7)
+    ax.set_xticks(range(n_c), columns, fontsize=7, rotation=90 if n_c > 8 else 0)
+    fig.colorbar(im, ax=ax)
+    return fig

@@ -1,0 +1,173 @@
+"""One self-contained HTML report of a Decision Transformer's interpretability analyses, as sections.
+
+``build_report(ckpt, out_dir)`` loads a dtjax checkpoint or an original ``.pt`` with the env it
+was trained in, runs every section on hand-made scenarios (``dtjax.scenarios``) and on windows
+from real rollouts, and writes ``report.html`` (PNG figures inlined as base64, a table of
+contents, short captions) and ``summary.json`` (the headline numbers) into ``out_dir``.
+Matplotlib only (Agg); everything runs on CPU in a few minutes (``ReportOptions.quick()``: well
+under one). Every model shape ``train.py`` accepts is analysable (layers, timesteps of context,
+LayerNorm, attention-only, one-hot observations, linear time embedding).
+
+Sections
+--------
+A report is a list of ``Section(key, title, compute, render, order, undefined, enabled)``:
+
+- ``compute(ctx: Context) -> dict`` computes a section's arrays, tables and numbers as plain
+  data (numpy arrays, lists, numbers, label strings) and draws nothing. It is built on
+  ``dtjax.analysis`` (the panels the interactive explorer draws too; add a panel there rather
+  than an analysis here) and on ``dtjax.circuits`` / ``dtjax.evaluate`` for what has no panel
+  (closed-loop returns, calibration). Two entries are special: ``"summary"``, a dict of JSON-able
+  entries merged at the top level of ``summary.json`` (keys must not collide with another
+  section's), and ``"notes"``, one-line caveats (e.g. "layers > 0: direct path only") shown
+  under the section.
+- ``render(data: dict, page: Page)`` draws that data with ``dtjax.plots`` onto the page
+  (``page.figure``, ``page.table``, ``page.text``, ``page.note``) and computes nothing.
+  Another front end calls ``compute`` and draws the dict its own way.
+- ``undefined(ctx) -> str | None``: a one-line reason when the analysis does not apply to this
+  model; the report then says so under the section's heading and carries on.
+- ``enabled(options) -> bool``: False leaves the section out of this report altogether (an
+  opt-in section that needs an input, e.g. an SAE directory from ``analyse.py --sae``).
+
+``Context`` holds the model (``cfg``, ``params``), its env (``env_cfg``, ``env``,
+``env_params``), the options, the analysed direction (``v``, ``direction``), the channels shown
+(``channels``, ``channel_names``), PRNG keys by purpose (``key("name")``) and a per-report memo
+(``memo(name, fn)``) with the shared inputs: ``scenarios(rtg)``, ``scenario_panels(rtg)``,
+``weight_panels()``, ``embedding_panels()``, ``reference()`` (K-timestep windows from rollouts)
+and ``ablation_means()``.
+
+Adding a section: write a module in ``dtjax/report/sections/`` with a module-level
+``SECTIONS = (Section(...), ...)``. It is found automatically (no list to edit) and placed by
+``order``; the built-in ones use 0-110 in steps of 10, and these are reserved:
+
+====== ==================== ===================================================================
+order  key                  module
+====== ==================== ===================================================================
+0      model                overview
+10     calibration          overview
+20-40  scenarios, dla,      states
+       rtg_scan
+50-90  state_encoder,       weights
+       embeddings, qk, ov,
+       svd
+100    ablation             causal
+110    patching             causal
+120+   attribution, path patching, circuit discovery (``dtjax.circuits``)
+140+   SAE features (``analyse.py --sae SAE_DIR``)
+160+   multi-seed census (``analyse.py --census RUN``)
+====== ==================== ===================================================================
+
+A section that raises is reported in one line (on the page, in ``summary.json``'s ``sections``
+and as a ``ReportError`` after everything else has been written); ``ReportOptions(strict=True)``
+re-raises instead (tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from dtjax.report.base import (
+    CHANNELS, REPORT_SCENARIOS, Context, Page, ReportError, ReportOptions, Section, find_calibration, jsonable,
+)
+from dtjax.report.sections import all_sections
+
+__all__ = ["CHANNELS", "REPORT_SCENARIOS", "Context", "Page", "ReportError", "ReportOptions", "Section",
+           "all_sections", "build_report", "find_calibration", "run_sections", "select_sections"]
+
+
+def select_sections(options: ReportOptions, sections: list[Section] | None = None) -> list[Section]:
+    """The sections of this report: ``sections`` (default ``all_sections()``) that are enabled,
+    restricted to ``options.sections`` if given (unknown keys are a ``ReportError``)."""
+    sections = all_sections() if sections is None else list(sections)
+    known = [s.key for s in sections]
+    unknown = [k for k in options.sections if k not in known]
+    if unknown:
+        raise ReportError(f"unknown report section {unknown[0]!r}; sections are {', '.join(known)}")
+    return [s for s in sections if s.enabled(options) and (not options.sections or s.key in options.sections)]
+
+
+def run_sections(ctx: Context, sections: list[Section], page: Page | None = None) -> tuple[dict, dict]:
+    """Compute (and, with a ``page``, render) each section in order.
+
+    Returns ``(results, status)``: ``results[key]`` is the section's data (absent when it was
+    undefined or failed); ``status[key]`` is ``{"status": "ok" | "undefined" | "error", "note":
+    one line, "seconds": float}``. With ``ctx.options.strict`` an exception propagates.
+    """
+    results, status = {}, {}
+    for sec in sections:
+        t = time.time()
+        ctx.log(sec.key)
+        if page is not None:
+            page.section(sec.key, sec.title)
+        reason = sec.undefined(ctx)
+        if reason:
+            status[sec.key] = {"status": "undefined", "note": reason, "seconds": 0.0}
+            if page is not None:
+                page.note(f"Not computed for this model: {reason}")
+            continue
+        try:
+            data = sec.compute(ctx)
+            if page is not None:
+                sec.render(data, page)
+                for note in data.get("notes", ()):
+                    page.note(note)
+        except Exception as e:  # noqa: BLE001 (one section's failure must not lose the others)
+            if ctx.options.strict:
+                raise
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            status[sec.key] = {"status": "error", "note": msg, "seconds": round(time.time() - t, 2)}
+            ctx.log(f"section {sec.key} failed: {msg}")
+            if page is not None:
+                page.note(f"This section failed: {msg}")
+            continue
+        results[sec.key] = data
+        status[sec.key] = {"status": "ok", "note": "", "seconds": round(time.time() - t, 2)}
+    return results, status
+
+
+def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions | None = None,
+                 log: Callable[[str], Any] = print, sections: list[Section] | None = None) -> Path:
+    """Analyse checkpoint ``ckpt`` and write ``out_dir/report.html`` and ``summary.json``.
+
+    ``sections`` defaults to ``all_sections()``. Returns the HTML path. Raises ``ReportError``
+    (after writing both files) when a section failed, naming it; a bad checkpoint raises
+    ``dtjax.loader.LoadError`` before anything is written.
+    """
+    opt = options or ReportOptions()
+    ckpt, out_dir = Path(ckpt), Path(out_dir)
+    chosen = select_sections(opt, sections)
+    t0 = time.time()
+    ctx = Context.load(ckpt, opt, log)
+    page = Page(f"dtjax report: {ckpt.name}", opt.dpi)
+    summary: dict[str, Any] = {"checkpoint": str(ckpt), "config": ctx.cfg.to_dict(), "env": ctx.env_cfg.to_dict(),
+                               "direction": opt.direction, "fast": opt.fast}
+    results, status = run_sections(ctx, chosen, page)
+    for key, data in results.items():
+        clash = sorted(set(data.get("summary", {})) & set(summary))
+        if clash and opt.strict:
+            raise ReportError(f"report section {key!r} writes summary key {clash[0]!r} that is already written")
+        if clash:  # a programming error in a new section: keep the others' numbers
+            status[key] = {**status[key], "status": "error", "note": f"summary key {clash[0]!r} is already written"}
+            continue
+        summary.update(data.get("summary", {}))
+    summary["sections"] = status
+    summary["seconds"] = round(time.time() - t0, 1)
+    page.text(f"Generated in {summary['seconds']} s by dtjax.report.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.html"
+    _write_atomic(path, page.render())
+    _write_atomic(out_dir / "summary.json", json.dumps(jsonable(summary), indent=1))
+    log(f"wrote {path}")
+    failed = [f"{k} ({s['note']})" for k, s in status.items() if s["status"] == "error"]
+    if failed:
+        raise ReportError(f"{len(failed)} report section(s) failed: {'; '.join(failed)}; the rest is in {path}")
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

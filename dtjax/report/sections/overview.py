@@ -1,0 +1,70 @@
+"""Sections "model" (what was analysed) and "calibration" (achieved return against target RTG)."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from dtjax import plots
+from dtjax.report.base import Context, Page, Section, find_calibration
+
+
+def model_compute(ctx: Context) -> dict:
+    cfg, env = ctx.cfg, ctx.env_cfg
+    return {"checkpoint": str(ctx.ckpt), "config": cfg.to_dict(), "env": env.to_dict(), "direction": ctx.direction,
+            "obs_shape": list(cfg.obs_shape), "pos_rows": cfg.pos_rows}
+
+
+def model_render(d: dict, page: Page) -> None:
+    c, e = d["config"], d["env"]
+    mlp = "attention-only" if c["attn_only"] else f"MLP {c['d_mlp']}"
+    page.text(f"{html.escape(d['checkpoint'])}: {c['n_layers']} layer(s), d_model {c['d_model']}, "
+              f"{c['n_heads']} heads of {c['d_head']}, {mlp}, LayerNorm {'on' if c['layer_norm'] else 'off'}, "
+              f"obs {c['obs_mode']} {tuple(d['obs_shape'])}, context {c['n_timesteps']} timestep(s) ({d['pos_rows']} "
+              f"positions), {c['time_embedding']} time embedding, max timestep {c['max_timestep']}. "
+              f"Env: {e['env_id']}, max_steps {e['max_steps']}. "
+              f"Directions are over actions (left, right, forward); the default analysed is <b>{d['direction']}</b>. "
+              "Observation maps are drawn as the agent sees them: rows are view y, the agent (black triangle) "
+              "at the bottom centre facing up, so the cell directly in front is just above it."
+              + (" With more than one timestep of context, scenarios are the first step of an episode, left-padded "
+                 "as training and evaluation pad it (padding: zero observation, RTG 0, timestep 0, padding action), "
+                 "and every panel is read at the last state token." if c["n_timesteps"] > 1 else ""))
+
+
+def calibration_compute(ctx: Context) -> dict:
+    """The run's saved calibration (``calibration.json``), else one run now in the model's env."""
+    from dtjax.evaluate import calibrate
+
+    o = ctx.options
+    calib = find_calibration(ctx.ckpt)
+    source = "saved with the checkpoint"
+    if calib is None:
+        calib = calibrate(ctx.params, ctx.cfg, ctx.env, ctx.env_params, ctx.key("calibration"),
+                          np.linspace(-1, 1, o.calib_rtgs), o.calib_episodes)
+        source = f"run now: {o.calib_episodes} greedy episodes per target, max_steps {ctx.env_cfg.max_steps}"
+    rows = calib["rows"]
+    return {"calib": calib, "source": source, "title": ctx.ckpt.stem,
+            "summary": {"calibration": [{k: r[k] for k in ("target_rtg", "mean_return", "goal_rate", "hit_rate")}
+                                        for r in rows]}}
+
+
+def calibration_render(d: dict, page: Page) -> None:
+    page.text("Achieved return against the target RTG fed to the model (the original's black-box "
+              f"characterisation); {d['source']}.")
+    page.figure(plots.calibration(d["calib"], d["title"]), "Mean achieved return (line), percentile bands, and y = x (dash-dot).")
+    page.table(["target RTG", "mean return", "goal", "hit", "timeout", "mean length"],
+               [[r["target_rtg"], r["mean_return"], r["goal_rate"], r["hit_rate"], r["timeout_rate"], r["mean_length"]]
+                for r in d["calib"]["rows"]])
+
+
+def calibration_undefined(ctx: Context) -> str | None:
+    if not ctx.options.closed_loop and find_calibration(ctx.ckpt) is None:
+        return "no calibration is saved with the checkpoint and rollouts are off (closed_loop=False)"
+    return None
+
+
+SECTIONS = (
+    Section("model", "Model", model_compute, model_render, order=0),
+    Section("calibration", "Calibration", calibration_compute, calibration_render, order=10, undefined=calibration_undefined),
+)

@@ -1,0 +1,108 @@
+"""Sections on the hand-made scenarios: "scenarios" (views, action probabilities, attention),
+"dla" (direct logit attribution) and "rtg_scan" (the target RTG swept)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from dtjax import analysis as A
+from dtjax import circuits as C
+from dtjax import plots
+from dtjax import scenarios as S
+from dtjax.report.base import Context, Page, Section, rounded
+
+SHOWN = ("start_seed0", "ball_ahead", "clear_ahead")  # scenarios whose attention patterns are drawn
+SCANNED = ("start_seed0", "ball_ahead")  # scenarios whose RTG is swept
+
+
+def scenarios_compute(ctx: Context) -> dict:
+    names, inp = ctx.scenarios()
+    p, p_neg = ctx.scenario_panels(), ctx.scenario_panels(-1.0)
+    show = [names.index(n) for n in SHOWN]
+    attn = p["attn_to_rtg"]  # (layer, batch, head)
+    return {
+        "names": names, "captions": [S.scenario_caption(n, ctx.env_cfg) for n in names], "rtg": ctx.options.rtg,
+        "views": [S.render_view(o) for o in np.asarray(inp.obs[:, -1])],
+        "probs": p["probs"], "probs_neg": p_neg["probs"],
+        "pattern": p["pattern"][:, show], "pattern_names": [names[b] for b in show],
+        "tokens": A.token_labels(inp.n_timesteps, A.n_tokens(inp)), "n_timesteps": inp.n_timesteps,
+        "summary": {
+            "scenario_probs": {n: {"rtg": rounded(p["probs"][i]), "rtg_neg1": rounded(p_neg["probs"][i])}
+                               for i, n in enumerate(names)},
+            "attn_state_to_rtg": {n: rounded(attn[0, b]) for b, n in enumerate(names)},
+            "attn_state_to_rtg_by_layer": {n: rounded(attn[:, b]) for b, n in enumerate(names)},
+        },
+    }
+
+
+def scenarios_render(d: dict, page: Page) -> None:
+    k = d["n_timesteps"]
+    page.text(f"Hand-made states observed through the env (t = 0{', left-padded to the context' if k > 1 else ''}), "
+              f"at target RTG {d['rtg']} and -1.")
+    page.figure(plots.views(d["views"], d["names"]), "The scenarios' 7x7 views (grey wall, blue ball, green goal, red agent).")
+    page.table(["scenario", "caption", f"P(L) @{d['rtg']}", "P(R)", "P(F)", "P(L) @-1", "P(R)", "P(F)"],
+               [[n, d["captions"][i], *map(float, d["probs"][i]), *map(float, d["probs_neg"][i])]
+                for i, n in enumerate(d["names"])],
+               "Greedy action probabilities (softmax of the logits at the last state token).")
+    page.figure(plots.attention(d["pattern"], d["pattern_names"], d["tokens"]),
+                f"Attention patterns (query rows, key columns) at RTG {d['rtg']}, every layer. The last state token "
+                f"({d['tokens'][-1]}) attending to its RTG token ({d['tokens'][-2]}) is the bottom row's second-to-last cell.")
+
+
+def dla_compute(ctx: Context) -> dict:
+    names, inp = ctx.scenarios()
+    labels, dla = A.dla_labels(ctx.cfg, inp), ctx.scenario_panels()["dla"]
+    notes = []
+    if ctx.cfg.layer_norm:
+        notes.append("LayerNorm on: each component goes through ln_final with its scale frozen from the cache "
+                     "(TransformerLens's apply_ln_to_stack); ln_final_b is the LN bias.")
+    return {"names": names, "labels": labels, "dla": dla, "rtg": ctx.options.rtg, "direction": ctx.direction, "notes": notes,
+            "summary": {"dla": {n: dict(zip(labels, rounded(dla[i]))) for i, n in enumerate(names)}}}
+
+
+def dla_render(d: dict, page: Page) -> None:
+    page.text(f"Each residual-stream component's direct contribution to the {d['direction']} logit difference at the "
+              "last state token (components + biases sum exactly to the logit difference).")
+    page.figure(plots.grouped_bars(d["dla"], d["labels"], d["names"], f"DLA onto {d['direction']}"),
+                f"DLA per scenario at RTG {d['rtg']}.")
+    page.table(["scenario"] + d["labels"] + ["sum"],
+               [[n, *map(float, d["dla"][i]), float(d["dla"][i].sum())] for i, n in enumerate(d["names"])])
+
+
+def rtg_scan_compute(ctx: Context) -> dict:
+    o = ctx.options
+    names, inp = ctx.scenarios()
+    idx = [names.index(n) for n in SCANNED]
+    rtgs = jnp.linspace(-o.scan_range, o.scan_range, o.scan_points)
+    scan = {k: np.asarray(v) for k, v in A.rtg_scan_panel(ctx.params, ctx.cfg, inp.take(jnp.asarray(idx)), rtgs, ctx.v).items()}
+    labels = A.dla_labels(ctx.cfg, inp)
+    summary = {}
+    for j, n in enumerate(SCANNED):
+        st = A.rtg_scan_stats(scan["rtg"], scan["dla"][j], labels)
+        summary[n] = {
+            "rtg": [-1.0, 0.0, 1.0],
+            "logits": [rounded(scan["logits"][j, i]) for i in st["at"]],
+            "dla_slope_per_unit_rtg_in_[-1,1]": dict(zip(labels, rounded(list(st["slope"].values())))),
+            "component_correlation": {"labels": st["corr_labels"], "matrix": rounded(st["corr"], 3)},
+        }
+    return {"names": list(SCANNED), "scan": scan, "labels": labels, "direction": ctx.direction, "range": o.scan_range,
+            "summary": {"rtg_scan": summary}}
+
+
+def rtg_scan_render(d: dict, page: Page) -> None:
+    page.text(f"The target RTG swept over [-{d['range']}, {d['range']}] (beyond [-1, 1] is extrapolation) with "
+              "everything else fixed (one vmapped pass; padding timesteps keep RTG 0).")
+    s = d["scan"]
+    for j, n in enumerate(d["names"]):
+        page.figure(plots.rtg_scan(s["rtg"], s["logits"][j], s["dla"][j], d["labels"], s["attn_to_rtg"][j], C.ACTIONS,
+                                   d["direction"]),
+                    f"RTG scan of <b>{n}</b>: logits, per-component DLA (constant components only if large), and each "
+                    "head's attention from the last state token to its RTG token.")
+
+
+SECTIONS = (
+    Section("scenarios", "Scenarios", scenarios_compute, scenarios_render, order=20),
+    Section("dla", "Direct logit attribution", dla_compute, dla_render, order=30),
+    Section("rtg_scan", "RTG scan", rtg_scan_compute, rtg_scan_render, order=40),
+)
