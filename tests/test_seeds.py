@@ -374,3 +374,21 @@ def test_evaluate_seeds_is_evaluate_per_seed(trained):
         one = evaluate(p, cfg, env, env_params, k, [-1.0, 1.0], 16, capacity=CAPACITY)
         np.testing.assert_array_equal(res.returns, one.returns)
         np.testing.assert_array_equal(res.lengths, one.lengths)
+
+
+def test_analyse_census_of_a_seed_run(multi, tmp_path):
+    """``analyse.py --census RUN``: one row per seed, with its carriers, attention and calibration."""
+    import analyse
+
+    _, tmp = multi
+    assert analyse.main(["--census", str(tmp / "multi"), "--out", str(tmp_path), "--quiet"]) == 0
+    res = json.loads((tmp_path / "census.json").read_text())
+    assert [Path(r["model"]).name for r in res["models"]] == ["seed_0", "seed_1"]
+    for r in res["models"]:
+        assert set(r["carriers"]) == {"veto", "gate", "drive"} and r["n_probes"] > 10
+        cal = json.loads((tmp / "multi" / Path(r["model"]).name / "calibration.json").read_text())
+        assert r["calibration"]["return_at_high"] == pytest.approx(cal["rows"][-1]["mean_return"])
+        assert r["calibration"]["calibration_error"] == pytest.approx(cal["calibration_error"])
+    assert res["counts"]["models"] == 2 and sum(res["counts"]["veto"].values()) == 2
+    assert (tmp_path / "census.png").stat().st_size > 0 and "seed_1" in (tmp_path / "census.md").read_text()
+    assert analyse.main(["--census", str(tmp / "nope"), "--quiet"]) == 1
