@@ -1,7 +1,8 @@
 """python analyse.py --ckpt PATH [--out DIR] [--fast]: an HTML interpretability report of a checkpoint.
 
-``python analyse.py --census RUN [--out DIR]``: the mechanism census of every seed of a
-multi-seed run (``dtjax.circuits.census``): census.json, census.md, census.png in DIR (default RUN).
+``python analyse.py --census RUN [RUN ...] [--out DIR]``: the mechanism census of every seed of
+multi-seed runs (``dtjax.circuits.census``): census.json, census.md, census.png in DIR (default
+RUN for one run, reports/census for several).
 
 PATH is a dtjax run / checkpoint directory or an original ``.pt`` file. Writes
 ``DIR/report.html`` (self-contained) and ``DIR/summary.json``; DIR defaults to
@@ -18,7 +19,7 @@ from pathlib import Path
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="dtjax checkpoint directory or original .pt file")
-    parser.add_argument("--census", type=Path, metavar="RUN", help="census of the seeds of a run (train.py --num_seeds)")
+    parser.add_argument("--census", type=Path, nargs="+", metavar="RUN", help="census of the seeds of runs (train.py --num_seeds)")
     parser.add_argument("--out", type=Path, help="output directory (default reports/<checkpoint name>)")
     parser.add_argument("--fast", action="store_true", help="few episodes and samples: a smoke-test report")
     parser.add_argument("--direction", default="forward-right", help="logit direction, e.g. forward-right or forward")

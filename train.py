@@ -60,9 +60,13 @@ def main(argv=None) -> int:
         return {"final_eval": [{k: round(r[k], 3) for k in ("target_rtg", "mean_return", "goal_rate", "hit_rate", "mean_length")}
                                for r in s["final_eval"]], "calibration_monotonic": s["calibration_monotonic"]}
 
+    def returns(s):  # one line per seed: final mean return per target RTG
+        return {f"{r['target_rtg']:+g}": round(r["mean_return"], 3) for r in s["final_eval"]} | {
+            "calibration_monotonic": s["calibration_monotonic"]}
+
     seeds = summary.get("seeds")
-    out = {"run_dir": summary["run_dir"], **(brief(summary) if seeds is None else {"seeds": {s["run_dir"]: brief(s) for s in seeds}}),
-           "seconds": {k: round(v, 1) for k, v in summary["seconds"].items()}}
+    out = {"run_dir": summary["run_dir"], **(brief(summary) if seeds is None else {"seeds": {
+        Path(s["run_dir"]).name: returns(s) for s in seeds}}), "seconds": {k: round(v, 1) for k, v in summary["seconds"].items()}}
     print(json.dumps(out, indent=1))
     return 0
 

@@ -29,7 +29,9 @@ Calibration (the original overnight model, 8x8, max_steps 300, 21 targets in [-1
   ``minigrid`` env step, in Python, on ``--peer-calib-episodes`` episodes per target (seeds 0..):
   its env steps/s, and its time projected to the full sweep.
 - ratio: env steps/s, dtjax over the original's loop.
-Timings on a shared machine are noisy; the medians are printed beside the best runs.
+Timings on a shared machine are noisy; the medians are printed beside the best runs, and rates
+per CPU-second (``time.process_time``, all threads) beside the wall-clock ones: on a loaded
+machine the CPU-time ratios are the steadier ones.
 """
 
 from __future__ import annotations
@@ -110,13 +112,15 @@ def bench_dtjax(model: ModelConfig, batch: int, steps: int, n_seeds: int, repeat
     params, opt, m = chunk(params, opt, data, key, jnp.int32(0))  # compile + first chunk
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t
-    times = []
+    times, cpu = [], []
     for i in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         params, opt, m = chunk(params, opt, data, key, jnp.int32((i + 1) * steps))
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
-    return {"steps_s": steps / min(times), "median_steps_s": steps / statistics.median(times), "compile_s": compile_s}
+        cpu.append(time.process_time() - c)
+    return {"steps_s": steps / min(times), "median_steps_s": steps / statistics.median(times), "compile_s": compile_s,
+            "cpu_steps_s": steps / min(cpu)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,12 +274,13 @@ def bench_peer(model: ModelConfig, batch: int, steps: int, n_seeds: int, repeat:
                 opt.step()
 
     run(min(10, steps))  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         run(steps)
         times.append(time.perf_counter() - t)
-    return {"steps_s": steps / min(times), "median_steps_s": steps / statistics.median(times)}
+        cpu.append(time.process_time() - c)
+    return {"steps_s": steps / min(times), "median_steps_s": steps / statistics.median(times), "cpu_steps_s": steps / min(cpu)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +365,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per timed chunk")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--models", nargs="+", default=["default", "larger"], choices=list(MODELS))
+    p.add_argument("--models", nargs="*", default=["default", "larger"], choices=list(MODELS), help="none: calibration only")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--calib-episodes", type=int, default=200)
     p.add_argument("--peer-calib-episodes", type=int, default=10)
@@ -391,21 +396,27 @@ def main() -> None:
         if with_peer:
             rel, dloss = check_equivalence(model, args.batch)
             print(f"  same weights: logits agree to {rel:.1e} (relative), loss to {dloss:.1e}")
-        print(f"  {'seeds':>5s} {'dtjax steps/s':>14s} {'(median)':>9s} {'model-steps/s':>14s} {'compile s':>10s} "
-              f"{'N-time/(N x 1-time)':>20s}" + (f" {'TL steps/s':>11s} {'(median)':>9s} {'TL N/(Nx1)':>11s} {'dtjax/TL':>9s}" if with_peer else ""))
+        print(f"  {'seeds':>5s} {'dtjax steps/s':>14s} {'(median)':>9s} {'per CPU-s':>10s} {'model-steps/s':>14s} "
+              f"{'compile s':>10s} {'N-time/(N x 1)':>15s}"
+              + (f" {'TL steps/s':>11s} {'(median)':>9s} {'per CPU-s':>10s} {'TL N/(N x 1)':>13s} {'dtjax/TL':>9s}"
+                 if with_peer else ""))
         one = peer_one = None
         for n in args.seeds:
             r = bench_dtjax(model, args.batch, args.steps, n, args.repeat)
-            one = one or (r["steps_s"] if n == 1 else None)
-            scaling = f"{one / (n * r['steps_s']):.2f}" if one else "-"
-            line = (f"  {n:5d} {r['steps_s']:14.1f} {r['median_steps_s']:9.1f} {n * r['steps_s']:14.1f} {r['compile_s']:10.1f} "
-                    f"{scaling:>20s}")
+            one = one or (r if n == 1 else None)
+            scaling = f"{one['steps_s'] / (n * r['steps_s']):.2f} ({one['cpu_steps_s'] / (n * r['cpu_steps_s']):.2f})" if one else "-"
+            line = (f"  {n:5d} {r['steps_s']:14.1f} {r['median_steps_s']:9.1f} {r['cpu_steps_s']:10.1f} "
+                    f"{n * r['steps_s']:14.1f} {r['compile_s']:10.1f} {scaling:>15s}")
             if with_peer:
                 q = bench_peer(model, args.batch, max(10, args.steps // max(1, n // 4)), n, args.repeat)
-                peer_one = peer_one or (q["steps_s"] if n == 1 else None)
-                pscale = f"{peer_one / (n * q['steps_s']):.2f}" if peer_one else "-"
-                line += f" {q['steps_s']:11.1f} {q['median_steps_s']:9.1f} {pscale:>11s} {r['steps_s'] / q['steps_s']:8.2f}x"
+                peer_one = peer_one or (q if n == 1 else None)
+                pscale = (f"{peer_one['steps_s'] / (n * q['steps_s']):.2f} ({peer_one['cpu_steps_s'] / (n * q['cpu_steps_s']):.2f})"
+                          if peer_one else "-")
+                line += (f" {q['steps_s']:11.1f} {q['median_steps_s']:9.1f} {q['cpu_steps_s']:10.1f} {pscale:>13s} "
+                         f"{r['steps_s'] / q['steps_s']:5.2f}x ({r['cpu_steps_s'] / q['cpu_steps_s']:.2f}x)")
             print(line, flush=True)
+        print("  (N-time/(N x 1): the time of one step of N seeds over N one-seed steps, wall (CPU); "
+              "dtjax/TL: steps/s ratio, wall (per CPU-second))")
     if not args.no_calibration:
         bench_calibration(args.calib_episodes, args.peer_calib_episodes, with_peer, args.repeat)
 

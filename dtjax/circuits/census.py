@@ -305,16 +305,42 @@ def plot_census(results: dict[str, dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def write_census(run: str | Path, out_dir: str | Path | None = None, log=print) -> Path:
-    """``census(run)`` written as ``census.json``, ``census.md`` and ``census.png`` in ``out_dir``
-    (default: the run directory); returns the markdown path. What ``analyse.py --census`` calls."""
-    run = Path(run)
-    if not run.exists():
-        raise FileNotFoundError(f"no run at {run}")
-    out = Path(out_dir) if out_dir else run
+def summary_table(results: dict[str, dict]) -> str:
+    """One markdown line per census (name -> ``census`` result): how many models have each veto
+    and gate carrier, saturated attention and the head circuit, and their calibration."""
+    lines = ["| run | models | veto carrier | gate carrier | attention saturated on RTG | head circuit | "
+             "calib. error (mean ± sd) | return @−1 / @+1 (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        n = res["counts"]
+        cals = [r["calibration"] for r in res["models"] if r["calibration"]]
+        err = np.array([c["calibration_error"] for c in cals])
+        fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+        cal_s = (f"{err.mean():.3f} ± {err.std():.3f} | {np.mean([c['return_at_low'] for c in cals]):+.2f} / "
+                 f"{np.mean([c['return_at_high'] for c in cals]):+.2f}") if cals else "– | –"
+        lines.append(f"| {name} | {n['models']} | {fmt(n['veto'])} | {fmt(n['gate'])} | {n['saturated']} | "
+                     f"{n['head_circuit']} | {cal_s} |")
+    return "\n".join(lines)
+
+
+def write_census(runs, out_dir: str | Path | None = None, log=print) -> Path:
+    """``census`` of one run (or of several) written as ``census.json``, ``census.md`` and
+    ``census.png`` in ``out_dir`` (default: the run directory; for several runs ``reports/census``,
+    with one ``census_<run>.json`` each and the summary table first). Returns the markdown path.
+    What ``analyse.py --census RUN [RUN ...]`` calls."""
+    runs = [Path(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
+    for r in runs:
+        if not r.exists():
+            raise FileNotFoundError(f"no run at {r}")
+    out = Path(out_dir) if out_dir else (runs[0] if len(runs) == 1 else Path("reports") / "census")
     out.mkdir(parents=True, exist_ok=True)
-    res = census(run, log=log)
-    (out / "census.json").write_text(json.dumps(res, indent=1))
-    (out / "census.md").write_text(census_table(res) + "\n")
-    plot_census({run.name: res}, out / "census.png")
+    results = {r.name: census(r, log=log) for r in runs}
+    if len(runs) == 1:
+        (out / "census.json").write_text(json.dumps(results[runs[0].name], indent=1))
+        text = census_table(results[runs[0].name])
+    else:
+        for name, res in results.items():
+            (out / f"census_{name}.json").write_text(json.dumps(res, indent=1))
+        text = summary_table(results) + "\n\n" + "\n\n".join(f"### {k}\n\n{census_table(v)}" for k, v in results.items())
+    (out / "census.md").write_text(text + "\n")
+    plot_census(results, out / "census.png")
     return out / "census.md"
