@@ -1,5 +1,9 @@
 """python analyse.py --ckpt PATH [--out DIR] [--fast]: an HTML interpretability report of a checkpoint.
 
+``python analyse.py --census RUN [RUN ...] [--out DIR]``: the mechanism census of every seed of
+multi-seed runs (``dtjax.circuits.census``): census.json, census.md, census.png in DIR (default
+RUN for one run, reports/census for several).
+
 PATH is a dtjax run / checkpoint directory or an original ``.pt`` file. Writes
 ``DIR/report.html`` (self-contained) and ``DIR/summary.json``; DIR defaults to
 ``reports/<checkpoint name>``. The report's sections live in ``dtjax/report/sections/``.
@@ -17,7 +21,8 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True, type=Path, help="dtjax checkpoint directory or original .pt file")
+    parser.add_argument("--ckpt", type=Path, help="dtjax checkpoint directory or original .pt file")
+    parser.add_argument("--census", type=Path, nargs="+", metavar="RUN", help="census of the seeds of runs (train.py --num_seeds)")
     parser.add_argument("--out", type=Path, help="output directory (default reports/<checkpoint name>)")
     parser.add_argument("--fast", action="store_true", help="few episodes and samples: a smoke-test report")
     parser.add_argument("--direction", default="forward-right", help="logit direction, e.g. forward-right or forward")
@@ -34,6 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--models", type=Path, default=Path("checkpoints"),
                         help="directory of run directories and .pt files the explorer can switch to")
     args = parser.parse_args(argv)
+    if (args.ckpt is None) == (args.census is None):
+        parser.error("give one of --ckpt PATH or --census RUN")
+    if args.serve and args.ckpt is None:
+        parser.error("--serve needs --ckpt PATH")
     if args.episodes is not None and args.episodes < 1:
         print("error: --episodes must be >= 1", file=sys.stderr)
         return 2
@@ -53,6 +62,15 @@ def main(argv=None) -> int:
     from dtjax.loader import LoadError
     from dtjax.report import ReportError, ReportOptions, build_report
 
+    if args.census:
+        from dtjax.circuits.census import write_census
+
+        try:
+            print(write_census(args.census, args.out, log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))))
+        except (LoadError, ConfigError, ValueError, OSError) as e:
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 1
+        return 0
     opt = (ReportOptions.quick() if args.fast else ReportOptions()).replace(direction=args.direction, rtg=args.rtg,
                                                                             seed=args.seed)
     if args.episodes is not None:

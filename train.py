@@ -2,7 +2,8 @@
 
 Every TrainConfig field is a flag (``--lr 3e-4``, ``--model.d_model 64``,
 ``--data.ppo.total_timesteps 500000``); ``--config FILE.json`` sets a base that flags override;
-``--resume RUN`` continues ``checkpoints/RUN`` from its latest checkpoint with its saved config.
+``--resume RUN`` continues ``checkpoints/RUN`` from its latest checkpoint with its saved config;
+``--num_seeds N`` trains N DTs together (seeds seed .. seed+N-1) in ``checkpoints/RUN/seed_k/``.
 Outputs go to ``checkpoints/<run_name>/`` (see README).
 """
 
@@ -55,10 +56,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("train.py: interrupted; resume with --resume " + cfg.run_name, file=sys.stderr)
         return 130
-    print(json.dumps({"run_dir": summary["run_dir"], "final_eval": [
-        {k: round(r[k], 3) for k in ("target_rtg", "mean_return", "goal_rate", "hit_rate", "mean_length")}
-        for r in summary["final_eval"]], "calibration_monotonic": summary["calibration_monotonic"],
-        "seconds": {k: round(v, 1) for k, v in summary["seconds"].items()}}, indent=1))
+    def brief(s):
+        return {"final_eval": [{k: round(r[k], 3) for k in ("target_rtg", "mean_return", "goal_rate", "hit_rate", "mean_length")}
+                               for r in s["final_eval"]], "calibration_monotonic": s["calibration_monotonic"]}
+
+    def returns(s):  # one line per seed: final mean return per target RTG
+        return {f"{r['target_rtg']:+g}": round(r["mean_return"], 3) for r in s["final_eval"]} | {
+            "calibration_monotonic": s["calibration_monotonic"]}
+
+    seeds = summary.get("seeds")
+    out = {"run_dir": summary["run_dir"], **(brief(summary) if seeds is None else {"seeds": {
+        Path(s["run_dir"]).name: returns(s) for s in seeds}}), "seconds": {k: round(v, 1) for k, v in summary["seconds"].items()}}
+    print(json.dumps(out, indent=1))
     return 0
 
 

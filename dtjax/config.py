@@ -351,12 +351,18 @@ class TrainConfig(ConfigBase):
     final_eval_episodes: int = 500  # episodes per target RTG in the final evaluation
     eval_rtgs: tuple[float, ...] = (-1.0, 0.0, 1.0)  # target RTGs evaluated
     calib_points: int = 21  # target RTGs in the calibration sweep over [-1, 1]
-    calib_episodes: int = 500  # episodes per calibration point (standard error of a mean return ~0.03)
+    calib_se: float = 0.03  # play each calibration point until its mean return has this standard error (0 = calib_episodes each)
+    calib_min_episodes: int = 100  # episodes per calibration point at least (a point with no spread stops here)
+    calib_episodes: int = 1000  # episodes per calibration point at most (std 1 needs (1/0.03)^2 ~ 1100 for SE 0.03)
+    eval_pool: int = 256  # episodes played at once by every evaluation (speed and memory only; measured 256 ~ 512 > 1024 on 2 CPU cores)
+    num_seeds: int = 1  # DTs trained together in one vmapped loop: seed k uses seed + k, writes <run>/seed_k/ (1 = one run in <run>/)
+    seed_datasets: bool = False  # with num_seeds > 1: one dataset per seed (collected with its seed) instead of one shared
     ckpt_every: int = 2_500  # steps between checkpoints
     keep_checkpoints: int = 3  # orbax max_to_keep
     wandb_project: str = ""  # log to Weights & Biases too when set and wandb is installed
 
     def validate(self) -> None:
+        _check(isinstance(self.num_seeds, int) and not isinstance(self.num_seeds, bool), f"num_seeds must be an integer, got {self.num_seeds!r}")
         _check(bool(self.run_name) and "/" not in self.run_name and self.run_name not in (".", ".."),
                f"run_name must be a plain directory name, got {self.run_name!r}")
         _check(self.optimizer in ("adamw", "adam_l2"), f"optimizer must be 'adamw' or 'adam_l2', got {self.optimizer!r}")
@@ -368,12 +374,14 @@ class TrainConfig(ConfigBase):
                f"env.obs_mode ({self.env.obs_mode}) must equal model.obs_mode ({self.model.obs_mode}): the DT reads the "
                "env's observations (train.py's --model.obs_mode sets both)")
         for n in ("batch_size", "num_steps", "log_every", "eval_episodes", "final_eval_episodes", "calib_points",
-                  "calib_episodes", "ckpt_every", "keep_checkpoints"):
+                  "calib_episodes", "calib_min_episodes", "eval_pool", "num_seeds", "ckpt_every", "keep_checkpoints"):
             _check(getattr(self, n) >= 1, f"{n} must be >= 1, got {getattr(self, n)}")
         _check(self.num_steps % self.log_every == 0, f"num_steps ({self.num_steps}) must be a multiple of log_every ({self.log_every})")
         _check(self.ckpt_every % self.log_every == 0, f"ckpt_every ({self.ckpt_every}) must be a multiple of log_every ({self.log_every})")
         _check(self.eval_every % self.log_every == 0, f"eval_every ({self.eval_every}) must be a multiple of log_every ({self.log_every})")
         _check(len(self.eval_rtgs) >= 1, "eval_rtgs must not be empty")
+        _check(self.calib_se >= 0, f"calib_se must be >= 0 (0 = a fixed calib_episodes per point), got {self.calib_se}")
+        _check(isinstance(self.seed_datasets, bool), f"seed_datasets must be true or false, got {self.seed_datasets!r}")
         _check(self.model.max_timestep >= self.env.max_steps - 1,
                f"model.max_timestep ({self.model.max_timestep}) must cover the env's timesteps (env.max_steps - 1 = {self.env.max_steps - 1})")
 

@@ -1,9 +1,12 @@
 """Closed-loop evaluation of a Decision Transformer in the JAX env, and RTG calibration.
 
 Mirrors the original project's ``evaluate_dt_agent`` and ``calibration_statistics``
-(`src/decision_transformer/train.py`, `calibration.py`), but every episode of every target RTG
-runs at once: the batch is (target RTG x episode), vmapped through ``env.step`` and the DT, in
-one ``lax.while_loop`` that stops when every episode has ended.
+(`src/decision_transformer/train.py`, `calibration.py`), but the episodes of every target RTG run
+together in one jitted ``lax.while_loop`` over a *pool* of slots (continuous batching): each
+slot plays one episode; when it ends, its result is written out and the slot takes the next
+episode from the queue. The loop stops when the queue is empty and every slot is idle, so the
+cost is the number of steps actually played (plus one last partly empty round per pool), not
+(episodes x the longest episode) as when every episode of a batch waits for the slowest one.
 
 Protocol (as the original): the RTG token starts at the target and is decreased by each reward
 (rewards are terminal, so it stays constant); the timestep token is the env's step count
@@ -11,6 +14,18 @@ Protocol (as the original): the RTG token starts at the target and is decreased 
 the current action slot holds the padding action (causality means it is never read). Episode
 ``i`` of every target RTG starts from the same reset key, so targets are compared on the same
 layouts. Outcomes: goal (reward > 0), hit (reward == -1: obstacle or wall), timeout.
+
+Randomness does not depend on the pool: episode ``i`` of target ``r`` at its step ``t`` draws
+the ball moves with ``fold_in(split(fold_in(k_loop, t))[1], r * n + i)``, which is exactly the
+key the one-batch-per-sweep loop of dtjax 0.1 gave it (``split(k, B)[b] == fold_in(k, b)`` for
+JAX's partitionable threefry), so greedy results match that loop episode for episode.
+
+Calibration with a stated standard error (``calibrate(..., se=0.03)``): the queue is
+episode-major (episode 0 of every target, then episode 1, ...) and a target stops taking new
+episodes once at least ``min_episodes`` have finished and the standard error of its mean return
+(sample std / sqrt(n)) is <= ``se``; episodes already running still count. A point whose
+returns barely vary (a reliable crasher at RTG -1) stops after ``min_episodes``; a point near
+the switch (std ~0.8) runs until ``(std / se)^2`` episodes or the cap ``n_episodes``.
 """
 
 from __future__ import annotations
@@ -24,14 +39,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import ModelConfig
-from envs.dynamic_obstacles import cell_type
+from envs.dynamic_obstacles import cell_type, move_obstacles, transition
 from envs.minigrid import DIR_TO_VEC, WALL
 from dtjax.model import forward
+
+DEFAULT_POOL = 512  # episodes played at once; see TrainConfig.eval_pool
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-    """Per-episode outcomes, each of shape (n_rtgs, n_episodes)."""
+    """Per-episode outcomes, each of shape (n_rtgs, n_episodes).
+
+    With a standard-error target (``calibrate(se=...)``) targets play different numbers of
+    episodes: ``played[r, i]`` says whether episode ``i`` of target ``r`` ran (always a prefix
+    ``i < n_r``); the other fields are 0 / False there. Without one every episode is played.
+    """
 
     target_rtg: np.ndarray  # (R,)
     returns: np.ndarray  # final (undiscounted) return
@@ -40,31 +62,44 @@ class EvalResult:
     hit: np.ndarray  # bool: walked into an obstacle or a wall
     hit_wall: np.ndarray  # bool: the hit was into a wall (a subset of ``hit``)
     timeout: np.ndarray  # bool: truncated at max_steps without goal or hit
+    played: np.ndarray | None = None  # bool (R, n_episodes); None = all played
 
     def summary(self) -> list[dict[str, float]]:
-        """One row per target RTG: mean/std/percentiles of return, rates, mean length."""
+        """One row per target RTG: mean, std, standard error and percentiles of the return, rates,
+        mean length, episodes played."""
         rows = []
+        played = np.ones(self.returns.shape, bool) if self.played is None else self.played
         for i, r in enumerate(self.target_rtg):
-            ret = self.returns[i]
+            m = played[i]
+            ret = self.returns[i][m]
+            n = int(m.sum())
+            std = float(ret.std()) if n else float("nan")
             rows.append(
                 {
                     "target_rtg": float(r),
-                    "mean_return": float(ret.mean()),
-                    "std_return": float(ret.std()),
-                    "p10": float(np.percentile(ret, 10)),
-                    "p25": float(np.percentile(ret, 25)),
-                    "p50": float(np.percentile(ret, 50)),
-                    "p75": float(np.percentile(ret, 75)),
-                    "p90": float(np.percentile(ret, 90)),
-                    "goal_rate": float(self.goal[i].mean()),
-                    "hit_rate": float(self.hit[i].mean()),
-                    "hit_wall_rate": float(self.hit_wall[i].mean()),
-                    "timeout_rate": float(self.timeout[i].mean()),
-                    "mean_length": float(self.lengths[i].mean()),
-                    "episodes": int(ret.shape[0]),
+                    "mean_return": float(ret.mean()) if n else float("nan"),
+                    "std_return": std,
+                    "se_return": std / np.sqrt(n) if n else float("nan"),
+                    "p10": float(np.percentile(ret, 10)) if n else float("nan"),
+                    "p25": float(np.percentile(ret, 25)) if n else float("nan"),
+                    "p50": float(np.percentile(ret, 50)) if n else float("nan"),
+                    "p75": float(np.percentile(ret, 75)) if n else float("nan"),
+                    "p90": float(np.percentile(ret, 90)) if n else float("nan"),
+                    "goal_rate": float(self.goal[i][m].mean()) if n else float("nan"),
+                    "hit_rate": float(self.hit[i][m].mean()) if n else float("nan"),
+                    "hit_wall_rate": float(self.hit_wall[i][m].mean()) if n else float("nan"),
+                    "timeout_rate": float(self.timeout[i][m].mean()) if n else float("nan"),
+                    "mean_length": float(self.lengths[i][m].mean()) if n else float("nan"),
+                    "episodes": n,
                 }
             )
         return rows
+
+    def seed(self, k: int) -> "EvalResult":
+        """Seed ``k`` of a multi-seed result (``evaluate_seeds``: arrays (seed, R, n))."""
+        take = lambda x: None if x is None else np.asarray(x)[k]  # noqa: E731
+        return EvalResult(np.asarray(self.target_rtg), *(take(getattr(self, f)) for f in
+                          ("returns", "lengths", "goal", "hit", "hit_wall", "timeout", "played")))
 
 
 def _policy_logits(params, cfg: ModelConfig, hist, interventions):
@@ -79,79 +114,193 @@ def _policy_logits(params, cfg: ModelConfig, hist, interventions):
     return logits[:, -1]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "env", "n_episodes", "greedy"))
-def _rollout(params, cfg, env, env_params, key, target_rtgs, n_episodes, greedy, temperature, interventions):
-    n_rtg = target_rtgs.shape[0]
-    batch = n_rtg * n_episodes
-    k_reset, k_loop = jax.random.split(key)
-    # Same reset key for episode i of every target RTG (common random numbers).
-    reset_keys = jnp.tile(jax.random.split(k_reset, n_episodes), (n_rtg, 1))
-    obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, env_params)
-    rtg0 = jnp.repeat(target_rtgs.astype(jnp.float32), n_episodes)
+def _env_step(env, key, state, action, env_params):
+    """``env.step`` for one episode without its auto-reset (the pool refills slots itself): the
+    same key split and phases, so the same next state, reward and flags."""
+    key_move, _ = jax.random.split(key)
+    new_obst = move_obstacles(key_move, state.obstacles, state.agent_pos, env.size)
+    state, reward, term, trunc = transition(state, jnp.asarray(action), new_obst, env_params.max_steps_in_episode, env.size)
+    return env.observe(state), state, reward, term, trunc
+
+
+def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episodes, max_episodes, pool, greedy,
+                  temperature, interventions, se, min_episodes):
+    """The pooled rollout of one model: (ret, length, outcome) arrays (len(target_rtgs) * max_episodes,).
+
+    Shapes are static at their capacity, counts are traced, so one compilation serves every
+    evaluation of a run (in-training, final, calibration): ``target_rtgs`` (R_cap,) of which the
+    first ``n_rtg`` are used, ``n_episodes`` <= ``max_episodes`` (static) per target. Episode
+    ``i`` of target ``r`` is entry ``r * n_episodes + i``. ``outcome``: 0 not played, 1 goal, 2 hit
+    a ball, 3 timeout, 4 hit a wall. ``se`` (<= 0: off) and ``min_episodes`` are the
+    standard-error stopping rule.
+    """
+    R = target_rtgs.shape[0]  # capacity; n_rtg of them are used
+    total = n_rtg * n_episodes
+    capacity = R * max_episodes
+    P = pool
     K = cfg.n_timesteps
     pad_action = cfg.n_actions
     max_t = cfg.max_timestep
+    k_reset, k_loop = jax.random.split(key)
+    # Same reset key for episode i of every target RTG (common random numbers): split(k, n)[i].
+    reset_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_reset, jnp.arange(max_episodes))
+    obs0_all, state0_all = jax.vmap(env.reset, in_axes=(0, None))(reset_keys, env_params)
+    rtgs = target_rtgs.astype(jnp.float32)
+    adaptive = se > 0
+    # Queue order q = i * n_rtg + r (episode-major): every target gets its episode i before any its i+1.
+    window = P * R  # enough queue entries to find P open ones while any target is open
 
     def push(buf, x):  # shift the context window left and append x as the newest timestep
         return jnp.concatenate([buf[:, 1:], x[:, None]], axis=1)
 
-    hist0 = (
-        push(jnp.zeros((batch, K) + obs0.shape[1:], obs0.dtype), obs0),
-        push(jnp.zeros((batch, K), jnp.float32), rtg0),
-        push(jnp.zeros((batch, K), jnp.int32), jnp.zeros((batch,), jnp.int32)),
-        jnp.full((batch, K), pad_action, jnp.int32),
-    )
-    max_steps = env_params.max_steps_in_episode
+    def fresh_hist(obs0, rtg0):
+        m = obs0.shape[0]
+        return (push(jnp.zeros((m, K) + obs0.shape[1:], obs0.dtype), obs0),
+                push(jnp.zeros((m, K), jnp.float32), rtg0),
+                jnp.zeros((m, K), jnp.int32),
+                jnp.full((m, K), pad_action, jnp.int32))
+
+    def refill(c):
+        """Give every idle slot the next queue entry of a target still open (or leave it idle)."""
+        free = c["ep"] < 0
+        n_free = free.sum()
+        cand = c["ptr"] + jnp.arange(window, dtype=jnp.int32)
+        open_ = (cand < total) & ~c["closed"][cand % n_rtg]
+        rank = jnp.cumsum(open_) - 1
+        take = open_ & (rank < n_free)
+        by_rank = jnp.full((P,), -1, jnp.int32).at[jnp.where(take, rank, P)].set(cand, mode="drop")
+        slot_rank = jnp.cumsum(free) - 1
+        new_q = jnp.where(free, by_rank[jnp.clip(slot_rank, 0, P - 1)], -1)
+        got = new_q >= 0
+        first_left = jnp.min(jnp.where(open_ & ~take, cand, jnp.int32(2**30)))
+        ptr = jnp.minimum(first_left, c["ptr"] + window).astype(jnp.int32)
+        i_new, r_new = jnp.where(got, new_q // n_rtg, 0), jnp.where(got, new_q % n_rtg, 0)
+        s0 = jax.tree.map(lambda a: a[i_new], state0_all)
+        h0 = fresh_hist(obs0_all[i_new], rtgs[r_new])
+        sel = lambda new, old: jnp.where(got.reshape((P,) + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
+        return {**c, "ptr": ptr, "ep": jnp.where(got, new_q, c["ep"]),
+                "state": jax.tree.map(sel, s0, c["state"]), "hist": jax.tree.map(sel, h0, c["hist"]),
+                "t": jnp.where(got, 0, c["t"]), "ret": jnp.where(got, 0.0, c["ret"])}
 
     def cond(c):
-        step, done = c[0], c[3]
-        return (step < max_steps) & ~jnp.all(done)
+        return jnp.any(c["ep"] >= 0)
 
     def body(c):
-        step, state, hist, done, ret, length, outcome = c
+        state, hist, ep, t = c["state"], c["hist"], c["ep"], c["t"]
+        live = ep >= 0
+        i_ep, r_ep = jnp.where(live, ep // n_rtg, 0), jnp.where(live, ep % n_rtg, 0)
+        b = r_ep * n_episodes + i_ep  # the episode's entry in the (R, n) layout, and its key index
         logits = _policy_logits(params, cfg, hist, interventions)
-        k_act, k_env = jax.random.split(jax.random.fold_in(k_loop, step))
+        k_step = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_loop, t)
+        k_act, k_env = jax.vmap(jax.random.split, out_axes=1)(k_step)
+        env_keys = jax.vmap(jax.random.fold_in)(k_env, b)
         front = state.agent_pos + jnp.asarray(DIR_TO_VEC)[state.agent_dir]
         front_wall = jax.vmap(lambda xy, o: cell_type(xy, o, env.size))(front, state.obstacles) == WALL
-        if greedy:  # static: greedy runs draw no action noise
-            action = jnp.argmax(logits, -1).astype(jnp.int32)
-        else:
-            action = jax.random.categorical(k_act, logits / temperature, axis=-1).astype(jnp.int32)
-        env_keys = jax.random.split(k_env, batch)
-        obs, state, reward, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-            env_keys, state, action, env_params
-        )
-        ended = (term | trunc) & ~done
-        ret = jnp.where(done, ret, ret + reward)
-        length = jnp.where(done, length, length + 1)
-        # outcome: 0 running, 1 goal, 2 hit a ball, 3 timeout, 4 hit a wall
-        new_out = jnp.where(reward > 0, 1, jnp.where(reward <= -1, jnp.where(front_wall, 4, 2), 3))
-        outcome = jnp.where(ended, new_out, outcome)
-        done = done | term | trunc
+
+        def sample(_):
+            act_keys = jax.vmap(jax.random.fold_in)(k_act, b)
+            return jax.vmap(jax.random.categorical)(act_keys, logits / temperature).astype(jnp.int32)
+
+        # greedy is traced (one compilation for greedy and sampled runs); the cond runs one branch,
+        # so greedy runs draw no action noise
+        action = jax.lax.cond(greedy, lambda _: jnp.argmax(logits, -1).astype(jnp.int32), sample, None)
+        obs, state, reward, term, trunc = jax.vmap(functools.partial(_env_step, env), in_axes=(0, 0, 0, None))(
+            env_keys, state, action, env_params)
+        ended = live & (term | trunc)
+        ret = c["ret"] + jnp.where(live, reward, 0.0)
+        # outcome: 1 goal, 2 hit a ball, 3 timeout, 4 hit a wall
+        outcome = jnp.where(reward > 0, 1, jnp.where(reward <= -1, jnp.where(front_wall, 4, 2), 3)).astype(jnp.int32)
+        out_idx = jnp.where(ended, b, capacity)
+        res = {"ret": c["res"]["ret"].at[out_idx].set(ret, mode="drop"),
+               "len": c["res"]["len"].at[out_idx].set(t + 1, mode="drop"),
+               "out": c["res"]["out"].at[out_idx].set(outcome, mode="drop")}
+        # running count, sum and sum of squares of finished returns per target: the stopping rule
+        r_end = jnp.where(ended, r_ep, R)
+        fin = c["fin"] + jnp.zeros((R,), jnp.int32).at[r_end].add(1, mode="drop")
+        s1 = c["s1"] + jnp.zeros((R,), jnp.float32).at[r_end].add(ret, mode="drop")
+        s2 = c["s2"] + jnp.zeros((R,), jnp.float32).at[r_end].add(ret * ret, mode="drop")
+        nf = jnp.maximum(fin, 1).astype(jnp.float32)
+        var = jnp.maximum(s2 / nf - (s1 / nf) ** 2, 0.0)
+        met = adaptive & (fin >= min_episodes) & (jnp.sqrt(var / nf) <= se)
         rtg_next = hist[1][:, -1] - reward
         t_next = jnp.minimum(state.time, max_t).astype(jnp.int32)
         acts = hist[3].at[:, -1].set(action)
-        hist = (
-            push(hist[0], obs),
-            push(hist[1], rtg_next),
-            push(hist[2], t_next),
-            push(acts, jnp.full((batch,), pad_action, jnp.int32)),
-        )
-        return step + 1, state, hist, done, ret, length, outcome
+        hist = (push(hist[0], obs), push(hist[1], rtg_next), push(hist[2], t_next),
+                push(acts, jnp.full((P,), pad_action, jnp.int32)))
+        c = {**c, "state": state, "hist": hist, "ep": jnp.where(ended, -1, ep), "t": t + 1, "ret": ret, "res": res,
+             "fin": fin, "s1": s1, "s2": s2, "closed": c["closed"] | met}
+        return refill(c)
 
-    zeros_f = jnp.zeros((batch,), jnp.float32)
-    carry = (
-        jnp.int32(0),
-        state0,
-        hist0,
-        jnp.zeros((batch,), bool),
-        zeros_f,
-        jnp.zeros((batch,), jnp.int32),
-        jnp.zeros((batch,), jnp.int32),
+    state_init = jax.tree.map(lambda a: jnp.zeros((P,) + a.shape[1:], a.dtype), state0_all)
+    zi = lambda m: jnp.zeros((m,), jnp.int32)  # noqa: E731
+    c0 = {"ptr": jnp.int32(0), "closed": jnp.zeros((R,), bool), "ep": jnp.full((P,), -1, jnp.int32),
+          "state": state_init, "hist": fresh_hist(jnp.zeros((P,) + obs0_all.shape[1:], obs0_all.dtype), jnp.zeros((P,))),
+          "t": zi(P), "ret": jnp.zeros((P,), jnp.float32),
+          "res": {"ret": jnp.zeros((capacity,), jnp.float32), "len": zi(capacity), "out": zi(capacity)},
+          "fin": zi(R), "s1": jnp.zeros((R,), jnp.float32), "s2": jnp.zeros((R,), jnp.float32)}
+    c = jax.lax.while_loop(cond, body, refill(c0))
+    return c["res"]["ret"], c["res"]["len"], c["res"]["out"]
+
+
+_STATIC = ("cfg", "env", "max_episodes", "pool")
+_rollout = jax.jit(_rollout_core, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _rollout_seeds(params, cfg, env, env_params, keys, target_rtgs, n_rtg, n_episodes, max_episodes, pool, greedy,
+                   temperature, interventions, se, min_episodes):
+    """``_rollout_core`` vmapped over seeds: params (seed, ...) and keys (seed, 2)."""
+    def one(p, k):
+        return _rollout_core(p, cfg, env, env_params, k, target_rtgs, n_rtg, n_episodes, max_episodes, pool, greedy,
+                             temperature, interventions, se, min_episodes)
+
+    return jax.vmap(one)(params, keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """Static sizes of the compiled rollout: at most ``rtgs`` targets x ``episodes`` episodes,
+    ``pool`` played at once. Evaluations with the same capacity share one compilation (a run
+    passes one capacity to its in-training, final and calibration evaluations)."""
+
+    rtgs: int
+    episodes: int
+    pool: int = DEFAULT_POOL
+
+
+def _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes):
+    rtgs = np.asarray(target_rtgs, np.float32).reshape(-1)
+    n_episodes = int(n_episodes)
+    if n_episodes < 1 or len(rtgs) < 1:
+        raise ValueError(f"need at least one target RTG and one episode, got {len(rtgs)} and {n_episodes}")
+    if capacity is None:
+        capacity = Capacity(len(rtgs), n_episodes, int(pool or DEFAULT_POOL))
+    if len(rtgs) > capacity.rtgs or n_episodes > capacity.episodes:
+        raise ValueError(f"{len(rtgs)} targets x {n_episodes} episodes exceed the capacity {capacity}")
+    pool = max(1, min(capacity.pool, capacity.rtgs * capacity.episodes))
+    padded = jnp.asarray(np.pad(rtgs, (0, capacity.rtgs - len(rtgs))))
+    se = 0.0 if se is None else float(se)
+    counts = (jnp.int32(len(rtgs)), jnp.int32(n_episodes), capacity.episodes, pool)
+    return rtgs, padded, counts, jnp.float32(se), jnp.int32(min(int(min_episodes), n_episodes)), se > 0
+
+
+def _result(target_rtgs, ret, length, outcome, adaptive: bool) -> EvalResult:
+    outcome = np.asarray(outcome)
+    return EvalResult(
+        target_rtg=np.asarray(target_rtgs),
+        returns=np.asarray(ret),
+        lengths=np.asarray(length),
+        goal=outcome == 1,
+        hit=(outcome == 2) | (outcome == 4),
+        hit_wall=outcome == 4,
+        timeout=outcome == 3,
+        played=(outcome > 0) if adaptive else None,
     )
-    _, _, _, _, ret, length, outcome = jax.lax.while_loop(cond, body, carry)
-    shape = (n_rtg, n_episodes)
-    return ret.reshape(shape), length.reshape(shape), outcome.reshape(shape)
+
+
+def _unpad(x, n_rtg: int, n_episodes: int):
+    x = np.asarray(x)
+    return x[..., : n_rtg * n_episodes].reshape(x.shape[:-1] + (n_rtg, n_episodes))
 
 
 def evaluate(
@@ -166,62 +315,87 @@ def evaluate(
     greedy: bool = True,
     temperature: float = 1.0,
     interventions: dict | None = None,
+    pool: int | None = None,
+    se: float | None = None,
+    min_episodes: int = 100,
+    capacity: Capacity | None = None,
 ) -> EvalResult:
     """Run ``n_episodes`` closed-loop episodes for each target RTG, all in one jitted loop.
 
     Args:
       params, cfg: the DT.
       env, env_params: from ``envs.make`` (the observation mode must match ``cfg``).
-      key: PRNG key; the same key gives the same episodes.
+      key: PRNG key; the same key gives the same episodes (whatever the pool or capacity).
       target_rtgs: (R,) initial RTGs.
-      n_episodes: episodes per target RTG.
+      n_episodes: episodes per target RTG (with ``se``: the most per target).
       greedy: argmax actions; otherwise sample from softmax(logits / temperature).
       interventions: optional hook interventions applied at every step (see ``dtjax.hooks``).
+      pool: episodes played at once (default ``DEFAULT_POOL``); speed and memory, never results.
+      se: stop a target once the standard error of its mean return is <= ``se`` (after at least
+        ``min_episodes``); None plays every episode.
+      capacity: compile for this many targets x episodes (and its pool) so that evaluations of
+        different sizes share one compilation; default: exactly this call's sizes.
 
     Returns:
-      EvalResult with (R, n_episodes) arrays.
+      EvalResult with (R, n_episodes) arrays (``played`` marks the episodes run when ``se`` is set).
     """
-    target_rtgs = jnp.asarray(np.asarray(target_rtgs, np.float32).reshape(-1))
-    ret, length, outcome = _rollout(
-        params, cfg, env, env_params, key, target_rtgs, int(n_episodes), bool(greedy),
-        jnp.float32(temperature), interventions or {},
-    )
-    outcome = np.asarray(outcome)
-    return EvalResult(
-        target_rtg=np.asarray(target_rtgs),
-        returns=np.asarray(ret),
-        lengths=np.asarray(length),
-        goal=outcome == 1,
-        hit=(outcome == 2) | (outcome == 4),
-        hit_wall=outcome == 4,
-        timeout=(outcome == 3) | (outcome == 0),
-    )
+    rtgs, padded, counts, se_, min_ep, adaptive = _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes)
+    out = _rollout(params, cfg, env, env_params, key, padded, *counts, jnp.bool_(greedy), jnp.float32(temperature),
+                   interventions or {}, se_, min_ep)
+    return _result(rtgs, *(_unpad(x, len(rtgs), int(n_episodes)) for x in out), adaptive)
 
 
-def calibrate(params, cfg, env, env_params, key, rtgs=None, n_episodes: int = 200, **kw) -> dict:
-    """The original's "black box characterisation": achieved return as the target RTG sweeps.
+def evaluate_seeds(params: Any, cfg: ModelConfig, env, env_params, keys: jax.Array, target_rtgs, n_episodes: int,
+                   *, greedy: bool = True, temperature: float = 1.0, pool: int | None = None, se: float | None = None,
+                   min_episodes: int = 100, capacity: Capacity | None = None) -> list[EvalResult]:
+    """``evaluate`` for N models of one shape at once: ``params`` stacked on a leading seed axis,
+    ``keys`` (N, 2). One jitted, vmapped loop (sharded as ``params`` is); returns N results,
+    each the same as ``evaluate`` of that seed with its key."""
+    rtgs, padded, counts, se_, min_ep, adaptive = _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes)
+    out = _rollout_seeds(params, cfg, env, env_params, keys, padded, *counts, jnp.bool_(greedy), jnp.float32(temperature),
+                         {}, se_, min_ep)
+    ret, length, outcome = (_unpad(x, len(rtgs), int(n_episodes)) for x in jax.device_get(out))
+    return [_result(rtgs, ret[k], length[k], outcome[k], adaptive) for k in range(ret.shape[0])]
 
-    Returns a JSON-able dict: ``rows`` (one summary row per target, see ``EvalResult.summary``),
-    ``strictly_monotonic`` (the mean return never decreases along the sweep), ``monotonic`` (no
-    decrease exceeds two standard errors of the difference: monotonic up to sampling noise), and
-    ``largest_decrease``.
-    """
-    rtgs = np.linspace(-1.0, 1.0, 21) if rtgs is None else np.asarray(rtgs, np.float32)
-    res = evaluate(params, cfg, env, env_params, key, rtgs, n_episodes, **kw)
+
+def calibration_stats(res: EvalResult, greedy: bool = True, se: float | None = None) -> dict:
+    """The JSON-able calibration dict of an ``EvalResult`` over a sweep of targets (see ``calibrate``)."""
     rows = res.summary()
     means = np.array([r["mean_return"] for r in rows])
-    se = np.array([r["std_return"] for r in rows]) / np.sqrt(n_episodes)
+    ses = np.array([r["se_return"] for r in rows])
     diffs = np.diff(means)
-    noise = 2.0 * np.sqrt(se[1:] ** 2 + se[:-1] ** 2)  # 2 standard errors of each difference
+    noise = 2.0 * np.sqrt(ses[1:] ** 2 + ses[:-1] ** 2)  # 2 standard errors of each difference
+    n = [r["episodes"] for r in rows]
     return {
         "rows": rows,
-        "n_episodes": int(n_episodes),
-        "greedy": bool(kw.get("greedy", True)),
+        "n_episodes": int(max(n)),  # the most episodes of any point (each row has its own "episodes")
+        "episodes_total": int(sum(n)),
+        "se_target": None if not se else float(se),
+        "greedy": bool(greedy),
         # never decreases along the sweep
         "strictly_monotonic": bool(np.all(diffs >= 0)),
         # no decrease larger than sampling noise (2 standard errors of the difference)
         "monotonic": bool(np.all(diffs >= -noise)),
-        "largest_decrease": float(max(0.0, -diffs.min())),
+        "largest_decrease": float(max(0.0, -diffs.min())) if len(diffs) else 0.0,
         "strictly_rising_ends": bool(means[-1] > means[0]),
+        # mean |achieved - target| over the sweep: how far the model is from y = x
+        "calibration_error": float(np.mean(np.abs(means - res.target_rtg))),
     }
 
+
+def calibrate(params, cfg, env, env_params, key, rtgs=None, n_episodes: int = 200, *, se: float | None = None,
+              min_episodes: int = 100, **kw) -> dict:
+    """The original's "black box characterisation": achieved return as the target RTG sweeps.
+
+    ``n_episodes``: episodes per target, or with ``se`` the cap; ``se``: play each target until
+    the standard error of its mean return is <= ``se`` (at least ``min_episodes``).
+
+    Returns a JSON-able dict: ``rows`` (one summary row per target, see ``EvalResult.summary``,
+    each with its ``episodes`` and ``se_return``), ``strictly_monotonic`` (the mean return never
+    decreases along the sweep), ``monotonic`` (no decrease exceeds two standard errors of the
+    difference: monotonic up to sampling noise), ``largest_decrease`` and ``calibration_error``
+    (mean |achieved - target|).
+    """
+    rtgs = np.linspace(-1.0, 1.0, 21) if rtgs is None else np.asarray(rtgs, np.float32)
+    res = evaluate(params, cfg, env, env_params, key, rtgs, n_episodes, se=se, min_episodes=min_episodes, **kw)
+    return calibration_stats(res, kw.get("greedy", True), se)

@@ -47,24 +47,30 @@ def png_bytes(fig, dpi: int = 90) -> bytes:
 
 
 def calibration(calib: dict, title: str = "Calibration"):
-    """Target vs achieved return with the diagonal and 10-90 / 25-75 percentile bands.
+    """Target vs achieved return with the diagonal, 10-90 / 25-75 percentile bands and +-2
+    standard errors of each point's mean.
 
     ``calib``: ``dtjax.evaluate.calibrate``'s dict (``rows`` with target_rtg, mean_return, p10,
-    p25, p75, p90; ``n_episodes``).
+    p25, p75, p90, episodes, se_return; ``se_target`` when the episode counts followed a stated
+    standard error).
     """
     plt = _plt()
     rows = calib["rows"]
     x = np.array([r["target_rtg"] for r in rows])
     mean = np.array([r["mean_return"] for r in rows])
+    n = [r.get("episodes", calib.get("n_episodes", 1)) for r in rows]
+    se = np.array([r.get("se_return", r["std_return"] / np.sqrt(max(k, 1))) for r, k in zip(rows, n)])
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.fill_between(x, [r["p10"] for r in rows], [r["p90"] for r in rows], alpha=0.2, label="10–90th pct")
     ax.fill_between(x, [r["p25"] for r in rows], [r["p75"] for r in rows], alpha=0.3, label="25–75th pct")
-    ax.plot(x, mean, "o-", label="mean achieved return")
+    ax.errorbar(x, mean, yerr=2 * se, fmt="o-", ms=4, capsize=2, label="mean achieved return ± 2 SE")
     lo, hi = min(x.min(), -1), max(x.max(), 1)
     ax.plot([lo, hi], [lo, hi], "-.", color="lightseagreen", label="y = x")
     ax.set_xlabel("target RTG")
     ax.set_ylabel("achieved return")
-    ax.set_title(f"{title} ({calib['n_episodes']} episodes per point)")
+    per_point = f"{min(n)}" if min(n) == max(n) else f"{min(n)}–{max(n)}"
+    target = f", SE ≤ {calib['se_target']:g}" if calib.get("se_target") else ""
+    ax.set_title(f"{title} ({per_point} episodes per point{target})", fontsize=9)
     ax.set_ylim(-1.1, 1.1)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

@@ -127,7 +127,9 @@ def draw_starts(key: jax.Array, data: dict, batch_size: int, K: int, prob_go_fro
     """(B,) window start rows: a uniform kept transition, or with probability ``prob_go_from_end``
     the start ``max(0, len - K)`` of that transition's episode (the window then ends it)."""
     k_idx, k_end = jax.random.split(key)
-    pick = jax.random.randint(k_idx, (batch_size,), 0, data["valid_idx"].shape[0])
+    # "n_valid": the real length of a padded valid_idx (datasets of several seeds stacked, see dtjax.train)
+    n_valid = data["n_valid"] if "n_valid" in data else data["valid_idx"].shape[0]
+    pick = jax.random.randint(k_idx, (batch_size,), 0, n_valid)
     idx = data["valid_idx"][pick]  # a uniform transition = length-weighted episode, uniform start
     ep = data["episode"][idx]
     start, length = data["ep_start"][ep], data["ep_len"][ep]
