@@ -81,6 +81,17 @@ def run_with_hooks(params: dict, cfg: ModelConfig, inputs: Inputs, interventions
                                     interventions=interventions)
 
 
+def layer_norm(params: dict, cfg: ModelConfig, name: str, x: jax.Array) -> jax.Array:
+    """The model's LayerNorm ``name`` ("blocks.0.ln1", "ln_final") applied to ``x`` (..., d_model);
+    the identity for a model without LayerNorm."""
+    if not cfg.layer_norm:
+        return x
+    node = params
+    for key in name.replace("blocks.", "blocks_").split("."):
+        node = node[key]
+    return model_lib.LayerNorm(cfg, prefix=name).apply({"params": node}, x, {})
+
+
 def action_index(a: int | str) -> int:
     if isinstance(a, str):
         if a not in ACTIONS:

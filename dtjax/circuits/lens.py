@@ -1,0 +1,110 @@
+"""Logit lens, accumulated residual and layer-wise decomposition of the residual stream.
+
+Logit lens (nostalgebraist 2020; TransformerLens ``ActivationCache.accumulated_resid`` and
+``decompose_resid``). Without LayerNorm the logits are linear in the final residual stream, and
+the residual stream is a running sum, so reading the logit direction ``W_U @ v`` off the residual
+*before* each layer shows what the model "would say" if it stopped there, and reading it off each
+layer's output shows what that layer adds:
+
+    accumulated:  resid_pre[0], resid_mid[0], resid_pre[1], ..., resid_post[L-1]   ("0_pre", ..., "final_post")
+    layer-wise:   embed, pos_embed, 0_attn_out, 0_mlp_out, 1_attn_out, ...        (sums to resid_post[L-1])
+
+With LayerNorm, ``apply_ln=True`` centres each vector and divides it by the cached final scale
+(``ln_final.hook_scale``, TL's ``apply_ln_to_stack``), so the projections still add up to the
+direct logit along ``v``; the LN weight is folded into the direction, and its bias (like
+``b_U``) is a constant left out. ``logit_lens``'s ``accumulated_logits`` instead runs each
+accumulated residual through the real final LN (scale recomputed) and unembedding: the action
+logits the model would output from that layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dtjax.circuits.attribution import _token_pos, direct_logit_attribution
+from dtjax.circuits.core import Inputs, action_vector, layer_norm, run_with_cache
+from dtjax.config import ModelConfig
+
+
+def _apply_ln(cfg: ModelConfig, cache: dict, stack: jax.Array, pos: int) -> jax.Array:
+    """TL apply_ln_to_stack: (batch, n, d_model) centred and divided by the cached final LN scale."""
+    if not cfg.layer_norm:
+        return stack
+    return (stack - stack.mean(-1, keepdims=True)) / cache["ln_final.hook_scale"][:, pos][:, None]
+
+
+def accumulated_resid(params: dict, cfg: ModelConfig, cache: dict, pos: int | None = None, incl_mid: bool = False,
+                      apply_ln: bool = False) -> tuple[list[str], jax.Array]:
+    """The residual stream at token ``pos`` before each layer (and its middle), then at the end.
+
+    Returns (labels, (batch, n, d_model)) with labels "0_pre", ("0_mid"), "1_pre", ...,
+    "final_post", as TL's ``accumulated_resid(incl_mid=...)``. ``pos`` defaults to the last state
+    token. ``apply_ln``: TL's cached-scale final LayerNorm (no-op without LN).
+    """
+    pos = _token_pos(cache, pos)
+    labels, parts = [], []
+    for l in range(cfg.n_layers):
+        labels.append(f"{l}_pre")
+        parts.append(cache[f"blocks.{l}.hook_resid_pre"][:, pos])
+        if incl_mid and not cfg.attn_only:
+            labels.append(f"{l}_mid")
+            parts.append(cache[f"blocks.{l}.hook_resid_mid"][:, pos])
+    labels.append("final_post")
+    parts.append(cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"][:, pos])
+    stack = jnp.stack(parts, 1)
+    return labels, _apply_ln(cfg, cache, stack, pos) if apply_ln else stack
+
+
+def decompose_resid_layers(params: dict, cfg: ModelConfig, cache: dict, pos: int | None = None,
+                           apply_ln: bool = False) -> tuple[list[str], jax.Array]:
+    """The final residual at ``pos`` split by layer, as TL's ``decompose_resid(mode="all")``.
+
+    Returns (labels, (batch, n, d_model)): "embed" (``hook_embed``: token + time embedding),
+    "pos_embed", then "{l}_attn_out" and "{l}_mlp_out" per layer; the stack sums to
+    ``blocks.{L-1}.hook_resid_post[:, pos]``. (Per head and per token type: ``decompose_resid``.)
+    """
+    pos = _token_pos(cache, pos)
+    labels, parts = ["embed", "pos_embed"], [cache["hook_embed"][:, pos], cache["hook_pos_embed"][:, pos]]
+    for l in range(cfg.n_layers):
+        labels.append(f"{l}_attn_out")
+        parts.append(cache[f"blocks.{l}.hook_attn_out"][:, pos])
+        if not cfg.attn_only:
+            labels.append(f"{l}_mlp_out")
+            parts.append(cache[f"blocks.{l}.hook_mlp_out"][:, pos])
+    stack = jnp.stack(parts, 1)
+    return labels, _apply_ln(cfg, cache, stack, pos) if apply_ln else stack
+
+
+def _residual_direction(params: dict, cfg: ModelConfig, direction: Any) -> jax.Array:
+    """W_U @ v with the final LN weight folded in (d_model,)."""
+    d = params["W_U"] @ action_vector(direction, cfg.n_actions)
+    return params["ln_final"]["w"] * d if cfg.layer_norm else d
+
+
+def logit_lens(params: dict, cfg: ModelConfig, inputs: Inputs, direction: Any = "forward-right",
+               pos: int | None = None) -> dict:
+    """Logit lens at state token ``pos`` (default the last) onto a direction over actions.
+
+    Returns a dict of arrays and labels:
+      ``accumulated`` (batch, n) and ``accumulated_labels``: each accumulated residual (with the
+        middles) through the cached-scale final LN onto W_U @ v (no biases);
+      ``accumulated_logits`` (batch, n, n_actions): each accumulated residual through the real
+        final LN and the unembedding (the last row is the model's logits);
+      ``layers`` (batch, n) and ``layer_labels``: each layer's output the same way (they sum to
+        the last ``accumulated`` entry);
+      ``components`` (batch, n) and ``component_labels``: per head, MLP and token type (DLA);
+      ``logits`` (batch, n_actions): the model's logits at ``pos``.
+    """
+    logits, cache = run_with_cache(params, cfg, inputs)
+    pos = _token_pos(cache, pos)
+    d = _residual_direction(params, cfg, direction)
+    acc_labels, acc = accumulated_resid(params, cfg, cache, pos, incl_mid=True)
+    lay_labels, lay = decompose_resid_layers(params, cfg, cache, pos, apply_ln=True)
+    x = layer_norm(params, cfg, "ln_final", acc)
+    comp_labels, comp = direct_logit_attribution(params, cfg, cache, direction, pos, include_bias=False)
+    return {"accumulated": _apply_ln(cfg, cache, acc, pos) @ d, "accumulated_labels": acc_labels,
+            "accumulated_logits": x @ params["W_U"] + params["b_U"], "layers": lay @ d, "layer_labels": lay_labels,
+            "components": comp, "component_labels": comp_labels, "logits": logits[:, pos // 3]}
