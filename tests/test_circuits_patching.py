@@ -374,19 +374,17 @@ def test_logit_lens(models, name):
     logits, cache = C.run_with_cache(params, cfg, inp)
     assert lens["accumulated_labels"] == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
     assert lens["layer_labels"] == ["embed", "pos_embed", "0_attn_out", "0_mlp_out", "1_attn_out", "1_mlp_out"]
-    v = C.action_vector("forward-right")
+    along = logits[:, -1] @ C.action_vector("forward-right")
     assert_close(lens["accumulated_logits"][:, -1], logits[:, -1])
-    assert_close(lens["layers"].sum(1), lens["accumulated"][:, -1], rtol=1e-4)
-    assert_close(lens["components"].sum(1), lens["accumulated"][:, -1], rtol=1e-4)
-    # each step of the accumulated lens is what the layers in between add
-    steps = np.diff(np.asarray(lens["accumulated"]), axis=1)
-    lay = np.asarray(lens["layers"])
-    assert_close(steps[:, [0, 1, 2, 3]], lay[:, [2, 3, 4, 5]], rtol=1e-4)
-    const = C.direct_logit_attribution(params, cfg, cache, v)[1][:, -1 - cfg.layer_norm:].sum(1)
-    assert_close(lens["accumulated"][:, -1] + const, logits[:, -1] @ v, rtol=1e-4)
-    # accumulated logits at the first layer: the embedding alone through the final LN and W_U
-    x = C.layer_norm(params, cfg, "ln_final", cache["blocks.0.hook_resid_pre"][:, -2])
-    assert_close(lens["accumulated_logits"][:, 0], x @ params["W_U"] + params["b_U"])
+    assert_close(lens["accumulated"][:, -1] + params["b_U"] @ C.action_vector("forward-right"), along, rtol=1e-4)
+    assert_close(lens["layers"].sum(1) + lens["bias"], along, rtol=1e-4)
+    assert_close(lens["components"].sum(1) + lens["bias"], along, rtol=1e-4)
+    # the first entry: the embeddings alone through the final LN and W_U (hook_embed + hook_pos_embed)
+    x = C.layer_norm(params, cfg, "ln_final", cache["hook_embed"][:, -2] + cache["hook_pos_embed"][:, -2])
+    assert_close(lens["accumulated_logits"][:, 0], x @ params["W_U"] + params["b_U"], rtol=1e-4)
+    if not cfg.layer_norm:  # each step of the accumulated lens is what the layers in between add
+        steps = np.diff(np.asarray(lens["accumulated"]), axis=1)
+        assert_close(steps, np.asarray(lens["layers"])[:, 2:], rtol=1e-4)
 
 
 def test_composition_scores_match_dense_products(models):

@@ -9,12 +9,12 @@ layer's output shows what that layer adds:
     accumulated:  resid_pre[0], resid_mid[0], resid_pre[1], ..., resid_post[L-1]   ("0_pre", ..., "final_post")
     layer-wise:   embed, pos_embed, 0_attn_out, 0_mlp_out, 1_attn_out, ...        (sums to resid_post[L-1])
 
-With LayerNorm, ``apply_ln=True`` centres each vector and divides it by the cached final scale
-(``ln_final.hook_scale``, TL's ``apply_ln_to_stack``), so the projections still add up to the
-direct logit along ``v``; the LN weight is folded into the direction, and its bias (like
-``b_U``) is a constant left out. ``logit_lens``'s ``accumulated_logits`` instead runs each
-accumulated residual through the real final LN (scale recomputed) and unembedding: the action
-logits the model would output from that layer.
+With LayerNorm the two differ, as in TransformerLens 3.x: the accumulated residuals go through
+the real final LayerNorm, its statistics recomputed for each (``apply_ln=True``, TL's
+``recompute_ln`` for the unembed: what the model would output if it stopped there), while the
+layer outputs are centred and divided by the cached final scale (``ln_final.hook_scale``, TL's
+``apply_ln_to_stack``) so that they still add up; the LN weight is then folded into the
+direction and its bias is a constant, like ``b_U``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dtjax.config import ModelConfig
 
 
 def _apply_ln(cfg: ModelConfig, cache: dict, stack: jax.Array, pos: int) -> jax.Array:
-    """TL apply_ln_to_stack: (batch, n, d_model) centred and divided by the cached final LN scale."""
+    """TL ``apply_ln_to_stack``: (batch, n, d_model) centred and divided by the cached final LN scale."""
     if not cfg.layer_norm:
         return stack
     return (stack - stack.mean(-1, keepdims=True)) / cache["ln_final.hook_scale"][:, pos][:, None]
@@ -42,7 +42,8 @@ def accumulated_resid(params: dict, cfg: ModelConfig, cache: dict, pos: int | No
 
     Returns (labels, (batch, n, d_model)) with labels "0_pre", ("0_mid"), "1_pre", ...,
     "final_post", as TL's ``accumulated_resid(incl_mid=...)``. ``pos`` defaults to the last state
-    token. ``apply_ln``: TL's cached-scale final LayerNorm (no-op without LN).
+    token. ``apply_ln``: each through the final LayerNorm with its statistics recomputed (TL 3.x;
+    the identity without LN).
     """
     pos = _token_pos(cache, pos)
     labels, parts = [], []
@@ -55,7 +56,7 @@ def accumulated_resid(params: dict, cfg: ModelConfig, cache: dict, pos: int | No
     labels.append("final_post")
     parts.append(cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"][:, pos])
     stack = jnp.stack(parts, 1)
-    return labels, _apply_ln(cfg, cache, stack, pos) if apply_ln else stack
+    return labels, layer_norm(params, cfg, "ln_final", stack) if apply_ln else stack
 
 
 def decompose_resid_layers(params: dict, cfg: ModelConfig, cache: dict, pos: int | None = None,
@@ -65,6 +66,7 @@ def decompose_resid_layers(params: dict, cfg: ModelConfig, cache: dict, pos: int
     Returns (labels, (batch, n, d_model)): "embed" (``hook_embed``: token + time embedding),
     "pos_embed", then "{l}_attn_out" and "{l}_mlp_out" per layer; the stack sums to
     ``blocks.{L-1}.hook_resid_post[:, pos]``. (Per head and per token type: ``decompose_resid``.)
+    ``apply_ln``: centred and divided by the cached final LN scale (TL ``apply_ln_to_stack``).
     """
     pos = _token_pos(cache, pos)
     labels, parts = ["embed", "pos_embed"], [cache["hook_embed"][:, pos], cache["hook_pos_embed"][:, pos]]
@@ -78,33 +80,32 @@ def decompose_resid_layers(params: dict, cfg: ModelConfig, cache: dict, pos: int
     return labels, _apply_ln(cfg, cache, stack, pos) if apply_ln else stack
 
 
-def _residual_direction(params: dict, cfg: ModelConfig, direction: Any) -> jax.Array:
-    """W_U @ v with the final LN weight folded in (d_model,)."""
-    d = params["W_U"] @ action_vector(direction, cfg.n_actions)
-    return params["ln_final"]["w"] * d if cfg.layer_norm else d
-
-
 def logit_lens(params: dict, cfg: ModelConfig, inputs: Inputs, direction: Any = "forward-right",
                pos: int | None = None) -> dict:
-    """Logit lens at state token ``pos`` (default the last) onto a direction over actions.
+    """Logit lens at state token ``pos`` (default the last) onto a direction over actions ``v``.
 
     Returns a dict of arrays and labels:
       ``accumulated`` (batch, n) and ``accumulated_labels``: each accumulated residual (with the
-        middles) through the cached-scale final LN onto W_U @ v (no biases);
-      ``accumulated_logits`` (batch, n, n_actions): each accumulated residual through the real
-        final LN and the unembedding (the last row is the model's logits);
-      ``layers`` (batch, n) and ``layer_labels``: each layer's output the same way (they sum to
-        the last ``accumulated`` entry);
-      ``components`` (batch, n) and ``component_labels``: per head, MLP and token type (DLA);
+        middles) through the final LN (recomputed) onto W_U @ v;
+      ``accumulated_logits`` (batch, n, n_actions): the same through the whole unembedding
+        (+ b_U): the action logits the model would give from there (the last row is its output);
+      ``layers`` (batch, n) and ``layer_labels``: each layer's output through the cached-scale
+        final LN onto (w_ln * W_U) @ v;
+      ``components`` (batch, n) and ``component_labels``: per head, MLP bias and token type (DLA);
+      ``bias`` (batch,): (b_ln @ W_U + b_U) @ v, so ``layers`` (or ``components``) sum plus ``bias``
+        is the logit along v, as is ``accumulated[:, -1] + b_U @ v``;
       ``logits`` (batch, n_actions): the model's logits at ``pos``.
     """
     logits, cache = run_with_cache(params, cfg, inputs)
     pos = _token_pos(cache, pos)
-    d = _residual_direction(params, cfg, direction)
-    acc_labels, acc = accumulated_resid(params, cfg, cache, pos, incl_mid=True)
+    v = action_vector(direction, cfg.n_actions)
+    d = params["W_U"] @ v
+    acc_labels, acc = accumulated_resid(params, cfg, cache, pos, incl_mid=True, apply_ln=True)
     lay_labels, lay = decompose_resid_layers(params, cfg, cache, pos, apply_ln=True)
-    x = layer_norm(params, cfg, "ln_final", acc)
+    d_ln = params["ln_final"]["w"] * d if cfg.layer_norm else d
+    bias = params["b_U"] @ v + (params["ln_final"]["b"] @ d if cfg.layer_norm else 0.0)
     comp_labels, comp = direct_logit_attribution(params, cfg, cache, direction, pos, include_bias=False)
-    return {"accumulated": _apply_ln(cfg, cache, acc, pos) @ d, "accumulated_labels": acc_labels,
-            "accumulated_logits": x @ params["W_U"] + params["b_U"], "layers": lay @ d, "layer_labels": lay_labels,
-            "components": comp, "component_labels": comp_labels, "logits": logits[:, pos // 3]}
+    return {"accumulated": acc @ d, "accumulated_labels": acc_labels,
+            "accumulated_logits": acc @ params["W_U"] + params["b_U"], "layers": lay @ d_ln, "layer_labels": lay_labels,
+            "components": comp, "component_labels": comp_labels, "bias": jnp.broadcast_to(bias, acc.shape[:1]),
+            "logits": logits[:, pos // 3]}
