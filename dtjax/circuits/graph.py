@@ -193,6 +193,7 @@ def _sender_names(cfg: ModelConfig, with_actions: bool) -> list[str]:
     return names
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def sender_outputs(params: dict, cfg: ModelConfig, inputs: Inputs) -> tuple[jax.Array, jax.Array]:
     """(logits (batch, K, n_actions), outputs (n_senders, batch, pos, d_model)) of every sender on ``inputs``."""
     with_actions = inputs.actions is not None
@@ -210,6 +211,7 @@ def _take(_, value):
     return value  # hooks.Apply: replace the activation by ``value`` (the computed one is then unused)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "return_outputs"))
 def graph_forward(params: dict, cfg: ModelConfig, inputs: Inputs, patch: jax.Array, mask: jax.Array,
                   return_outputs: bool = False):
     """Logits (batch, K, n_actions) of ``inputs`` with edges patched (see the module docstring).
@@ -345,19 +347,18 @@ def edge_attribution_patching(params: dict, cfg: ModelConfig, clean: Inputs, cor
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "freeze_mlps"))
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def _path_patch(params, cfg, base, p_src, p_base, send, recv, freeze_mlps):
     g = inputs_graph(cfg, base)
     allowed = jnp.asarray(g.allowed, jnp.float32)
     is_mlp = jnp.asarray([s.endswith("_mlp") for s in g.senders])
-    # step 2: the sender(s) at their source outputs, every other head (and MLP if frozen) at its base output
+    # step 2: the sender(s) at their source outputs, every other head (and every MLP if frozen) at its
+    # base output; the MLPs that are not frozen recompute from those (with all MLPs frozen this run
+    # changes nothing: it is there so that the flag is data and both settings share one compile)
     p2 = jnp.where(send[:, None, None, None], p_src, p_base)
-    frozen = send | ~is_mlp if not freeze_mlps else jnp.ones_like(send)
-    if freeze_mlps:
-        p3 = p2
-    else:
-        _, outs2 = graph_forward(params, cfg, base, p2, frozen[:, None] * allowed, return_outputs=True)
-        p3 = jnp.where(frozen[:, None, None, None], p2, outs2)
+    frozen = send | ~is_mlp | freeze_mlps
+    _, outs2 = graph_forward(params, cfg, base, p2, frozen[:, None] * allowed, return_outputs=True)
+    p3 = jnp.where(frozen[:, None, None, None], p2, outs2)
     # step 3: only the receivers' inputs patched to their step-2 values
     return graph_forward(params, cfg, base, p3, allowed * recv[None, :])
 
@@ -392,7 +393,7 @@ def path_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inpu
     send = np.zeros(len(g.senders), bool)
     for s in [sender] if isinstance(sender, str) else sender:
         send[g.sender_index(s)] = True
-    logits = _path_patch(params, cfg, corrupted, p_src, p_base, jnp.asarray(send), recv, bool(freeze_mlps))
+    logits = _path_patch(params, cfg, corrupted, p_src, p_base, jnp.asarray(send), recv, jnp.bool_(freeze_mlps))
     m = _metric(logits, v)
     return {"clean": m_clean, "corrupted": m_corr, "patched": m, "effect": (m - m_corr) / _normaliser(m_clean, m_corr)}
 
@@ -406,7 +407,7 @@ def path_patching_senders(params: dict, cfg: ModelConfig, clean: Inputs, corrupt
     """
     g, recv, v, p_src, p_base, m_clean, m_corr = _path_setup(params, cfg, clean, corrupted, receivers, direction)
     eye = jnp.eye(len(g.senders), dtype=bool)
-    logits = jax.vmap(lambda s: _path_patch(params, cfg, corrupted, p_src, p_base, s, recv, bool(freeze_mlps)))(eye)
+    logits = jax.vmap(lambda s: _path_patch(params, cfg, corrupted, p_src, p_base, s, recv, jnp.bool_(freeze_mlps)))(eye)
     eff = ((logits[:, :, -1] @ v).mean(1) - m_corr) / _normaliser(m_clean, m_corr)
     reaches = (g.allowed & np.asarray(recv)[None, :]).any(1)
     return {"senders": list(g.senders), "effects": jnp.where(jnp.asarray(reaches), eff, jnp.nan),
@@ -418,7 +419,6 @@ def path_patching_senders(params: dict, cfg: ModelConfig, clean: Inputs, corrupt
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def _full_graph(params, cfg, clean, patch):
     """The graph forward with no edge patched: the clean model's logits (the KL reference, so a
     circuit that changes nothing has KL exactly 0)."""

@@ -19,13 +19,14 @@ direction and its bias is a constant, like ``b_U``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from dtjax.circuits.attribution import _token_pos, direct_logit_attribution
-from dtjax.circuits.core import Inputs, action_vector, layer_norm, run_with_cache
+from dtjax.circuits.attribution import _token_pos, component_labels, direct_logit_attribution
+from dtjax.circuits.core import Inputs, action_vector, layer_norm, run_with_cache, state_pos
 from dtjax.config import ModelConfig
 
 
@@ -34,6 +35,20 @@ def _apply_ln(cfg: ModelConfig, cache: dict, stack: jax.Array, pos: int) -> jax.
     if not cfg.layer_norm:
         return stack
     return (stack - stack.mean(-1, keepdims=True)) / cache["ln_final.hook_scale"][:, pos][:, None]
+
+
+def _accumulated_labels(cfg: ModelConfig, incl_mid: bool) -> list[str]:
+    labels = []
+    for l in range(cfg.n_layers):
+        labels += [f"{l}_pre"] + ([f"{l}_mid"] if incl_mid and not cfg.attn_only else [])
+    return labels + ["final_post"]
+
+
+def _layer_labels(cfg: ModelConfig) -> list[str]:
+    labels = ["embed", "pos_embed"]
+    for l in range(cfg.n_layers):
+        labels += [f"{l}_attn_out"] + ([] if cfg.attn_only else [f"{l}_mlp_out"])
+    return labels
 
 
 def accumulated_resid(params: dict, cfg: ModelConfig, cache: dict, pos: int | None = None, incl_mid: bool = False,
@@ -46,17 +61,14 @@ def accumulated_resid(params: dict, cfg: ModelConfig, cache: dict, pos: int | No
     the identity without LN).
     """
     pos = _token_pos(cache, pos)
-    labels, parts = [], []
+    parts = []
     for l in range(cfg.n_layers):
-        labels.append(f"{l}_pre")
         parts.append(cache[f"blocks.{l}.hook_resid_pre"][:, pos])
         if incl_mid and not cfg.attn_only:
-            labels.append(f"{l}_mid")
             parts.append(cache[f"blocks.{l}.hook_resid_mid"][:, pos])
-    labels.append("final_post")
     parts.append(cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"][:, pos])
     stack = jnp.stack(parts, 1)
-    return labels, layer_norm(params, cfg, "ln_final", stack) if apply_ln else stack
+    return _accumulated_labels(cfg, incl_mid), layer_norm(params, cfg, "ln_final", stack) if apply_ln else stack
 
 
 def decompose_resid_layers(params: dict, cfg: ModelConfig, cache: dict, pos: int | None = None,
@@ -69,15 +81,13 @@ def decompose_resid_layers(params: dict, cfg: ModelConfig, cache: dict, pos: int
     ``apply_ln``: centred and divided by the cached final LN scale (TL ``apply_ln_to_stack``).
     """
     pos = _token_pos(cache, pos)
-    labels, parts = ["embed", "pos_embed"], [cache["hook_embed"][:, pos], cache["hook_pos_embed"][:, pos]]
+    parts = [cache["hook_embed"][:, pos], cache["hook_pos_embed"][:, pos]]
     for l in range(cfg.n_layers):
-        labels.append(f"{l}_attn_out")
         parts.append(cache[f"blocks.{l}.hook_attn_out"][:, pos])
         if not cfg.attn_only:
-            labels.append(f"{l}_mlp_out")
             parts.append(cache[f"blocks.{l}.hook_mlp_out"][:, pos])
     stack = jnp.stack(parts, 1)
-    return labels, _apply_ln(cfg, cache, stack, pos) if apply_ln else stack
+    return _layer_labels(cfg), _apply_ln(cfg, cache, stack, pos) if apply_ln else stack
 
 
 def logit_lens(params: dict, cfg: ModelConfig, inputs: Inputs, direction: Any = "forward-right",
@@ -96,16 +106,22 @@ def logit_lens(params: dict, cfg: ModelConfig, inputs: Inputs, direction: Any = 
         is the logit along v, as is ``accumulated[:, -1] + b_U @ v``;
       ``logits`` (batch, n_actions): the model's logits at ``pos``.
     """
+    n_tok = 2 * inputs.n_timesteps + (0 if inputs.actions is None else inputs.actions.shape[1])
+    pos = state_pos(inputs.n_timesteps) if pos is None else pos % n_tok
+    out = _logit_lens(params, cfg, inputs, action_vector(direction, cfg.n_actions), pos)
+    labels = {"accumulated_labels": _accumulated_labels(cfg, True), "layer_labels": _layer_labels(cfg),
+              "component_labels": component_labels(cfg, pos)}
+    return {**out, **labels}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "pos"))
+def _logit_lens(params, cfg, inputs, v, pos):
     logits, cache = run_with_cache(params, cfg, inputs)
-    pos = _token_pos(cache, pos)
-    v = action_vector(direction, cfg.n_actions)
     d = params["W_U"] @ v
-    acc_labels, acc = accumulated_resid(params, cfg, cache, pos, incl_mid=True, apply_ln=True)
-    lay_labels, lay = decompose_resid_layers(params, cfg, cache, pos, apply_ln=True)
+    _, acc = accumulated_resid(params, cfg, cache, pos, incl_mid=True, apply_ln=True)
+    _, lay = decompose_resid_layers(params, cfg, cache, pos, apply_ln=True)
     d_ln = params["ln_final"]["w"] * d if cfg.layer_norm else d
     bias = params["b_U"] @ v + (params["ln_final"]["b"] @ d if cfg.layer_norm else 0.0)
-    comp_labels, comp = direct_logit_attribution(params, cfg, cache, direction, pos, include_bias=False)
-    return {"accumulated": acc @ d, "accumulated_labels": acc_labels,
-            "accumulated_logits": acc @ params["W_U"] + params["b_U"], "layers": lay @ d_ln, "layer_labels": lay_labels,
-            "components": comp, "component_labels": comp_labels, "bias": jnp.broadcast_to(bias, acc.shape[:1]),
-            "logits": logits[:, pos // 3]}
+    _, comp = direct_logit_attribution(params, cfg, cache, v, pos, include_bias=False)
+    return {"accumulated": acc @ d, "accumulated_logits": acc @ params["W_U"] + params["b_U"], "layers": lay @ d_ln,
+            "components": comp, "bias": jnp.broadcast_to(bias, acc.shape[:1]), "logits": logits[:, pos // 3]}

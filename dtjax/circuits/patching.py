@@ -57,15 +57,16 @@ def _reduce(name: str, contrib: jax.Array) -> jax.Array:
     return out if head_axis is None or pos_axis < head_axis else out.T
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "names"))
-def _grads_at_corrupted(params, cfg, corrupted, v, names):
-    """(metric, corrupted cache {name: act}, {name: dm/d act}) from one forward and one backward pass."""
-    shapes = jax.eval_shape(lambda: run_with_cache(params, cfg, corrupted, names=names)[1])
-    zeros = {n: jnp.zeros(s.shape, s.dtype) for n, s in shapes.items()}
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _grads_at_corrupted(params, cfg, corrupted, v):
+    """(metric, corrupted cache {name: act}, {name: dm/d act}) for every hook but the logits, from
+    one forward and one backward pass (one compile per model and input shape, whatever is asked)."""
+    shapes = jax.eval_shape(lambda: run_with_cache(params, cfg, corrupted)[1])
+    zeros = {n: jnp.zeros(s.shape, s.dtype) for n, s in shapes.items() if n != "hook_logits"}
 
     def metric(deltas):
         ivs = {n: hooks_lib.Apply(_shift, d) for n, d in deltas.items()}
-        logits, cache = run_with_cache(params, cfg, corrupted, interventions=ivs, names=names)
+        logits, cache = run_with_cache(params, cfg, corrupted, interventions=ivs)
         return logit_diff_metric(logits, v), cache
 
     (m, cache), grads = jax.value_and_grad(metric, has_aux=True)(zeros)
@@ -108,9 +109,9 @@ def attribution_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
         raise ValueError("hook_logits is the metric's input, not a patchable activation")
     m_clean = logit_diff_metric(clean_logits, v)
     if ig_steps == 0:
-        m_corr, corr_cache, grads = _grads_at_corrupted(params, cfg, corrupted, v, tuple(sorted(set(names))))
+        m_corr, corr_cache, grads = _grads_at_corrupted(params, cfg, corrupted, v)
     else:
-        corr_logits, corr_cache = run_with_cache(params, cfg, corrupted, names=names)
+        corr_logits, corr_cache = run_with_cache(params, cfg, corrupted)
         m_corr = logit_diff_metric(corr_logits, v)
         deltas = {n: clean_cache[n] - corr_cache[n] for n in names}
         grads = _integrated_grads(params, cfg, corrupted, deltas, v, int(ig_steps))
@@ -125,17 +126,19 @@ def attribution_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
 
 
 def _add_scaled(x, arg):
-    """x + coeff * vec, ``vec`` cut to x's shape (a context with fewer tokens than the vector's)."""
-    coeff, vec = arg  # vec: (batch or 1, ...) like x
+    """x + coeff * vec, ``vec`` (batch or 1, ...) cut or zero-padded at the end of each axis to x's
+    shape (the evaluation context may hold fewer or more tokens than the inputs it came from)."""
+    coeff, vec = arg
     vec = vec[(slice(None),) + tuple(slice(0, s) for s in x.shape[1:])]
+    vec = jnp.pad(vec, [(0, 0)] + [(0, s - t) for s, t in zip(x.shape[1:], vec.shape[1:])])
     return x + coeff * vec.astype(x.dtype)
 
 
 def steering_vector(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, hook) -> jax.Array:
     """The batch-mean activation difference a_corr - a_clean at ``hook`` (the hook's shape without batch)."""
     name = hooks_lib.act_name(hook)
-    _, c = run_with_cache(params, cfg, clean, names=[name])
-    _, k = run_with_cache(params, cfg, corrupted, names=[name])
+    _, c = run_with_cache(params, cfg, clean)  # the full cache: one compile shared with the other analyses
+    _, k = run_with_cache(params, cfg, corrupted)
     return (k[name] - c[name]).mean(0)
 
 
@@ -155,8 +158,8 @@ def steer_logits(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Input
     """
     name = hooks_lib.act_name(hook)
     v = action_vector(direction, cfg.n_actions)
-    clean_logits, c = run_with_cache(params, cfg, clean, names=[name])
-    corr_logits, k = run_with_cache(params, cfg, corrupted, names=[name])
+    clean_logits, c = run_with_cache(params, cfg, clean)
+    corr_logits, k = run_with_cache(params, cfg, corrupted)
     coeffs = jnp.asarray(coeffs, jnp.float32).reshape(-1)
     logits = _steer(params, cfg, clean, k[name] - c[name], coeffs, name)[:, :, -1]
     return {"coeff": coeffs, "logits": logits, "probs": jax.nn.softmax(logits, -1), "metric": (logits @ v).mean(1),
@@ -168,7 +171,8 @@ def steer_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Arra
     """Closed-loop returns with ``coeff * vector`` added at ``hook`` at every step of every episode.
 
     ``vector``: e.g. ``steering_vector`` (the hook's shape without batch; positions past the
-    evaluation context are dropped). Every coefficient runs the same episodes (same ``key``) and
+    evaluation context are dropped, missing ones are zero: the evaluation context of a K > 1
+    model holds 3K tokens, the current action slot being padding). Every coefficient runs the same episodes (same ``key``) and
     compiles once (the coefficient is traced). Returns ``coeff`` (n,), ``target_rtg`` (R,) and
     (n, R) arrays ``mean_return``, ``goal_rate``, ``hit_rate``, ``timeout_rate``.
     """
