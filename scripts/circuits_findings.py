@@ -9,7 +9,8 @@ Pairs (clean, corrupted) of real states:
 - "rtg": the same states at RTG 0.9 (clean) and -1 (corrupted);
 - "ball": states with a ball in the cell ahead (clean) and the same with that cell emptied
   (corrupted), at RTG 0.9: the obstacle-avoidance circuit;
-- "history" (K > 1 only): the same current step, the earlier steps taken from other windows.
+- "history" (K > 1 only): the same current step, the earlier steps' observations and actions
+  taken from other windows (timesteps and RTG kept); "history_time": their timesteps too.
 
 For each: activation vs attribution patching (and integrated gradients) on every hook, why AtP
 misses what it misses (attention saturation, ReLU gating), EAP, ACDC at several thresholds (the
@@ -72,9 +73,9 @@ def pairs(cfg, run_dir, n) -> dict:
     out["ball"] = (ball, ball.replace(obs=ball.obs.at[:, -1, FRONT[0], FRONT[1]].set(empty)))
     if cfg.n_timesteps > 1:
         a, b = base.take(np.arange(n)), base.take(np.arange(n, 2 * n))
-        hist = a.replace(obs=b.obs.at[:, -1].set(a.obs[:, -1]), timesteps=b.timesteps.at[:, -1].set(a.timesteps[:, -1]),
-                         actions=b.actions)
+        hist = a.replace(obs=b.obs.at[:, -1].set(a.obs[:, -1]), actions=b.actions)  # same timesteps and RTG
         out["history"] = (a, hist)
+        out["history_time"] = (a, hist.replace(timesteps=b.timesteps.at[:, -1].set(a.timesteps[:, -1])))
     return out
 
 
@@ -137,6 +138,12 @@ def nonlinearity_study(params, cfg, clean, corr, v="forward-right") -> dict:
     x, y = flat(act["effects"]), flat(atp["effects"])
     ok = np.isfinite(x)
     out["atp_noising_pearson"] = float(np.corrcoef(x[ok], y[ok])[0, 1])
+    worst = []
+    for name, a in act["effects"].items():
+        a, b = np.asarray(a), np.asarray(atp["effects"][name])
+        i = np.unravel_index(np.nanargmax(np.abs(a - b)), a.shape)
+        worst.append({"hook": name, "index": [int(j) for j in i], "actp": float(a[i]), "atp": float(b[i])})
+    out["atp_noising_worst"] = sorted(worst, key=lambda w: -abs(w["actp"] - w["atp"]))[:6]
     out["atp_noising_state_embed"] = {"actp": float(np.asarray(act["effects"]["hook_state_embed"])[-1]),
                                       "atp": float(np.asarray(atp["effects"]["hook_state_embed"])[-1])}
     return out
@@ -166,6 +173,7 @@ def graph_study(params, cfg, clean, corr) -> dict:
     return {"n_edges_total": len(g.edges), "kl_clean_vs_corrupted": corr_kl,
             "eap_top": [(s, r, float(v)) for (s, r), v in sorted(zip(eap["edges"], np.asarray(eap["scores"])),
                                                                    key=lambda e: -abs(e[1]))[:15]],
+            "eap_scores": [[s, r, float(v)] for (s, r), v in zip(eap["edges"], np.asarray(eap["scores"]))],
             "eap_sum": float(np.nansum(eap["scores"])), "eap_ig_sum": float(np.nansum(eap_ig["scores"])),
             "acdc": acdc, "prune": {"n_edges": [int(n) for n in ns], "faithfulness": [float(x) for x in prune["faithfulness"]],
                                     "faithfulness_ig": [float(x) for x in prune_ig["faithfulness"]],
@@ -253,6 +261,10 @@ def plot_circuit(path, cfg, graph, edges, scores, title):
     for c, nodes in by_col.items():
         for i, s in enumerate(nodes):
             pos[s] = (c, (len(nodes) - 1) / 2 - i)
+    low = min(y for _, y in pos.values())
+    for s in pos:  # MLPs below the heads, so that no edge runs through another node
+        if s.endswith("_mlp"):
+            pos[s] = (pos[s][0], low - 1.0)
     fig, ax = plt.subplots(figsize=(2.2 * (2 * cfg.n_layers + 2), 4.8))
     smax = max([abs(scores.get(e, 0.0)) for e in edges] + [1e-9])
     styles = {"q": ("tab:blue", "-"), "k": ("tab:orange", "-"), "v": ("tab:green", "-"), "": ("black", "-")}
@@ -260,9 +272,10 @@ def plot_circuit(path, cfg, graph, edges, scores, title):
         tgt, part = (r.split(".") + [""])[:2]
         colour, ls = styles[part]
         w = 0.6 + 3.5 * abs(scores.get((s, r), 0.0)) / smax
+        span = pos[tgt][0] - pos[s][0]
+        rad = {"q": -0.12, "k": 0.12, "v": 0.24}.get(part, 0.0) + (0.18 if span > 1 else 0.0)
         ax.add_patch(FancyArrowPatch(pos[s], pos[tgt], arrowstyle="-|>", mutation_scale=10, lw=w, color=colour, ls=ls,
-                                     alpha=0.8, connectionstyle=f"arc3,rad={0.15 if part in ('k', 'v') else -0.1 if part else 0}",
-                                     shrinkA=14, shrinkB=14))
+                                     alpha=0.8, connectionstyle=f"arc3,rad={rad}", shrinkA=14, shrinkB=14))
     used = {s for e in edges for s in (e[0], e[1].split(".")[0])}
     for s, (x, y) in pos.items():
         ax.scatter([x], [y], s=900, color="white" if s not in used else "#ffe9b0", edgecolors="black", zorder=3)
@@ -304,18 +317,42 @@ def plot_faithfulness(path, graph_results):
     plt.close(fig)
 
 
+def replot(cfg, params, ps, out, name) -> None:
+    summary = json.loads((out / f"circuits_{name}.json").read_text())
+    for pair, (clean, corr) in ps.items():
+        g = G.inputs_graph(cfg, clean)
+        if "eap_scores" in summary[pair]["graph"]:
+            scores = {(s, r): v for s, r, v in summary[pair]["graph"]["eap_scores"]}
+        else:
+            eap = C.edge_attribution_patching(params, cfg, clean, corr, mode="noising")
+            scores = dict(zip(eap["edges"], map(float, np.asarray(eap["scores"]))))
+        tau = summary[pair]["tau_figure"]
+        r = summary[pair]["graph"]["acdc"][str(tau)]
+        plot_circuit(out / f"circuits_{name}_acdc_{pair}.png", cfg, g, [tuple(e) for e in r["edges"]], scores,
+                     f"{name}, {pair} pair: ACDC tau={tau}: {r['n_edges']}/{len(g.edges)} edges, "
+                     f"faithfulness {r['faithfulness']:.2f} (width: |EAP|)")
+    plot_faithfulness(out / f"circuits_{name}_faithfulness.png", {p: summary[p]["graph"] for p in ps})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", default="docs/findings")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--replot", action="store_true", help="redraw the circuit and faithfulness figures from the JSON")
+    ap.add_argument("--pairs", nargs="*", help="only these pairs, merged into an existing JSON (no steering, composition)")
     args = ap.parse_args()
     cfg, params = dtjax.load(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = Path(args.checkpoint)
     ps = pairs(cfg, run_dir, args.batch)
+    if args.replot:
+        replot(cfg, params, ps, out, args.name)
+        return
+    if args.pairs:
+        ps = {k: v for k, v in ps.items() if k in args.pairs}
     summary: dict = {"checkpoint": str(args.checkpoint), "model": cfg.to_dict() if hasattr(cfg, "to_dict") else str(cfg),
                      "pairs": {k: int(v[0].batch) for k, v in ps.items()}}
     patch_res, graph_res = {}, {}
@@ -340,6 +377,13 @@ def main() -> None:
         print(f"{pair}: {time.perf_counter() - t:.0f}s; clean {pr['clean']:+.3f} corrupted {pr['corrupted']:+.3f}; "
               f"AtP r={pr['pearson_atp']:.3f}, IG r={pr['pearson_ig']:.3f}; ACDC tau={tau}: {r['n_edges']} edges, "
               f"faithfulness {r['faithfulness']:.3f}", flush=True)
+    if args.pairs:  # merge into the existing summary
+        old = json.loads((out / f"circuits_{args.name}.json").read_text())
+        old["pairs"].update(summary.pop("pairs"))
+        old.update({k: v for k, v in summary.items() if k in ps})
+        (out / f"circuits_{args.name}.json").write_text(json.dumps(old, indent=1))
+        print(f"updated {out}/circuits_{args.name}.json with {', '.join(ps)}")
+        return
     clean, corr = ps["rtg"]
     summary["steering"] = steering_study(params, cfg, clean, corr, ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out"])
     if cfg.n_layers >= 2:

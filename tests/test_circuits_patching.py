@@ -115,7 +115,7 @@ def test_attribution_patching_taylor_order(models):
 def test_integrated_gradients_converge_to_activation_patching(models):
     """Invariant 3: the m-step integrated gradient of one node converges to its ActP; summed over a
     hook it converges to patching the whole hook (compared with plain AtP, the 1-point left rule)."""
-    cfg, params = CFG_LN, models["LN"]
+    cfg, params = CFG_LN, models["LN"]  # smooth (LayerNorm, softmax): the midpoint rule converges fast
     clean, corr = _pair(cfg)
     corr = corr.replace(obs=clean.obs.at[:, 0].set(corr.obs[:, 0]))  # the inputs differ at timestep 0 only
     node, whole = "hook_state_embed", "blocks.0.hook_attn_out"
@@ -432,3 +432,23 @@ def test_steering_in_closed_loop():
     np.testing.assert_array_equal(res["mean_return"][0], plain.returns.mean(1))
     changed = [not np.array_equal(res[k][1], res[k][0]) for k in ("mean_return", "hit_rate", "timeout_rate")]
     assert any(changed)
+
+
+def test_bad_arguments_are_one_line_errors(models):
+    cfg, params = CFG, models["noLN"]
+    clean, corr = _pair(cfg)
+    short = corr.take(np.arange(2))
+    for fn in (C.attribution_patching, C.activation_patching, C.edge_attribution_patching, C.acdc):
+        args = (0.1,) if fn is C.acdc else ()
+        with pytest.raises(ValueError, match="same shapes"):
+            fn(params, cfg, clean, short, *args)
+    with pytest.raises(ValueError, match="unknown sender 'L5H0'; senders are embed_rtg"):
+        C.path_patching(params, cfg, clean, corr, "L5H0", "logits")
+    with pytest.raises(ValueError, match="unknown receiver 'L0H0.x'"):
+        C.path_patching(params, cfg, clean, corr, "L0H0", "L0H0.x")
+    with pytest.raises(ValueError, match="no such edge"):
+        G.inputs_graph(cfg, clean).edge_mask([("L1H0", "L0H0.q")])
+    with pytest.raises(ValueError, match="mode must be"):
+        C.edge_attribution_patching(params, cfg, clean, corr, mode="both")
+    with pytest.raises(ValueError, match="hook_logits"):
+        C.attribution_patching(params, cfg, clean, corr, names=["hook_logits"])

@@ -27,8 +27,8 @@ from dtjax.circuits.causal import (
 )
 from dtjax.circuits.composition import all_composition_scores, composition_scores
 from dtjax.circuits.core import (
-    ACTIONS, Inputs, action_vector, direction_label, forward, layer_norm, logit_direction, obs_maps, obs_to_chw,
-    run_with_cache, run_with_hooks, state_pos,
+    ACTIONS, Inputs, action_vector, check_pair, direction_label, forward, layer_norm, logit_direction, obs_maps,
+    obs_to_chw, run_with_cache, run_with_hooks, state_pos,
 )
 from dtjax.circuits.graph import (
     Graph, acdc, circuit_faithfulness, edge_attribution_patching, edge_graph, graph_forward, path_patching,
@@ -44,12 +44,12 @@ from dtjax.circuits.weights import (
 __all__ = [
     "ABLATIONS", "ACTIONS", "FactoredMatrix", "Graph", "Inputs", "W_OV", "W_QK", "ablate_logits", "ablate_returns",
     "ablation_interventions", "ablation_masks", "ablation_means", "accumulated_resid", "acdc", "action_vector",
-    "activation_patching", "all_composition_scores", "attention_patterns", "attribution_patching",
+    "activation_patching", "all_composition_scores", "attention_patterns", "attribution_patching", "check_pair",
     "circuit_faithfulness", "circuit_svd", "component_labels", "component_name", "components", "composition_scores",
     "decompose_logits", "decompose_resid", "decompose_resid_layers", "direct_logit_attribution", "direction_label",
     "edge_attribution_patching", "edge_graph", "embedding_cosines", "forward", "graph_forward", "layer_norm",
-    "logit_diff_metric", "logit_direction", "logit_lens", "obs_maps", "obs_to_chw", "ov_circuit", "ov_rtg",
-    "ov_state", "patchable_hooks", "path_patching", "path_patching_senders", "prune_by_attribution", "qk_circuit",
+    "logit_diff_metric", "logit_direction", "logit_lens", "obs_maps", "obs_to_chw", "ov_circuit", "ov_rtg", "ov_state",
+    "patchable_hooks", "path_patching", "path_patching_senders", "prune_by_attribution", "qk_circuit",
     "qk_embeddings_rtg", "qk_state_rtg", "rtg_embedding_projection", "rtg_scan", "run_with_cache", "run_with_hooks",
     "sender_outputs", "state_encoder_maps", "state_pos", "steer_logits", "steer_returns", "steering_vector",
     "time_embedding_projection",

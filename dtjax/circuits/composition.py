@@ -6,9 +6,9 @@ h1 writes: ||W_OV^{h1} M^{h2}||_F / (||W_OV^{h1}||_F ||M^{h2}||_F) with M = W_QK
 (Q-composition: h1 writes into h2's queries), W_QKᵀ (K-composition: into its keys) or W_OV
 (V-composition: into its values). Raw weights, as TL computes them (no LayerNorm folding). The
 products stay factored through d_head, so the cost is d_head x d_head Gram matrices rather than
-d_model x d_model products. For random Gaussian weights a score is about sqrt(d_head / d_model)
-(each factor keeps about that share of the other's norm), so compare with that or with an
-untrained model's scores.
+d_model x d_model products. For independent random matrices ||L R||_F^2 is about
+||L||_F^2 ||R||_F^2 / d_model, so a score is about 1/sqrt(d_model) by chance (0.088 for d_model
+128, as the untrained model's scores are): compare with that, or with an untrained model.
 """
 
 from __future__ import annotations

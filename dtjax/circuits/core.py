@@ -59,6 +59,14 @@ class Inputs:
         return self.replace(rtg=r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1)))
 
 
+def check_pair(clean: Inputs, corrupted: Inputs) -> None:
+    """A clean/corrupted pair must match field by field (pairs along the batch): else ValueError."""
+    a, b = jax.tree.leaves(clean), jax.tree.leaves(corrupted)
+    if jax.tree.structure(clean) != jax.tree.structure(corrupted) or any(x.shape != y.shape for x, y in zip(a, b)):
+        shapes = lambda t: {k: getattr(getattr(t, k), "shape", None) for k in ("obs", "rtg", "timesteps", "actions")}  # noqa: E731
+        raise ValueError(f"clean and corrupted inputs must have the same shapes, got {shapes(clean)} and {shapes(corrupted)}")
+
+
 def state_pos(n_timesteps: int, k: int = -1) -> int:
     """Token index of timestep ``k``'s state token (tokens are R, s, a per timestep)."""
     k = k % n_timesteps

@@ -68,7 +68,7 @@ import numpy as np
 
 from dtjax import hooks as hooks_lib
 from dtjax import model as model_lib
-from dtjax.circuits.core import Inputs, action_vector, layer_norm, run_with_cache
+from dtjax.circuits.core import Inputs, action_vector, check_pair, layer_norm, run_with_cache
 from dtjax.config import ModelConfig
 
 EMBED_NODES = ("embed_rtg", "embed_state", "embed_action", "embed_time", "embed_pos")
@@ -326,6 +326,7 @@ def edge_attribution_patching(params: dict, cfg: ModelConfig, clean: Inputs, cor
     (sender, receiver)), ``scores`` (n_edges,) in that order, and ``matrix`` (n_senders,
     n_receivers) with NaN where there is no edge.
     """
+    check_pair(clean, corrupted)
     if mode not in ("denoising", "noising"):
         raise ValueError(f"mode must be 'denoising' or 'noising', got {mode!r}")
     v = action_vector(direction, cfg.n_actions)
@@ -363,11 +364,17 @@ def _path_patch(params, cfg, base, p_src, p_base, send, recv, freeze_mlps):
     return graph_forward(params, cfg, base, p3, allowed * recv[None, :])
 
 
+def _labels_mask(g: Graph, labels, senders: bool) -> np.ndarray:
+    """Bool mask over the graph's senders (or receivers) named by a label or a list of labels."""
+    m = np.zeros(len(g.senders if senders else g.receivers), bool)
+    for x in [labels] if isinstance(labels, str) else labels:
+        m[g.sender_index(x) if senders else g.receiver_indices(x)] = True
+    return m
+
+
 def _path_setup(params, cfg, clean, corrupted, receivers, direction):
     g = inputs_graph(cfg, corrupted)
-    recv = np.zeros(len(g.receivers), bool)
-    for r in [receivers] if isinstance(receivers, str) else receivers:
-        recv[g.receiver_indices(r)] = True
+    recv = _labels_mask(g, receivers, senders=False)
     v = action_vector(direction, cfg.n_actions)
     clean_logits, p_src = sender_outputs(params, cfg, clean)
     corr_logits, p_base = sender_outputs(params, cfg, corrupted)
@@ -389,10 +396,9 @@ def path_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inpu
     activation patching of the sender; every head of a 1-layer model -> every receiver with the MLP
     recomputed is activation patching of ``hook_attn_out``.
     """
+    check_pair(clean, corrupted)
+    send = _labels_mask(inputs_graph(cfg, clean), sender, senders=True)
     g, recv, v, p_src, p_base, m_clean, m_corr = _path_setup(params, cfg, clean, corrupted, receivers, direction)
-    send = np.zeros(len(g.senders), bool)
-    for s in [sender] if isinstance(sender, str) else sender:
-        send[g.sender_index(s)] = True
     logits = _path_patch(params, cfg, corrupted, p_src, p_base, jnp.asarray(send), recv, jnp.bool_(freeze_mlps))
     m = _metric(logits, v)
     return {"clean": m_clean, "corrupted": m_corr, "patched": m, "effect": (m - m_corr) / _normaliser(m_clean, m_corr)}
@@ -405,6 +411,7 @@ def path_patching_senders(params: dict, cfg: ModelConfig, clean: Inputs, corrupt
     Returns ``senders`` (labels), ``effects`` (n_senders,) normalised as ``path_patching``
     (NaN for senders with no edge to any receiver), ``clean``, ``corrupted``.
     """
+    check_pair(clean, corrupted)
     g, recv, v, p_src, p_base, m_clean, m_corr = _path_setup(params, cfg, clean, corrupted, receivers, direction)
     eye = jnp.eye(len(g.senders), dtype=bool)
     logits = jax.vmap(lambda s: _path_patch(params, cfg, corrupted, p_src, p_base, s, recv, jnp.bool_(freeze_mlps)))(eye)
@@ -440,6 +447,7 @@ def circuit_faithfulness(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
     Returns ``faithfulness`` = (m_circuit - m_corr) / (m_clean - m_corr), ``kl`` = KL(clean model ||
     circuit) at the last state token (the clean model as the graph forward computes it), ``metric``, ``clean``, ``corrupted``, ``n_edges`` kept.
     """
+    check_pair(clean, corrupted)
     g = inputs_graph(cfg, clean)
     kept = np.asarray(g.edge_mask(kept) if isinstance(kept, (list, tuple)) else kept, bool) & g.allowed
     v = action_vector(direction, cfg.n_actions)
@@ -502,6 +510,7 @@ def acdc(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, tau: 
     and the search log ``steps``: one dict per visited edge (``edge``, ``delta_kl``, ``removed``,
     ``orphan``) in visiting order.
     """
+    check_pair(clean, corrupted)
     g = inputs_graph(cfg, clean)
     _, patch = sender_outputs(params, cfg, corrupted)
     ref = _full_graph(params, cfg, clean, patch)
@@ -523,6 +532,7 @@ def prune_by_attribution(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
     ``kl`` (m,) (``circuit_faithfulness`` of each, one vmap), ``edges`` (list of m edge lists),
     ``ranking`` (every edge, best first) and ``scores`` (their normalised EAP scores).
     """
+    check_pair(clean, corrupted)
     g = inputs_graph(cfg, clean)
     eap = edge_attribution_patching(params, cfg, clean, corrupted, direction, mode="noising", ig_steps=ig_steps)
     scores = np.asarray(eap["scores"])

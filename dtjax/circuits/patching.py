@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import hooks as hooks_lib
-from dtjax.circuits.causal import logit_diff_metric, patchable_hooks
-from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
+from dtjax.circuits.causal import logit_diff_metric
+from dtjax.circuits.core import Inputs, action_vector, check_pair, run_with_cache, run_with_hooks
 from dtjax.config import ModelConfig
 
 
@@ -102,11 +102,16 @@ def attribution_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
     backward passes per hook. ``normalise=False`` gives raw metric changes (no division; defined
     when clean and corrupted give the same metric).
     """
+    check_pair(clean, corrupted)
     v = action_vector(direction, cfg.n_actions)
-    clean_logits, clean_cache = run_with_cache(params, cfg, clean)
-    names = tuple(hooks_lib.act_name(n) for n in (names or patchable_hooks(cfg, clean_cache)))
+    reached = [n for n in hooks_lib.hook_names(cfg, with_actions=clean.actions is not None) if n != "hook_logits"]
+    names = tuple(hooks_lib.act_name(n) for n in names) if names else tuple(reached)
     if "hook_logits" in names:
         raise ValueError("hook_logits is the metric's input, not a patchable activation")
+    missing = [n for n in names if n not in reached]
+    if missing:
+        raise KeyError(f"no activation named {missing[0]} in this forward pass (model or input lacks it)")
+    clean_logits, clean_cache = run_with_cache(params, cfg, clean)
     m_clean = logit_diff_metric(clean_logits, v)
     if ig_steps == 0:
         m_corr, corr_cache, grads = _grads_at_corrupted(params, cfg, corrupted, v)
@@ -156,6 +161,7 @@ def steer_logits(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Input
     metrics (``coeff`` 0 and 1 reproduce them when ``hook`` cuts the whole residual stream).
     One ``vmap`` over the coefficients.
     """
+    check_pair(clean, corrupted)
     name = hooks_lib.act_name(hook)
     v = action_vector(direction, cfg.n_actions)
     clean_logits, c = run_with_cache(params, cfg, clean)
