@@ -273,7 +273,9 @@ def plot_circuit(path, cfg, graph, edges, scores, title):
         colour, ls = styles[part]
         w = 0.6 + 3.5 * abs(scores.get((s, r), 0.0)) / smax
         span = pos[tgt][0] - pos[s][0]
-        rad = {"q": -0.12, "k": 0.12, "v": 0.24}.get(part, 0.0) + (0.18 if span > 1 else 0.0)
+        rad = {"q": -0.12, "k": 0.12, "v": 0.24}.get(part, 0.0)
+        if span > 1:  # edges that skip a column bend around the nodes in between
+            rad = rad - 0.3 if part == "q" else rad + 0.25
         ax.add_patch(FancyArrowPatch(pos[s], pos[tgt], arrowstyle="-|>", mutation_scale=10, lw=w, color=colour, ls=ls,
                                      alpha=0.8, connectionstyle=f"arc3,rad={rad}", shrinkA=14, shrinkB=14))
     used = {s for e in edges for s in (e[0], e[1].split(".")[0])}
