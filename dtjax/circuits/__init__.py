@@ -10,6 +10,11 @@ throughout: hook names, ``W_QK``/``W_OV``, DLA, ``decompose_resid``.
   state-encoder maps, RTG scans, RTG/time embedding projections.
 - ``weights``: ``FactoredMatrix``, QK and OV circuits as 7x7 maps, their SVDs.
 - ``causal``: zero / mean ablations (logits and closed-loop returns), activation patching.
+- ``patching``: attribution patching (with integrated gradients), steering by activation differences.
+- ``graph``: the edge graph of heads, MLPs, embeddings and logits; edge-level patching, edge
+  attribution patching, path patching, ACDC and pruning by attribution, circuit faithfulness.
+- ``lens``: logit lens, accumulated residual, layer-wise residual decomposition.
+- ``composition``: Q, K and V composition scores between heads.
 """
 
 from dtjax.circuits.attribution import (
@@ -20,21 +25,32 @@ from dtjax.circuits.causal import (
     ABLATIONS, ablate_logits, ablate_returns, ablation_interventions, ablation_masks, ablation_means,
     activation_patching, component_name, components, logit_diff_metric, patchable_hooks,
 )
+from dtjax.circuits.composition import all_composition_scores, composition_scores
 from dtjax.circuits.core import (
-    ACTIONS, Inputs, action_vector, direction_label, forward, logit_direction, obs_maps, obs_to_chw,
-    run_with_cache, run_with_hooks, state_pos,
+    ACTIONS, Inputs, action_vector, check_pair, direction_label, forward, layer_norm, logit_direction, obs_maps,
+    obs_to_chw, run_with_cache, run_with_hooks, state_pos,
 )
+from dtjax.circuits.graph import (
+    Graph, acdc, circuit_faithfulness, edge_attribution_patching, edge_graph, graph_forward, path_patching,
+    path_patching_senders, prune_by_attribution, sender_outputs,
+)
+from dtjax.circuits.lens import accumulated_resid, decompose_resid_layers, logit_lens
+from dtjax.circuits.patching import attribution_patching, steer_logits, steer_returns, steering_vector
 from dtjax.circuits.weights import (
     W_OV, W_QK, FactoredMatrix, circuit_svd, ov_circuit, ov_rtg, ov_state, qk_circuit, qk_embeddings_rtg,
     qk_state_rtg,
 )
 
 __all__ = [
-    "ABLATIONS", "ACTIONS", "FactoredMatrix", "Inputs", "W_OV", "W_QK", "ablate_logits", "ablate_returns",
-    "ablation_interventions", "ablation_masks", "ablation_means", "action_vector", "activation_patching",
-    "attention_patterns", "circuit_svd", "component_labels", "component_name", "components", "decompose_logits",
-    "decompose_resid", "direct_logit_attribution", "direction_label", "embedding_cosines", "forward",
-    "logit_diff_metric", "logit_direction", "obs_maps", "obs_to_chw", "ov_circuit", "ov_rtg", "ov_state",
-    "patchable_hooks", "qk_circuit", "qk_embeddings_rtg", "qk_state_rtg", "rtg_embedding_projection", "rtg_scan",
-    "run_with_cache", "run_with_hooks", "state_encoder_maps", "state_pos", "time_embedding_projection",
+    "ABLATIONS", "ACTIONS", "FactoredMatrix", "Graph", "Inputs", "W_OV", "W_QK", "ablate_logits", "ablate_returns",
+    "ablation_interventions", "ablation_masks", "ablation_means", "accumulated_resid", "acdc", "action_vector",
+    "activation_patching", "all_composition_scores", "attention_patterns", "attribution_patching", "check_pair",
+    "circuit_faithfulness", "circuit_svd", "component_labels", "component_name", "components", "composition_scores",
+    "decompose_logits", "decompose_resid", "decompose_resid_layers", "direct_logit_attribution", "direction_label",
+    "edge_attribution_patching", "edge_graph", "embedding_cosines", "forward", "graph_forward", "layer_norm",
+    "logit_diff_metric", "logit_direction", "logit_lens", "obs_maps", "obs_to_chw", "ov_circuit", "ov_rtg", "ov_state",
+    "patchable_hooks", "path_patching", "path_patching_senders", "prune_by_attribution", "qk_circuit",
+    "qk_embeddings_rtg", "qk_state_rtg", "rtg_embedding_projection", "rtg_scan", "run_with_cache", "run_with_hooks",
+    "sender_outputs", "state_encoder_maps", "state_pos", "steer_logits", "steer_returns", "steering_vector",
+    "time_embedding_projection",
 ]

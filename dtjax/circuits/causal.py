@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import hooks as hooks_lib
-from dtjax.circuits.core import Inputs, action_vector, forward, run_with_cache, run_with_hooks
+from dtjax.circuits.core import Inputs, action_vector, check_pair, forward, run_with_cache, run_with_hooks
 from dtjax.config import ModelConfig
 
 ABLATIONS = ("zero", "mean", "dhead_mean")
@@ -183,6 +183,7 @@ def activation_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupted
     (m_patched - m_corrupted) / (m_clean - m_corrupted). ``pos`` is the token position, the
     timestep for the per-timestep embed hooks, and the query position for attention patterns.
     """
+    check_pair(clean, corrupted)
     v = action_vector(direction, cfg.n_actions)
     clean_logits, cache = run_with_cache(params, cfg, clean)
     m_clean = logit_diff_metric(clean_logits, v)

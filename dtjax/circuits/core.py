@@ -88,6 +88,14 @@ class Inputs:
         return self.replace(rtg=new)
 
 
+def check_pair(clean: Inputs, corrupted: Inputs) -> None:
+    """A clean/corrupted pair must match field by field (pairs along the batch): else ValueError."""
+    a, b = jax.tree.leaves(clean), jax.tree.leaves(corrupted)
+    if jax.tree.structure(clean) != jax.tree.structure(corrupted) or any(x.shape != y.shape for x, y in zip(a, b)):
+        shapes = lambda t: {k: getattr(getattr(t, k), "shape", None) for k in ("obs", "rtg", "timesteps", "actions")}  # noqa: E731
+        raise ValueError(f"clean and corrupted inputs must have the same shapes, got {shapes(clean)} and {shapes(corrupted)}")
+
+
 def state_pos(n_timesteps: int, k: int = -1) -> int:
     """Token index of timestep ``k``'s state token (tokens are R, s, a per timestep)."""
     k = k % n_timesteps
@@ -108,6 +116,17 @@ def run_with_hooks(params: dict, cfg: ModelConfig, inputs: Inputs, interventions
     """Logits (batch, K, n_actions) with ``interventions`` (see ``dtjax.hooks``)."""
     return model_lib.run_with_hooks(params, cfg, inputs.obs, inputs.rtg, inputs.timesteps, inputs.actions,
                                     interventions=interventions)
+
+
+def layer_norm(params: dict, cfg: ModelConfig, name: str, x: jax.Array) -> jax.Array:
+    """The model's LayerNorm ``name`` ("blocks.0.ln1", "ln_final") applied to ``x`` (..., d_model);
+    the identity for a model without LayerNorm."""
+    if not cfg.layer_norm:
+        return x
+    node = params
+    for key in name.replace("blocks.", "blocks_").split("."):
+        node = node[key]
+    return model_lib.LayerNorm(cfg, prefix=name).apply({"params": node}, x, {})
 
 
 def action_index(a: int | str) -> int:
