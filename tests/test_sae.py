@@ -30,10 +30,7 @@ from dtjax.sae.splice import splice
 from dtjax.sae.train import (SAETrainConfig, forward_train, init_thresholds, loss_fn, make_optimizer, make_train_chunk,
                              train_dictionary)
 
-try:  # random valid datasets moved from dtjax.data.store to tests/fixtures.py on main
-    from fixtures import random_dataset
-except ImportError:
-    random_dataset = data_store.random_dataset
+from fixtures import random_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PT = ROOT / "checkpoints" / "original" / "demo_model_overnight_training.pt"

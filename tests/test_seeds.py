@@ -27,6 +27,7 @@ from dtjax.config import ConfigError, EnvConfig, ModelConfig, TrainConfig
 from dtjax.data import store
 from dtjax.evaluate import Capacity, calibrate, evaluate, evaluate_seeds
 from dtjax.train import RunError, train_and_evaluate
+from fixtures import random_dataset
 from tolerance import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ ENV = EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50)
 
 def _dataset(path: Path, seed: int = 0, n_episodes: int = 300) -> str:
     if not path.exists():
-        arrays, meta = store.random_dataset(np.random.default_rng(seed), n_episodes, size=5, n_obstacles=2, max_steps=50)
+        arrays, meta = random_dataset(np.random.default_rng(seed), n_episodes, size=5, n_obstacles=2, max_steps=50)
         store.save(path, arrays, meta)
     return str(path)
 
