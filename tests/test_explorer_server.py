@@ -53,6 +53,7 @@ def test_page_and_assets(client):
                 "ablation", "patching", "history", "timestep", "rtg-slider", "status"):
         assert f'data-testid="{tid}"' in page.text, tid
     assert '<input type="range" data-testid="rtg-slider"' in page.text
+    assert '<div class="card wide" data-testid="sae-card" hidden>' in page.text  # shown only for a model with SAEs
     js = client.get("/plotly.min.js")
     assert js.status_code == 200 and len(js.text) > 1_000_000 and "plotly" in js.text[:2000].lower()
     assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
@@ -65,6 +66,7 @@ def test_protocol_step_and_bad_messages(client):
         assert [m["type"] for m in first] == ["init", "weights", "step", "panels"]
         init = first[0]
         assert init["dla_labels"][-1] == "b_U" and init["tokens"][-1] == "s_t" and init["n_layers"] == 1
+        assert init["saes"] == [] and first[-1]["sae"] == []  # no dictionary: no SAE panel (its card stays hidden)
         ws.send_text(json.dumps({"type": "act", "action": "left", "seq": 11}))
         step, panels = ws.receive_json(), ws.receive_json()
         assert (step["type"], panels["type"], step["seq"], panels["seq"]) == ("step", "panels", 11, 11)
