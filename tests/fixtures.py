@@ -68,16 +68,19 @@ def tiny_run(run, cfg, seed: int = 0, n_episodes: int = 300, max_len: int = 20):
 
 
 def tiny_sae(run, n_latents: int = 32, k: int = 4, name: str = "sae", hook: str = "blocks.0.hook_resid_post",
-             token: str = "state", eval_arrays: bool = True):
-    """A small TopK SAE trained on ``run`` (20 steps on 2048 tokens) at ``run/sae/<name>``; with
-    ``eval_arrays`` also its ``eval/analysis.npz`` (what ``python -m dtjax.sae eval`` writes)."""
+             token: str = "state", eval_arrays: bool = True, dataset=None, out=None):
+    """A small TopK SAE trained on the model ``run`` (a run directory, or a ``.pt`` with ``dataset``;
+    20 steps on 2048 tokens) at ``out`` (default ``run/sae/<name>``); with ``eval_arrays`` also its
+    ``eval/analysis.npz`` (what ``python -m dtjax.sae eval`` writes: the explorer's probe labels)."""
+    from pathlib import Path
+
     from dtjax import sae
     from dtjax.sae import render
 
-    ctx = sae.open_context(run)
+    ctx = sae.open_context(run, dataset)
     cfg = sae.make_config(ctx, hook, token, n_latents=n_latents, k=k)
     tcfg = sae.SAETrainConfig(n_tokens=2048, batch_size=256, num_steps=20, log_every=10)
-    path, d = sae.train(ctx, cfg, tcfg, run / "sae" / name, progress=False, log=lambda *_: None)
+    path, d = sae.train(ctx, cfg, tcfg, out or Path(run) / "sae" / name, progress=False, log=lambda *_: None)
     if eval_arrays:
         a = sae.analyse(ctx, d, n_tokens=2048, n_analysis=1024, closed_loop=False)
         (path / "eval").mkdir()
