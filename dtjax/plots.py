@@ -306,8 +306,9 @@ def latent_cards(views: np.ndarray, titles: Sequence[Sequence[str]], labels: Seq
             if titles[r][c]:
                 ax.imshow(views[r, c])
                 ax.set_title(titles[r][c], fontsize=6)
-            else:
-                ax.axis("off")
+            else:  # blank, but keep the axes: the row label lives on the first one
+                for side in ax.spines.values():
+                    side.set_visible(False)
         axes[r, 0].set_ylabel(labels[r], fontsize=6, rotation=0, ha="right", va="center")
         if dla is not None:
             ax = axes[r, n]

@@ -84,9 +84,10 @@ def sae_check(ctx: Context) -> None:
 
 
 def _rank(lat: dict, n: int) -> tuple[list[int], list[int]]:
-    """(by activation frequency, by largest |DLA|) latent indices, live latents only."""
+    """(by activation frequency, by largest |DLA|) latent indices, among the latents that fire on
+    the analysis tokens (those with top-activating views)."""
     density = np.asarray(lat["density"])
-    alive = np.flatnonzero(density > 0)
+    alive = np.flatnonzero((density > 0) & (np.asarray(lat["top_index"])[:, 0] >= 0))
     freq = alive[np.argsort(-density[alive], kind="stable")][:n]
     if lat["dla"] is None:
         return [int(j) for j in freq], []
@@ -153,6 +154,9 @@ def dictionary_data(ctx: Context, path: Path) -> dict:
 def sae_compute(ctx: Context) -> dict:
     entries = [dictionary_data(ctx, p) for p in _paths(ctx.options)]
     notes = [f"{e['name']}: {n}" for e in entries for n in e["notes"]]
+    if ctx.options.sae_tokens < 262_144:
+        notes.append(f"dead and dense fractions over {ctx.options.sae_tokens} held-out tokens: a latent that fires "
+                     "rarely counts as dead on fewer tokens (python -m dtjax.sae eval uses 262,144)")
     if not ctx.options.closed_loop:
         notes.append("no closed-loop returns with the dictionaries spliced in (--no-closed-loop)")
     return {"dictionaries": entries, "notes": notes, "summary": {"sae": [e["summary"] for e in entries]}}
