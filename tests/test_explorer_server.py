@@ -157,3 +157,9 @@ def test_cli_bad_checkpoint_and_taken_port(tmp_path, capsys):
     assert code == 1 and err == f"error: cannot listen on 127.0.0.1:{port}: the port is in use\n"
     code, out, err = _cli(capsys, "--ckpt", "x.pt", "--serve", "--port", "70000")
     assert code == 1 and err == "error: port must be an integer in 0..65535, got 70000\n"
+
+
+def test_cli_sae_that_is_not_a_dictionary(tmp_path, capsys):
+    code, out, err = _cli(capsys, "--ckpt", "checkpoints/original/demo_model_overnight_training.pt", "--serve",
+                          "--port", "0", "--sae", str(tmp_path))
+    assert code == 1 and out == "" and err == f"error: --sae {tmp_path}: no dtjax SAE directory there (needs config.json and ckpt/)\n"
