@@ -51,6 +51,8 @@ def main(argv=None) -> int:
         parser.error("give one of --ckpt PATH or --census RUN")
     if args.serve and args.ckpt is None:
         parser.error("--serve needs --ckpt PATH")
+    if sae_dirs and args.ckpt is None:
+        parser.error("--sae needs --ckpt PATH (the model the dictionaries belong to)")
     if args.episodes is not None and args.episodes < 1:
         print("error: --episodes must be >= 1", file=sys.stderr)
         return 2
