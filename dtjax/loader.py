@@ -12,8 +12,10 @@ shapes as the original's `load_decision_transformer` did.
 
 The env a model belongs to (`load(path, with_env=True)`): a dtjax run's stored `EnvConfig`; for
 an original `.pt`, its embedded `environment_config` (env_id, max_steps) if it has one, else
-the original's data setting, `EnvConfig()`: MiniGrid-Dynamic-Obstacles-8x8-v0 with max_steps
-300; obs_mode is always the model's.
+MiniGrid-Dynamic-Obstacles-8x8-v0 with max_steps = the model's max_timestep (its learned time
+table has a row per timestep of the data it was trained on, as the original's calibration script
+assumed: 300 for the raw models, 50 for the one-hot model), or 300 for a linear time embedding;
+obs_mode is always the model's.
 """
 
 from __future__ import annotations
@@ -242,13 +244,17 @@ def load_original(path: str | Path) -> tuple[ModelConfig, dict, dict]:
 
 
 def env_of_original(cfg: ModelConfig, extra: dict) -> EnvConfig:
-    """The env of an original `.pt` model: its embedded environment_config, else `EnvConfig()`."""
+    """The env of an original `.pt` model: its embedded environment_config, else the 8x8 env with
+    max_steps = ``cfg.max_timestep`` (learned time table) or 300 (linear time)."""
+    default = EnvConfig(obs_mode=cfg.obs_mode, max_steps=cfg.max_timestep if cfg.time_embedding == "learned" else 300)
     embedded = extra.get("environment_config") if isinstance(extra.get("environment_config"), dict) else {}
     fields = {k: embedded[k] for k in ("env_id", "max_steps") if k in embedded}
+    if not fields:
+        return default
     try:
         return EnvConfig(**fields, obs_mode=cfg.obs_mode)
     except ConfigError:
-        return EnvConfig(obs_mode=cfg.obs_mode)
+        return default
 
 
 def env_of_run(config: dict, model_cfg: ModelConfig, path) -> EnvConfig:

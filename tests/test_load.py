@@ -37,12 +37,13 @@ def test_loaded_configs_and_param_tree():
 
 
 def test_original_models_come_with_their_env():
-    """Plain state dicts get the original's data setting (8x8, max_steps 300); the one with an
-    embedded environment_config gets its max_steps 1000; obs_mode is the model's."""
+    """Plain state dicts get the 8x8 env with max_steps = their time table's max_timestep (300 for
+    the raw models; 50 for the one-hot model, trained on max_steps 50 data: original-project.md §7);
+    the one with an embedded environment_config gets its max_steps 1000; obs_mode is the model's."""
     from dtjax.config import EnvConfig
 
     assert dtjax.load(ORIG / "demo_model_overnight_training.pt", with_env=True)[2] == EnvConfig()
-    assert dtjax.load(ORIG / "demo_model_one_hot_overnight.pt", with_env=True)[2] == EnvConfig(obs_mode="one_hot")
+    assert dtjax.load(ORIG / "demo_model_one_hot_overnight.pt", with_env=True)[2] == EnvConfig(obs_mode="one_hot", max_steps=50)
     env = dtjax.load(ORIG / "ReproduceOriginalPostShort.pt", with_env=True)[2]
     assert (env.env_id, env.max_steps, env.obs_mode) == ("MiniGrid-Dynamic-Obstacles-8x8-v0", 1000, "image")
 
