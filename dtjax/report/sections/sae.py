@@ -53,7 +53,11 @@ def _open(ctx: Context, path: Path):
             try:
                 dataset = store.resolve_recorded(d.meta.get("dataset", {}), path)
             except SAEError:
-                dataset = store.resolve_dataset(ctx.ckpt, None)  # the report model's own, if it is a run
+                try:
+                    dataset = store.resolve_dataset(ctx.ckpt, None)  # the report model's own, if it is a run
+                except SAEError:
+                    raise SAEError(f"its dataset {d.meta.get('dataset', {}).get('path')} is gone and {ctx.ckpt} has "
+                                   f"none of its own to analyse it on") from None
                 notes.append(f"its training dataset is gone; analysed on {dataset}")
         except SAEError as e:
             raise ReportError(f"--sae {path}: {e}") from None
