@@ -4,6 +4,10 @@
 multi-seed runs (``dtjax.circuits.census``): census.json, census.md, census.png in DIR (default
 RUN for one run, reports/census for several).
 
+``--sae SAE_DIR`` (repeatable, or a comma list; a folder of dictionaries such as RUN/sae counts
+as all of them) adds the "SAE features" section for those sparse dictionaries (``dtjax.sae``);
+with ``--serve`` the explorer shows their active latents at every step.
+
 PATH is a dtjax run / checkpoint directory or an original ``.pt`` file. Writes
 ``DIR/report.html`` (self-contained) and ``DIR/summary.json``; DIR defaults to
 ``reports/<checkpoint name>``. The report's sections live in ``dtjax/report/sections/``.
@@ -31,6 +35,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", help="comma-separated section keys to include (default: all), e.g. dla,qk")
     parser.add_argument("--no-closed-loop", action="store_true",
                         help="run no episodes (no calibration unless saved, no closed-loop ablations)")
+    parser.add_argument("--sae", action="append", default=[], metavar="SAE_DIR",
+                        help="sparse dictionary directory of this model (repeatable or comma list): the SAE section, "
+                             "and the explorer's active-latents panel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--serve", action="store_true", help="start the interactive explorer instead of writing a report")
@@ -39,10 +46,13 @@ def main(argv=None) -> int:
     parser.add_argument("--models", type=Path, default=Path("checkpoints"),
                         help="directory of run directories and .pt files the explorer can switch to")
     args = parser.parse_args(argv)
+    sae_dirs = tuple(p.strip() for arg in args.sae for p in arg.split(",") if p.strip())
     if (args.ckpt is None) == (args.census is None):
         parser.error("give one of --ckpt PATH or --census RUN")
     if args.serve and args.ckpt is None:
         parser.error("--serve needs --ckpt PATH")
+    if sae_dirs and args.ckpt is None:
+        parser.error("--sae needs --ckpt PATH (the model the dictionaries belong to)")
     if args.episodes is not None and args.episodes < 1:
         print("error: --episodes must be >= 1", file=sys.stderr)
         return 2
@@ -52,7 +62,7 @@ def main(argv=None) -> int:
         from dtjax.loader import LoadError
 
         try:
-            return serve(args.ckpt, host=args.host, port=args.port, models_dir=args.models,
+            return serve(args.ckpt, host=args.host, port=args.port, models_dir=args.models, sae_dirs=sae_dirs,
                          log_fn=(lambda *_: None) if args.quiet else None)
         except (LoadError, ValueError, OSError) as e:
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
@@ -77,6 +87,8 @@ def main(argv=None) -> int:
         opt = opt.replace(calib_episodes=args.episodes, ablation_episodes=args.episodes)
     if args.no_closed_loop:
         opt = opt.replace(closed_loop=False)
+    if sae_dirs:
+        opt = opt.replace(sae_dirs=sae_dirs)
     if args.sections:
         opt = opt.replace(sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()))
     out = args.out or Path("reports") / (args.ckpt.stem if args.ckpt.suffix == ".pt" else args.ckpt.absolute().name)

@@ -279,3 +279,64 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], max
     ax.set_xticks(range(n_c), columns, fontsize=7, rotation=90 if n_c > 8 else 0)
     fig.colorbar(im, ax=ax)
     return fig
+
+
+# SPARSE DICTIONARIES ------------------------------------------------------------------------
+
+
+def latent_cards(views: np.ndarray, titles: Sequence[Sequence[str]], labels: Sequence[str], dla: np.ndarray | None,
+                 action_labels: Sequence[str]):
+    """One row per latent: its top-activating views and the direct logit effect of its decoder
+    direction on each action.
+
+    ``views`` (latents, n, 7, 7, 3) RGB (``scenarios.render_view``); ``titles`` (latents, n), an
+    empty title leaves that cell blank (the latent fired on fewer tokens); ``labels`` (latents,)
+    the row labels; ``dla`` (latents, n_actions) or None (no direct path to the logits).
+    """
+    plt = _plt()
+    views = np.asarray(views)
+    n_lat, n = views.shape[:2]
+    n_cols = n + int(dla is not None)
+    fig, axes = plt.subplots(n_lat, n_cols, figsize=(1.25 * n_cols + 1.4, 1.45 * n_lat), squeeze=False)
+    for r in range(n_lat):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if titles[r][c]:
+                ax.imshow(views[r, c])
+                ax.set_title(titles[r][c], fontsize=6)
+            else:  # blank, but keep the axes: the row label lives on the first one
+                for side in ax.spines.values():
+                    side.set_visible(False)
+        axes[r, 0].set_ylabel(labels[r], fontsize=6, rotation=0, ha="right", va="center")
+        if dla is not None:
+            ax = axes[r, n]
+            ax.bar(range(len(action_labels)), np.asarray(dla)[r], color=["tab:blue", "tab:orange", "tab:green"])
+            ax.set_xticks(range(len(action_labels)), [s[0].upper() for s in action_labels], fontsize=6)
+            ax.tick_params(labelsize=5)
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_title("DLA / unit", fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def probe_recovery(curves: dict, threshold: float, n_probes: int):
+    """Best single-latent AUROC per probe, each curve sorted in decreasing order.
+
+    ``curves``: {label: (n_probes,) AUROCs} (the dictionary, then baselines); ``threshold`` the
+    AUROC a probe counts as recovered at (a dashed line).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.05 * n_probes + 2), 3.2))
+    for i, (label, auc) in enumerate(curves.items()):
+        auc = np.sort(np.nan_to_num(np.asarray(auc, np.float64), nan=0.5))[::-1]
+        ax.plot(np.arange(len(auc)), auc, "-" if i == 0 else "--", lw=1.5 if i == 0 else 1, label=label)
+    ax.axhline(threshold, color="k", lw=0.5, ls=":")
+    ax.set_ylabel("best single-latent AUROC")
+    ax.set_xlabel(f"{n_probes} probes, each curve sorted")
+    ax.set_ylim(0.45, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

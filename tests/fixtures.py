@@ -40,3 +40,49 @@ def random_dataset(rng: np.random.Generator, n_episodes: int, size: int = 8, n_o
     meta = {"env_id": f"MiniGrid-Dynamic-Obstacles-{size}x{size}-v0", "max_steps": max_steps, "size": size,
             "n_obstacles": n_obstacles, "obs_mode": "image", "seed": 0}
     return arrays, meta
+
+
+def tiny_run(run, cfg, seed: int = 0, n_episodes: int = 300, max_len: int = 20):
+    """A dtjax run directory at ``run``: a model of ``cfg`` with random params (every entry
+    nonzero), a random dataset (``random_dataset``) and a config.json; returns (run, params)."""
+    from pathlib import Path
+
+    import jax
+    import jax.numpy as jnp
+
+    from dtjax.checkpoint import manager, save as save_ckpt, write_json_atomic
+    from dtjax.model import init_params
+
+    run = Path(run)
+    arrays, meta = random_dataset(np.random.default_rng(seed), n_episodes, max_len=max_len)
+    store.save(run / "dataset", arrays, meta)
+    shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
+    rng = np.random.default_rng(seed + 1)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape).astype(np.float32)), shapes)
+    config = {"model": cfg.to_dict(), "data": {"prob_go_from_end": 0.1}}
+    mgr = manager(run)
+    save_ckpt(mgr, 0, params, {"step": np.int32(0)}, config)
+    mgr.wait_until_finished()
+    write_json_atomic(run / "config.json", config)
+    return run, params
+
+
+def tiny_sae(run, n_latents: int = 32, k: int = 4, name: str = "sae", hook: str = "blocks.0.hook_resid_post",
+             token: str = "state", eval_arrays: bool = True, dataset=None, out=None):
+    """A small TopK SAE trained on the model ``run`` (a run directory, or a ``.pt`` with ``dataset``;
+    20 steps on 2048 tokens) at ``out`` (default ``run/sae/<name>``); with ``eval_arrays`` also its
+    ``eval/analysis.npz`` (what ``python -m dtjax.sae eval`` writes: the explorer's probe labels)."""
+    from pathlib import Path
+
+    from dtjax import sae
+    from dtjax.sae import render
+
+    ctx = sae.open_context(run, dataset)
+    cfg = sae.make_config(ctx, hook, token, n_latents=n_latents, k=k)
+    tcfg = sae.SAETrainConfig(n_tokens=2048, batch_size=256, num_steps=20, log_every=10)
+    path, d = sae.train(ctx, cfg, tcfg, out or Path(run) / "sae" / name, progress=False, log=lambda *_: None)
+    if eval_arrays:
+        a = sae.analyse(ctx, d, n_tokens=2048, n_analysis=1024, closed_loop=False)
+        (path / "eval").mkdir()
+        render.save_arrays(a, path / "eval" / "analysis.npz")
+    return path

@@ -5,7 +5,8 @@ browser download. One test plays the whole session in order (the server and brow
 keys change ``timestep`` and ``action-probs``; the RTG slider moves the RTG scan's marker and the
 probabilities; an ablation toggle shows ablated probabilities; a goal and a hit end episodes;
 bad messages show in the page while the server keeps serving; two tabs are two sessions; Ctrl-C
-stops the server cleanly.
+stops the server cleanly. The server runs with a tiny SAE of the model (``--sae``, trained here on
+a random dataset's states), whose active latents must follow every step.
 
 It measures (and prints; it does not assert them: timings are not tests) the latency of a key
 press -> updated probabilities over 60 key presses, the page load and the server's compile time,
@@ -27,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from dtjax.data import store
+from fixtures import random_dataset, tiny_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,12 +62,17 @@ def _need_browser():
 def server(tmp_path_factory):
     """``python analyse.py --ckpt CKPT --serve --port 0`` in a subprocess; yields (url, process, stderr path)."""
     _need_browser()
-    log = tmp_path_factory.mktemp("explorer") / "server.err"
+    tmp = tmp_path_factory.mktemp("explorer")
+    log = tmp / "server.err"
+    # a tiny SAE of the model (32 latents, 20 steps on a random dataset's states) for the SAE latents panel
+    arrays, meta = random_dataset(np.random.default_rng(0), 300, max_len=20)
+    store.save(tmp / "dataset", arrays, meta)
+    sae_dir = tiny_sae(ROOT / CKPT, dataset=tmp / "dataset", out=tmp / "sae" / "tiny")
     t0 = time.perf_counter()
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "analyse.py", "--ckpt", CKPT, "--serve", "--port", "0",
-                                 "--models", "checkpoints/original"], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
-                                text=True)
+                                 "--models", "checkpoints/original", "--sae", str(sae_dir)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], 600)  # the URL is printed once the explore step is compiled
     url = proc.stdout.readline().strip() if ready else ""
     if not url.startswith("http://127.0.0.1:"):
@@ -103,7 +112,8 @@ def _panel_state(page):
       const q = (t) => document.querySelector(`[data-testid="${t}"]`);
       return {attention: q("attention").innerHTML, "state-encoder": q("state-encoder").innerHTML, ov: q("ov").innerHTML,
               dla: JSON.stringify(q("dla").data.map(t => t.y)), ablation: q("ablation").innerText,
-              history: q("history").innerText, scan: JSON.stringify(q("rtg-scan").data.map(t => t.y))};
+              history: q("history").innerText, scan: JSON.stringify(q("rtg-scan").data.map(t => t.y)),
+              sae: q("sae-latents").innerText};
     })()""")
 
 
@@ -150,6 +160,7 @@ def test_explorer_in_chromium(server, tmp_path, capsys):
         assert _text(page, "status") == "running" and _text(page, "timestep") == "0"
         init = page.evaluate("window.__dtjax.init")
         assert init["model"]["config"]["d_model"] == 128 and init["size"] == 8
+        assert [d["name"] for d in init["saes"]] == ["tiny"] and page.locator('[data-testid="sae-card"]').is_visible()
 
         # arrow keys: the timestep and the probabilities change
         probs0, view0 = _probs(page), page.get_attribute('[data-testid="view"]', "data-view")
@@ -161,8 +172,13 @@ def test_explorer_in_chromium(server, tmp_path, capsys):
         _press(page, "ArrowLeft")
         assert _text(page, "timestep") == "2" and _text(page, "last-action") == "left"
         after = _panel_state(page)
-        for k in ("attention", "state-encoder", "dla", "ablation", "history", "scan"):  # every per-step panel redrawn
+        for k in ("attention", "state-encoder", "dla", "ablation", "history", "scan", "sae"):  # every per-step panel redrawn
             assert after[k] != before[k], k
+        sae = page.evaluate("window.__dtjax.panels.sae[0]")  # the SAE rows are the panels reply's latents
+        rows = page.locator('[data-testid="sae-row"]')
+        assert rows.count() == len(sae["index"]) > 0 and sae["l0"] <= 4
+        assert [int(rows.nth(i).get_attribute("data-latent")) for i in range(rows.count())] == sae["index"]
+        assert sae["probe"][0] in rows.nth(0).inner_text() and f"{sae['act'][0]:.2f}" in rows.nth(0).inner_text()
         page.select_option('[data-testid="head-select"]', "0,1")  # QK / OV follow the chosen head
         page.wait_for_function("document.querySelector('[data-testid=\"qk\"]').getAttribute('data-head') === '0,1'")
         _settled(page)

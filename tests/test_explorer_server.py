@@ -53,6 +53,7 @@ def test_page_and_assets(client):
                 "ablation", "patching", "history", "timestep", "rtg-slider", "status"):
         assert f'data-testid="{tid}"' in page.text, tid
     assert '<input type="range" data-testid="rtg-slider"' in page.text
+    assert '<div class="card wide" data-testid="sae-card" hidden>' in page.text  # shown only for a model with SAEs
     js = client.get("/plotly.min.js")
     assert js.status_code == 200 and len(js.text) > 1_000_000 and "plotly" in js.text[:2000].lower()
     assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
@@ -65,6 +66,7 @@ def test_protocol_step_and_bad_messages(client):
         assert [m["type"] for m in first] == ["init", "weights", "step", "panels"]
         init = first[0]
         assert init["dla_labels"][-1] == "b_U" and init["tokens"][-1] == "s_t" and init["n_layers"] == 1
+        assert init["saes"] == [] and first[-1]["sae"] == []  # no dictionary: no SAE panel (its card stays hidden)
         ws.send_text(json.dumps({"type": "act", "action": "left", "seq": 11}))
         step, panels = ws.receive_json(), ws.receive_json()
         assert (step["type"], panels["type"], step["seq"], panels["seq"]) == ("step", "panels", 11, 11)
@@ -155,3 +157,9 @@ def test_cli_bad_checkpoint_and_taken_port(tmp_path, capsys):
     assert code == 1 and err == f"error: cannot listen on 127.0.0.1:{port}: the port is in use\n"
     code, out, err = _cli(capsys, "--ckpt", "x.pt", "--serve", "--port", "70000")
     assert code == 1 and err == "error: port must be an integer in 0..65535, got 70000\n"
+
+
+def test_cli_sae_that_is_not_a_dictionary(tmp_path, capsys):
+    code, out, err = _cli(capsys, "--ckpt", "checkpoints/original/demo_model_overnight_training.pt", "--serve",
+                          "--port", "0", "--sae", str(tmp_path))
+    assert code == 1 and out == "" and err == f"error: --sae {tmp_path}: no dtjax SAE directory there (needs config.json and ckpt/)\n"

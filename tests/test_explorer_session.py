@@ -251,3 +251,82 @@ def test_shape_notes_say_what_does_not_apply():
     notes = shape_notes(ModelConfig(attn_only=True, d_mlp=0, layer_norm=True, n_layers=2, n_timesteps=2))
     assert "no MLP" in notes["ablation"] and "LayerNorm" in notes["state-encoder"] and "direct path" in notes["qk"]
     assert "padded" in notes["attention"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse dictionaries: the active-latents panel
+# ---------------------------------------------------------------------------------------------
+
+
+def _dictionary(tmp, name, d_in=16, hook="blocks.0.hook_resid_post", labels=True):
+    """A TopK SAE of the tiny model's width (random, encoder biased up so that latents fire) saved
+    at ``tmp/name``, with an ``eval/analysis.npz`` of probe labels as ``python -m dtjax.sae eval`` writes."""
+    from dtjax.sae import SAEConfig, init_sae, store
+
+    cfg = SAEConfig(hook=hook, token="state", n_latents=24, k=5, d_in=d_in, d_out=d_in)
+    v = jax.device_get(init_sae(jax.random.PRNGKey(3), cfg))
+    v["params"]["b_enc"] = np.linspace(-1, 2, 24).astype(np.float32)
+    v["norm"]["scale_out"] = np.float32(1.7)
+    path = store.save(tmp / name, store.Dictionary(cfg, v, {}))
+    if labels:
+        (path / "eval").mkdir()
+        np.savez(path / "eval" / "analysis.npz", **{"latents/best_probe": np.asarray([f"probe{j}" for j in range(24)]),
+                                                    "probes/latent_best_auc": np.linspace(0.5, 1, 24).astype(np.float32)})
+    return path
+
+
+def test_sae_latents_panel_equals_active_latents(tmp_path):
+    from dtjax.explorer import sae as es
+    from dtjax.explorer.session import explore_step
+    from dtjax.sae import active_latents, store
+
+    model = tiny_model()
+    path = _dictionary(tmp_path, "s")
+    model.saes = es.load_all(None, model.cfg, model.params, [str(tmp_path)])  # a folder of dictionaries: all of them
+    assert [s.name for s in model.saes] == ["s"]
+    d = store.load(path)
+    s = Session(model, seed=3)
+    init = s.start()[0]
+    assert init["saes"][0]["hook"] == "blocks.0.hook_resid_post" and init["saes"][0]["has_probes"]
+    W_dla = d.variables["params"]["W_dec"] / 1.7 @ np.asarray(model.params["W_U"])  # (24, n_actions), by hand
+    n_compiled = None
+    for j, (a, direction) in enumerate([(1, None), (0, None), (1, {"pos": "left", "neg": None}), (1, None)]):
+        if direction:
+            s.handle({"type": "set", "direction": direction})
+        pan = s.handle({"type": "act", "action": a})[-1]  # turns: the episode never ends
+        assert pan["type"] == "panels", pan
+        (got,) = pan["sae"]
+        inp = s.inputs()
+        idx, z = active_latents(d, model.params, model.cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions, top=es.TOP)
+        keep = z[0] > 0
+        np.testing.assert_array_equal(got["index"], idx[0][keep])
+        assert_close(got["act"], z[0][keep], rtol=1e-5)
+        assert got["l0"] == 5 and len(got["index"]) == 5  # TopK, k = 5, every top latent active (biased encoder)
+        assert_close(got["dla"], W_dla[got["index"]] @ np.asarray(s.controls().v), rtol=1e-4)
+        assert got["probe"] == [f"probe{i}" for i in got["index"]]
+        assert_close(got["auc"], np.linspace(0.5, 1, 24)[got["index"]], rtol=1e-6)
+        n_compiled = n_compiled or explore_step._cache_size()
+    assert explore_step._cache_size() == n_compiled  # a new direction is data: no recompilation
+    plain = Session(tiny_model())  # no dictionary: the panel is absent
+    r = plain.start()
+    assert r[0]["saes"] == [] and r[-1]["sae"] == []
+
+
+def test_sae_loading_checks_the_model(tmp_path, capsys):
+    from dtjax.explorer import sae as es
+    from dtjax.sae import SAEError
+
+    model = tiny_model()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # a run directory: its dictionaries are under run/sae
+    _dictionary(run / "sae", "fits")
+    _dictionary(run / "sae", "wide", d_in=24, labels=False)
+    _dictionary(run / "sae", "deep", hook="blocks.1.hook_resid_post", labels=False)
+    logs = []
+    found = es.load_all(run, model.cfg, model.params, (), logs.append)
+    assert [s.name for s in found] == ["fits"] and len(logs) == 2  # found ones that do not fit are skipped, said
+    assert any("reads width 24" in m for m in logs) and any("no hook blocks.1" in m for m in logs)
+    for name, msg in (("wide", "reads width 24"), ("deep", "no hook blocks.1"), ("nothing", "no dtjax SAE directory")):
+        with pytest.raises(SAEError, match=msg):  # a given one that does not fit is an error
+            es.load_all(None, model.cfg, model.params, [str(run / "sae" / name)])

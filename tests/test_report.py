@@ -51,7 +51,8 @@ def test_report_is_self_contained_with_every_section(fast_report):
     page = (out / "report.html").read_text()
     keys = [sec.key for sec in all_sections()]
     assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "state_encoder", "embeddings", "qk", "ov",
-                    "svd", "ablation", "patching"]
+                    "svd", "ablation", "patching", "sae"]
+    keys.remove("sae")  # opt-in: analyse.py --sae DIR (tests/test_report_sae.py)
     for anchor in keys:
         assert f'id="{anchor}"' in page and f'href="#{anchor}"' in page
     assert list(s["sections"]) == keys and all(v["status"] == "ok" for v in s["sections"].values()), s["sections"]

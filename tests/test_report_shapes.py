@@ -240,7 +240,12 @@ def test_analyse_on_a_trained_model(trained, name, tmp_path):
     import analyse
 
     run = trained[name]
-    assert analyse.main(["--ckpt", str(run), "--out", str(tmp_path), "--fast", "--quiet"]) == 0
+    sae_args = []
+    if name == "k3_attn_only_ln":  # the SAE section on a LayerNorm, K = 3 model too (a tiny SAE, 20 steps)
+        from fixtures import tiny_sae
+
+        sae_args = ["--sae", str(tiny_sae(run, n_latents=16, k=2, eval_arrays=False))]
+    assert analyse.main(["--ckpt", str(run), "--out", str(tmp_path), "--fast", "--quiet", *sae_args]) == 0
     s = json.loads((tmp_path / "summary.json").read_text())
     assert all(v["status"] == "ok" for v in s["sections"].values()), s["sections"]
     for k, v in TRAINED[name].items():
@@ -251,7 +256,10 @@ def test_analyse_on_a_trained_model(trained, name, tmp_path):
     assert set(s["ablation"]["zero_returns"]) == set(A.ablation_labels(_model_cfg(run)))
     page = (tmp_path / "report.html").read_text()
     for sec in all_sections():
-        assert f'id="{sec.key}"' in page
+        assert (f'id="{sec.key}"' in page) == sec.enabled(ReportOptions(sae_dirs=tuple(sae_args[1:])))  # opt-in: --sae
+    if sae_args:
+        (e,) = s["sae"]
+        assert e["reconstruction"]["state"]["l0"] <= 2 and len(e["latents_shown"]) > 0
     assert page.count('<img src="data:image/png;base64,') >= 15
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dtjax.explorer.catalog import Catalog
+from dtjax.explorer.sae import load_all as load_saes
 from dtjax.explorer.session import Deferred, Model, Session
 
 STATIC = Path(__file__).parent / "static"
@@ -183,12 +184,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, models_dir=None, log_fn=None) -> int:
+def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, models_dir=None, log_fn=None, sae_dirs=()) -> int:
     """Load ``ckpt``, compile, then serve the explorer at ``http://host:port/`` until Ctrl-C.
 
     The port is taken first (a port in use fails before any loading); a checkpoint that does not
     load raises ``dtjax.loader.LoadError``. ``models_dir`` (default: none) lists the models the
-    page can switch to. Prints the URL on stdout once the page can be used; returns 0.
+    page can switch to. ``sae_dirs``: sparse dictionaries of the model (with those under its run's
+    ``sae/``) for the active-latents panel; one that does not fit raises ``dtjax.sae.SAEError``.
+    Prints the URL on stdout once the page can be used; returns 0.
     """
     import uvicorn
 
@@ -198,7 +201,10 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, models_dir=None, log_
     sock = bind(host, port)
     try:
         cfg, params, env_cfg = dtjax.load(ckpt, with_env=True)
-        model = Model(name=Path(ckpt).name, path=str(ckpt), cfg=cfg, params=params, env_cfg=env_cfg)
+        saes = load_saes(ckpt, cfg, params, sae_dirs, say)
+        model = Model(name=Path(ckpt).name, path=str(ckpt), cfg=cfg, params=params, env_cfg=env_cfg, saes=saes)
+        if saes:
+            say(f"dictionaries: {', '.join(f'{s.name} ({s.cfg.hook}, {s.cfg.token})' for s in saes)}")
         say(f"loaded {ckpt}; compiling the explore step ...")
         model.compile_s = model.warm_up()
         say(f"compiled in {model.compile_s:.1f} s ({model.cfg.n_layers} layer(s), {model.cfg.n_heads} heads, "

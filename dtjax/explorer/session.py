@@ -56,6 +56,7 @@ from dtjax import analysis as A
 from dtjax import circuits as C
 from dtjax import scenarios as S
 from dtjax.config import EnvConfig, ModelConfig
+from dtjax.explorer import sae as explorer_sae
 
 PARK = (-1, -1)  # off the grid: a parked ball is invisible, never blocks and never moves
 N_SCAN = 101  # RTG scan points over the slider's range
@@ -140,7 +141,8 @@ def view_objects(obs: jax.Array) -> jax.Array:
     return obs[..., :11].argmax(-1).astype(jnp.int32) if obs.shape[-1] == mg.N_ONE_HOT else obs[..., 0].astype(jnp.int32)
 
 
-def _panels(params, cfg: ModelConfig, means: dict, window: Window, ctrl: Controls) -> dict:
+def _panels(params, cfg: ModelConfig, means: dict, window: Window, ctrl: Controls, sae_cfgs: tuple = (),
+            sae_arrays: tuple = ()) -> dict:
     inp = model_inputs(window, ctrl, cfg)
     sp = A.state_panels(params, cfg, inp, ctrl.v)
     ab = A.ablation_set_panel(params, cfg, inp, ctrl.v, ctrl.masks, means, ctrl.abl_mean)
@@ -155,15 +157,16 @@ def _panels(params, cfg: ModelConfig, means: dict, window: Window, ctrl: Control
         "scan_rtg": scan["rtg"], "scan_logits": scan["logits"][0], "scan_probs": scan["probs"][0],
         "scan_dla": scan["dla"][0], "scan_attn": scan["attn_to_rtg"][0],
         "rtg_token": inp.rtg[0, -1], "timestep_token": inp.timesteps[0, -1], "view": view_objects(window.obs[-1]),
+        "sae": explorer_sae.latents_panel(params, cfg, inp, sae_cfgs, sae_arrays, ctrl.v),
     }
 
 
 NO_STEP, MODEL_ACTS = -2, -1  # explore_step's ``action`` besides an env action
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "env"))
+@functools.partial(jax.jit, static_argnames=("cfg", "env", "sae_cfgs"))
 def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: envs.EnvState, window: Window,
-                 ctrl: Controls, action, k_act, k_env) -> dict:
+                 ctrl: Controls, action, k_act, k_env, sae_cfgs: tuple = (), sae_arrays: tuple = ()) -> dict:
     """One message: act, step the env, analyse -- or, with ``action == NO_STEP``, analyse only.
 
     ``action``: an env action (>= 0), ``MODEL_ACTS`` (-1: the model's choice, using the model as
@@ -176,6 +179,8 @@ def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: 
     Returns ``action``, ``state``, ``obs``, ``reward``, ``terminated``, ``truncated``,
     ``front_wall`` (the front cell was a wall: a hit is a wall hit), the new ``window`` and its
     ``panels`` (see ``_panels``); with NO_STEP the state and window are the ones given.
+    ``sae_cfgs`` (static) and ``sae_arrays``: the model's sparse dictionaries (``explorer.sae``),
+    whose most active latents are ``panels["sae"]``.
     """
     now = A.ablation_set_panel(params, cfg, model_inputs(window, ctrl, cfg), ctrl.v, ctrl.masks, means, ctrl.abl_mean)
     logits = now["logits"][0]
@@ -194,7 +199,7 @@ def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: 
     w = pick(stepped, jax.tree.map(jnp.asarray, window))
     return {"action": a, "state": pick(new_state, state), "obs": obs,
             "reward": jnp.where(do, reward, 0.0), "terminated": do & term, "truncated": do & trunc,
-            "front_wall": front_wall, "window": w, "panels": _panels(params, cfg, means, w, ctrl)}
+            "front_wall": front_wall, "window": w, "panels": _panels(params, cfg, means, w, ctrl, sae_cfgs, sae_arrays)}
 
 
 @functools.partial(jax.jit, static_argnames=("env",))
@@ -230,6 +235,7 @@ class Model:
     env_cfg: EnvConfig
     mean_samples: int = MEAN_SAMPLES
     compile_s: float = 0.0
+    saes: list = dataclasses.field(default_factory=list)  # explorer.sae.ExplorerSAE: the active-latents panel
     _means: dict | None = dataclasses.field(default=None, repr=False)
     _lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -244,12 +250,14 @@ class Model:
         self.zero_means = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
     @classmethod
-    def load(cls, path, name: str | None = None, warm: bool = True, **kw) -> "Model":
-        """``dtjax.load(path, with_env=True)``, compiled for its env unless ``warm=False``."""
+    def load(cls, path, name: str | None = None, warm: bool = True, sae_dirs=(), log=None, **kw) -> "Model":
+        """``dtjax.load(path, with_env=True)`` with its dictionaries (``sae_dirs`` and those under the
+        run's ``sae/``: ``explorer.sae.load_all``), compiled for its env unless ``warm=False``."""
         import dtjax
 
         cfg, params, env_cfg = dtjax.load(path, with_env=True)
-        model = cls(name=name or Path(path).name, path=str(path), cfg=cfg, params=params, env_cfg=env_cfg, **kw)
+        saes = explorer_sae.load_all(path, cfg, params, sae_dirs, log)
+        model = cls(name=name or Path(path).name, path=str(path), cfg=cfg, params=params, env_cfg=env_cfg, saes=saes, **kw)
         if warm:
             model.compile_s = model.warm_up()
         return model
@@ -264,6 +272,10 @@ class Model:
                     ref = ref.replace(actions=jnp.pad(ref.actions, ((0, 0), (0, 1)), constant_values=self.cfg.n_actions))
                 self._means = jax.device_get(C.ablation_means(self.params, self.cfg, ref))
             return self._means
+
+    def sae_args(self) -> tuple[tuple, tuple]:
+        """(static configs, traced arrays) of the dictionaries for ``explore_step``."""
+        return tuple(s.cfg for s in self.saes), tuple(s.arrays for s in self.saes)
 
     def warm_up(self, env_cfg: EnvConfig | None = None) -> float:
         """Compile ``explore_step`` and the weight maps for ``env_cfg``; seconds."""
@@ -443,9 +455,11 @@ class Session:
 
     def _explore(self, j: int, action: int) -> dict:
         """``explore_step`` at history step ``j`` (numpy results)."""
+        sae_cfgs, sae_arrays = self.model.sae_args()
         return jax.device_get(explore_step(self.model.params, self.cfg, self.env, self.env_params, self.means(),
                                            self.history[j].state, self.window(j), self.controls(), np.int32(action),
-                                           jax.random.fold_in(self.keys[2], j), jax.random.fold_in(self.keys[1], j)))
+                                           jax.random.fold_in(self.keys[2], j), jax.random.fold_in(self.keys[1], j),
+                                           sae_cfgs=sae_cfgs, sae_arrays=sae_arrays))
 
     def inputs(self, i: int | None = None, ctrl: Controls | None = None) -> C.Inputs:
         """The model inputs at step ``i`` (default: on screen) under the current controls."""
@@ -753,6 +767,7 @@ class Session:
             "tokens": A.token_labels(cfg.n_timesteps), "dla_labels": A.dla_labels(cfg, self.inputs()),
             "ablation_labels": A.ablation_labels(cfg), "channels": channel_names(cfg.obs_mode),
             "notes": shape_notes(cfg), "controls": self.control_values(), "n_scan": N_SCAN,
+            "saes": [s.describe() for s in self.model.saes], "sae_top": explorer_sae.TOP,
         }
 
     def control_values(self) -> dict:
@@ -801,6 +816,20 @@ class Session:
             "each_probs": p["each_probs"], "ablate": self.ctl["ablate"], "kind": self.ctl["kind"],
             "scan": {"rtg": p["scan_rtg"], "logits": p["scan_logits"], "probs": p["scan_probs"], "dla": p["scan_dla"],
                      "attn": p["scan_attn"], "marker": float(p["rtg_token"])},
-            "history": hist, "controls": self.control_values(),
+            "history": hist, "controls": self.control_values(), "sae": self.sae_latents(p["sae"]),
         }
         return [step, pan]
+
+    def sae_latents(self, found: list[dict]) -> list[dict]:
+        """The ``panels`` reply's ``sae`` entry: per dictionary its active latents among the top ones
+        (index, activation, best probe and AUROC if known, DLA onto the direction), and L0."""
+        out = []
+        for s, f in zip(self.model.saes, found):
+            act = np.asarray(f["act"])
+            keep = act > 0
+            idx = np.asarray(f["index"])[keep]
+            out.append({"name": s.name, "l0": int(f["l0"]), "index": idx, "act": act[keep],
+                        "dla": np.asarray(f["dla"])[keep] if s.has_dla else None,
+                        "probe": None if s.probe is None else [s.probe[i] for i in idx],
+                        "auc": None if s.auc is None else s.auc[idx]})
+        return out

@@ -27,6 +27,9 @@ A report is a list of ``Section(key, title, compute, render, order, undefined, e
   model; the report then says so under the section's heading and carries on.
 - ``enabled(options) -> bool``: False leaves the section out of this report altogether (an
   opt-in section that needs an input, e.g. an SAE directory from ``analyse.py --sae``).
+- ``check(ctx)``: raises ``ReportError`` (one line) when the section's input does not fit the
+  model (an SAE of another model's width or hook); run for every chosen section before any
+  computes, so nothing is written.
 
 ``Context`` holds the model (``cfg``, ``params``), its env (``env_cfg``, ``env``,
 ``env_params``), the options, the analysed direction (``v``, ``direction``), the channels shown
@@ -134,13 +137,15 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
 
     ``sections`` defaults to ``all_sections()``. Returns the HTML path. Raises ``ReportError``
     (after writing both files) when a section failed, naming it; a bad checkpoint raises
-    ``dtjax.loader.LoadError`` before anything is written.
+    ``dtjax.loader.LoadError``, and a section's ``check`` a ``ReportError``, before anything is written.
     """
     opt = options or ReportOptions()
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     chosen = select_sections(opt, sections)
     t0 = time.time()
     ctx = Context.load(ckpt, opt, log)
+    for sec in chosen:
+        sec.check(ctx)
     page = Page(f"dtjax report: {ckpt.name}", opt.dpi)
     summary: dict[str, Any] = {"checkpoint": str(ckpt), "config": ctx.cfg.to_dict(), "env": ctx.env_cfg.to_dict(),
                                "direction": opt.direction, "fast": opt.fast}

@@ -53,6 +53,10 @@ class ReportOptions:
     sections: tuple[str, ...] = ()  # only these section keys, in report order (empty: every enabled section)
     dpi: int = 90  # resolution of the inlined figures
     strict: bool = False  # re-raise a section's exception instead of noting it and carrying on
+    sae_dirs: tuple[str, ...] = ()  # sparse dictionaries of this model (analyse.py --sae): the "sae" section
+    sae_tokens: int = 65_536  # held-out tokens per token type for a dictionary's reconstruction metrics
+    sae_analysis_tokens: int = 16_384  # of them: CE / KL spliced in, latent statistics and probes
+    sae_latents: int = 6  # latents shown per ranking (by activation frequency, by |DLA|)
 
     def replace(self, **changes: Any) -> "ReportOptions":
         return dataclasses.replace(self, **changes)
@@ -60,7 +64,7 @@ class ReportOptions:
     @staticmethod
     def quick() -> "ReportOptions":
         return ReportOptions(calib_rtgs=3, calib_episodes=4, ablation_rtgs=(-1.0, 1.0), ablation_episodes=4,
-                             mean_samples=32, scan_points=21, fast=True)
+                             mean_samples=32, scan_points=21, fast=True, sae_tokens=8192, sae_analysis_tokens=4096)
 
 
 def _defined(ctx: "Context") -> str | None:
@@ -71,13 +75,19 @@ def _enabled(opt: ReportOptions) -> bool:
     return True
 
 
+def _no_check(ctx: "Context") -> None:
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Section:
     """One section of the report: a compute step that returns plain data, a render step that
     draws it. ``key`` is the HTML anchor and the name in summary.json's ``sections``; ``order``
     places it (see the table in ``dtjax.report``); ``undefined(ctx)`` gives a one-line reason when
     the analysis does not apply to this model; ``enabled(options)`` leaves the section out of this
-    report entirely (opt-in sections that need an input such as an SAE directory)."""
+    report entirely (opt-in sections that need an input such as an SAE directory); ``check(ctx)``
+    raises ``ReportError`` (one line) when such an input does not fit the model, before any
+    section runs and before anything is written."""
 
     key: str
     title: str
@@ -86,6 +96,7 @@ class Section:
     order: float = 1000.0
     undefined: Callable[["Context"], str | None] = _defined
     enabled: Callable[[ReportOptions], bool] = _enabled
+    check: Callable[["Context"], None] = _no_check
 
 
 class Context:

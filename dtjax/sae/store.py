@@ -114,6 +114,23 @@ def resolve_recorded(meta_entry: dict, sae_dir: Path) -> Path:
                    f"(pass --ckpt / --dataset)")
 
 
+def is_dictionary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a dictionary directory (``config.json`` and ``ckpt/``)."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and (p / "ckpt").is_dir()
+
+
+def find(path: str | os.PathLike) -> list[Path]:
+    """The dictionary directories at ``path``: itself if it is one, else its sub-directories that
+    are (sorted; hidden ones, e.g. an unfinished write, skipped). A run's ``sae/`` folder lists all."""
+    p = Path(path)
+    if is_dictionary(p):
+        return [p]
+    if not p.is_dir():
+        return []
+    return sorted(c for c in p.iterdir() if not c.name.startswith(".") and is_dictionary(c))
+
+
 def save(path: str | os.PathLike, d: Dictionary, history: list[dict] | None = None) -> Path:
     """Write a dictionary directory atomically (refuses an existing path)."""
     import orbax.checkpoint as ocp

@@ -95,6 +95,8 @@ const HANDLERS = {
       $(id).innerHTML = ""; $(id).removeAttribute("data-step");
     }
     buildControls(msg);
+    $("sae-card").hidden = !(msg.saes && msg.saes.length);
+    $("sae-latents").innerHTML = "";
   },
   weights(msg) { S.weights = msg; S.weightsDirty = true; scheduleRender(); },
   step(msg) { onStep(msg); },
@@ -234,6 +236,7 @@ function renderPanels() {
     drawStateEncoder(p);
     drawAblation(p);
     drawHistory(p);
+    drawSAE(p);
     if (S.weightsDirty && S.weights) { drawWeights(S.weights); S.weightsDirty = false; }
     if (!havePlotly()) return;  // the line and bar charts follow when plotly.js has loaded
     drawDLA(p);
@@ -396,6 +399,26 @@ function drawPatching(msg) {
   $("patch-info").textContent = `step ${msg.step}, ${msg.what}: clean ${dirLabel()} = ${msg.clean.toFixed(3)}, corrupted = ` +
     `${msg.corrupted.toFixed(3)}; 1 = the patch restores the clean value (${msg.seconds.toFixed(1)} s)`;
   $("patching").setAttribute("data-step", String(msg.step));
+}
+
+function drawSAE(p) {  // plain DOM: one table per dictionary (absent when the model has none)
+  if (!p.sae || !p.sae.length) return;
+  const dir = dirLabel();
+  $("sae-latents").innerHTML = p.sae.map((d, j) => {
+    const info = S.init.saes[j];
+    const max = Math.max(1e-9, ...d.act);
+    let html = `<div data-testid="sae-dict" data-name="${d.name}"><table><caption class="sub">${d.name}: ${info.hook}, ` +
+      `${info.token} tokens, ${info.n_latents} latents; L0 ${d.l0}</caption>` +
+      `<tr><th>latent</th><th>activation</th><th>best probe (AUROC)</th><th>DLA ${dir}</th></tr>`;
+    d.index.forEach((k, i) => {
+      const probe = d.probe ? `${d.probe[i]} (${d.auc[i] === null ? "n/a" : d.auc[i].toFixed(2)})` : "-";
+      const dla = d.dla ? (d.dla[i] >= 0 ? "+" : "") + d.dla[i].toFixed(3) : "n/a";
+      html += `<tr data-testid="sae-row" data-latent="${k}"><td>#${k}</td><td><span class="abar" style="width:` +
+        `${Math.round(60 * d.act[i] / max)}px"></span> ${d.act[i].toFixed(2)}</td><td>${probe}</td><td>${dla}</td></tr>`;
+    });
+    if (!d.index.length) html += `<tr><td colspan="4">no latent active</td></tr>`;
+    return html + "</table></div>";
+  }).join("");
 }
 
 function drawHistory(p) {
