@@ -93,12 +93,13 @@ def attribution_render(d: dict, page: Page) -> None:
     page.figure(plots.atp_scatter(d["panels"], d["ig_steps"]),
                 "Each point is one node (hook x position x head); x = activation patching, y = the estimate; the grey "
                 "line is y = x. Colours: how the hook reaches the metric.")
+    ig = d["ig_steps"] > 0
     for pair, p in d["panels"].items():
-        page.table(["node", "activation patching", "AtP", f"AtP-IG ({d['ig_steps']})"],
-                   [[w["node"], w["actp"], w["atp"], w["ig"] if w["ig"] is not None else "-"] for w in p["worst"]],
+        page.table(["node", "activation patching", "AtP"] + ([f"AtP-IG ({d['ig_steps']})"] if ig else []),
+                   [[w["node"], w["actp"], w["atp"]] + ([w["ig"]] if ig else []) for w in p["worst"]],
                    f"<b>{pair}</b> (clean {p['clean']:+.3f}, corrupted {p['corrupted']:+.3f}): the nodes where AtP is "
                    f"furthest from activation patching. Pearson r over all {len(p['nodes'])} nodes: AtP "
-                   f"{p['pearson_atp']:.3f}, AtP-IG {p['pearson_ig']:.3f}.")
+                   f"{p['pearson_atp']:.3f}" + (f", AtP-IG {p['pearson_ig']:.3f}." if ig else "."))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def circuit_compute(ctx: Context) -> dict:
     prune = {}
     for pair, (cl, co) in pairs.items():
         for ig, tag in ((0, "EAP"), (o.ig_steps, f"EAP-IG ({o.ig_steps})")):
-            if tag != "EAP" and not ig:
+            if tag != "EAP" and (o.fast or not ig):  # a fast report: EAP only (EAP-IG is one more compile)
                 continue
             res = C.prune_by_attribution(params, cfg, cl, co, sizes, ctx.v, ig_steps=ig)
             prune[f"{pair}: top-n by |{tag}|"] = (np.asarray(res["n_edges"]), np.asarray(res["faithfulness"]))
