@@ -11,6 +11,9 @@ front is (3, 5). In the world, facing east (dir 0) from (x, y), "front" is (x+1,
 
 ``scenario_inputs`` gives ``circuits.Inputs`` (K = 1: tokens R, s) for any set of target RTGs;
 ``sample_inputs`` draws states from real rollouts (a random or given policy) for dataset means.
+``rtg_pair`` and ``ball_pair`` turn such states into (clean, corrupted) pairs for patching and
+circuit discovery: the same states at two target RTGs, and states with a ball ahead vs the same
+with that cell emptied (``front_is_ball``, ``empty_front``).
 For a model with K > 1 timesteps of context both give K-timestep inputs padded as training and
 closed-loop evaluation pad an episode's start (``Inputs.left_pad``).
 """
