@@ -25,6 +25,8 @@ data, not a new compile. Panels are read at the *last* state token (the action b
 - ``svd_panels``: weights only: singular values of W_QK and W_OV per layer and head, and the top
   OV directions read in input and output vocabulary.
 - ``rtg_scan_stats``: summary numbers of an RTG scan (DLA slopes over [-1, 1], correlations).
+- ``attribution_panel``: attribution patching (and AtP-IG) against activation patching over
+  every hook, position and head as flat node arrays, with Pearson r and the worst nodes.
 
 Shape rules: with K timesteps of context there are 3K-1 tokens ``R_t-k, s_t-k, a_t-k, ..., R_t,
 s_t`` (``token_labels``); attn-only models have no MLP component; QK/OV maps of layer l > 0 are
@@ -343,7 +345,7 @@ def hook_kind(name: str) -> str:
 
 
 def attribution_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, v: jax.Array,
-                      ig_steps: int = 16, n_worst: int = 8) -> dict:
+                      ig_steps: int = 16, n_worst: int = 8, names: list[str] | None = None) -> dict:
     """Attribution patching (AtP) and AtP with integrated gradients against activation patching,
     clean -> corrupted, over every hook, position and head (``circuits.attribution_patching``,
     ``circuits.activation_patching``; normalised effects, 1 = the clean behaviour restored).
@@ -353,13 +355,15 @@ def attribution_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: 
     metrics coincide; ``ig`` is None when ``ig_steps`` is 0); ``pearson_atp`` / ``pearson_ig``
     over the finite nodes; ``worst``: the ``n_worst`` nodes with the largest |ActP - AtP| as
     dicts (node, actp, atp, ig); ``hooks``: per hook (name, max |ActP|, max |ActP - AtP|,
-    max |ActP - IG|); ``clean``, ``corrupted`` (metrics); ``ig_steps``.
+    max |ActP - IG|); ``clean``, ``corrupted`` (metrics); ``ig_steps``. ``names``: only these
+    hooks (TL shorthand allowed; default every hook but the logits).
     """
-    act = _activation_patching(params, cfg, clean, corrupted, v, None)
-    est = {"atp": C.attribution_patching(params, cfg, clean, corrupted, v)}
+    names = None if names is None else tuple(hooks_lib.act_name(n) for n in names)
+    act = _activation_patching(params, cfg, clean, corrupted, v, names)
+    est = {"atp": C.attribution_patching(params, cfg, clean, corrupted, v, names)}
     if ig_steps:
-        est["ig"] = C.attribution_patching(params, cfg, clean, corrupted, v, ig_steps=int(ig_steps))
-    order = C.patchable_hooks(cfg, act["effects"])
+        est["ig"] = C.attribution_patching(params, cfg, clean, corrupted, v, names, ig_steps=int(ig_steps))
+    order = list(names) if names else C.patchable_hooks(cfg, act["effects"])
     tok = token_labels(clean.n_timesteps, n_tokens(clean))
     nodes, flat = [], {k: [] for k in ("actp", *est)}
     hooks = []

@@ -429,7 +429,8 @@ def composition(scores: dict, labels: Sequence[str], chance: float | None = None
         ax.set_xticks(range(n), labels, fontsize=7, rotation=90)
         ax.set_yticks(range(n), labels, fontsize=7)
         ax.set_xlabel("receiver")
-        ax.set_ylabel("sender")
+        if ax is axes[0, 0]:
+            ax.set_ylabel("sender")
         ax.set_title(f"{mode}-composition" + (f" (chance ~{chance:.3f})" if chance else ""), fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist())
     return fig

@@ -30,6 +30,7 @@ from dtjax import plots
 from dtjax import scenarios as S
 from dtjax.circuits import graph as G
 from dtjax.report.base import Context, Page, Section, rounded
+from dtjax.report.sections.causal import patch_names
 
 STEER_HOOK = "blocks.0.hook_resid_pre"
 FAST_STEER_COEFFS = (0.0, 0.5, 1.0)  # closed-loop coefficients of a fast report
@@ -75,7 +76,10 @@ def _common(ctx: Context, pairs: dict) -> dict:
 
 def attribution_compute(ctx: Context) -> dict:
     pairs, notes = circuit_pairs(ctx)
-    panels = {pair: A.attribution_panel(ctx.params, ctx.cfg, clean, corr, ctx.v, ctx.options.ig_steps)
+    names = patch_names(ctx.cfg, ctx.options.fast)
+    if names:
+        notes = notes + [f"Fast report: {len(names)} hooks compared ({', '.join(names)}), not every hook."]
+    panels = {pair: A.attribution_panel(ctx.params, ctx.cfg, clean, corr, ctx.v, ctx.options.ig_steps, names=names)
               for pair, (clean, corr) in pairs.items()}
     summary = {"atp_vs_actp_r": {p: round(x["pearson_atp"], 4) for p, x in panels.items()},
                "atp_ig_vs_actp_r": {p: round(x["pearson_ig"], 4) for p, x in panels.items()},
