@@ -234,9 +234,11 @@ def test_every_section_on_every_shape_with_rollouts(row, tmp_path):
                   OPTIONS.replace(closed_loop=True), log=lambda m: None)
     page = Page("shape matrix", OPTIONS.dpi)
     results, status = run_sections(ctx, all_sections(), page)
-    assert all(s["status"] == "ok" for s in status.values()), status
+    assert all(s["status"] == "ok" or (k == "composition" and cfg.n_layers == 1) for k, s in status.items()), status
     _check_sections(cfg, results, status, page.render())
     assert set(results["ablation"]["closed_loop"]) == {"zero"}
+    ret = results["steering"]["returns"]  # a fast report steers in closed loop at coefficients 0, 0.5, 1
+    assert list(ret["mean_return"][0]) == [0.0, 0.5, 1.0] and (np.abs(ret["mean_return"][1]) <= 1.0).all()
     assert len(results["calibration"]["summary"]["calibration"]) == OPTIONS.calib_rtgs
 
 
@@ -277,7 +279,9 @@ def test_analyse_on_a_trained_model(trained, name, tmp_path):
     run = trained[name]
     assert analyse.main(["--ckpt", str(run), "--out", str(tmp_path), "--fast", "--quiet"]) == 0
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert all(v["status"] == "ok" for v in s["sections"].values()), s["sections"]
+    one_layer = s["config"]["n_layers"] == 1  # composition needs two layers
+    assert all(v["status"] == "ok" or (k == "composition" and one_layer and v["status"] == "undefined")
+               for k, v in s["sections"].items()), s["sections"]
     for k, v in TRAINED[name].items():
         assert s["config"][k] == v
     assert s["env"] == json.loads((run / "env.json").read_text())  # analysed in the env it was trained in
