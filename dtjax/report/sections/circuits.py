@@ -165,6 +165,10 @@ def circuit_compute(ctx: Context) -> dict:
             res = C.prune_by_attribution(params, cfg, cl, co, sizes, ctx.v, ig_steps=ig)
             prune[f"{pair}: top-n by |{tag}|"] = (np.asarray(res["n_edges"]), np.asarray(res["faithfulness"]))
     corr_kl = float(G._kl(C.forward(params, cfg, clean), C.forward(params, cfg, corr)))
+    if np.isfinite(acdc["faithfulness"]) and abs(float(acdc["faithfulness"]) - 1.0) > 0.2:
+        notes = notes + [f"ACDC removes edges by the KL of the whole action distribution, not by the {ctx.direction} "
+                         f"difference: its circuit keeps {float(acdc['faithfulness']):.2f} of that difference (a smaller "
+                         "acdc_tau keeps more edges)."]
     edges = [tuple(e) for e in acdc["edges"]]
     summary = {"circuit_tau": o.acdc_tau, "circuit_edges": acdc["n_edges"], "circuit_edges_total": acdc["n_total"],
                "circuit_faithfulness": round(float(acdc["faithfulness"]), 4), "circuit_kl": round(float(acdc["kl"]), 6),
