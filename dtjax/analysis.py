@@ -25,6 +25,8 @@ data, not a new compile. Panels are read at the *last* state token (the action b
 - ``svd_panels``: weights only: singular values of W_QK and W_OV per layer and head, and the top
   OV directions read in input and output vocabulary.
 - ``rtg_scan_stats``: summary numbers of an RTG scan (DLA slopes over [-1, 1], correlations).
+- ``attribution_panel``: attribution patching (and AtP-IG) against activation patching over
+  every hook, position and head as flat node arrays, with Pearson r and the worst nodes.
 
 Shape rules: with K timesteps of context there are 3K-1 tokens ``R_t-k, s_t-k, a_t-k, ..., R_t,
 s_t`` (``token_labels``); attn-only models have no MLP component; QK/OV maps of layer l > 0 are
@@ -321,3 +323,77 @@ def rtg_scan_stats(rtg: np.ndarray, dla: np.ndarray, labels: list[str], points=(
     corr = np.corrcoef(dla[:, keep].T).reshape(len(keep), len(keep)) if len(keep) > 1 else np.ones((len(keep), len(keep)))
     return {"slope": dict(zip(labels, slope.tolist())), "corr_labels": [labels[i] for i in keep], "corr": corr,
             "at": [int(np.argmin(np.abs(rtg - r))) for r in points]}
+
+
+# ---------------------------------------------------------------------------------------------
+# ATTRIBUTION VS ACTIVATION PATCHING (every hook, position and head as one node)
+# ---------------------------------------------------------------------------------------------
+
+
+_PER_TIMESTEP = ("hook_rtg_embed", "hook_state_embed", "hook_action_embed", "hook_time_embed")
+
+
+def hook_kind(name: str) -> str:
+    """How a hook reaches the metric, for colouring patching nodes: "attention" (queries, keys,
+    scores, patterns: through a softmax), "residual" (the residual stream and the embeddings'
+    sum) or "component" (a component's output or inputs)."""
+    if any(s in name for s in ("hook_q", "hook_k", "attn_scores", "pattern")):
+        return "attention"
+    if "resid" in name or name in ("hook_embed", "hook_pos_embed"):
+        return "residual"
+    return "component"
+
+
+def attribution_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, v: jax.Array,
+                      ig_steps: int = 16, n_worst: int = 8, names: list[str] | None = None) -> dict:
+    """Attribution patching (AtP) and AtP with integrated gradients against activation patching,
+    clean -> corrupted, over every hook, position and head (``circuits.attribution_patching``,
+    ``circuits.activation_patching``; normalised effects, 1 = the clean behaviour restored).
+
+    Returns ``nodes`` (labels "hook[pos]" / "hook[pos, H h]", forward order), ``kinds``
+    (``hook_kind`` per node) and (node,) arrays ``actp``, ``atp``, ``ig`` (NaN where the pair's
+    metrics coincide; ``ig`` is None when ``ig_steps`` is 0); ``pearson_atp`` / ``pearson_ig``
+    over the finite nodes; ``worst``: the ``n_worst`` nodes with the largest |ActP - AtP| as
+    dicts (node, actp, atp, ig); ``hooks``: per hook (name, max |ActP|, max |ActP - AtP|,
+    max |ActP - IG|); ``clean``, ``corrupted`` (metrics); ``ig_steps``. ``names``: only these
+    hooks (TL shorthand allowed; default every hook but the logits).
+    """
+    names = None if names is None else tuple(hooks_lib.act_name(n) for n in names)
+    act = _activation_patching(params, cfg, clean, corrupted, v, names)
+    est = {"atp": C.attribution_patching(params, cfg, clean, corrupted, v, names)}
+    if ig_steps:
+        est["ig"] = C.attribution_patching(params, cfg, clean, corrupted, v, names, ig_steps=int(ig_steps))
+    order = list(names) if names else C.patchable_hooks(cfg, act["effects"])
+    tok = token_labels(clean.n_timesteps, n_tokens(clean))
+    nodes, flat = [], {k: [] for k in ("actp", *est)}
+    hooks = []
+    for name in order:
+        a = np.asarray(act["effects"][name], np.float64)
+        K = clean.n_timesteps
+        per_t = name in _PER_TIMESTEP  # indexed by timestep, the earliest first
+        cols = [f"t-{K - 1 - i}" if K - 1 - i else "t" for i in range(a.shape[0])] if per_t else tok
+        for idx in np.ndindex(a.shape):
+            pos = cols[idx[0]] if idx[0] < len(cols) else str(idx[0])
+            nodes.append(f"{name}[{pos}" + (f", H{idx[1]}]" if len(idx) > 1 else "]"))
+        flat["actp"].append(a.ravel())
+        row = [name, float(np.nanmax(np.abs(a))) if np.isfinite(a).any() else float("nan")]
+        for k, res in est.items():
+            b = np.asarray(res["effects"][name], np.float64)
+            flat[k].append(b.ravel())
+            row.append(float(np.nanmax(np.abs(a - b))) if np.isfinite(a - b).any() else float("nan"))
+        hooks.append(row)
+    arr = {k: np.concatenate(x) if x else np.zeros(0) for k, x in flat.items()}
+    kinds = [hook_kind(n.split("[")[0]) for n in nodes]
+
+    def pearson(x, y):
+        ok = np.isfinite(x) & np.isfinite(y)
+        return float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() > 1 and x[ok].std() > 0 and y[ok].std() > 0 else float("nan")
+
+    err = np.nan_to_num(np.abs(arr["actp"] - arr["atp"]), nan=-1.0)
+    worst = [{"node": nodes[i], "actp": float(arr["actp"][i]), "atp": float(arr["atp"][i]),
+              "ig": float(arr["ig"][i]) if "ig" in arr else None} for i in np.argsort(-err, kind="stable")[:n_worst]]
+    return {"nodes": nodes, "kinds": kinds, "actp": arr["actp"], "atp": arr["atp"], "ig": arr.get("ig"),
+            "pearson_atp": pearson(arr["actp"], arr["atp"]),
+            "pearson_ig": pearson(arr["actp"], arr["ig"]) if "ig" in arr else float("nan"),
+            "worst": worst, "hooks": hooks, "clean": float(act["clean"]), "corrupted": float(act["corrupted"]),
+            "ig_steps": int(ig_steps)}

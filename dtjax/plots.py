@@ -281,6 +281,197 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], max
     return fig
 
 
+# CIRCUITS (dtjax.report.sections.circuits) ---------------------------------------------------
+
+_KIND_COLOURS = (("component", "tab:blue"), ("residual", "tab:green"), ("attention", "tab:red"))
+
+
+def atp_scatter(panels: dict, ig_steps: int = 0):
+    """Attribution-patching estimates against activation patching, one panel per pair.
+
+    ``panels``: {pair: dict with (node,) ``actp``, ``atp``, ``ig`` (or None), ``kinds`` (node
+    colours: "component", "residual", "attention") and ``pearson_atp`` / ``pearson_ig``}
+    (``analysis.attribution_panel``).
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.4), squeeze=False)
+    for ax, (pair, p) in zip(axes[0], panels.items()):
+        x, y = np.asarray(p["actp"], np.float64), np.asarray(p["atp"], np.float64)
+        z = None if p.get("ig") is None else np.asarray(p["ig"], np.float64)
+        kinds = np.asarray(p["kinds"])
+        vals = np.concatenate([x, y] + ([z] if z is not None else []))
+        lim = float(np.nanmax(np.abs(vals))) * 1.05 if np.isfinite(vals).any() else 1.0
+        ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
+        for kind, colour in _KIND_COLOURS:
+            m = kinds == kind
+            if m.any():
+                ax.scatter(x[m], y[m], s=14, color=colour, alpha=0.7, label=f"AtP, {kind} hooks")
+        if z is not None:
+            ax.scatter(x, z, s=10, facecolors="none", edgecolors="black", lw=0.5, alpha=0.5,
+                       label=f"AtP-IG ({ig_steps} steps)")
+        ax.set_xlabel("activation patching (normalised)")
+        ax.set_ylabel("attribution estimate")
+        ig = f" (IG {p['pearson_ig']:.3f})" if z is not None else ""
+        ax.set_title(f"{pair}: r = {p['pearson_atp']:.3f}{ig}", fontsize=9)
+        ax.legend(fontsize=6, loc="upper left")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def circuit_graph(senders: Sequence[str], send_stage: Sequence[int], n_layers: int, edges, scores: dict | None = None,
+                  title: str = ""):
+    """A circuit's kept edges on a layered layout (``circuits.Graph``'s nodes as plain data).
+
+    Senders sit in columns by stage (embeddings 0, layer l's heads 2l+1, its MLP 2l+2; the MLPs
+    below the heads so that no edge runs through a node), the logits last; ``edges`` (sender,
+    receiver) with receivers "L1H0.q|k|v", "L0_mlp" or "logits", coloured by the head input they
+    feed; ``scores`` {edge: value} sets the line widths (|value|, e.g. EAP scores).
+    """
+    plt = _plt()
+    from matplotlib.patches import FancyArrowPatch
+
+    scores = scores or {}
+    col = dict(zip(senders, send_stage))
+    col["logits"] = 2 * n_layers + 1
+    by_col: dict = {}
+    for s in list(senders) + ["logits"]:
+        by_col.setdefault(col[s], []).append(s)
+    pos = {}
+    for c, nodes in by_col.items():
+        for i, s in enumerate(nodes):
+            pos[s] = (c, (len(nodes) - 1) / 2 - i)
+    low = min(y for _, y in pos.values())
+    for s in pos:
+        if s.endswith("_mlp"):
+            pos[s] = (pos[s][0], low - 1.0)
+    fig, ax = plt.subplots(figsize=(2.2 * (2 * n_layers + 2), 4.8))
+    smax = max([abs(scores.get(tuple(e), 0.0)) for e in edges] + [1e-9])
+    styles = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "": "black"}
+    for s, r in edges:
+        tgt, part = (r.split(".") + [""])[:2]
+        w = 0.6 + 3.5 * abs(scores.get((s, r), 0.0)) / smax if scores else 1.5
+        rad = {"q": -0.12, "k": 0.12, "v": 0.24}.get(part, 0.0)
+        if pos[tgt][0] - pos[s][0] > 1:  # edges that skip a column bend around the nodes in between
+            rad = rad - 0.3 if part == "q" else rad + 0.25
+        ax.add_patch(FancyArrowPatch(pos[s], pos[tgt], arrowstyle="-|>", mutation_scale=10, lw=w, color=styles[part],
+                                     alpha=0.8, connectionstyle=f"arc3,rad={rad}", shrinkA=14, shrinkB=14))
+    used = {x for s, r in edges for x in (s, r.split(".")[0])}
+    for s, (x, y) in pos.items():
+        ax.scatter([x], [y], s=900, color="#ffe9b0" if s in used else "white", edgecolors="black", zorder=3)
+        ax.text(x, y, s.replace("embed_", "").replace("_mlp", "\nMLP"), ha="center", va="center", fontsize=8, zorder=4)
+    for part, colour in styles.items():
+        ax.plot([], [], color=colour, label="into MLP / logits" if not part else f"into {part}")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlim(-0.6, 2 * n_layers + 1.6)
+    ys = [y for _, y in pos.values()]
+    ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def faithfulness_curve(curves: dict, points: dict | None = None):
+    """Circuit faithfulness against edges kept.
+
+    ``curves``: {label: (n_edges (m,), faithfulness (m,))} drawn as lines (e.g. the top-n edges
+    by |EAP| and by |EAP-IG|); ``points``: {label: (n_edges, faithfulness)} drawn as crosses
+    (e.g. ACDC's circuit).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for (label, (n, f)), ls in zip(curves.items(), ("-", ":", "--", "-.") * 4):
+        ax.plot(np.asarray(n), np.asarray(f, np.float64), ls, marker=".", label=label)
+    for label, (n, f) in (points or {}).items():
+        ax.scatter([n], [f], marker="x", s=60, color="black", zorder=3, label=label)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("edges kept")
+    ax.set_ylabel("faithfulness (metric recovered)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def lines(x_labels: Sequence[str], series: dict, ylabel: str, title: str = ""):
+    """One line per series over categorical x (e.g. the logit lens over accumulated residuals)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(x_labels) + 2), 3.6))
+    for name, y in series.items():
+        ax.plot(range(len(x_labels)), np.asarray(y, np.float64), "o-", ms=4, label=name)
+    ax.set_xticks(range(len(x_labels)), x_labels, fontsize=8, rotation=45 if len(x_labels) > 6 else 0)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def composition(scores: dict, labels: Sequence[str], chance: float | None = None):
+    """Q, K and V composition scores, sender head rows, receiver head columns ({mode: (n, n)},
+    NaN where the receiver is not in a later layer); ``chance`` (e.g. 1/sqrt(d_model)) in the titles."""
+    plt = _plt()
+    mats = {m: np.asarray(s, np.float64) for m, s in scores.items()}
+    vmax = max([float(np.nanmax(m)) for m in mats.values() if np.isfinite(m).any()] + [1e-6])
+    n = len(labels)
+    fig, axes = plt.subplots(1, len(mats), figsize=(1.2 + 3.6 * len(mats), 0.3 * n + 2), squeeze=False)
+    for ax, (mode, m) in zip(axes[0], mats.items()):
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax)
+        if m.size <= 400:
+            for (i, j), x in np.ndenumerate(m):
+                if np.isfinite(x):
+                    ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=6, color="w")
+        ax.set_xticks(range(n), labels, fontsize=7, rotation=90)
+        ax.set_yticks(range(n), labels, fontsize=7)
+        ax.set_xlabel("receiver")
+        if ax is axes[0, 0]:
+            ax.set_ylabel("sender")
+        ax.set_title(f"{mode}-composition" + (f" (chance ~{chance:.3f})" if chance else ""), fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist())
+    return fig
+
+
+def steering(coeff: np.ndarray, metric: np.ndarray, clean: float, corrupted: float, p_forward: np.ndarray,
+             ylabel: str, returns: dict | None = None):
+    """A coefficient scan of steering: the metric (with the clean and corrupted levels) and
+    P(forward) against the coefficient; ``returns`` {name: (coeff (m,), values (m,))} a second
+    panel of closed-loop numbers (mean return, goal and collision rates)."""
+    plt = _plt()
+    n = 2 if returns else 1
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(coeff, metric, "o-", label=ylabel)
+    ax.axhline(clean, color="tab:green", ls="--", lw=0.8, label="clean")
+    ax.axhline(corrupted, color="tab:red", ls="--", lw=0.8, label="corrupted")
+    ax.set_xlabel("coefficient")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    tw = ax.twinx()
+    tw.plot(coeff, p_forward, "s:", color="tab:purple", ms=3, label="P(forward)")
+    tw.set_ylim(-0.02, 1.02)
+    tw.set_ylabel("P(forward)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = tw.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7)
+    if returns:
+        ax = axes[0, 1]
+        for name, (c, y) in returns.items():
+            ax.plot(c, y, "o-", label=name)
+        ax.set_xlabel("coefficient")
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("closed loop", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # SPARSE DICTIONARIES ------------------------------------------------------------------------
 
 

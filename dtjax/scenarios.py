@@ -11,6 +11,9 @@ front is (3, 5). In the world, facing east (dir 0) from (x, y), "front" is (x+1,
 
 ``scenario_inputs`` gives ``circuits.Inputs`` (K = 1: tokens R, s) for any set of target RTGs;
 ``sample_inputs`` draws states from real rollouts (a random or given policy) for dataset means.
+``rtg_pair`` and ``ball_pair`` turn such states into (clean, corrupted) pairs for patching and
+circuit discovery: the same states at two target RTGs, and states with a ball ahead vs the same
+with that cell emptied (``front_is_ball``, ``empty_front``).
 For a model with K > 1 timesteps of context both give K-timestep inputs padded as training and
 closed-loop evaluation pad an episode's start (``Inputs.left_pad``).
 """
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
+from envs import minigrid
 from dtjax.circuits.core import Inputs
 from dtjax.config import EnvConfig
 
@@ -217,3 +221,50 @@ def render_view(obs: np.ndarray) -> np.ndarray:
         img[obj == code] = rgb
     img[3, 6] = (0.9, 0.1, 0.1)
     return img.transpose(1, 0, 2)  # [x, y] -> rows = y
+
+
+# PAIRS OF REAL STATES (clean, corrupted) for patching and circuit discovery -----------------
+
+FRONT = (3, 5)  # the view cell in front of the agent, [x, y]
+
+
+def front_is_ball(obs: jax.Array) -> jax.Array:
+    """(...,) bool: a ball in the cell ahead of views (..., 7, 7, C), raw codes (C = 3) or one-hot."""
+    obs = jnp.asarray(obs)
+    cell = obs[..., FRONT[0], FRONT[1], :]
+    if obs.shape[-1] == 3:
+        return cell[..., 0] == minigrid.OBJECT_TO_IDX["ball"]
+    return cell[..., minigrid.OBJECT_TO_IDX["ball"]] == 1
+
+
+def empty_front(inputs: Inputs) -> Inputs:
+    """``inputs`` with the cell ahead in the current (last) view set to empty, in the view's encoding."""
+    obs = jnp.asarray(inputs.obs)
+    code = minigrid.CELL_CODES[minigrid.EMPTY] if obs.shape[-1] == 3 else minigrid.CELL_ONE_HOT[minigrid.EMPTY]
+    return inputs.replace(obs=obs.at[:, -1, FRONT[0], FRONT[1]].set(jnp.asarray(code, obs.dtype)))
+
+
+def current_window(inputs: Inputs) -> Inputs:
+    """Windows of K > 1 timesteps without the current action slot (3K - 1 tokens, as evaluation
+    feeds them and as scenarios are built: that slot cannot affect the prediction); K = 1 unchanged."""
+    if inputs.actions is None or inputs.actions.shape[1] < inputs.n_timesteps:
+        return inputs
+    return inputs.replace(actions=inputs.actions[:, :-1])
+
+
+def rtg_pair(states: Inputs, rtg: float = 0.9, corrupted_rtg: float = -1.0) -> tuple[Inputs, Inputs]:
+    """The same states at target RTG ``rtg`` (clean) and ``corrupted_rtg`` (corrupted): the RTG
+    conditioning (``Inputs.with_rtg``: earlier RTGs of a window keep their differences)."""
+    states = current_window(states)
+    b = states.batch
+    return states.with_rtg(jnp.full((b,), rtg)), states.with_rtg(jnp.full((b,), corrupted_rtg))
+
+
+def ball_pair(states: Inputs, n: int | None = None, rtg: float = 0.9) -> tuple[Inputs, Inputs]:
+    """The states with a ball in the cell ahead (clean; the first ``n`` of them) and the same
+    states with that cell emptied (corrupted), at RTG ``rtg``: the obstacle-avoidance behaviour.
+    The batch may be smaller than ``n``, or 0 when no state has a ball ahead."""
+    states = current_window(states)
+    idx = np.flatnonzero(np.asarray(front_is_ball(states.obs[:, -1])))[:n]
+    clean = states.take(jnp.asarray(idx, jnp.int32)).with_rtg(jnp.full((len(idx),), rtg))
+    return clean, empty_front(clean)

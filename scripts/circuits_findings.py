@@ -34,13 +34,12 @@ import numpy as np
 
 import dtjax
 import envs
+from dtjax import analysis, plots, scenarios
 from dtjax import circuits as C
-from dtjax import scenarios
 from dtjax.circuits import graph as G
 from dtjax.model import init_params
 
 TAUS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0)
-FRONT = (3, 5)  # the view cell in front of the agent
 
 
 def real_states(cfg, run_dir: Path, n: int, key) -> C.Inputs:
@@ -64,13 +63,9 @@ def real_states(cfg, run_dir: Path, n: int, key) -> C.Inputs:
 def pairs(cfg, run_dir, n) -> dict:
     """The pairs, all of the same batch size (so that every analysis compiles once per model)."""
     base = real_states(cfg, run_dir, 24 * n, jax.random.PRNGKey(0))
-    ahead = np.flatnonzero(np.asarray(base.obs[:, -1, FRONT[0], FRONT[1], 0]) == 6)
-    n = min(n, len(ahead), base.batch // 2)
-    ahead = ahead[:n]
-    out = {"rtg": (base.take(np.arange(n)), base.take(np.arange(n)).with_rtg(jnp.full((n,), -1.0)))}
-    ball = base.take(ahead)
-    empty = jnp.asarray([1, 0, 0], ball.obs.dtype)
-    out["ball"] = (ball, ball.replace(obs=ball.obs.at[:, -1, FRONT[0], FRONT[1]].set(empty)))
+    n_ball = int(np.asarray(scenarios.front_is_ball(base.obs[:, -1])).sum())
+    n = min(n, n_ball, base.batch // 2)
+    out = {"rtg": scenarios.rtg_pair(base.take(np.arange(n)), 0.9, -1.0), "ball": scenarios.ball_pair(base, n, 0.9)}
     if cfg.n_timesteps > 1:
         a, b = base.take(np.arange(n)), base.take(np.arange(n, 2 * n))
         hist = a.replace(obs=b.obs.at[:, -1].set(a.obs[:, -1]), actions=b.actions)  # same timesteps and RTG
@@ -217,82 +212,17 @@ def steering_study(params, cfg, clean, corr, hooks_) -> dict:
 
 
 def plot_atp(path, pair_results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(pair_results), figsize=(5 * len(pair_results), 4.6), squeeze=False)
-    for ax, (pair, res) in zip(axes[0], pair_results.items()):
+    panels = {}
+    for pair, res in pair_results.items():
         x, y, z, names = res["_arrays"]
-        kind = np.array([("attention" if any(s in n for s in ("hook_q", "hook_k", "attn_scores", "pattern")) else
-                          "residual" if "resid" in n or n in ("hook_embed", "hook_pos_embed") else "component")
-                         for n in names])
-        lim = np.nanmax(np.abs(np.concatenate([x, y, z]))) * 1.05
-        ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
-        for k, colour in (("component", "tab:blue"), ("residual", "tab:green"), ("attention", "tab:red")):
-            m = kind == k
-            ax.scatter(x[m], y[m], s=14, color=colour, alpha=0.7, label=f"AtP, {k} hooks")
-        ax.scatter(x, z, s=10, facecolors="none", edgecolors="black", lw=0.5, alpha=0.5, label="AtP-IG (16 steps)")
-        ax.set_xlabel("activation patching (normalised)")
-        ax.set_ylabel("attribution estimate")
-        ax.set_title(f"{pair}: r = {res['pearson_atp']:.3f} (IG {res['pearson_ig']:.3f})")
-        ax.legend(fontsize=7, loc="upper left")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        panels[pair] = {"actp": x, "atp": y, "ig": z, "kinds": [analysis.hook_kind(n) for n in names],
+                        "pearson_atp": res["pearson_atp"], "pearson_ig": res["pearson_ig"]}
+    plots.save(plots.atp_scatter(panels, ig_steps=16), path)
 
 
 def plot_circuit(path, cfg, graph, edges, scores, title):
-    """Kept edges on a layered layout: senders' columns by stage; q/k/v inputs drawn into their head."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch
-
-    col = {s: st for s, st in zip(graph.senders, graph.send_stage)}
-    col["logits"] = 2 * cfg.n_layers + 1
-    by_col: dict = {}
-    for s in list(graph.senders) + ["logits"]:
-        by_col.setdefault(col[s], []).append(s)
-    pos = {}
-    for c, nodes in by_col.items():
-        for i, s in enumerate(nodes):
-            pos[s] = (c, (len(nodes) - 1) / 2 - i)
-    low = min(y for _, y in pos.values())
-    for s in pos:  # MLPs below the heads, so that no edge runs through another node
-        if s.endswith("_mlp"):
-            pos[s] = (pos[s][0], low - 1.0)
-    fig, ax = plt.subplots(figsize=(2.2 * (2 * cfg.n_layers + 2), 4.8))
-    smax = max([abs(scores.get(e, 0.0)) for e in edges] + [1e-9])
-    styles = {"q": ("tab:blue", "-"), "k": ("tab:orange", "-"), "v": ("tab:green", "-"), "": ("black", "-")}
-    for s, r in edges:
-        tgt, part = (r.split(".") + [""])[:2]
-        colour, ls = styles[part]
-        w = 0.6 + 3.5 * abs(scores.get((s, r), 0.0)) / smax
-        span = pos[tgt][0] - pos[s][0]
-        rad = {"q": -0.12, "k": 0.12, "v": 0.24}.get(part, 0.0)
-        if span > 1:  # edges that skip a column bend around the nodes in between
-            rad = rad - 0.3 if part == "q" else rad + 0.25
-        ax.add_patch(FancyArrowPatch(pos[s], pos[tgt], arrowstyle="-|>", mutation_scale=10, lw=w, color=colour, ls=ls,
-                                     alpha=0.8, connectionstyle=f"arc3,rad={rad}", shrinkA=14, shrinkB=14))
-    used = {s for e in edges for s in (e[0], e[1].split(".")[0])}
-    for s, (x, y) in pos.items():
-        ax.scatter([x], [y], s=900, color="white" if s not in used else "#ffe9b0", edgecolors="black", zorder=3)
-        ax.text(x, y, s.replace("embed_", "").replace("_mlp", "\nMLP"), ha="center", va="center", fontsize=8, zorder=4)
-    for part, (colour, _) in styles.items():
-        ax.plot([], [], color=colour, label={"": "into MLP / logits"}.get(part, f"into {part}"))
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_xlim(-0.6, 2 * cfg.n_layers + 1.6)
-    ys = [y for _, y in pos.values()]
-    ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
-    ax.axis("off")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Kept edges on a layered layout (``dtjax.plots.circuit_graph``)."""
+    plots.save(plots.circuit_graph(graph.senders, graph.send_stage, cfg.n_layers, edges, scores, title), path)
 
 
 def plot_faithfulness(path, graph_results):

@@ -51,12 +51,15 @@ def test_report_is_self_contained_with_every_section(fast_report):
     page = (out / "report.html").read_text()
     keys = [sec.key for sec in all_sections()]
     assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "state_encoder", "embeddings", "qk", "ov",
-                    "svd", "ablation", "patching", "sae"]
+                    "svd", "ablation", "patching", "attribution", "path_patching", "circuit_discovery", "logit_lens",
+                    "composition", "steering", "sae"]
     keys.remove("sae")  # opt-in: analyse.py --sae DIR (tests/test_report_sae.py)
     for anchor in keys:
         assert f'id="{anchor}"' in page and f'href="#{anchor}"' in page
-    assert list(s["sections"]) == keys and all(v["status"] == "ok" for v in s["sections"].values()), s["sections"]
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) >= 12
+    assert list(s["sections"]) == keys, s["sections"]
+    assert all(v["status"] == "ok" for k, v in s["sections"].items() if k != "composition"), s["sections"]
+    assert s["sections"]["composition"]["status"] == "undefined" and "n_layers >= 2" in s["sections"]["composition"]["note"]
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) >= 19
     assert "<img src=\"http" not in page and sorted(p.name for p in out.iterdir()) == ["report.html", "summary.json"]
 
 
@@ -126,6 +129,44 @@ def test_summary_numbers_are_the_analysis_panels(fast_report, model):
     jenv, jparams = env.make()
     calib = calibrate(params, cfg, jenv, jparams, jax.random.split(jax.random.PRNGKey(0), 3)[0], np.linspace(-1, 1, 3), 4)
     assert s["calibration"] == [{k: r[k] for k in ("target_rtg", "mean_return", "goal_rate", "hit_rate")} for r in calib["rows"]]
+
+
+def test_circuit_summary_numbers_are_the_circuits_functions(fast_report, model):
+    """The circuit sections' pairs are the reference windows' (scenarios.rtg_pair / ball_pair), and
+    their numbers agree with other paths through dtjax.circuits: a head's frozen path to the logits
+    is its DLA difference (state_panels), steering's coefficients 0 and 1 give the clean and
+    corrupted metrics, ACDC's edges recomputed by circuit_faithfulness."""
+    s = fast_report[1]
+    cfg, params, env, _, _ = model
+    o = ReportOptions.quick()
+    ref = S.sample_inputs(jax.random.split(jax.random.PRNGKey(0), 3)[1], o.mean_samples, rtg=o.rtg, env=env)
+    ball_clean, ball_corr = S.ball_pair(ref, None, o.rtg)
+    assert ball_clean.batch >= 1 and S.front_is_ball(ball_clean.obs[:, -1]).all()
+    assert not S.front_is_ball(ball_corr.obs[:, -1]).any()
+    n = min(o.circuit_batch, ball_clean.batch)
+    pairs = {"rtg": S.rtg_pair(ref.take(jnp.arange(n)), o.rtg, -1.0), "ball": (ball_clean.take(jnp.arange(n)),
+                                                                               ball_corr.take(jnp.arange(n)))}
+    for pair, (clean, corr) in pairs.items():
+        pc, pk = A.state_panels(params, cfg, clean, V), A.state_panels(params, cfg, corr, V)
+        denom = float(pc["logit_diff"].mean() - pk["logit_diff"].mean())
+        labels = A.dla_labels(cfg, clean)
+        frozen = s["path_patching_to_logits"][pair]["frozen"]
+        for head in ("L0H0", "L0H1", "L0_mlp"):
+            i = labels.index(head)
+            want = float((pc["dla"][:, i] - pk["dla"][:, i]).mean()) / denom
+            assert abs(frozen[head] - want) <= 1e-3 * max(1.0, abs(want)), (pair, head, frozen[head], want)
+        if pair == "rtg":
+            st = s["steering"]
+            assert abs(st["metric"][st["coeff"].index(0.0)] - float(pc["logit_diff"].mean())) < 1e-3
+            assert abs(st["metric"][st["coeff"].index(1.0)] - float(pk["logit_diff"].mean())) < 1e-3
+            res = C.circuit_faithfulness(params, cfg, clean, corr, [tuple(e) for e in s["circuit_edge_list"]], V)
+            assert res["n_edges"] == s["circuit_edges"] < s["circuit_edges_total"] == 37
+            assert abs(float(res["faithfulness"]) - s["circuit_faithfulness"]) < 1e-3
+            assert s["circuit_tau"] == o.acdc_tau
+    assert set(s["atp_vs_actp_r"]) == {"rtg", "ball"} and all(-1 <= r <= 1 for r in s["atp_ig_vs_actp_r"].values())
+    lens = s["logit_lens"]  # before attention the state token has not read its RTG: the lens agrees there
+    assert abs(lens["rtg clean"]["0_pre"] - lens["rtg corrupted"]["0_pre"]) < 1e-3
+    assert abs(lens["rtg clean"]["final_post"] - lens["rtg corrupted"]["final_post"]) > 0.1
 
 
 def _raises(ctx):

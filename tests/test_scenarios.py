@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dtjax import scenarios
 from dtjax.circuits import Inputs
@@ -59,3 +60,21 @@ def test_with_rtg_shifts_real_timesteps_and_keeps_padding_at_zero():
     k1 = inp.take(slice(0, 1)).replace(obs=inp.obs[:1, -1:], rtg=inp.rtg[:1, -1:], timesteps=inp.timesteps[:1, -1:],
                                        actions=None)
     np.testing.assert_allclose(np.asarray(k1.with_rtg(-0.5).rtg), [[-0.5]])
+
+
+@pytest.mark.parametrize("obs_mode", ["image", "one_hot"])
+def test_ball_pair_empties_the_cell_ahead_as_the_env_observes_it(obs_mode):
+    """ball_pair keeps the states with a ball ahead, and emptying that cell gives what the env's
+    own observe gives without the ball (clear_ahead is ball_ahead minus its ball)."""
+    env = EnvConfig(obs_mode=obs_mode)
+    names, inp = scenarios.scenario_inputs(["clear_ahead", "ball_left", "ball_ahead"], rtg=0.5, env=env, n_timesteps=3)
+    assert np.asarray(scenarios.front_is_ball(inp.obs[:, -1])).tolist() == [False, False, True]
+    clean, corrupted = scenarios.ball_pair(inp, None, rtg=0.9)
+    assert clean.batch == 1 and clean.actions.shape == (1, 2)
+    np.testing.assert_array_equal(np.asarray(clean.obs), np.asarray(inp.obs[2:]))
+    np.testing.assert_array_equal(np.asarray(corrupted.obs), np.asarray(inp.obs[:1]))  # clear_ahead
+    np.testing.assert_array_equal(np.asarray(clean.rtg), np.float32([[0.0, 0.0, 0.9]]))  # left padding keeps RTG 0
+    clean, corrupted = scenarios.rtg_pair(inp, 0.9, -1.0)
+    np.testing.assert_array_equal(np.asarray(corrupted.rtg)[:, -1], np.float32([-1.0] * 3))
+    np.testing.assert_array_equal(np.asarray(clean.rtg)[:, -1], np.float32([0.9] * 3))
+    np.testing.assert_array_equal(np.asarray(clean.obs), np.asarray(corrupted.obs))

@@ -54,7 +54,13 @@ order  key                  module
        svd
 100    ablation             causal
 110    patching             causal
-120+   attribution, path patching, circuit discovery (``dtjax.circuits``)
+120    attribution          circuits (AtP and AtP-IG vs activation patching, every hook)
+122    path_patching        circuits (each sender -> logits, MLPs frozen / recomputed)
+124    circuit_discovery    circuits (ACDC at ``ReportOptions.acdc_tau``, pruning by EAP / EAP-IG)
+126    logit_lens           circuits (accumulated residual, per-layer and per-component decomposition)
+128    composition          circuits (Q/K/V composition scores; undefined for one layer)
+130    steering             circuits (coefficient scan at blocks.0.hook_resid_pre; closed loop)
+132-139                     reserved for more ``dtjax.circuits`` sections
 140+   SAE features (``analyse.py --sae SAE_DIR``)
 160+   multi-seed census (``analyse.py --census RUN``)
 ====== ==================== ===================================================================

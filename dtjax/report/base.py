@@ -47,6 +47,10 @@ class ReportOptions:
     mean_samples: int = 512  # rollout windows for mean ablation
     scan_points: int = 201  # RTGs in the scan over [-scan_range, scan_range]
     scan_range: float = 2.0  # beyond [-1, 1]: extrapolation
+    circuit_batch: int = 64  # states per pair of the circuit sections (attribution, path patching, ACDC, ...)
+    ig_steps: int = 16  # integrated-gradient steps of AtP-IG and EAP-IG
+    acdc_tau: float = 0.003  # ACDC's KL threshold (the overnight model's faithful circuit: docs/findings_circuits.md)
+    steer_coeffs: tuple[float, ...] = (-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # steering coefficients scanned
     seed: int = 0
     fast: bool = False  # fewer hooks patched, no closed-loop mean ablation
     closed_loop: bool = True  # run episodes (calibration if none is saved, closed-loop ablations); off: the model's computation only
@@ -64,7 +68,8 @@ class ReportOptions:
     @staticmethod
     def quick() -> "ReportOptions":
         return ReportOptions(calib_rtgs=3, calib_episodes=4, ablation_rtgs=(-1.0, 1.0), ablation_episodes=4,
-                             mean_samples=32, scan_points=21, fast=True, sae_tokens=8192, sae_analysis_tokens=4096)
+                             mean_samples=32, scan_points=21, circuit_batch=16, ig_steps=4, fast=True, sae_tokens=8192,
+                             sae_analysis_tokens=4096)
 
 
 def _defined(ctx: "Context") -> str | None:

@@ -2,8 +2,9 @@
 ``dtjax.report.Section``) contributes them, placed by ``Section.order``.
 
 Built in: ``overview`` (model, calibration), ``states`` (scenarios, dla, rtg_scan), ``weights``
-(state_encoder, embeddings, qk, ov, svd), ``causal`` (ablation, patching), ``sae`` (sae: opt-in,
-``analyse.py --sae DIR``). A new module here is
+(state_encoder, embeddings, qk, ov, svd), ``causal`` (ablation, patching), ``circuits``
+(attribution, path_patching, circuit_discovery, logit_lens, composition, steering), ``sae`` (sae:
+opt-in, ``analyse.py --sae DIR``). A new module here is
 a new group of sections; nothing else needs editing.
 """
 
