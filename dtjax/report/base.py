@@ -49,7 +49,7 @@ class ReportOptions:
     scan_range: float = 2.0  # beyond [-1, 1]: extrapolation
     circuit_batch: int = 64  # states per pair of the circuit sections (attribution, path patching, ACDC, ...)
     ig_steps: int = 16  # integrated-gradient steps of AtP-IG and EAP-IG
-    acdc_tau: float = 0.003  # ACDC's KL threshold (the overnight model's faithful circuit: docs/findings_circuits.md)
+    acdc_tau: float = 0.003  # ACDC's KL threshold (the overnight model's faithful circuit: docs/findings.md §8)
     steer_coeffs: tuple[float, ...] = (-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # steering coefficients scanned
     seed: int = 0
     fast: bool = False  # fewer hooks patched, no closed-loop mean ablation
