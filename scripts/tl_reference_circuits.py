@@ -2,7 +2,7 @@
 layer-wise decomposition and composition scores, computed once and stored as test data.
 
 Two models, each built as a TransformerLens ``HookedTransformer`` running the DT's residual stream
-(the DT embedding computed here in torch, as ``../shared/reference/README.md`` describes, then
+(the DT embedding computed here in torch as the original project's DecisionTransformer computes it, then
 ``forward(resid, start_at_layer=0)``, the unembedding = the action head):
 
 - the original overnight checkpoint (``checkpoints/original/demo_model_overnight_training.pt``,
