@@ -14,7 +14,8 @@ import pytest
 from dtjax import analysis as A
 from dtjax import circuits as C
 from dtjax.config import ModelConfig
-from dtjax.model import forward, init_params
+from dtjax.model import forward
+from fixtures import random_params
 from tolerance import assert_close
 
 BASE = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, max_timestep=20)
@@ -27,10 +28,7 @@ SHAPES = {
 
 
 def _params(cfg, seed=0):
-    """Random params with every entry nonzero (numpy draws: no per-leaf compiles)."""
-    shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape).astype(np.float32)), shapes)
+    return random_params(cfg, seed, std=0.3)
 
 
 def _inputs(cfg, b=3, seed=0):

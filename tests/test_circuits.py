@@ -14,7 +14,7 @@ import dtjax
 from dtjax import circuits as C
 from dtjax import hooks, scenarios
 from dtjax.config import EnvConfig, ModelConfig
-from dtjax.model import init_params
+from fixtures import random_params
 from tolerance import assert_close
 
 
@@ -32,12 +32,7 @@ def _mag(x) -> float:
 
 
 def _noisy_params(cfg, seed=0):
-    """Random params of the model's shapes (numpy draws: no per-leaf compiles), every entry
-    (biases, LN weights included) nonzero so no term of a decomposition is trivially zero."""
-    shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
-    rng = np.random.default_rng(seed)
-    std = lambda s: 1.0 / np.sqrt(s.shape[-2]) if len(s.shape) >= 2 and s.shape[-2] > 4 else 0.3  # noqa: E731
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, std(s), s.shape).astype(np.float32)), shapes)
+    return random_params(cfg, seed)
 
 
 def _inputs(cfg, b=5, seed=0, actions="full"):

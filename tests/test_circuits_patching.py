@@ -16,7 +16,7 @@ from dtjax import hooks
 from dtjax.circuits import graph as G
 from dtjax.config import ModelConfig
 from dtjax.evaluate import evaluate
-from dtjax.model import init_params
+from fixtures import random_params
 from tolerance import assert_close
 
 CFG = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_timesteps=2, max_timestep=20)
@@ -27,11 +27,7 @@ CONFIGS = {"noLN": CFG, "LN": CFG_LN, "attn_only": CFG_ATTN, "1L": CFG_1L}
 
 
 def _noisy_params(cfg, seed=0):
-    """Random params of the model's shapes (numpy draws), every entry nonzero."""
-    shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
-    rng = np.random.default_rng(seed)
-    std = lambda s: 1.0 / np.sqrt(s.shape[-2]) if len(s.shape) >= 2 and s.shape[-2] > 4 else 0.3  # noqa: E731
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, std(s), s.shape).astype(np.float32)), shapes)
+    return random_params(cfg, seed)
 
 
 def _inputs(cfg, b=4, seed=0, actions="full"):

@@ -20,7 +20,7 @@ from dtjax import hooks
 from dtjax.checkpoint import manager, save as save_ckpt, write_json_atomic
 from dtjax.config import ModelConfig
 from dtjax.data import store as data_store
-from dtjax.model import init_params, run_with_cache, run_with_hooks
+from dtjax.model import run_with_cache, run_with_hooks
 from dtjax.sae import metrics, probes
 from dtjax.sae.analysis import active_latents
 from dtjax.sae import store as sae_store
@@ -30,7 +30,7 @@ from dtjax.sae.splice import splice
 from dtjax.sae.train import (SAETrainConfig, forward_train, init_thresholds, loss_fn, make_optimizer, make_train_chunk,
                              train_dictionary)
 
-from fixtures import random_dataset
+from fixtures import random_dataset, random_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PT = ROOT / "checkpoints" / "original" / "demo_model_overnight_training.pt"
@@ -40,10 +40,7 @@ TINY_K1 = TINY.replace(n_timesteps=1)
 
 
 def _params(cfg, seed=0):
-    """Random params with every entry nonzero (biases, LN weights included), so no path is trivially zero."""
-    shapes = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape).astype(np.float32)), shapes)
+    return random_params(cfg, seed, std=0.5)
 
 
 def _inputs(cfg, b=6, seed=0):
