@@ -119,7 +119,7 @@ def _env_step(env, key, state, action, env_params):
     same key split and phases, so the same next state, reward and flags."""
     key_move, _ = jax.random.split(key)
     new_obst = move_obstacles(key_move, state.obstacles, state.agent_pos, env.size)
-    state, reward, term, trunc = transition(state, jnp.asarray(action), new_obst, env_params.max_steps_in_episode, env.size)
+    state, reward, term, trunc, _ = transition(state, jnp.asarray(action), new_obst, env_params.max_steps_in_episode, env.size)
     return env.observe(state), state, reward, term, trunc
 
 

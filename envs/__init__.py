@@ -19,8 +19,9 @@ from envs.dynamic_obstacles import (
 )
 from envs.registration import REGISTRY, make, registered_envs
 from envs.render import render, save_gif
+from envs.task import RUNNING, Scenario, Task
 
 __all__ = [
-    "OBS_MODES", "DynamicObstacles", "EnvParams", "EnvState", "REGISTRY", "cell_type", "make",
+    "OBS_MODES", "RUNNING", "DynamicObstacles", "Scenario", "Task", "EnvParams", "EnvState", "REGISTRY", "cell_type", "make",
     "move_obstacles", "observe", "registered_envs", "render", "reset_state", "save_gif", "transition",
 ]

@@ -32,6 +32,7 @@ from gymnax.environments import environment, spaces
 
 from envs import minigrid as mg
 from envs.minigrid import BALL, EMPTY, GOAL, WALL
+from envs.task import Scenario, Task
 
 OBS_MODES = ("image", "one_hot", "full")
 
@@ -168,10 +169,11 @@ def move_obstacles(key: jax.Array, obstacles: jax.Array, agent_pos: jax.Array, s
 
 
 def transition(state: EnvState, action: jax.Array, new_obstacles: jax.Array, max_steps, size: int):
-    """The step given the obstacles' new cells: (state', reward, terminated, truncated).
+    """The step given the obstacles' new cells: (state', reward, terminated, truncated, info).
 
     Mirrors MiniGrid's order exactly: the front cell is checked against the OLD obstacles for the
-    collision penalty and against the NEW ones for whether the agent can move.
+    collision penalty and against the NEW ones for whether the agent can move. ``info``:
+    ``outcome`` (an index into ``TASK.outcomes``) and ``hit_wall`` (the hit was into a wall).
     """
     action = jnp.where(action >= 3, 0, action).astype(jnp.int32)
     fwd = state.agent_pos + jnp.asarray(mg.DIR_TO_VEC)[state.agent_dir]
@@ -190,7 +192,9 @@ def transition(state: EnvState, action: jax.Array, new_obstacles: jax.Array, max
     terminated = goal | hit
     truncated = time >= max_steps
     new_state = EnvState(agent_pos=agent_pos, agent_dir=agent_dir.astype(jnp.int32), obstacles=new_obstacles, time=time)
-    return new_state, reward, terminated, truncated
+    outcome = jnp.where(goal, GOAL_OUTCOME, jnp.where(hit, HIT_OUTCOME, jnp.where(truncated, TIMEOUT_OUTCOME, 0)))
+    info = {"outcome": outcome.astype(jnp.int32), "hit_wall": hit & (before == WALL)}
+    return new_state, reward, terminated, truncated, info
 
 
 def observe(state: EnvState, size: int, obs_mode: str = "image") -> jax.Array:
@@ -262,7 +266,7 @@ class DynamicObstacles(environment.Environment):
 
     @property
     def num_actions(self) -> int:
-        return 3
+        return TASK.num_actions
 
     def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
         return spaces.Discrete(3)
@@ -297,12 +301,18 @@ class DynamicObstacles(environment.Environment):
     def step_env(self, key, state, action, params):
         """One step without auto-reset (gymnax's ``step_env``): (obs, state, reward, terminated, info).
 
-        The obstacles move (``key``), then the agent acts (``transition``); ``info["truncated"]``.
+        The obstacles move (``key``), then the agent acts (``transition``); ``info``: ``truncated``,
+        ``outcome`` (index into ``TASK.outcomes``) and ``hit_wall``.
         ``step`` is this plus the auto-reset select: the step is assembled here only.
         """
         new_obst = move_obstacles(key, state.obstacles, state.agent_pos, self.size)
-        state, reward, terminated, truncated = transition(state, jnp.asarray(action), new_obst, params.max_steps_in_episode, self.size)
-        return self.observe(state), state, reward, terminated, {"truncated": truncated}
+        state, reward, terminated, truncated, info = transition(state, jnp.asarray(action), new_obst,
+                                                                params.max_steps_in_episode, self.size)
+        return self.observe(state), state, reward, terminated, {"truncated": truncated, **info}
+
+    @property
+    def task(self) -> Task:
+        return TASK
 
     def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
         return state.time >= params.max_steps_in_episode
@@ -333,7 +343,7 @@ def _step_impl(env: DynamicObstacles, key, state, action, params):
     # Observing both states and selecting measured ~10% faster on CPU than observing the selected
     # state (a fixed-start reset view is mostly constants), and gives final_observation for free.
     obs = jax.lax.select(done, obs_re, obs_st)
-    info = {"terminated": terminated, "truncated": truncated, "final_observation": obs_st, "final_state": state_st}
+    info = {**info, "terminated": terminated, "final_observation": obs_st, "final_state": state_st}
     return obs, state_out, reward, terminated, truncated, info
 
 
@@ -343,3 +353,82 @@ def _reset_impl(env: DynamicObstacles, key, params):
 
 _step = jax.jit(_step_impl, static_argnums=0)
 _reset = jax.jit(_reset_impl, static_argnums=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# THE TASK (what front ends ask of this family; envs/task.py)
+# ---------------------------------------------------------------------------------------------
+
+PARKED = (0, 0)  # a wall cell: a ball parked here is never seen (cell_type reads walls first)
+
+
+def make_state(agent_pos, agent_dir: int, balls=(), n_obstacles: int = 4, time: int = 0) -> EnvState:
+    """An ``EnvState`` with the agent at ``agent_pos`` (x, y) facing ``agent_dir`` (0=E 1=S 2=W 3=N)
+    and balls at ``balls`` (a list of (x, y)); the remaining obstacles are parked out of sight
+    (such states are for observing, not for stepping)."""
+    balls = list(balls)
+    if len(balls) > n_obstacles:
+        raise ValueError(f"{len(balls)} balls but the env has {n_obstacles} obstacles")
+    obst = balls + [PARKED] * (n_obstacles - len(balls))
+    return EnvState(agent_pos=jnp.asarray(agent_pos, jnp.int32), agent_dir=jnp.int32(agent_dir),
+                    obstacles=jnp.asarray(obst, jnp.int32).reshape(n_obstacles, 2), time=jnp.int32(time))
+
+
+def scenario_specs(size: int = 8) -> dict[str, tuple]:
+    """name -> (agent_pos, agent_dir, balls, caption) for a grid of side ``size`` (walls included).
+
+    Facing east from (x0, y0) = (2, 3) (grids >= 6; (1, 2) in 5x5, whose goal is at (3, 3)); the
+    goal and wall scenarios sit next to the goal (size-2, size-2) and the east wall. For 8x8 these
+    are the states the write-up's numbers and docs/findings.md use.
+    """
+    x0, y0 = (2, 3) if size >= 6 else (1, 2)
+    return {
+        "clear_ahead": ((x0, y0), 0, [], "no ball in view, open floor ahead"),
+        "ball_ahead": ((x0, y0), 0, [(x0 + 1, y0)], "ball in the cell directly in front"),
+        "ball_two_ahead": ((x0, y0), 0, [(x0 + 2, y0)], "ball two cells ahead"),
+        "ball_diag_left": ((x0, y0), 0, [(x0 + 1, y0 - 1)], "ball diagonally ahead-left"),
+        "ball_diag_right": ((x0, y0), 0, [(x0 + 1, y0 + 1)], "ball diagonally ahead-right"),
+        "ball_left": ((x0, y0), 0, [(x0, y0 - 1)], "ball directly to the left"),
+        "ball_right": ((x0, y0), 0, [(x0, y0 + 1)], "ball directly to the right"),
+        "goal_ahead": ((size - 3, size - 2), 0, [], "goal in the cell directly in front"),
+        "wall_ahead": ((size - 2, y0), 0, [], "wall directly in front"),
+    }
+
+
+# MiniGrid-Dynamic-Obstacles-8x8-v0 reset(seed=0), the write-up's example state.
+START_SEED0_8X8 = ((1, 1), 0, [(6, 5), (4, 2), (1, 6), (4, 4)], "MiniGrid reset(seed=0), the write-up's example")
+
+
+def scenarios(env: DynamicObstacles) -> tuple[Scenario, ...]:
+    """The hand-made states of ``env``: the write-up's start state first (MiniGrid's reset(seed=0)
+    in the original's fixed-start 8x8 env, the env's own ``reset(PRNGKey(0))`` in any other),
+    then ``scenario_specs(env.size)``."""
+    if env.size == 8 and not env.random_start and env.n_obstacles == 4:
+        start = Scenario("start_seed0", make_state(*START_SEED0_8X8[:3], n_obstacles=env.n_obstacles), START_SEED0_8X8[3])
+    else:
+        state = reset_state(jax.random.PRNGKey(0), env.size, env.n_obstacles, env.random_start)
+        start = Scenario("start_seed0", state, f"{env.name} reset(PRNGKey(0))")
+    rest = [Scenario(name, make_state(pos, d, balls, n_obstacles=env.n_obstacles), caption)
+            for name, (pos, d, balls, caption) in scenario_specs(env.size).items()]
+    return (start, *rest)
+
+
+OUTCOMES = ("running", "goal", "hit", "timeout")
+GOAL_OUTCOME, HIT_OUTCOME, TIMEOUT_OUTCOME = 1, 2, 3
+
+TASK = Task(
+    family="dynamic_obstacles",
+    action_names=("left", "right", "forward"),
+    action_keys=("ArrowLeft", "ArrowRight", "ArrowUp"),
+    objects=("empty", "wall", "ball", "goal"),
+    editable=("empty", "ball"),
+    outcomes=OUTCOMES,
+    success="goal",
+    failures=("hit",),
+    details=("hit_wall",),
+    direction=("forward", "right"),
+    return_range=(-1.0, 1.0),
+    scenarios=scenarios,
+    pairs={"ball_ahead_vs_clear": ("ball_ahead", "clear_ahead"), "wall_ahead_vs_clear": ("wall_ahead", "clear_ahead")},
+    presets={},
+)

@@ -169,7 +169,7 @@ def run_lockstep(env_id: str, n_steps: int, seed: int) -> dict:
             new = np.array([o.cur_pos for o in py.obstacles], np.int32)
             if not _legal_moves(old, new, agent_before, env.size):
                 counts["illegal"] += 1
-            state, rj, tj, trj = trans_fn(state, jnp.int32(a), jnp.asarray(new), params.max_steps_in_episode)
+            state, rj, tj, trj, _ = trans_fn(state, jnp.int32(a), jnp.asarray(new), params.max_steps_in_episode)
             ok = (
                 (np.asarray(obs_fn(state)) == obs_py["image"]).all()
                 and abs(float(rj) - r) <= 1e-6
@@ -450,7 +450,7 @@ def test_step_autoreset_and_final_observation():
     def phases(key, state, action):
         k_move, k_reset = jax.random.split(key)
         moved = envs.move_obstacles(k_move, state.obstacles, state.agent_pos, env.size)
-        st, r, term, trunc = envs.transition(state, action, moved, 5, env.size)
+        st, r, term, trunc, _ = envs.transition(state, action, moved, 5, env.size)
         return st, r, term, trunc, envs.reset_state(k_reset, env.size, env.n_obstacles, env.random_start), env.observe(st), \
             env.step_env(k_move, state, action, params)
 
