@@ -13,7 +13,11 @@ Protocol (as the original): the RTG token starts at the target and is decreased 
 (clipped to ``max_timestep``); with a context of K > 1 timesteps the previous actions are fed and
 the current action slot holds the padding action (causality means it is never read). Episode
 ``i`` of every target RTG starts from the same reset key, so targets are compared on the same
-layouts. Outcomes: goal (reward > 0), hit (reward == -1: obstacle or wall), timeout.
+layouts. The env is stepped through its own ``step_env`` (``env_step``: ``env.step`` without the
+auto-reset) and each episode's outcome is the env's ``info["outcome"]``, named by its task
+(``env.task.outcomes``: goal, hit, timeout for Dynamic Obstacles), with the task's detail flags
+(``hit_wall``). The context window is a ``Window``, moved by ``push_step`` (as the explorer and
+``dtjax.scenarios`` move theirs).
 
 Randomness does not depend on the pool: episode ``i`` of target ``r`` at its step ``t`` draws
 the ball moves with ``fold_in(split(fold_in(k_loop, t))[1], r * n + i)``, which is exactly the
@@ -32,43 +36,74 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from dtjax.config import ModelConfig
-from envs.dynamic_obstacles import cell_type, move_obstacles, transition
-from envs.minigrid import DIR_TO_VEC, WALL
-from dtjax.model import forward
+from dtjax.model import forward, run_with_hooks
 
 DEFAULT_POOL = 512  # episodes played at once; see TrainConfig.eval_pool
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-    """Per-episode outcomes, each of shape (n_rtgs, n_episodes).
+    """Per-episode outcomes, each of shape (n_rtgs, n_episodes), named by the env's task.
+
+    ``outcome[r, i]`` is the ``info["outcome"]`` code the episode ended with, an index into
+    ``outcomes`` (the task's names, e.g. ("running", "goal", "hit", "timeout")); ``details`` holds
+    the task's boolean refinements of the final step (e.g. ``hit_wall``). ``goal``, ``hit``,
+    ``hit_wall`` and ``timeout`` are kept as properties; an outcome the task does not have is never
+    the case (all False).
 
     With a standard-error target (``calibrate(se=...)``) targets play different numbers of
     episodes: ``played[r, i]`` says whether episode ``i`` of target ``r`` ran (always a prefix
-    ``i < n_r``); the other fields are 0 / False there. Without one every episode is played.
+    ``i < n_r``); the other fields are 0 / False there (outcome 0, ``"running"``: never ended).
+    Without one every episode is played.
     """
 
     target_rtg: np.ndarray  # (R,)
     returns: np.ndarray  # final (undiscounted) return
     lengths: np.ndarray  # steps taken until the episode ended
-    goal: np.ndarray  # bool: reached the goal
-    hit: np.ndarray  # bool: walked into an obstacle or a wall
-    hit_wall: np.ndarray  # bool: the hit was into a wall (a subset of ``hit``)
-    timeout: np.ndarray  # bool: truncated at max_steps without goal or hit
+    outcome: np.ndarray  # int32: index into ``outcomes`` of how the episode ended (0 = not played)
+    outcomes: tuple[str, ...] = ("running", "goal", "hit", "timeout")  # the task's outcome names
+    details: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> bool (R, n)
     played: np.ndarray | None = None  # bool (R, n_episodes); None = all played
 
+    def ended(self, name: str) -> np.ndarray:
+        """bool (R, n): the episode ended as outcome ``name`` (all False if the task has no such outcome)."""
+        if name not in self.outcomes:
+            return np.zeros(np.shape(self.outcome), bool)
+        return np.asarray(self.outcome) == self.outcomes.index(name)
+
+    @property
+    def goal(self) -> np.ndarray:  # bool: reached the goal
+        return self.ended("goal")
+
+    @property
+    def hit(self) -> np.ndarray:  # bool: walked into an obstacle or a wall
+        return self.ended("hit")
+
+    @property
+    def hit_wall(self) -> np.ndarray:  # bool: the hit was into a wall (a subset of ``hit``)
+        return np.asarray(self.details.get("hit_wall", np.zeros(np.shape(self.outcome), bool)))
+
+    @property
+    def timeout(self) -> np.ndarray:  # bool: truncated at max_steps without another outcome
+        return self.ended("timeout")
+
     def summary(self) -> list[dict[str, float]]:
-        """One row per target RTG: mean, std, standard error and percentiles of the return, rates,
-        mean length, episodes played."""
+        """One row per target RTG: mean, std, standard error and percentiles of the return, the
+        rate of each of the task's outcomes (``goal_rate``, ``hit_rate``, ``timeout_rate`` ...) and
+        details (``hit_wall_rate``), mean length, episodes played."""
         rows = []
         played = np.ones(self.returns.shape, bool) if self.played is None else self.played
+        flags = {**{f"{o}_rate": self.ended(o) for o in self.outcomes[1:]},
+                 **{f"{d}_rate": np.asarray(v) for d, v in self.details.items()}}
         for i, r in enumerate(self.target_rtg):
             m = played[i]
             ret = self.returns[i][m]
@@ -85,10 +120,7 @@ class EvalResult:
                     "p50": float(np.percentile(ret, 50)) if n else float("nan"),
                     "p75": float(np.percentile(ret, 75)) if n else float("nan"),
                     "p90": float(np.percentile(ret, 90)) if n else float("nan"),
-                    "goal_rate": float(self.goal[i][m].mean()) if n else float("nan"),
-                    "hit_rate": float(self.hit[i][m].mean()) if n else float("nan"),
-                    "hit_wall_rate": float(self.hit_wall[i][m].mean()) if n else float("nan"),
-                    "timeout_rate": float(self.timeout[i][m].mean()) if n else float("nan"),
+                    **{k: float(f[i][m].mean()) if n else float("nan") for k, f in flags.items()},
                     "mean_length": float(self.lengths[i][m].mean()) if n else float("nan"),
                     "episodes": n,
                 }
@@ -98,40 +130,95 @@ class EvalResult:
     def seed(self, k: int) -> "EvalResult":
         """Seed ``k`` of a multi-seed result (``evaluate_seeds``: arrays (seed, R, n))."""
         take = lambda x: None if x is None else np.asarray(x)[k]  # noqa: E731
-        return EvalResult(np.asarray(self.target_rtg), *(take(getattr(self, f)) for f in
-                          ("returns", "lengths", "goal", "hit", "hit_wall", "timeout", "played")))
+        return EvalResult(np.asarray(self.target_rtg), take(self.returns), take(self.lengths), take(self.outcome),
+                          self.outcomes, {d: take(v) for d, v in self.details.items()}, take(self.played))
 
 
-def _policy_logits(params, cfg: ModelConfig, hist, interventions):
-    obs, rtg, ts, act = hist
-    actions = act if cfg.n_timesteps > 1 else None
+# ---------------------------------------------------------------------------------------------
+# THE CONTEXT WINDOW (shared by closed-loop evaluation, sampled windows and the explorer)
+# ---------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Window:
+    """A Decision Transformer's context: the last K timesteps of an episode, oldest first.
+
+    obs (..., K, *obs_shape); rtg (..., K) float32; timesteps (..., K) int32; actions (..., K)
+    int32: the action taken at each timestep, the padding action at padded slots and at the current
+    (last) one, whose action is not chosen yet. Padded slots (an episode's start) hold a zero
+    observation, RTG 0 and timestep 0, as ``dtjax.data.dataset`` pads training windows.
+    """
+
+    obs: jax.Array
+    rtg: jax.Array
+    timesteps: jax.Array
+    actions: jax.Array
+
+    @classmethod
+    def start(cls, obs, rtg, timestep, n_timesteps: int, pad_action: int) -> "Window":
+        """The window at an episode's first step: K - 1 padding timesteps, then (obs, rtg, timestep).
+        ``rtg`` (...) gives the batch shape; ``obs`` (..., *obs_shape); ``timestep`` broadcasts."""
+        obs = jnp.asarray(obs)
+        batch = jnp.shape(rtg)
+        pad = cls(obs=jnp.zeros(batch + (n_timesteps,) + obs.shape[len(batch):], obs.dtype),
+                  rtg=jnp.zeros(batch + (n_timesteps,), jnp.float32), timesteps=jnp.zeros(batch + (n_timesteps,), jnp.int32),
+                  actions=jnp.full(batch + (n_timesteps,), pad_action, jnp.int32))
+        return push_step(pad, pad_action, pad_action, obs=obs, rtg=rtg, timesteps=timestep)
+
+
+def push_step(window, action, pad_action: int, **newest):
+    """The context window after taking ``action`` at its current step and arriving at ``newest``.
+
+    ``window``: a ``flax.struct`` dataclass of (..., K, ...) arrays with an ``actions`` (..., K)
+    field (``Window``, or the explorer's window); ``newest``: a value for each of its other fields
+    (broadcast to one timestep). The action is recorded in the current slot, the oldest timestep
+    is dropped and ``newest`` appended with ``pad_action`` in its action slot. This is the one
+    place a context window moves.
+    """
+    names = {f.name for f in dataclasses.fields(window)} - {"actions"}
+    if set(newest) != names:
+        raise ValueError(f"push_step needs the fields {sorted(names)}, got {sorted(newest)}")
+    acts = jnp.asarray(window.actions)
+    ax = acts.ndim - 1  # the time axis of every field
+
+    def shift(buf, x):
+        buf = jnp.asarray(buf)
+        x = jnp.broadcast_to(jnp.asarray(x, buf.dtype), buf.shape[:ax] + buf.shape[ax + 1:])
+        return jnp.concatenate([jax.lax.slice_in_dim(buf, 1, None, axis=ax), jnp.expand_dims(x, ax)], axis=ax)
+
+    acts = acts.at[..., -1].set(jnp.asarray(action, acts.dtype))
+    return window.replace(actions=shift(acts, pad_action), **{k: shift(getattr(window, k), v) for k, v in newest.items()})
+
+
+def _policy_logits(params, cfg: ModelConfig, hist: Window, interventions):
+    actions = hist.actions if cfg.n_timesteps > 1 else None
     if interventions:
-        from dtjax.model import run_with_hooks
-
-        logits = run_with_hooks(params, cfg, obs, rtg, ts, actions, interventions=interventions)
+        logits = run_with_hooks(params, cfg, hist.obs, hist.rtg, hist.timesteps, actions, interventions=interventions)
     else:
-        logits = forward(params, cfg, obs, rtg, ts, actions)
+        logits = forward(params, cfg, hist.obs, hist.rtg, hist.timesteps, actions)
     return logits[:, -1]
 
 
-def _env_step(env, key, state, action, env_params):
-    """``env.step`` for one episode without its auto-reset (the pool refills slots itself): the
-    same key split and phases, so the same next state, reward and flags."""
-    key_move, _ = jax.random.split(key)
-    new_obst = move_obstacles(key_move, state.obstacles, state.agent_pos, env.size)
-    state, reward, term, trunc, _ = transition(state, jnp.asarray(action), new_obst, env_params.max_steps_in_episode, env.size)
-    return env.observe(state), state, reward, term, trunc
+def env_step(env, key, state, action, env_params):
+    """``env.step`` for one episode without its auto-reset (the pool refills slots itself):
+    (obs, state, reward, terminated, truncated, info) of ``env.step_env``, with ``env.step``'s key
+    split (the step key first, the reset key second), so the same key gives the same step."""
+    key_step, _ = jax.random.split(key)
+    obs, state, reward, term, info = env.step_env(key_step, state, action, env_params)
+    return obs, state, reward, term, env.is_truncated(state, env_params), info
 
 
 def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episodes, max_episodes, pool, greedy,
                   temperature, interventions, se, min_episodes):
-    """The pooled rollout of one model: (ret, length, outcome) arrays (len(target_rtgs) * max_episodes,).
+    """The pooled rollout of one model: (ret, length, outcome, details) arrays, (len(target_rtgs) * max_episodes,)
+    and details (..., len(env.task.details)).
 
     Shapes are static at their capacity, counts are traced, so one compilation serves every
     evaluation of a run (in-training, final, calibration): ``target_rtgs`` (R_cap,) of which the
     first ``n_rtg`` are used, ``n_episodes`` <= ``max_episodes`` (static) per target. Episode
-    ``i`` of target ``r`` is entry ``r * n_episodes + i``. ``outcome``: 0 not played, 1 goal, 2 hit
-    a ball, 3 timeout, 4 hit a wall. ``se`` (<= 0: off) and ``min_episodes`` are the
+    ``i`` of target ``r`` is entry ``r * n_episodes + i``. ``outcome``: the env's ``info["outcome"]``
+    at the episode's last step, an index into ``env.task.outcomes`` (0, "running": not played);
+    ``details``: its ``info`` flags named by ``env.task.details``. ``se`` (<= 0: off) and ``min_episodes`` are the
     standard-error stopping rule.
     """
     R = target_rtgs.shape[0]  # capacity; n_rtg of them are used
@@ -141,6 +228,7 @@ def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episo
     K = cfg.n_timesteps
     pad_action = cfg.n_actions
     max_t = cfg.max_timestep
+    task = env.task
     k_reset, k_loop = jax.random.split(key)
     # Same reset key for episode i of every target RTG (common random numbers): split(k, n)[i].
     reset_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_reset, jnp.arange(max_episodes))
@@ -150,15 +238,8 @@ def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episo
     # Queue order q = i * n_rtg + r (episode-major): every target gets its episode i before any its i+1.
     window = P * R  # enough queue entries to find P open ones while any target is open
 
-    def push(buf, x):  # shift the context window left and append x as the newest timestep
-        return jnp.concatenate([buf[:, 1:], x[:, None]], axis=1)
-
     def fresh_hist(obs0, rtg0):
-        m = obs0.shape[0]
-        return (push(jnp.zeros((m, K) + obs0.shape[1:], obs0.dtype), obs0),
-                push(jnp.zeros((m, K), jnp.float32), rtg0),
-                jnp.zeros((m, K), jnp.int32),
-                jnp.full((m, K), pad_action, jnp.int32))
+        return Window.start(obs0, rtg0, 0, K, pad_action)
 
     def refill(c):
         """Give every idle slot the next queue entry of a target still open (or leave it idle)."""
@@ -194,8 +275,6 @@ def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episo
         k_step = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_loop, t)
         k_act, k_env = jax.vmap(jax.random.split, out_axes=1)(k_step)
         env_keys = jax.vmap(jax.random.fold_in)(k_env, b)
-        front = state.agent_pos + jnp.asarray(DIR_TO_VEC)[state.agent_dir]
-        front_wall = jax.vmap(lambda xy, o: cell_type(xy, o, env.size))(front, state.obstacles) == WALL
 
         def sample(_):
             act_keys = jax.vmap(jax.random.fold_in)(k_act, b)
@@ -204,16 +283,17 @@ def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episo
         # greedy is traced (one compilation for greedy and sampled runs); the cond runs one branch,
         # so greedy runs draw no action noise
         action = jax.lax.cond(greedy, lambda _: jnp.argmax(logits, -1).astype(jnp.int32), sample, None)
-        obs, state, reward, term, trunc = jax.vmap(functools.partial(_env_step, env), in_axes=(0, 0, 0, None))(
+        obs, state, reward, term, trunc, info = jax.vmap(functools.partial(env_step, env), in_axes=(0, 0, 0, None))(
             env_keys, state, action, env_params)
         ended = live & (term | trunc)
         ret = c["ret"] + jnp.where(live, reward, 0.0)
-        # outcome: 1 goal, 2 hit a ball, 3 timeout, 4 hit a wall
-        outcome = jnp.where(reward > 0, 1, jnp.where(reward <= -1, jnp.where(front_wall, 4, 2), 3)).astype(jnp.int32)
+        # the env's own outcome (an index into task.outcomes, never 0 once ended) and detail flags
+        details = jnp.stack([info[d] for d in task.details], -1).astype(bool) if task.details else jnp.zeros((P, 0), bool)
         out_idx = jnp.where(ended, b, capacity)
         res = {"ret": c["res"]["ret"].at[out_idx].set(ret, mode="drop"),
                "len": c["res"]["len"].at[out_idx].set(t + 1, mode="drop"),
-               "out": c["res"]["out"].at[out_idx].set(outcome, mode="drop")}
+               "out": c["res"]["out"].at[out_idx].set(info["outcome"].astype(jnp.int32), mode="drop"),
+               "det": c["res"]["det"].at[out_idx].set(details, mode="drop")}
         # running count, sum and sum of squares of finished returns per target: the stopping rule
         r_end = jnp.where(ended, r_ep, R)
         fin = c["fin"] + jnp.zeros((R,), jnp.int32).at[r_end].add(1, mode="drop")
@@ -222,11 +302,8 @@ def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episo
         nf = jnp.maximum(fin, 1).astype(jnp.float32)
         var = jnp.maximum(s2 / nf - (s1 / nf) ** 2, 0.0)
         met = adaptive & (fin >= min_episodes) & (jnp.sqrt(var / nf) <= se)
-        rtg_next = hist[1][:, -1] - reward
-        t_next = jnp.minimum(state.time, max_t).astype(jnp.int32)
-        acts = hist[3].at[:, -1].set(action)
-        hist = (push(hist[0], obs), push(hist[1], rtg_next), push(hist[2], t_next),
-                push(acts, jnp.full((P,), pad_action, jnp.int32)))
+        hist = push_step(hist, action, pad_action, obs=obs, rtg=hist.rtg[:, -1] - reward,
+                         timesteps=jnp.minimum(state.time, max_t).astype(jnp.int32))
         c = {**c, "state": state, "hist": hist, "ep": jnp.where(ended, -1, ep), "t": t + 1, "ret": ret, "res": res,
              "fin": fin, "s1": s1, "s2": s2, "closed": c["closed"] | met}
         return refill(c)
@@ -236,10 +313,11 @@ def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episo
     c0 = {"ptr": jnp.int32(0), "closed": jnp.zeros((R,), bool), "ep": jnp.full((P,), -1, jnp.int32),
           "state": state_init, "hist": fresh_hist(jnp.zeros((P,) + obs0_all.shape[1:], obs0_all.dtype), jnp.zeros((P,))),
           "t": zi(P), "ret": jnp.zeros((P,), jnp.float32),
-          "res": {"ret": jnp.zeros((capacity,), jnp.float32), "len": zi(capacity), "out": zi(capacity)},
+          "res": {"ret": jnp.zeros((capacity,), jnp.float32), "len": zi(capacity), "out": zi(capacity),
+                  "det": jnp.zeros((capacity, len(task.details)), bool)},
           "fin": zi(R), "s1": jnp.zeros((R,), jnp.float32), "s2": jnp.zeros((R,), jnp.float32)}
     c = jax.lax.while_loop(cond, body, refill(c0))
-    return c["res"]["ret"], c["res"]["len"], c["res"]["out"]
+    return c["res"]["ret"], c["res"]["len"], c["res"]["out"], c["res"]["det"]
 
 
 _STATIC = ("cfg", "env", "max_episodes", "pool")
@@ -284,23 +362,25 @@ def _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes):
     return rtgs, padded, counts, jnp.float32(se), jnp.int32(min(int(min_episodes), n_episodes)), se > 0
 
 
-def _result(target_rtgs, ret, length, outcome, adaptive: bool) -> EvalResult:
+def _result(task, target_rtgs, ret, length, outcome, details, adaptive: bool) -> EvalResult:
     outcome = np.asarray(outcome)
+    details = np.asarray(details)
     return EvalResult(
         target_rtg=np.asarray(target_rtgs),
         returns=np.asarray(ret),
         lengths=np.asarray(length),
-        goal=outcome == 1,
-        hit=(outcome == 2) | (outcome == 4),
-        hit_wall=outcome == 4,
-        timeout=outcome == 3,
+        outcome=outcome,
+        outcomes=task.outcomes,
+        details={d: details[..., j] for j, d in enumerate(task.details)},
         played=(outcome > 0) if adaptive else None,
     )
 
 
-def _unpad(x, n_rtg: int, n_episodes: int):
+def _unpad(x, n_rtg: int, n_episodes: int, lead: int = 0):
+    """(..., capacity, *rest) -> (..., n_rtg, n_episodes, *rest); ``lead`` leading axes (seeds) kept."""
     x = np.asarray(x)
-    return x[..., : n_rtg * n_episodes].reshape(x.shape[:-1] + (n_rtg, n_episodes))
+    return x[(slice(None),) * lead + (slice(0, n_rtg * n_episodes),)].reshape(
+        x.shape[:lead] + (n_rtg, n_episodes) + x.shape[lead + 1:])
 
 
 def evaluate(
@@ -342,7 +422,7 @@ def evaluate(
     rtgs, padded, counts, se_, min_ep, adaptive = _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes)
     out = _rollout(params, cfg, env, env_params, key, padded, *counts, jnp.bool_(greedy), jnp.float32(temperature),
                    interventions or {}, se_, min_ep)
-    return _result(rtgs, *(_unpad(x, len(rtgs), int(n_episodes)) for x in out), adaptive)
+    return _result(env.task, rtgs, *(_unpad(x, len(rtgs), int(n_episodes)) for x in out), adaptive)
 
 
 def evaluate_seeds(params: Any, cfg: ModelConfig, env, env_params, keys: jax.Array, target_rtgs, n_episodes: int,
@@ -354,8 +434,8 @@ def evaluate_seeds(params: Any, cfg: ModelConfig, env, env_params, keys: jax.Arr
     rtgs, padded, counts, se_, min_ep, adaptive = _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes)
     out = _rollout_seeds(params, cfg, env, env_params, keys, padded, *counts, jnp.bool_(greedy), jnp.float32(temperature),
                          {}, se_, min_ep)
-    ret, length, outcome = (_unpad(x, len(rtgs), int(n_episodes)) for x in jax.device_get(out))
-    return [_result(rtgs, ret[k], length[k], outcome[k], adaptive) for k in range(ret.shape[0])]
+    ret, length, outcome, details = (_unpad(x, len(rtgs), int(n_episodes), lead=1) for x in jax.device_get(out))
+    return [_result(env.task, rtgs, ret[k], length[k], outcome[k], details[k], adaptive) for k in range(ret.shape[0])]
 
 
 def calibration_stats(res: EvalResult, greedy: bool = True, se: float | None = None) -> dict:
@@ -396,6 +476,6 @@ def calibrate(params, cfg, env, env_params, key, rtgs=None, n_episodes: int = 20
     difference: monotonic up to sampling noise), ``largest_decrease`` and ``calibration_error``
     (mean |achieved - target|).
     """
-    rtgs = np.linspace(-1.0, 1.0, 21) if rtgs is None else np.asarray(rtgs, np.float32)
+    rtgs = np.linspace(*env.task.return_range, 21) if rtgs is None else np.asarray(rtgs, np.float32)
     res = evaluate(params, cfg, env, env_params, key, rtgs, n_episodes, se=se, min_episodes=min_episodes, **kw)
     return calibration_stats(res, kw.get("greedy", True), se)

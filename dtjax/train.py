@@ -216,8 +216,8 @@ def _eval_row(res) -> dict:
     for r in res.summary():
         t = f"{r['target_rtg']:+g}"
         out[f"eval/return@{t}"] = r["mean_return"]
-        out[f"eval/goal@{t}"] = r["goal_rate"]
-        out[f"eval/hit@{t}"] = r["hit_rate"]
+        for o in res.outcomes[1:-1]:  # the task's outcomes besides running and timeout: goal, hit
+            out[f"eval/{o}@{t}"] = r[f"{o}_rate"]
         out[f"eval/length@{t}"] = r["mean_length"]
     return out
 
@@ -291,6 +291,8 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
 
     # DATA: one dataset (collected with the first seed's key, or cfg.dataset), or one per seed
     env, env_params = cfg.env.make()
+    if cfg.model.n_actions != env.num_actions:
+        raise ValueError(f"model.n_actions is {cfg.model.n_actions} but {cfg.env.env_id} has {env.num_actions} actions")
     log = (lambda msg: tqdm.write(msg)) if progress else (lambda msg: None)
     sample_cfg = SampleConfig(cfg.model.n_timesteps, cfg.model.max_timestep, cfg.model.n_actions, cfg.data.prob_go_from_end)
     sample_batch = functools.partial(sample_batch_fn, env=env, cfg=sample_cfg)
@@ -434,7 +436,7 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
 
 def _calibrate(cfg: TrainConfig, params, many: bool, env, env_params, keys, capacity) -> list[dict]:
     """Each seed's calibration dict (``dtjax.evaluate.calibrate``), all seeds in one rollout."""
-    rtgs = np.linspace(-1, 1, cfg.calib_points)
+    rtgs = np.linspace(*env.task.return_range, cfg.calib_points)
     kw = dict(se=cfg.calib_se or None, min_episodes=cfg.calib_min_episodes, capacity=capacity)
     if many:
         res = evaluate_seeds(params, cfg.model, env, env_params, jnp.stack(keys), rtgs, cfg.calib_episodes, **kw)
