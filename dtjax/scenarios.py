@@ -1,9 +1,9 @@
 """Hand-made and sampled situations to probe a Decision Transformer with.
 
-A scenario is an ``envs.EnvState`` built by hand (agent position and direction, ball cells),
-turned into an observation by the env's own pure ``observe``, so it is exactly what the agent
-would see. Unused balls are parked on the wall cell (0, 0): ``cell_type`` reads walls first, so a
-parked ball is invisible (these states are for observing, not for stepping).
+The hand-made states are the env's task's (``env.task.scenarios(env)``, ``envs.task.Scenario``:
+for Dynamic Obstacles ``envs.dynamic_obstacles.scenarios``, built by hand from agent position,
+direction and ball cells), turned into observations by the env's own pure ``observe``, so each is
+exactly what the agent would see.
 
 View geometry (MiniGrid): the agent sits at view cell (x=3, y=6) facing view "up"; the cell in
 front is (3, 5). In the world, facing east (dir 0) from (x, y), "front" is (x+1, y), "left" is
@@ -13,7 +13,9 @@ front is (3, 5). In the world, facing east (dir 0) from (x, y), "front" is (x+1,
 ``sample_inputs`` draws states from real rollouts (a random or given policy) for dataset means.
 ``rtg_pair`` and ``ball_pair`` turn such states into (clean, corrupted) pairs for patching and
 circuit discovery: the same states at two target RTGs, and states with a ball ahead vs the same
-with that cell emptied (``front_is_ball``, ``empty_front``).
+with that cell emptied (``front_is_ball``, ``empty_front``). The ball helpers are facts of a task
+with balls (Dynamic Obstacles): a front end calls them only when ``has_balls(task)``
+(``require_balls`` gives the one-line "not defined for this task" error otherwise).
 For a model with K > 1 timesteps of context both give K-timestep inputs padded as training and
 closed-loop evaluation pad an episode's start (``Inputs.left_pad``).
 """
@@ -29,55 +31,12 @@ import numpy as np
 
 import envs
 from envs import minigrid
+from envs.task import Scenario, Task
 from dtjax.circuits.core import Inputs
 from dtjax.config import EnvConfig
+from dtjax.evaluate import Window, push_step
 
-PARKED = (0, 0)  # a wall cell: a ball here is never seen
 ENV_ID = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # the original's env, the default
-
-
-def make_state(agent_pos, agent_dir: int, balls=(), n_obstacles: int = 4, time: int = 0) -> envs.EnvState:
-    """An ``EnvState`` with the agent at ``agent_pos`` (x, y) facing ``agent_dir`` (0=E 1=S 2=W 3=N)
-    and balls at ``balls`` (a list of (x, y)); the remaining obstacles are parked out of sight."""
-    balls = list(balls)
-    if len(balls) > n_obstacles:
-        raise ValueError(f"{len(balls)} balls but the env has {n_obstacles} obstacles")
-    obst = balls + [PARKED] * (n_obstacles - len(balls))
-    return envs.EnvState(agent_pos=jnp.asarray(agent_pos, jnp.int32), agent_dir=jnp.int32(agent_dir),
-                         obstacles=jnp.asarray(obst, jnp.int32).reshape(n_obstacles, 2), time=jnp.int32(time))
-
-
-def scenario_specs(size: int = 8) -> dict[str, tuple]:
-    """name -> (agent_pos, agent_dir, balls, caption) for a grid of side ``size`` (walls included).
-
-    Facing east from (x0, y0) = (2, 3) (grids >= 6; (1, 2) in 5x5, whose goal is at (3, 3)); the
-    goal and wall scenarios sit next to the goal (size-2, size-2) and the east wall. For 8x8 these
-    are the states the write-up's numbers and docs/findings.md use; ``start_seed0`` is added by
-    ``scenario_states`` (it depends on the env, not only on the size).
-    """
-    x0, y0 = (2, 3) if size >= 6 else (1, 2)
-    return {
-        "clear_ahead": ((x0, y0), 0, [], "no ball in view, open floor ahead"),
-        "ball_ahead": ((x0, y0), 0, [(x0 + 1, y0)], "ball in the cell directly in front"),
-        "ball_two_ahead": ((x0, y0), 0, [(x0 + 2, y0)], "ball two cells ahead"),
-        "ball_diag_left": ((x0, y0), 0, [(x0 + 1, y0 - 1)], "ball diagonally ahead-left"),
-        "ball_diag_right": ((x0, y0), 0, [(x0 + 1, y0 + 1)], "ball diagonally ahead-right"),
-        "ball_left": ((x0, y0), 0, [(x0, y0 - 1)], "ball directly to the left"),
-        "ball_right": ((x0, y0), 0, [(x0, y0 + 1)], "ball directly to the right"),
-        "goal_ahead": ((size - 3, size - 2), 0, [], "goal in the cell directly in front"),
-        "wall_ahead": ((size - 2, y0), 0, [], "wall directly in front"),
-    }
-
-
-# MiniGrid-Dynamic-Obstacles-8x8-v0 reset(seed=0), the write-up's example state.
-START_SEED0_8X8 = ((1, 1), 0, [(6, 5), (4, 2), (1, 6), (4, 4)], "MiniGrid reset(seed=0), the write-up's example")
-# name -> (agent_pos, agent_dir, balls, caption) in the original's 8x8 env (interior 1..6).
-SCENARIOS = {**scenario_specs(8), "start_seed0": START_SEED0_8X8}
-# (clean, corrupted) pairs for activation patching.
-PATCH_PAIRS = {
-    "ball_ahead_vs_clear": ("ball_ahead", "clear_ahead"),
-    "wall_ahead_vs_clear": ("wall_ahead", "clear_ahead"),
-}
 
 
 def _env_cfg(env: EnvConfig | None, obs_mode: str | None, env_id: str | None, max_steps: int | None = None) -> EnvConfig:
@@ -86,34 +45,37 @@ def _env_cfg(env: EnvConfig | None, obs_mode: str | None, env_id: str | None, ma
     return base.replace(**changes) if changes else base
 
 
-def scenario_states(names=None, env: EnvConfig | None = None) -> tuple[list[str], envs.EnvState]:
-    """(names, a batched EnvState) for ``names`` (default all of ``SCENARIOS``) in ``env`` (default 8x8).
+def task_scenarios(env: EnvConfig | None = None) -> dict[str, Scenario]:
+    """name -> ``Scenario`` (state, caption): the hand-made states of ``env``'s task (default 8x8
+    Dynamic Obstacles), in the task's order (``env.task.scenarios(env)``)."""
+    jenv, _ = (env or EnvConfig()).make()
+    return {s.name: s for s in jenv.task.scenarios(jenv)}
 
-    ``start_seed0`` is MiniGrid's reset(seed=0) state in the fixed-start 8x8 env, and the env's
-    own ``reset(PRNGKey(0))`` state in any other.
+
+def task_pairs(env: EnvConfig | None = None) -> dict[str, tuple[str, str]]:
+    """pair name -> (clean scenario, corrupted scenario): the task's patching pairs."""
+    return dict((env or EnvConfig()).make()[0].task.pairs)
+
+
+def scenario_states(names=None, env: EnvConfig | None = None) -> tuple[list[str], envs.EnvState]:
+    """(names, a batched env state) for ``names`` (default all of the task's) in ``env`` (default 8x8).
+
+    For Dynamic Obstacles ``start_seed0`` is MiniGrid's reset(seed=0) state in the fixed-start
+    8x8 env, and the env's own ``reset(PRNGKey(0))`` state in any other.
     """
-    env = env or EnvConfig()
-    jenv, jparams = env.make()
-    specs = scenario_specs(jenv.size)
-    names = list(SCENARIOS) if names is None else list(names)
-    unknown = [n for n in names if n not in SCENARIOS]
+    known = task_scenarios(env)
+    names = list(known) if names is None else list(names)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
-    states = []
-    for n in names:
-        if n != "start_seed0":
-            states.append(make_state(*specs[n][:3], n_obstacles=jenv.n_obstacles))
-        elif env.env_id == ENV_ID:
-            states.append(make_state(*START_SEED0_8X8[:3], n_obstacles=jenv.n_obstacles))
-        else:
-            states.append(jenv.reset(jax.random.PRNGKey(0), jparams)[1])
-    return names, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(known)}")
+    return names, jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *(known[n].state for n in names))
 
 
 def scenario_caption(name: str, env: EnvConfig | None = None) -> str:
-    if name == "start_seed0" and env is not None and env.env_id != ENV_ID:
-        return f"{env.env_id} reset(PRNGKey(0))"
-    return SCENARIOS[name][3]
+    known = task_scenarios(env)
+    if name not in known:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+    return known[name].caption
 
 
 def observe_states(states: envs.EnvState, obs_mode: str = "image", env_id: str = ENV_ID,
@@ -164,31 +126,22 @@ def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None
     env, env_params = env_cfg.make()
     if int(n_timesteps) < 1:
         raise ValueError(f"n_timesteps must be >= 1, got {n_timesteps}")
-    obs, real, time, actions = _rollout_windows(key, env, env_params, n_envs, -(-n // n_envs), int(n_timesteps),
-                                                int(pad_action), policy)
-    flat = lambda x: x.reshape((-1,) + x.shape[2:])[:n]  # noqa: E731 (steps, n_envs, ...) -> (n, ...)
-    obs, real, time, actions = flat(obs), flat(real), flat(time), flat(actions)
-    return Inputs(obs=obs, rtg=jnp.where(real, jnp.float32(rtg), 0.0),
-                  timesteps=jnp.where(real, jnp.minimum(time, env_cfg.max_steps), 0).astype(jnp.int32),
-                  actions=actions if n_timesteps > 1 else None)
+    win = _rollout_windows(key, env, env_params, jnp.float32(rtg), n_envs, -(-n // n_envs), int(n_timesteps),
+                           int(pad_action), policy)
+    win = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], win)  # (steps, n_envs, ...) -> (n, ...)
+    return Inputs(obs=win.obs, rtg=win.rtg, timesteps=jnp.minimum(win.timesteps, env_cfg.max_steps).astype(jnp.int32),
+                  actions=win.actions if n_timesteps > 1 else None)
 
 
 @functools.partial(jax.jit, static_argnames=("env", "n_envs", "steps", "K", "pad_action", "policy"))
-def _rollout_windows(key, env, env_params, n_envs, steps, K, pad_action, policy):
-    """(steps, n_envs, ...) windows (obs, real mask, time, actions) of ``sample_inputs``."""
+def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, policy) -> Window:
+    """(steps, n_envs, K, ...) context windows of ``sample_inputs``, at target RTG ``rtg``."""
     k_reset, k_run = jax.random.split(key)
     obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), env_params)
+    rtgs = jnp.full((n_envs,), rtg, jnp.float32)
     if policy is None:  # uniform random actions
         def policy(k, obs, t):
             return jax.random.randint(k, (obs.shape[0],), 0, env.num_actions)
-
-    def first_window(obs, t):  # an episode's first step: K - 1 padding timesteps, then the observation
-        o = jnp.zeros((n_envs, K) + obs.shape[1:], obs.dtype).at[:, -1].set(obs)
-        real = jnp.zeros((n_envs, K), bool).at[:, -1].set(True)
-        return o, real, jnp.zeros((n_envs, K), jnp.int32).at[:, -1].set(t), jnp.full((n_envs, K), pad_action, jnp.int32)
-
-    def push(buf, x):  # drop the oldest timestep, append x as the newest
-        return jnp.concatenate([buf[:, 1:], jnp.broadcast_to(x, buf.shape[:1] + buf.shape[2:])[:, None]], 1)
 
     def step(carry, k):
         obs, state, window = carry
@@ -196,15 +149,14 @@ def _rollout_windows(key, env, env_params, n_envs, steps, K, pad_action, policy)
         action = policy(k_act, obs, state.time)
         obs, state, _, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, n_envs), state,
                                                                                      action, env_params)
-        o, real, t, a = window
-        a = a.at[:, -1].set(action)
-        nxt = (push(o, obs), push(real, True), push(t, state.time), push(a, jnp.int32(pad_action)))
+        nxt = push_step(window, action, pad_action, obs=obs, rtg=rtgs, timesteps=state.time)
         done = term | trunc  # auto-reset: obs and state are the next episode's first step
         new = jax.tree.map(lambda f, x: jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), f, x),
-                           first_window(obs, state.time), nxt)
+                           Window.start(obs, rtgs, state.time, K, pad_action), nxt)
         return (obs, state, new), window
 
-    _, windows = jax.lax.scan(step, (obs0, state0, first_window(obs0, state0.time)), jax.random.split(k_run, steps))
+    first = Window.start(obs0, rtgs, state0.time, K, pad_action)
+    _, windows = jax.lax.scan(step, (obs0, state0, first), jax.random.split(k_run, steps))
     return windows
 
 
@@ -226,6 +178,17 @@ def render_view(obs: np.ndarray) -> np.ndarray:
 # PAIRS OF REAL STATES (clean, corrupted) for patching and circuit discovery -----------------
 
 FRONT = (3, 5)  # the view cell in front of the agent, [x, y]
+
+
+def has_balls(task: Task) -> bool:
+    """Whether ``task`` has balls: the ball helpers below are defined for it."""
+    return "ball" in task.objects
+
+
+def require_balls(task: Task, what: str) -> None:
+    """A one-line error when ``what`` (a ball analysis) is asked of a task without balls."""
+    if not has_balls(task):
+        raise ValueError(f"{what} is not defined for this task ({task.family}: no balls)")
 
 
 def front_is_ball(obs: jax.Array) -> jax.Array:

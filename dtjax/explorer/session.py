@@ -29,6 +29,11 @@ Randomness: ``seed`` -> ``k_reset, k_env, k_act = split(PRNGKey(seed), 3)``; res
 env and ``fold_in(k_act, j)`` for a sampled action. The same seed and actions replay the same
 episode, and stepping back then acting again branches deterministically.
 
+The task (``env.task``) says what is task-specific: the actions and their keys, the objects to
+draw and edit, the outcome names (each step's outcome is the env's own ``info["outcome"]``), the
+scenarios and the default logit direction; the page receives them in the ``init`` message
+(``task``). Balls (grid edits, the "ball" corruption) exist only in a task with balls.
+
 Grid edits: a removed ball is parked at ``PARK`` = (-1, -1), outside the grid, where every cell
 around it is off-grid (a wall): it is never seen, never blocks and never moves, so the env plays
 exactly as one with fewer balls. (``dtjax.scenarios`` parks at (0, 0), fine for observing but a
@@ -52,18 +57,19 @@ from flax import struct
 
 import envs
 from envs import minigrid as mg
+from envs.dynamic_obstacles import PARKED as DO_PARKED  # where Dynamic Obstacles' scenarios park unused balls
 from dtjax import analysis as A
 from dtjax import circuits as C
 from dtjax import scenarios as S
 from dtjax.config import EnvConfig, ModelConfig
+from dtjax.evaluate import env_step, push_step
 from dtjax.explorer import sae as explorer_sae
 
 PARK = (-1, -1)  # off the grid: a parked ball is invisible, never blocks and never moves
 N_SCAN = 101  # RTG scan points over the slider's range
 RTG_RANGE, RTG_RANGE_EXTRAPOLATE = 1.0, 10.0
 MEAN_SAMPLES = 256  # rollout states for mean ablation
-OUTCOMES = ("running", "goal", "hit", "timeout")
-CORRUPTIONS = {"rtg": "RTG -> -RTG", "front": "the front cell emptied", "ball": "one ball removed"}
+CORRUPTIONS = {"rtg": "RTG -> -RTG", "front": "the front cell emptied", "ball": "one ball removed"}  # "ball": tasks with balls
 MAX_EPISODES = 1000
 
 
@@ -126,13 +132,9 @@ def model_inputs(window: Window, ctrl: Controls, cfg: ModelConfig) -> C.Inputs:
 
 
 def push(window: Window, action, obs, cumrew, time_, pad_action: int) -> Window:
-    """The window after acting ``action`` at its current step and arriving at ``obs``."""
-    def shift(buf, x):
-        return jnp.concatenate([jnp.asarray(buf)[1:], jnp.asarray(x, jnp.asarray(buf).dtype)[None]])
-
-    acts = jnp.asarray(window.actions).at[-1].set(action)
-    return Window(obs=shift(window.obs, obs), cumrew=shift(window.cumrew, cumrew), time=shift(window.time, time_),
-                  actions=shift(acts, pad_action), valid=shift(window.valid, True))
+    """The window after acting ``action`` at its current step and arriving at ``obs``
+    (``dtjax.evaluate.push_step``, as closed-loop evaluation moves its window)."""
+    return push_step(window, action, pad_action, obs=obs, cumrew=cumrew, time=time_, valid=True)
 
 
 def view_objects(obs: jax.Array) -> jax.Array:
@@ -177,7 +179,8 @@ def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: 
     One function for both kinds of message, so each model shape (and env) compiles once.
 
     Returns ``action``, ``state``, ``obs``, ``reward``, ``terminated``, ``truncated``,
-    ``front_wall`` (the front cell was a wall: a hit is a wall hit), the new ``window`` and its
+    ``outcome`` (the env's ``info["outcome"]``, an index into ``env.task.outcomes``; 0 with NO_STEP),
+    ``details`` (the task's ``info`` flags, e.g. ``hit_wall``), the new ``window`` and its
     ``panels`` (see ``_panels``); with NO_STEP the state and window are the ones given.
     ``sae_cfgs`` (static) and ``sae_arrays``: the model's sparse dictionaries (``explorer.sae``),
     whose most active latents are ``panels["sae"]``.
@@ -186,20 +189,17 @@ def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: 
     logits = now["logits"][0]
     sampled = jax.random.categorical(k_act, logits / ctrl.temperature)
     a = jnp.where(action >= 0, action, jnp.where(ctrl.greedy, jnp.argmax(logits), sampled)).astype(jnp.int32)
-    front = state.agent_pos + jnp.asarray(mg.DIR_TO_VEC)[state.agent_dir]
-    front_wall = envs.cell_type(front, state.obstacles, env.size) == mg.WALL
     # env.step without its auto-reset (never shown: an ended episode stays on screen): its key split
     # (the step key first, the reset key second) and its step_env, so the same keys give the same step
-    k_step, _ = jax.random.split(k_env)
-    obs, new_state, reward, term, _ = env.step_env(k_step, state, a, env_params)
-    trunc = env.is_truncated(new_state, env_params)
+    obs, new_state, reward, term, trunc, info = env_step(env, k_env, state, a, env_params)
     stepped = push(window, a, obs, window.cumrew[-1] + reward, new_state.time, cfg.n_actions)
     do = action != NO_STEP
     pick = lambda new, old: jax.tree.map(lambda x, y: jnp.where(do, x, y), new, old)  # noqa: E731
     w = pick(stepped, jax.tree.map(jnp.asarray, window))
     return {"action": a, "state": pick(new_state, state), "obs": obs,
             "reward": jnp.where(do, reward, 0.0), "terminated": do & term, "truncated": do & trunc,
-            "front_wall": front_wall, "window": w, "panels": _panels(params, cfg, means, w, ctrl, sae_cfgs, sae_arrays)}
+            "outcome": jnp.where(do, info["outcome"], 0), "details": {d: do & info[d] for d in env.task.details},
+            "window": w, "panels": _panels(params, cfg, means, w, ctrl, sae_cfgs, sae_arrays)}
 
 
 @functools.partial(jax.jit, static_argnames=("env",))
@@ -300,8 +300,12 @@ class Step:
     cumrew: float  # reward collected up to and including the transition into this step
     reward: float = 0.0  # reward of the transition into this step
     action: int | None = None  # action taken at this step (None: not yet)
-    outcome: str = "running"  # "running", or how the episode ended at this step
-    wall: bool = False  # the hit was into a wall
+    outcome: str = "running"  # "running", or how the episode ended at this step (a task outcome)
+    details: dict = dataclasses.field(default_factory=dict)  # the task's flags of that ending (hit_wall)
+
+    @property
+    def wall(self) -> bool:  # the hit was into a wall (Dynamic Obstacles)
+        return bool(self.details.get("hit_wall", False))
 
     @property
     def time(self) -> int:
@@ -338,13 +342,13 @@ def _bool(x, name: str) -> bool:
     return x
 
 
-def _action(x, name: str = "action") -> int:
-    """An env action from an index or a name ("left", "right", "forward")."""
-    if isinstance(x, str) and x in C.ACTIONS:
-        return C.ACTIONS.index(x)
-    if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(C.ACTIONS):
+def _action(x, names: tuple[str, ...], name: str = "action") -> int:
+    """An env action from an index or one of the task's action ``names`` ("left", "right", "forward")."""
+    if isinstance(x, str) and x in names:
+        return names.index(x)
+    if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(names):
         return x
-    raise BadMessage(f"unknown {name} {x!r}; actions are 0-2 or {', '.join(C.ACTIONS)}")
+    raise BadMessage(f"unknown {name} {x!r}; actions are 0-{len(names) - 1} or {', '.join(names)}")
 
 
 def channel_names(obs_mode: str) -> list[str]:
@@ -355,7 +359,12 @@ def channel_names(obs_mode: str) -> list[str]:
     return ["object", "colour", "state"]
 
 
-DEFAULT_CHANNELS = {"image": [0, 1], "one_hot": [1, 2, 6, 8]}  # the channels that vary in this env
+def default_channels(obs_mode: str, objects: tuple[str, ...]) -> list[int]:
+    """The channels that vary in a task with ``objects``: raw object and colour codes, or the
+    one-hot bit of each object (empty, wall, ball, goal for Dynamic Obstacles)."""
+    if obs_mode == "one_hot":
+        return sorted(mg.OBJECT_TO_IDX[o] for o in objects)
+    return [0, 1]
 
 
 def patch_hooks(cfg: ModelConfig, inputs: C.Inputs) -> list[str]:
@@ -395,7 +404,7 @@ class Session:
 
     def __init__(self, model: Model, env_cfg: EnvConfig | None = None, seed: int = 0, catalog=None):
         self.catalog = catalog
-        self.ctl = {"rtg": 0.9, "extrapolate": False, "t_adjust": 0, "direction": ("forward", "right"),
+        self.ctl = {"rtg": 0.9, "extrapolate": False, "t_adjust": 0, "direction": None,
                     "greedy": True, "temperature": 1.0, "ablate": [], "kind": "zero", "head": (0, 0),
                     "channels": None}
         self._install(model, env_cfg)
@@ -407,10 +416,14 @@ class Session:
         self.cfg = model.cfg
         self.env_cfg = (env_cfg or model.env_cfg).replace(obs_mode=model.cfg.obs_mode)
         self.env, self.env_params = self.env_cfg.make()
+        self.task = self.env.task
+        if self.ctl["direction"] is None or not set(self.ctl["direction"]) - {None} <= set(self.task.action_names):
+            self.ctl["direction"] = tuple(self.task.direction)
+        self.balls = S.has_balls(self.task)
         self.ctl["ablate"] = [n for n in self.ctl["ablate"] if n in A.ablation_labels(self.cfg)]
         l, h = self.ctl["head"]
         self.ctl["head"] = (min(l, self.cfg.n_layers - 1), min(h, self.cfg.n_heads - 1))
-        self.ctl["channels"] = list(DEFAULT_CHANNELS[self.cfg.obs_mode])
+        self.ctl["channels"] = default_channels(self.cfg.obs_mode, self.task.objects)
 
     def _reset(self, seed: int) -> None:
         self.seed = seed
@@ -431,7 +444,8 @@ class Session:
         cfg, ctl = self.cfg, self.ctl
         masks = A.ablation_set_masks(cfg, ctl["ablate"])
         span = RTG_RANGE_EXTRAPOLATE if ctl["extrapolate"] else RTG_RANGE
-        pos, neg = ctl["direction"]
+        names = self.task.action_names
+        pos, neg = (None if a is None else names.index(a) for a in ctl["direction"])
         return Controls(rtg=np.float32(ctl["rtg"]), t_adjust=np.int32(ctl["t_adjust"]),
                         v=np.asarray(C.action_vector(pos if neg is None else (pos, neg), cfg.n_actions)),
                         abl_z=masks["z"], abl_mlp=masks["mlp"], abl_mean=np.bool_(ctl["kind"] == "mean"),
@@ -505,18 +519,19 @@ class Session:
 
     def _on_act(self, msg) -> list:
         a = msg.get("action")
-        action = MODEL_ACTS if a == "model" else _action(a)
+        action = MODEL_ACTS if a == "model" else _action(a, self.task.action_names)
         cur = self.history[self.cursor]
         if cur.outcome != "running":
             raise BadMessage(f"the episode has ended ({cur.outcome}): reset, or step back through the history")
         del self.history[self.cursor + 1:]  # acting from an earlier step branches: the old future is dropped
         j = self.cursor
         out = self._explore(j, action)
-        reward, term, trunc = float(out["reward"]), bool(out["terminated"]), bool(out["truncated"])
-        outcome = ("goal" if reward > 0 else "hit") if term else ("timeout" if trunc else "running")
+        reward = float(out["reward"])
+        outcome = self.task.outcomes[int(out["outcome"])]  # the env's own outcome of this step
         cur.action = int(out["action"])
         self.history.append(Step(state=out["state"], obs=np.asarray(out["obs"]), cumrew=cur.cumrew + reward,
-                                 reward=reward, outcome=outcome, wall=outcome == "hit" and bool(out["front_wall"])))
+                                 reward=reward, outcome=outcome,
+                                 details={d: bool(v) for d, v in out["details"].items()}))
         self.cursor = len(self.history) - 1
         return self.update(out["panels"])
 
@@ -534,12 +549,13 @@ class Session:
 
     def _on_scenario(self, msg) -> list:
         name = msg.get("name")
-        if name not in S.SCENARIOS:
-            raise BadMessage(f"unknown scenario {name!r}; scenarios: {', '.join(S.SCENARIOS)}")
-        _, states = S.scenario_states([name], self.env_cfg)
-        state = jax.tree.map(lambda x: np.asarray(x[0]), states)
-        parked = np.all(state.obstacles == np.asarray(S.PARKED), -1)
-        state = state.replace(obstacles=np.where(parked[:, None], np.asarray(PARK, np.int32), state.obstacles))
+        known = S.task_scenarios(self.env_cfg)
+        if name not in known:
+            raise BadMessage(f"unknown scenario {name!r}; scenarios: {', '.join(known)}")
+        state = jax.tree.map(np.asarray, known[name].state)
+        if self.balls:  # Dynamic Obstacles' scenarios park unused balls on the wall (0, 0): re-park them
+            parked = np.all(state.obstacles == np.asarray(DO_PARKED), -1)
+            state = state.replace(obstacles=np.where(parked[:, None], np.asarray(PARK, np.int32), state.obstacles))
         self._start(state, _observe(self.env, state))
         return self.update()
 
@@ -561,9 +577,11 @@ class Session:
                 raise BadMessage(f"cell ({x}, {y}) is a wall")
             if (x, y) == (size - 2, size - 2):
                 raise BadMessage(f"cell ({x}, {y}) is the goal")
-        obst = np.asarray(state.obstacles).copy()
+        obst = np.asarray(state.obstacles).copy() if self.balls else np.zeros((0, 2), np.int32)
         agent = tuple(int(v) for v in state.agent_pos)
         if op == "ball":
+            if "ball" not in self.task.editable:
+                raise BadMessage(f"edit ball is not defined for this task ({self.task.family}: no balls)")
             if cell is None:
                 raise BadMessage("edit ball needs a cell [x, y]")
             if (x, y) == agent:
@@ -617,8 +635,9 @@ class Session:
             d = msg["direction"]
             if not isinstance(d, dict) or "pos" not in d:
                 raise BadMessage(f"direction must be {{pos: action, neg: action or null}}, got {d!r}")
-            pos = C.ACTIONS[_action(d["pos"], "direction action")]
-            neg = None if d.get("neg") is None else C.ACTIONS[_action(d["neg"], "direction action")]
+            names = self.task.action_names
+            pos = names[_action(d["pos"], names, "direction action")]
+            neg = None if d.get("neg") is None else names[_action(d["neg"], names, "direction action")]
             if pos == neg:
                 raise BadMessage(f"direction {pos}-{neg} is zero: choose two different actions, or one")
             ctl["direction"] = (pos, neg)
@@ -677,8 +696,10 @@ class Session:
 
     def _on_patch(self, msg) -> list:
         kind = msg.get("corruption", "rtg")
-        if kind not in CORRUPTIONS:
-            raise BadMessage(f"unknown corruption {kind!r}; corruptions: {', '.join(CORRUPTIONS)}")
+        if kind not in self.corruptions():
+            if kind == "ball":
+                raise BadMessage(f"corruption ball is not defined for this task ({self.task.family}: no balls)")
+            raise BadMessage(f"unknown corruption {kind!r}; corruptions: {', '.join(self.corruptions())}")
         hooks = msg.get("hooks", "main")
         if hooks not in ("main", "all"):
             raise BadMessage(f"hooks must be main or all, got {hooks!r}")
@@ -713,6 +734,10 @@ class Session:
         return [{"type": "busy", "what": "closed_loop"}, Deferred(compute, "closed_loop")]
 
     # -- corruptions for patching ----------------------------------------------------------
+    def corruptions(self) -> dict[str, str]:
+        """The corruptions defined for this task ("ball" only where it has balls)."""
+        return {k: v for k, v in CORRUPTIONS.items() if k != "ball" or self.balls}
+
     def corrupt(self, kind: str, ball=None) -> tuple[C.Inputs, C.Inputs, str]:
         """(clean, corrupted, description) Inputs of the step on screen for a corruption.
 
@@ -726,6 +751,8 @@ class Session:
             r = float(clean.rtg[0, -1])
             return clean, clean.replace(rtg=-clean.rtg), f"RTG {r:+.2f} -> {-r:+.2f}"
         cur = self.history[self.cursor]
+        if kind == "ball" and not self.balls:
+            raise BadMessage(f"corruption ball is not defined for this task ({self.task.family}: no balls)")
         if kind == "front":
             empty = mg.CELL_ONE_HOT[mg.EMPTY] if self.cfg.obs_mode == "one_hot" else mg.CELL_CODES[mg.EMPTY]
             obs = np.asarray(clean.obs).copy()
@@ -749,7 +776,9 @@ class Session:
         return clean, clean.replace(obs=jnp.asarray(obs)), f"ball {ball} at ({obst[ball][0]}, {obst[ball][1]}) removed"
 
     def visible_balls(self, state) -> list[int]:
-        """Indices of the balls inside the agent's 7x7 view."""
+        """Indices of the balls inside the agent's 7x7 view (none in a task without balls)."""
+        if not self.balls:
+            return []
         view = {tuple(c) for c in (np.asarray(state.agent_pos) + mg.VIEW_OFFSETS[int(state.agent_dir)]).reshape(-1, 2)}
         return [i for i, b in enumerate(np.asarray(state.obstacles)) if tuple(b) in view and not np.all(b == PARK)]
 
@@ -760,15 +789,26 @@ class Session:
             "type": "init", "model": {"name": self.model.name, "path": self.model.path, "config": cfg.to_dict(),
                                       "env": self.model.env_cfg.to_dict(), "compile_s": self.model.compile_s},
             "env": env_cfg.to_dict(), "env_ids": list(envs.REGISTRY), "size": self.env.size,
-            "n_obstacles": self.env.n_obstacles, "max_steps": int(self.env_params.max_steps_in_episode),
+            "n_obstacles": int(getattr(self.env, "n_obstacles", 0)) if self.balls else 0,
+            "max_steps": int(self.env_params.max_steps_in_episode),
             "models": self.catalog.names() if self.catalog else [self.model.name],
-            "scenarios": {n: S.scenario_caption(n, env_cfg) for n in S.SCENARIOS},
-            "corruptions": CORRUPTIONS, "actions": list(C.ACTIONS), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "scenarios": {n: sc.caption for n, sc in S.task_scenarios(env_cfg).items()},
+            "corruptions": self.corruptions(), "task": self.task_message(), "actions": list(self.task.action_names),
+            "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
             "tokens": A.token_labels(cfg.n_timesteps), "dla_labels": A.dla_labels(cfg, self.inputs()),
             "ablation_labels": A.ablation_labels(cfg), "channels": channel_names(cfg.obs_mode),
             "notes": shape_notes(cfg), "controls": self.control_values(), "n_scan": N_SCAN,
             "saes": [s.describe() for s in self.model.saes], "sae_top": explorer_sae.TOP,
         }
+
+    def task_message(self) -> dict:
+        """What the page needs to know of the task: actions and their keys, objects to draw, what
+        a cell may be edited to, outcome names and detail flags, the default direction."""
+        t = self.task
+        return {"family": t.family, "actions": list(t.action_names), "action_keys": list(t.action_keys),
+                "objects": list(t.objects), "editable": list(t.editable), "outcomes": list(t.outcomes),
+                "success": t.success, "failures": list(t.failures), "details": list(t.details),
+                "direction": list(t.direction)}
 
     def control_values(self) -> dict:
         c = dict(self.ctl)
@@ -793,11 +833,12 @@ class Session:
             p = self._explore(self.cursor, NO_STEP)["panels"]
         cur = self.history[self.cursor]
         st = cur.state
-        balls = [list(map(int, b)) for b in np.asarray(st.obstacles) if not np.all(b == PARK) and (b > 0).all()]
+        balls = ([list(map(int, b)) for b in np.asarray(st.obstacles) if not np.all(b == PARK) and (b > 0).all()]
+                 if self.balls else [])
         ablated = bool(self.ctl["ablate"])
         step = {
             "type": "step", "step": self.cursor, "n_steps": len(self.history), "timestep": cur.time,
-            "model_timestep": int(p["timestep_token"]), "status": cur.outcome, "wall": cur.wall,
+            "model_timestep": int(p["timestep_token"]), "status": cur.outcome, "wall": cur.wall, "details": cur.details,
             "return": cur.cumrew, "reward": cur.reward, "rtg": float(p["rtg_token"]),
             "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls},
             "view": np.asarray(p["view"]).T, "probs": p["probs"], "logits": p["logits"],

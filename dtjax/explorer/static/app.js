@@ -7,7 +7,8 @@ const COLORS = { floor: "#000", wall: "#646464", goal: "#00ff00", ball: "#0000ff
 const OBJ_COLOR = { 0: "#333", 1: "#000", 2: "#646464", 6: "#0000ff", 8: "#00ff00" };
 const DIRS = [[1, 0], [0, 1], [-1, 0], [0, -1]];
 const PLOT_CFG = { displayModeBar: false, responsive: false };
-const ACTION_KEYS = { ArrowLeft: "left", ArrowRight: "right", ArrowUp: "forward" };
+const KEY_GLYPHS = { ArrowLeft: "\u27F2", ArrowRight: "\u27F3", ArrowUp: "\u2191", ArrowDown: "\u2193" };
+let ACTION_KEYS = {};  // keyboard key -> action name, from the task (init.task.action_keys)
 
 // Everything a test or a user's script may read: window.__dtjax (S.idle(): every message answered, panels drawn).
 const S = {
@@ -126,8 +127,7 @@ function onStep(msg) {
   drawFrame(msg.grid);
   drawView(msg.view);
   $("status").textContent = msg.status;
-  $("outcome-detail").textContent = msg.status === "hit" ? (msg.wall ? "(a wall)" : "(a ball)") :
-    (msg.status === "running" ? "" : `(return ${msg.return.toFixed(3)})`);
+  $("outcome-detail").textContent = outcomeDetail(msg);
   $("timestep").textContent = String(msg.timestep);
   $("model-timestep").textContent = String(msg.model_timestep);
   $("return").textContent = msg.return.toFixed(3);
@@ -139,6 +139,19 @@ function onStep(msg) {
   $("history-step").textContent = String(msg.step);
   $("history-len").textContent = String(msg.n_steps);
   if (S.autoplay && msg.status !== "running") setAutoplay(false);
+}
+
+// What ended the episode, in the task's words: a failure's detail flags ("hit_wall" -> "a wall"), else
+// the task's other objects it can run into ("a ball"); a success or timeout shows the return.
+function outcomeDetail(msg) {
+  const t = S.init.task;
+  if (msg.status === "running") return "";
+  if (t.failures.includes(msg.status)) {
+    const on = t.details.filter((d) => msg.details && msg.details[d]).map((d) => d.replace(`${msg.status}_`, ""));
+    const others = t.objects.filter((o) => !["empty", "wall", "goal"].includes(o));
+    return on.length ? `(a ${on.join(", ")})` : others.length ? `(a ${others.join(" or ")})` : "";
+  }
+  return `(return ${msg.return.toFixed(3)})`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,12 +391,13 @@ function drawAblation(p) {
 }
 
 function drawClosedLoop(msg) {
+  const outs = S.init.task.outcomes.slice(1).filter((o) => msg[`${o}_rate`] !== undefined);  // the task's outcomes
   let html = `<table><tr><th>${msg.episodes} episodes at RTG ${msg.rtg.toFixed(2)} (${msg.greedy ? "greedy" : "sampled"})</th>` +
-    "<th>mean return</th><th>goal</th><th>hit</th><th>timeout</th><th>length</th></tr>";
+    `<th>mean return</th>${outs.map((o) => `<th>${o}</th>`).join("")}<th>length</th></tr>`;
   msg.labels.forEach((lab, i) => {
     const name = i === 0 ? "clean" : `ablated: ${msg.ablate.length ? msg.ablate.join(", ") + ` (${msg.kind})` : "nothing"}`;
-    html += `<tr><td>${name}</td><td>${msg.mean_return[i].toFixed(3)}</td><td>${msg.goal_rate[i].toFixed(2)}</td>` +
-      `<td>${msg.hit_rate[i].toFixed(2)}</td><td>${msg.timeout_rate[i].toFixed(2)}</td><td>${msg.mean_length[i].toFixed(1)}</td></tr>`;
+    html += `<tr><td>${name}</td><td>${msg.mean_return[i].toFixed(3)}</td>` +
+      outs.map((o) => `<td>${msg[`${o}_rate`][i].toFixed(2)}</td>`).join("") + `<td>${msg.mean_length[i].toFixed(1)}</td></tr>`;
   });
   $("closed-loop").innerHTML = html + `</table><div class="sub">${msg.seconds.toFixed(1)} s</div>`;
 }
@@ -438,7 +452,21 @@ function options(sel, items, selected) {
   sel.innerHTML = items.map(([v, t]) => `<option value="${v}"${v === selected ? " selected" : ""}>${t}</option>`).join("");
 }
 
+function buildTask(task) {  // the action buttons, keys and grid-edit modes the task has
+  ACTION_KEYS = {};
+  task.actions.forEach((a, i) => { if (task.action_keys[i]) ACTION_KEYS[task.action_keys[i]] = a; });
+  $("act-buttons").innerHTML = task.actions.map((a, i) => {
+    const k = task.action_keys[i];
+    return `<button data-testid="act-${a}" data-action="${a}"${k ? ` title="${k}"` : ""}>${k && KEY_GLYPHS[k] ? KEY_GLYPHS[k] + " " : ""}${a}</button>`;
+  }).join(" ");
+  const modes = task.editable.filter((o) => o !== "empty").map((o) => [o, `click adds / removes a ${o}`]);
+  options($("edit-mode"), [...modes, ["agent", "click moves the agent"]], modes.length ? modes[0][0] : "agent");
+  const keys = task.actions.map((a, i) => task.action_keys[i] ? `${task.action_keys[i].replace("Arrow", "")} ${a}` : "").filter(Boolean);
+  $("keys-help").textContent = `Keys: ${keys.join(", ")}, m model acts, [ and ] step through the history.`;
+}
+
 function buildControls(init) {
+  buildTask(init.task);
   options($("model-select"), init.models.map((m) => [m, m]), init.model.name);
   $("model-name").textContent = `${init.model.name} (${init.model.config.n_layers}L ${init.model.config.n_heads}H K=${init.model.config.n_timesteps})`;
   $("config").textContent = JSON.stringify({ model: init.model.config, trained_env: init.model.env, compile_s: init.model.compile_s }, null, 1);
@@ -494,9 +522,7 @@ function autoplayTick() {
 }
 
 function wire() {
-  $("act-left").onclick = () => act("left");
-  $("act-right").onclick = () => act("right");
-  $("act-forward").onclick = () => act("forward");
+  $("act-buttons").onclick = (e) => { const b = e.target.closest("button"); if (b) act(b.dataset.action); };
   $("act-model").onclick = () => act("model");
   $("autoplay").onchange = (e) => setAutoplay(e.target.checked);
   $("greedy").onchange = (e) => send({ type: "set", greedy: e.target.checked });
@@ -529,7 +555,8 @@ function wire() {
     const cell = e.target.closest("rect.cell");
     if (!cell) return;
     const xy = [Number(cell.dataset.x), Number(cell.dataset.y)];
-    if ($("edit-mode").value === "ball") send({ type: "edit", op: "ball", cell: xy });
+    const mode = $("edit-mode").value;
+    if (mode !== "agent") send({ type: "edit", op: mode, cell: xy });
     else send({ type: "edit", op: "agent", cell: xy, dir: Number($("agent-dir").value) });
   };
   $("agent-dir").onchange = (e) => send({ type: "edit", op: "agent", dir: Number(e.target.value) });
