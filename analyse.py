@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("--census", type=Path, nargs="+", metavar="RUN", help="census of the seeds of runs (train.py --num_seeds)")
     parser.add_argument("--out", type=Path, help="output directory (default reports/<checkpoint name>)")
     parser.add_argument("--fast", action="store_true", help="few episodes and samples: a smoke-test report")
-    parser.add_argument("--direction", default="forward-right", help="logit direction, e.g. forward-right or forward")
+    parser.add_argument("--direction", default="",
+                        help="logit direction, e.g. forward-right or forward (default: the task's, forward-right)")
     parser.add_argument("--rtg", type=float, default=0.9, help="target RTG of the scenarios")
     parser.add_argument("--episodes", type=int, help="episodes per target for calibration and closed-loop ablations")
     parser.add_argument("--sections", help="comma-separated section keys to include (default: all), e.g. dla,qk")

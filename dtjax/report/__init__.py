@@ -154,7 +154,7 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
         sec.check(ctx)
     page = Page(f"dtjax report: {ckpt.name}", opt.dpi)
     summary: dict[str, Any] = {"checkpoint": str(ckpt), "config": ctx.cfg.to_dict(), "env": ctx.env_cfg.to_dict(),
-                               "direction": opt.direction, "fast": opt.fast}
+                               "direction": ctx.direction, "fast": opt.fast}
     results, status = run_sections(ctx, chosen, page)
     for key, data in results.items():
         clash = sorted(set(data.get("summary", {})) & set(summary))

@@ -26,6 +26,7 @@ from dtjax.config import EnvConfig, ModelConfig
 # Observation channels worth showing: raw codes (the state channel is always 0 in this env), and
 # the one-hot bits that occur (object empty/wall/ball/goal).
 CHANNELS = {"image": {0: "object", 1: "colour"}, "one_hot": {1: "empty", 2: "wall", 6: "ball", 8: "goal"}}
+# Dynamic Obstacles' hand-made states, in its task's order; a report shows its env's task's (Context.scenarios).
 REPORT_SCENARIOS = ("start_seed0", "clear_ahead", "ball_ahead", "ball_two_ahead", "ball_diag_left",
                     "ball_diag_right", "ball_left", "ball_right", "goal_ahead", "wall_ahead")
 
@@ -38,7 +39,7 @@ class ReportError(ValueError):
 class ReportOptions:
     """What to compute; ``quick()`` gives a smoke-test report in well under a minute."""
 
-    direction: str = "forward-right"  # logit difference analysed (the original app's default)
+    direction: str = ""  # logit difference analysed; "" = the task's (Dynamic Obstacles: forward-right, the original app's)
     rtg: float = 0.9  # target RTG of the scenarios (the app's default)
     calib_rtgs: int = 21  # target RTGs in [-1, 1] if calibration must be run
     calib_episodes: int = 100  # episodes per calibration point (original: 100 seeds)
@@ -115,9 +116,11 @@ class Context:
         self.options = options or ReportOptions()
         self.log = log
         self.env, self.env_params = env_cfg.make()  # the env the model was trained in (stored with the run)
-        self.v = A.direction(self.options.direction, cfg)  # (n_actions,) the direction analysed
-        self.direction = C.direction_label(self.options.direction)
-        chans = CHANNELS[cfg.obs_mode]
+        self.task = self.env.task  # what is task-specific: actions, outcomes, scenarios, pairs, the default direction
+        spec = self.options.direction or "-".join(self.task.direction)
+        self.v = A.direction(spec, cfg)  # (n_actions,) the direction analysed
+        self.direction = C.direction_label(spec)
+        chans = {c: n for c, n in CHANNELS[cfg.obs_mode].items() if cfg.obs_mode != "one_hot" or n in self.task.objects}
         self.channels, self.channel_names = list(chans), list(chans.values())
         self._memo: dict[str, Any] = {}
 
@@ -147,11 +150,11 @@ class Context:
     # Shared inputs and panels ------------------------------------------------------------------
 
     def scenarios(self, rtg: float | None = None) -> tuple[list[str], C.Inputs]:
-        """The report's hand-made scenarios in the model's env at target ``rtg`` (default the
+        """The task's hand-made scenarios in the model's env at target ``rtg`` (default the
         options'), with the model's context (left-padded for K > 1)."""
         rtg = self.options.rtg if rtg is None else rtg
         return self.memo(f"scenarios@{rtg}", lambda: S.scenario_inputs(
-            list(REPORT_SCENARIOS), rtg=rtg, env=self.env_cfg, n_timesteps=self.cfg.n_timesteps))
+            list(S.task_scenarios(self.env_cfg)), rtg=rtg, env=self.env_cfg, n_timesteps=self.cfg.n_timesteps))
 
     def scenario_panels(self, rtg: float | None = None) -> dict:
         """``analysis.state_panels`` of the scenarios (numpy arrays)."""

@@ -8,7 +8,6 @@ import numpy as np
 
 from dtjax import analysis as A
 from dtjax import plots
-from dtjax import scenarios as S
 from dtjax.report.base import Context, Page, Section, rounded
 
 
@@ -31,11 +30,12 @@ def ablation_compute(ctx: Context) -> dict:
                                  o.ablation_episodes, kind, means)
         closed[kind] = res
         summary[f"{kind}_returns"] = {lab: rounded(res["mean_return"][i]) for i, lab in enumerate(res["labels"])}
-        summary[f"{kind}_hit_rate"] = {lab: rounded(res["hit_rate"][i]) for i, lab in enumerate(res["labels"])}
+        for f in ctx.task.failures:  # the task's failure outcomes (Dynamic Obstacles: hit)
+            summary[f"{kind}_{f}_rate"] = {lab: rounded(res[f"{f}_rate"][i]) for i, lab in enumerate(res["labels"])}
     return {"names": names, "labels": labels, "logit_diff": diffs, "closed_loop": closed, "rtg": o.rtg,
             "direction": ctx.direction, "mean_samples": o.mean_samples, "n_timesteps": cfg.n_timesteps,
             "ablation_rtgs": list(o.ablation_rtgs), "episodes": o.ablation_episodes, "max_steps": ctx.env_cfg.max_steps,
-            "notes": notes, "summary": {"ablation": summary}}
+            "failures": list(ctx.task.failures), "notes": notes, "summary": {"ablation": summary}}
 
 
 def ablation_render(d: dict, page: Page) -> None:
@@ -47,10 +47,12 @@ def ablation_render(d: dict, page: Page) -> None:
         page.table(["ablation"] + d["names"], [[lab, *map(float, diff[i])] for i, lab in enumerate(d["labels"])],
                    f"{kind} ablation: {d['direction']} logit difference per scenario at RTG {d['rtg']}.")
     for kind, res in d["closed_loop"].items():
-        hdr = ["ablation"] + [f"return @{r:g}" for r in d["ablation_rtgs"]] + [f"hit @{r:g}" for r in d["ablation_rtgs"]]
-        page.table(hdr, [[lab, *map(float, res["mean_return"][i]), *map(float, res["hit_rate"][i])]
+        hdr = ["ablation"] + [f"return @{r:g}" for r in d["ablation_rtgs"]] + [f"{f} @{r:g}" for f in d["failures"]
+                                                                                for r in d["ablation_rtgs"]]
+        page.table(hdr, [[lab, *map(float, res["mean_return"][i]), *(float(x) for f in d["failures"] for x in res[f"{f}_rate"][i])]
                          for i, lab in enumerate(res["labels"])],
-                   f"{kind} ablation in closed loop: mean return and collision rate, {d['episodes']} episodes per target "
+                   f"{kind} ablation in closed loop: mean return and failure rates ({', '.join(d['failures']) or 'none'}), "
+                   f"{d['episodes']} episodes per target "
                    f"(same episodes in every row), max_steps {d['max_steps']}.")
 
 
@@ -70,8 +72,9 @@ def patching_compute(ctx: Context) -> dict:
     def one(n):
         return inp.take(slice(names.index(n), names.index(n) + 1))
 
-    pairs = {pair: (one(a), one(b)) for pair, (a, b) in S.PATCH_PAIRS.items()}
-    for n in ("ball_ahead", "start_seed0"):
+    pairs = {pair: (one(a), one(b)) for pair, (a, b) in ctx.task.pairs.items()}
+    # the RTG pair on the first pair's clean scenario and the start state (ball_ahead, start_seed0)
+    for n in dict.fromkeys([a for a, _ in list(ctx.task.pairs.values())[:1]] + names[:1]):
         pairs[f"rtg+1_vs_-1 ({n})"] = (one(n).with_rtg(jnp.ones(1), cfg.n_actions), one(n).with_rtg(-jnp.ones(1), cfg.n_actions))
     panels, summary = {}, {}
     for pair, (clean, corrupted) in pairs.items():

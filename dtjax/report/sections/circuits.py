@@ -49,12 +49,16 @@ def circuit_pairs(ctx: Context) -> tuple[dict, list[str]]:
 
     def build():
         o, base = ctx.options, ctx.reference()
-        ball_clean, ball_corr = S.ball_pair(base, None, o.rtg)
         notes = []
         n = min(o.circuit_batch, base.batch)
+        if S.has_balls(ctx.task):  # the ball pair is a fact of a task with balls (Dynamic Obstacles)
+            ball_clean, ball_corr = S.ball_pair(base, None, o.rtg)
+        else:
+            ball_clean = ball_corr = base.take(jnp.arange(0))
+            notes.append(f"No ball pair: not defined for this task ({ctx.task.family}: no balls).")
         if ball_clean.batch:
             n = min(n, ball_clean.batch)
-        else:
+        elif S.has_balls(ctx.task):
             notes.append(f"No ball pair: none of the {base.batch} sampled states has a ball in the cell ahead.")
         pairs = {"rtg": S.rtg_pair(base.take(jnp.arange(n)), o.rtg, -1.0)}
         if ball_clean.batch:
@@ -222,6 +226,7 @@ def lens_compute(ctx: Context) -> dict:
         notes = notes + ["LayerNorm: accumulated residuals go through the final LN with recomputed statistics; layer "
                          "outputs use the cached final scale (they add up; the two views differ)."]
     return {"accumulated": acc, "layers": layers, "components": comps, "probs": probs, **labels, **_common(ctx, pairs),
+            "forward": ctx.task.action_index("forward"),
             "notes": notes, "summary": summary}
 
 
@@ -239,7 +244,7 @@ def lens_render(d: dict, page: Page) -> None:
     page.table(["component"] + keys, [[lab, *(float(d["components"][k][i]) for k in keys)]
                                       for i, lab in enumerate(d["component_labels"])],
                "Per component (heads, MLPs, embeddings by token type): direct logit attribution, batch mean.")
-    fwd = [[k, *map(float, d["probs"][k][:, C.ACTIONS.index("forward")])] for k in keys]
+    fwd = [[k, *map(float, d["probs"][k][:, d["forward"]])] for k in keys]
     page.table(["P(forward) at"] + d["accumulated_labels"], fwd,
                "The action probability of 'forward' from each accumulated residual (the last column is the model's).")
 
@@ -293,7 +298,7 @@ def steering_compute(ctx: Context) -> dict:
     pairs, notes = circuit_pairs(ctx)
     clean, corr = pairs["rtg"]
     lg = C.steer_logits(params, cfg, clean, corr, STEER_HOOK, o.steer_coeffs, ctx.v)
-    fwd = C.ACTIONS.index("forward")
+    fwd = ctx.task.action_index("forward")
     out = {"coeff": np.asarray(lg["coeff"]), "metric": np.asarray(lg["metric"]), "clean": float(lg["clean"]),
            "corrupted": float(lg["corrupted"]), "p_forward": np.asarray(lg["probs"])[:, :, fwd].mean(1),
            "hook": STEER_HOOK, "returns": None}
@@ -306,7 +311,7 @@ def steering_compute(ctx: Context) -> dict:
         ret = C.steer_returns(params, cfg, ctx.env, ctx.env_params, ctx.key("steering"), [o.rtg], o.ablation_episodes,
                               vec, STEER_HOOK, coeffs)
         out["returns"] = {k: (np.asarray(ret["coeff"]), np.asarray(ret[k])[:, 0])
-                          for k in ("mean_return", "goal_rate", "hit_rate")}
+                          for k in ("mean_return", *(f"{x}_rate" for x in (ctx.task.success, *ctx.task.failures)))}
         out["episodes"] = o.ablation_episodes
         summary["closed_loop"] = {"coeff": rounded(ret["coeff"]), **{k: rounded(v[1]) for k, v in out["returns"].items()}}
     else:

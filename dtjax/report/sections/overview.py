@@ -13,6 +13,7 @@ from dtjax.report.base import Context, Page, Section, find_calibration
 def model_compute(ctx: Context) -> dict:
     cfg, env = ctx.cfg, ctx.env_cfg
     return {"checkpoint": str(ctx.ckpt), "config": cfg.to_dict(), "env": env.to_dict(), "direction": ctx.direction,
+            "actions": list(ctx.task.action_names),
             "obs_shape": list(cfg.obs_shape), "pos_rows": cfg.pos_rows}
 
 
@@ -24,7 +25,7 @@ def model_render(d: dict, page: Page) -> None:
               f"obs {c['obs_mode']} {tuple(d['obs_shape'])}, context {c['n_timesteps']} timestep(s) ({d['pos_rows']} "
               f"positions), {c['time_embedding']} time embedding, max timestep {c['max_timestep']}. "
               f"Env: {e['env_id']}, max_steps {e['max_steps']}. "
-              f"Directions are over actions (left, right, forward); the default analysed is <b>{d['direction']}</b>. "
+              f"Directions are over actions ({', '.join(d['actions'])}); the default analysed is <b>{d['direction']}</b>. "
               "Observation maps are drawn as the agent sees them: rows are view y, the agent (black triangle) "
               "at the bottom centre facing up, so the cell directly in front is just above it."
               + (" With more than one timestep of context, scenarios are the first step of an episode, left-padded "
@@ -41,20 +42,21 @@ def calibration_compute(ctx: Context) -> dict:
     source = "saved with the checkpoint"
     if calib is None:
         calib = calibrate(ctx.params, ctx.cfg, ctx.env, ctx.env_params, ctx.key("calibration"),
-                          np.linspace(-1, 1, o.calib_rtgs), o.calib_episodes)
+                          np.linspace(*ctx.task.return_range, o.calib_rtgs), o.calib_episodes)
         source = f"run now: {o.calib_episodes} greedy episodes per target, max_steps {ctx.env_cfg.max_steps}"
     rows = calib["rows"]
-    return {"calib": calib, "source": source, "title": ctx.ckpt.stem,
-            "summary": {"calibration": [{k: r[k] for k in ("target_rtg", "mean_return", "goal_rate", "hit_rate")}
-                                        for r in rows]}}
+    rates = [f"{o}_rate" for o in (ctx.task.success, *ctx.task.failures)]  # goal_rate, hit_rate
+    return {"calib": calib, "source": source, "title": ctx.ckpt.stem, "outcomes": list(ctx.task.outcomes[1:]),
+            "summary": {"calibration": [{k: r[k] for k in ("target_rtg", "mean_return", *rates)} for r in rows]}}
 
 
 def calibration_render(d: dict, page: Page) -> None:
     page.text("Achieved return against the target RTG fed to the model (the original's black-box "
               f"characterisation); {d['source']}.")
     page.figure(plots.calibration(d["calib"], d["title"]), "Mean achieved return (line), percentile bands, and y = x (dash-dot).")
-    page.table(["target RTG", "mean return", "goal", "hit", "timeout", "mean length"],
-               [[r["target_rtg"], r["mean_return"], r["goal_rate"], r["hit_rate"], r["timeout_rate"], r["mean_length"]]
+    outs = d["outcomes"]  # the task's: goal, hit, timeout
+    page.table(["target RTG", "mean return", *outs, "mean length"],
+               [[r["target_rtg"], r["mean_return"], *(r[f"{o}_rate"] for o in outs), r["mean_length"]]
                 for r in d["calib"]["rows"]])
 
 

@@ -7,22 +7,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import analysis as A
-from dtjax import circuits as C
 from dtjax import plots
 from dtjax import scenarios as S
 from dtjax.report.base import Context, Page, Section, rounded
 
-SHOWN = ("start_seed0", "ball_ahead", "clear_ahead")  # scenarios whose attention patterns are drawn
-SCANNED = ("start_seed0", "ball_ahead")  # scenarios whose RTG is swept
+def shown(ctx: Context) -> list[str]:
+    """Scenarios whose attention patterns are drawn: the task's first (its start state) and its first
+    patching pair (Dynamic Obstacles: start_seed0, ball_ahead, clear_ahead)."""
+    names = list(S.task_scenarios(ctx.env_cfg))
+    pair = next(iter(ctx.task.pairs.values()), ())
+    return list(dict.fromkeys([names[0], *pair]))
+
+
+def scanned(ctx: Context) -> list[str]:
+    """Scenarios whose RTG is swept: the start state and the first pair's clean one (start_seed0, ball_ahead)."""
+    return shown(ctx)[:2]
 
 
 def scenarios_compute(ctx: Context) -> dict:
     names, inp = ctx.scenarios()
     p, p_neg = ctx.scenario_panels(), ctx.scenario_panels(-1.0)
-    show = [names.index(n) for n in SHOWN]
+    show = [names.index(n) for n in shown(ctx)]
     attn = p["attn_to_rtg"]  # (layer, batch, head)
     return {
         "names": names, "captions": [S.scenario_caption(n, ctx.env_cfg) for n in names], "rtg": ctx.options.rtg,
+        "actions": list(ctx.task.action_names),
         "views": [S.render_view(o) for o in np.asarray(inp.obs[:, -1])],
         "probs": p["probs"], "probs_neg": p_neg["probs"],
         "pattern": p["pattern"][:, show], "pattern_names": [names[b] for b in show],
@@ -41,7 +50,8 @@ def scenarios_render(d: dict, page: Page) -> None:
     page.text(f"Hand-made states observed through the env (t = 0{', left-padded to the context' if k > 1 else ''}), "
               f"at target RTG {d['rtg']} and -1.")
     page.figure(plots.views(d["views"], d["names"]), "The scenarios' 7x7 views (grey wall, blue ball, green goal, red agent).")
-    page.table(["scenario", "caption", f"P(L) @{d['rtg']}", "P(R)", "P(F)", "P(L) @-1", "P(R)", "P(F)"],
+    short = [f"P({a[0].upper()})" for a in d["actions"]]  # P(L), P(R), P(F)
+    page.table(["scenario", "caption", f"{short[0]} @{d['rtg']}", *short[1:], f"{short[0]} @-1", *short[1:]],
                [[n, d["captions"][i], *map(float, d["probs"][i]), *map(float, d["probs_neg"][i])]
                 for i, n in enumerate(d["names"])],
                "Greedy action probabilities (softmax of the logits at the last state token).")
@@ -73,12 +83,13 @@ def dla_render(d: dict, page: Page) -> None:
 def rtg_scan_compute(ctx: Context) -> dict:
     o = ctx.options
     names, inp = ctx.scenarios()
-    idx = [names.index(n) for n in SCANNED]
+    scan_names = scanned(ctx)
+    idx = [names.index(n) for n in scan_names]
     rtgs = jnp.linspace(-o.scan_range, o.scan_range, o.scan_points)
     scan = {k: np.asarray(v) for k, v in A.rtg_scan_panel(ctx.params, ctx.cfg, inp.take(jnp.asarray(idx)), rtgs, ctx.v).items()}
     labels = A.dla_labels(ctx.cfg, inp)
     summary = {}
-    for j, n in enumerate(SCANNED):
+    for j, n in enumerate(scan_names):
         st = A.rtg_scan_stats(scan["rtg"], scan["dla"][j], labels)
         summary[n] = {
             "rtg": [-1.0, 0.0, 1.0],
@@ -86,7 +97,8 @@ def rtg_scan_compute(ctx: Context) -> dict:
             "dla_slope_per_unit_rtg_in_[-1,1]": dict(zip(labels, rounded(list(st["slope"].values())))),
             "component_correlation": {"labels": st["corr_labels"], "matrix": rounded(st["corr"], 3)},
         }
-    return {"names": list(SCANNED), "scan": scan, "labels": labels, "direction": ctx.direction, "range": o.scan_range,
+    return {"names": scan_names, "scan": scan, "labels": labels, "direction": ctx.direction, "range": o.scan_range,
+            "actions": list(ctx.task.action_names),
             "summary": {"rtg_scan": summary}}
 
 
@@ -95,7 +107,7 @@ def rtg_scan_render(d: dict, page: Page) -> None:
               "everything else fixed (one vmapped pass; padding timesteps keep RTG 0).")
     s = d["scan"]
     for j, n in enumerate(d["names"]):
-        page.figure(plots.rtg_scan(s["rtg"], s["logits"][j], s["dla"][j], d["labels"], s["attn_to_rtg"][j], C.ACTIONS,
+        page.figure(plots.rtg_scan(s["rtg"], s["logits"][j], s["dla"][j], d["labels"], s["attn_to_rtg"][j], d["actions"],
                                    d["direction"]),
                     f"RTG scan of <b>{n}</b>: logits, per-component DLA (constant components only if large), and each "
                     "head's attention from the last state token to its RTG token.")

@@ -8,7 +8,7 @@ from dtjax import analysis as A
 from dtjax import circuits as C
 from dtjax import plots
 from dtjax.report.base import Context, Page, Section, rounded
-from dtjax.report.sections.states import SHOWN
+from dtjax.report.sections.states import shown
 
 FRONT = (3, 5)  # the view cell directly in front of the agent
 
@@ -29,7 +29,7 @@ def _head_labels(cfg) -> list[str]:
 
 def state_encoder_compute(ctx: Context) -> dict:
     names, _ = ctx.scenarios()
-    show = [names.index(n) for n in SHOWN[:2]]
+    show = [names.index(n) for n in shown(ctx)[:2]]
     wmap = ctx.weight_panels()["state_encoder"][ctx.channels]  # (ch, 7, 7)
     amaps = ctx.scenario_panels()["state_encoder"][show][:, ctx.channels]  # (2, ch, 7, 7)
     notes = ["LayerNorm on: the activation projection no longer sums to the state embedding's DLA (ln_final rescales "
@@ -59,6 +59,7 @@ def embeddings_compute(ctx: Context) -> dict:
     if cfg.time_embedding == "linear":
         rows.append(["w_t (linear time)", *map(float, e["cos_time"][0])])
     return {"panels": e, "cos_rows": rows, "direction": ctx.direction, "linear_time": cfg.time_embedding == "linear",
+            "actions": list(ctx.task.action_names),
             "pos": C.state_pos(cfg.n_timesteps), "heads": _head_labels(cfg), "notes": _layer_notes(ctx)[:1],
             "summary": {"rtg_direct_per_unit": float(np.asarray(C.rtg_embedding_projection(ctx.params, np.ones(1, np.float32),
                                                                                            ctx.v))[0])}}
@@ -68,14 +69,14 @@ def embeddings_render(d: dict, page: Page) -> None:
     e = d["panels"]
     page.text("Direct projections of the RTG embedding (RTG x w_R) and each time-embedding row onto the logit "
               "directions, and the QK score they contribute.")
-    page.figure(plots.embeddings(e["rtg"], e["rtg_proj"], e["rtg_proj_dir"], e["time_proj"], e["qk_time"], C.ACTIONS,
+    page.figure(plots.embeddings(e["rtg"], e["rtg_proj"], e["rtg_proj_dir"], e["time_proj"], e["qk_time"], d["actions"],
                                  d["direction"], d["linear_time"]),
                 "Left: the RTG token's direct path is a line through 0. Middle: time embeddings on the logit difference "
                 "(rows never seen in training keep their init). Right: how the time embedding of the state token changes "
                 "its score to the RTG token (per unit RTG), per layer and head.")
     page.text(f"Positional query W_pos[{d['pos']}] (the last state token) against the RTG key, per head: "
               + ", ".join(f"{lab} {float(v):+.3f}" for lab, v in zip(d["heads"], np.asarray(e["qk_pos"]).reshape(-1))))
-    page.table(["embedding", "cos W_U[left]", "cos W_U[right]", "cos W_U[forward]"], d["cos_rows"],
+    page.table(["embedding", *(f"cos W_U[{a}]" for a in d["actions"])], d["cos_rows"],
                "Cosine similarity of embeddings with the unembedding columns.")
 
 
@@ -98,12 +99,13 @@ def ov_compute(ctx: Context) -> dict:
     w = ctx.weight_panels()
     ov = w["ov"][:, :, ctx.channels]  # (layer, head, ch, 7, 7, A)
     ov_dir = w["ov_dir"][:, :, ctx.channels]  # (layer, head, ch, 7, 7)
-    fwd = C.ACTIONS.index("forward")
+    fwd = ctx.task.action_index("forward")
     heads = _head_labels(ctx.cfg)
     maps = np.concatenate([ov[..., fwd].reshape((-1,) + ov.shape[2:5]), ov_dir.reshape((-1,) + ov_dir.shape[2:])], 0)
     cell = (slice(None), slice(None), 0) + FRONT + (fwd,)
     return {"maps": maps, "rows": [f"{h} forward" for h in heads] + [f"{h} {ctx.direction}" for h in heads],
             "channels": ctx.channel_names, "ov_rtg": w["ov_rtg"].reshape(-1, w["ov_rtg"].shape[-1]), "heads": heads,
+            "actions": list(ctx.task.action_names),
             "notes": _layer_notes(ctx),
             "summary": {"ov_front_cell_object_forward": rounded(ov[cell][0]), "ov_front_cell_object_forward_by_layer": rounded(ov[cell]),
                         "ov_rtg": rounded(w["ov_rtg"][0]), "ov_rtg_by_layer": rounded(w["ov_rtg"])}}
@@ -115,7 +117,7 @@ def ov_render(d: dict, page: Page) -> None:
               "to the RTG token.")
     page.figure(plots.maps_grid(d["maps"], d["rows"], d["channels"], "OV state -> logits"),
                 "Rows: layer x head x (forward logit, analysed direction).")
-    page.table(["head", "left", "right", "forward"], [[h, *map(float, r)] for h, r in zip(d["heads"], d["ov_rtg"])],
+    page.table(["head", *d["actions"]], [[h, *map(float, r)] for h, r in zip(d["heads"], d["ov_rtg"])],
                "OV of the RTG embedding (per unit RTG attended).")
 
 
