@@ -307,6 +307,14 @@ def test_probe_labels_on_scenarios():
     assert col["dir=E"].all()
     assert col["goal_dist=1"].tolist() == [False, False, True, False]  # goal_ahead: agent (5,6), goal (6,6)
     assert set(fams) == {"cell", "front", "rtg", "time", "dir", "goal_dist"} and labels.shape == (4, len(pnames))
+    # a task without balls (objects empty, wall, goal) has no ball probes; the other columns are the same
+    p2, _, l2 = probes.probe_labels(obs, np.array([1.0, -1.0, 0.0, 0.6]), np.array([0, 7, 12, 60]),
+                                    np.asarray(states.agent_pos), np.asarray(states.agent_dir), 8, ("empty", "wall", "goal"))
+    assert not any("ball" in n for n in p2) and set(p2) == {n for n in pnames if "ball" not in n}
+    np.testing.assert_array_equal(l2, labels[:, [pnames.index(n) for n in p2]])
+    with pytest.raises(ValueError, match="no probe for object 'key'"):
+        probes.probe_labels(obs, np.zeros(4), np.zeros(4), np.asarray(states.agent_pos), np.asarray(states.agent_dir), 8,
+                            ("empty", "key"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,23 +59,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import hooks as hooks_lib
+from envs.dynamic_obstacles import PARKED  # a wall cell: a ball parked here is never seen
 from dtjax.circuits.attribution import direct_logit_attribution
 from dtjax.circuits.causal import component_name, components
 from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
 from dtjax.config import EnvConfig, ModelConfig
 
 SATURATED = 0.95  # attention to the RTG token above which a head "only reads the RTG"
-PARKED = (0, 0)  # a wall cell: a ball parked here is never seen
 CONTRASTS = ("veto", "gate", "drive")
 
 
 def probe_states(env_cfg: EnvConfig):
     """(ball, clear) batched ``envs.EnvState``: the agent at every interior cell and direction
-    whose front cell is open interior floor (not the goal), with one ball in front, or none."""
+    whose front cell is open interior floor (not the goal), with one ball in front, or none.
+    Defined for a task with balls (Dynamic Obstacles); any other task is a one-line error."""
     import envs
     from envs.minigrid import DIR_TO_VEC
 
     env, _ = env_cfg.make()
+    if "ball" not in env.task.objects:
+        raise ValueError(f"the census's ball-ahead veto classification is not defined for this task "
+                         f"({env.task.family}: no balls)")
     size, n_obst = env.size, env.n_obstacles
     goal = (size - 2, size - 2)
     ball, clear = [], []
@@ -176,15 +180,17 @@ def attention_to_rtg(params: dict, cfg: ModelConfig, inputs: Inputs) -> np.ndarr
 
 
 def mechanism(params: dict, cfg: ModelConfig, env_cfg: EnvConfig, *, rtg_high: float = 1.0, rtg_low: float = -1.0,
-              timestep: int = 0, direction: Any = "forward-right") -> dict:
+              timestep: int = 0, direction: Any = None) -> dict:
     """Classify one model's avoidance mechanism (JSON-able dict; see the module docstring).
 
     Returns ``contrasts`` ({veto, gate, drive}: effect and per-component patch / ablate / dla
     shares), ``carriers`` ({veto, gate, drive}: label of the largest ablation share),
     ``attn_to_rtg`` (layer x head), ``saturated``, ``head_circuit`` (veto and gate carried by the
-    same head), and ``n_probes``.
+    same head), and ``n_probes``. ``direction``: the logit direction (default: the task's, forward-right).
     """
     params = jax.tree.map(jnp.asarray, params)
+    if direction is None:
+        direction = "-".join(env_cfg.make()[0].task.direction)
     ball_s, clear_s = probe_states(env_cfg)
     mk = lambda s, r: probe_inputs(cfg, env_cfg, s, r, timestep)  # noqa: E731
     ball_hi, ball_lo, clear_hi, clear_lo = mk(ball_s, rtg_high), mk(ball_s, rtg_low), mk(clear_s, rtg_high), mk(clear_s, rtg_low)

@@ -265,7 +265,7 @@ def analyse(ctx: Context, d: store.Dictionary, *, n_tokens: int = 262_144, n_ana
     lat = {"density": out["reconstruction"][cfg.token]["density"],
            "mean_act": np.where(count > 0, Z.sum(0) / np.maximum(count, 1), 0.0).astype(np.float32),
            "dla": None if resid is None else direct_logit_effects(ctx.params, mcfg, resid).astype(np.float32),
-           "action_labels": ["left", "right", "forward"][: mcfg.n_actions],
+           "action_labels": list(ctx.env.task.action_names),
            "encoder_maps": None, "object_maps": None, "object_labels": None, "rtg_direct": None,
            "top_index": top_idx, "top_act": top_act, "top_obs": obs[safe], "top_rtg": rtg[safe], "top_timestep": ts[safe]}
     if _reads_residual(cfg) and cfg.token == "state" and cfg.d_in == mcfg.d_model:
@@ -278,7 +278,7 @@ def analyse(ctx: Context, d: store.Dictionary, *, n_tokens: int = 262_144, n_ana
 
     # PROBES: the trained dictionary and two baselines on the same tokens
     names, fams, labels = probes.probe_labels(obs, rtg, ts, ctx.states["agent_pos"][rows], ctx.states["agent_dir"][rows],
-                                              ctx.size)
+                                              ctx.size, ctx.env.task.objects)
     auc = probes.auroc(Z, labels)
     out["probes"] = probes.match(auc, labels, names, fams)
     lat["best_probe"] = [names[i] for i in out["probes"]["latent_best_probe"]]

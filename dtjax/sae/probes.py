@@ -3,12 +3,14 @@
 Every token of the evaluation set comes from a dataset state, so we know what the agent saw and
 where it was. Binary probes, by family:
 
-- ``cell``: the object (empty, wall, ball, goal) in each of the 49 view cells, named by view
-  coordinate, ``cell(x,y)=ball``; the agent sits at (3, 6) facing up, so (3, 5) is the cell in front.
+- ``cell``: the object (each of the task's: empty, wall, ball, goal) in each of the 49 view cells,
+  named by view coordinate, ``cell(x,y)=ball``; the agent sits at (3, 6) facing up, so (3, 5) is
+  the cell in front.
 - ``front``: the object in front (the cell (3, 5) probes under their own name, ``front=ball`` is
-  the "ball in front" of docs/findings.md), ``front=ball|wall`` (the front cell is blocked: what
-  vetoes "forward" at positive RTG), and ``ball_adjacent`` (a ball in one of the five
-  view cells the agent could step or be hit from: left, right, front and the front diagonals).
+  the "ball in front" of docs/findings.md); in a task with balls (Dynamic Obstacles) also
+  ``front=ball|wall`` (the front cell is blocked: what vetoes "forward" at positive RTG), and
+  ``ball_adjacent`` (a ball in one of the five view cells the agent could step or be hit from:
+  left, right, front and the front diagonals).
 - ``rtg``: the RTG token's value (the return the episode had from there): ``rtg<-0.5`` (a crash),
   ``rtg~0`` (|rtg| < 0.05: a timeout), ``rtg>0.5``, and its sign ``rtg>0``.
 - ``time``: timestep buckets [0,5), [5,10), [10,20), [20,50), [50, inf).
@@ -42,12 +44,18 @@ def object_codes(obs: np.ndarray) -> np.ndarray:
     return obs[..., :11].argmax(-1) if obs.shape[-1] == 20 else obs[..., 0]
 
 
-def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int) -> tuple[list[str], list[str], np.ndarray]:
+def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int,
+                 objects: tuple[str, ...] = tuple(OBJECTS)) -> tuple[list[str], list[str], np.ndarray]:
     """(names, families, labels (M, P) bool) of every probe on M tokens.
 
     ``obs`` (M, 7, 7, C) views; ``rtg`` (M,) the RTG token's value; ``timestep`` (M,);
-    ``agent_pos`` (M, 2) world (x, y); ``agent_dir`` (M,) 0=E 1=S 2=W 3=N; ``size`` the grid.
+    ``agent_pos`` (M, 2) world (x, y); ``agent_dir`` (M,) 0=E 1=S 2=W 3=N; ``size`` the grid;
+    ``objects``: the task's objects (``env.task.objects``): the cell probes, and the ball probes
+    only where the task has balls.
     """
+    unknown = [o for o in objects if o not in OBJECTS]
+    if unknown:
+        raise ValueError(f"no probe for object {unknown[0]!r}; objects: {', '.join(OBJECTS)}")
     obj = object_codes(obs)
     rtg, t = np.asarray(rtg, np.float32), np.asarray(timestep)
     names, fams, cols = [], [], []
@@ -59,13 +67,15 @@ def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int) -> tuple[l
 
     for x in range(7):
         for y in range(7):
-            for o, code in OBJECTS.items():
+            for o in objects:
+                code = OBJECTS[o]
                 if (x, y) == FRONT:
                     add(f"front={o}", "front", obj[:, x, y] == code)
                 else:
                     add(f"cell({x},{y})={o}", "cell", obj[:, x, y] == code)
-    add("front=ball|wall", "front", np.isin(obj[:, FRONT[0], FRONT[1]], (OBJECTS["ball"], OBJECTS["wall"])))
-    add("ball_adjacent", "front", np.any([obj[:, x, y] == OBJECTS["ball"] for x, y in ADJACENT], axis=0))
+    if "ball" in objects:  # Dynamic Obstacles' concepts: a blocked front cell, a ball within a step
+        add("front=ball|wall", "front", np.isin(obj[:, FRONT[0], FRONT[1]], (OBJECTS["ball"], OBJECTS["wall"])))
+        add("ball_adjacent", "front", np.any([obj[:, x, y] == OBJECTS["ball"] for x, y in ADJACENT], axis=0))
     add("rtg<-0.5", "rtg", rtg < -0.5)
     add("rtg~0", "rtg", np.abs(rtg) < 0.05)
     add("rtg>0.5", "rtg", rtg > 0.5)
