@@ -143,7 +143,7 @@ def test_left_padded_scenarios_match_closed_loop_evaluation():
     scenario of the env's reset state (the padding convention of training and evaluation)."""
     from dtjax import scenarios
     from dtjax.config import EnvConfig
-    from dtjax.evaluate import _policy_logits
+    from dtjax.evaluate import Window, _policy_logits
 
     cfg = SHAPES["k3_ln_2layers"]
     params = _params(cfg)
@@ -153,8 +153,11 @@ def test_left_padded_scenarios_match_closed_loop_evaluation():
     assert (np.asarray(inp.obs[:, :2]) == 0).all() and (np.asarray(inp.rtg[0]) == [0, 0, 0.5]).all()
     # evaluate's history at t = 0: the same padding, K actions (the last one padding too)
     obs0 = jnp.asarray(np.asarray(inp.obs[:, -1]))
-    hist = (jnp.concatenate([jnp.zeros_like(inp.obs[:, :2]), obs0[:, None]], 1), jnp.asarray([[0.0, 0.0, 0.5]]),
-            jnp.zeros((1, 3), jnp.int32), jnp.full((1, 3), 3, jnp.int32))
+    hist = Window(obs=jnp.concatenate([jnp.zeros_like(inp.obs[:, :2]), obs0[:, None]], 1), rtg=jnp.asarray([[0.0, 0.0, 0.5]]),
+                  timesteps=jnp.zeros((1, 3), jnp.int32), actions=jnp.full((1, 3), 3, jnp.int32))
+    start = Window.start(obs0, jnp.asarray([0.5]), 0, 3, 3)  # the window evaluate starts an episode with
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(hist)):
+        np.testing.assert_array_equal(a, b)
     assert_close(_policy_logits(params, cfg, hist, {}), A.state_panels(params, cfg, inp, V)["logits"])
 
 
