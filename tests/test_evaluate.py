@@ -214,3 +214,55 @@ def test_calibration_rows_and_sampling():
     assert [round(r["target_rtg"]) for r in cal["rows"]] == [-1, 1]
     assert cal["rows"][0]["mean_return"] < cal["rows"][1]["mean_return"]
     assert cal["strictly_rising_ends"] and not cal["greedy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The context window and named outcomes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_push_step_moves_every_field_one_timestep():
+    """``push_step`` drops the oldest timestep, records the action taken in the current slot and
+    appends the new step with the padding action, for a batched ``Window`` and for the explorer's
+    unbatched window alike; a missing field is an error."""
+    from dtjax.evaluate import Window, push_step
+    from dtjax.explorer.session import Window as ExplorerWindow
+
+    rng = np.random.default_rng(0)
+    w = Window(obs=jnp.asarray(rng.integers(0, 9, (2, 3, 7, 7, 3)), jnp.uint8), rtg=jnp.asarray(rng.normal(size=(2, 3)), jnp.float32),
+               timesteps=jnp.asarray([[0, 1, 2], [4, 5, 6]], jnp.int32), actions=jnp.asarray([[0, 1, 3], [2, 2, 3]], jnp.int32))
+    obs = jnp.asarray(rng.integers(0, 9, (2, 7, 7, 3)), jnp.uint8)
+    new = push_step(w, jnp.asarray([1, 0]), 3, obs=obs, rtg=jnp.asarray([0.5, -0.5]), timesteps=jnp.asarray([3, 7]))
+    np.testing.assert_array_equal(new.obs[:, :2], w.obs[:, 1:])
+    np.testing.assert_array_equal(new.obs[:, 2], obs)
+    np.testing.assert_array_equal(new.rtg, np.float32([[w.rtg[0, 1], w.rtg[0, 2], 0.5], [w.rtg[1, 1], w.rtg[1, 2], -0.5]]))
+    np.testing.assert_array_equal(new.timesteps, [[1, 2, 3], [5, 6, 7]])
+    np.testing.assert_array_equal(new.actions, [[1, 1, 3], [2, 0, 3]])
+    one = ExplorerWindow(obs=np.zeros((2, 7, 7, 3), np.uint8), cumrew=np.float32([0, 0]), time=np.int32([0, 1]),
+                         actions=np.int32([2, 3]), valid=np.array([False, True]))
+    got = push_step(one, 0, 3, obs=obs[0], cumrew=1.0, time=2, valid=True)
+    np.testing.assert_array_equal(got.actions, [0, 3])
+    np.testing.assert_array_equal(got.time, [1, 2])
+    assert np.asarray(got.valid).all() and float(got.cumrew[-1]) == 1.0
+    with pytest.raises(ValueError, match="push_step needs the fields"):
+        push_step(w, 0, 3, obs=obs, rtg=0.0)
+
+
+def test_eval_result_names_outcomes_by_the_task():
+    """Outcome codes read through the task's names: Dynamic Obstacles keeps goal/hit/timeout and
+    hit_wall (summary keys unchanged); a task without "hit" has no hit_rate and never hits."""
+    from dtjax.evaluate import EvalResult
+
+    out = np.array([[1, 2, 2, 3]])
+    wall = np.array([[False, False, True, False]])
+    res = EvalResult(np.float32([0.5]), np.float32([[0.9, -1, -1, 0]]), np.array([[5, 3, 2, 9]]), out,
+                     envs.dynamic_obstacles.TASK.outcomes, {"hit_wall": wall})
+    assert res.goal.tolist() == [[True, False, False, False]] and res.hit.tolist() == [[False, True, True, False]]
+    assert res.timeout.tolist() == [[False, False, False, True]] and res.hit_wall.tolist() == wall.tolist()
+    row = res.summary()[0]
+    assert (row["goal_rate"], row["hit_rate"], row["hit_wall_rate"], row["timeout_rate"]) == (0.25, 0.5, 0.25, 0.25)
+    empty = EvalResult(np.float32([0.5]), np.float32([[0.9, 0, 0.8, 0]]), np.array([[5, 9, 4, 9]]), np.array([[1, 2, 1, 2]]),
+                       ("running", "goal", "timeout"))
+    row = empty.summary()[0]
+    assert "hit_rate" not in row and (row["goal_rate"], row["timeout_rate"]) == (0.5, 0.5)
+    assert not empty.hit.any() and not empty.hit_wall.any() and empty.goal.sum() == 2
