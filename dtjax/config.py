@@ -113,9 +113,9 @@ class EnvConfig(ConfigBase):
     @property
     def size(self) -> int:
         """Grid side length (walls included)."""
-        from envs.registration import REGISTRY  # noqa: PLC0415
+        from envs.registration import grid_size  # noqa: PLC0415
 
-        return REGISTRY[self.env_id][0]
+        return grid_size(self.env_id)
 
     def make(self):
         """``(env, env_params)`` from ``envs.make``."""

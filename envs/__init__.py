@@ -1,4 +1,6 @@
-"""A JAX port of MiniGrid Dynamic Obstacles, step for step as the `minigrid` package (gymnax 1.x API).
+"""JAX ports of MiniGrid families (Dynamic Obstacles, Empty), step for step as the `minigrid`
+package (gymnax 1.x API). `EnvState`, `EnvParams` and the phases below are Dynamic Obstacles';
+Empty's are in `envs.empty`.
 
     import envs
     env, params = envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", max_steps=300)
@@ -17,11 +19,12 @@ from envs.dynamic_obstacles import (
     reset_state,
     transition,
 )
-from envs.registration import REGISTRY, make, registered_envs
+from envs.empty import Empty
+from envs.registration import REGISTRY, grid_size, make, registered_envs, task_of
 from envs.render import render, save_gif
 from envs.task import RUNNING, Scenario, Task
 
 __all__ = [
-    "OBS_MODES", "RUNNING", "DynamicObstacles", "Scenario", "Task", "EnvParams", "EnvState", "REGISTRY", "cell_type", "make",
-    "move_obstacles", "observe", "registered_envs", "render", "reset_state", "save_gif", "transition",
+    "OBS_MODES", "RUNNING", "DynamicObstacles", "Empty", "Scenario", "Task", "EnvParams", "EnvState", "REGISTRY", "cell_type", "make",
+    "move_obstacles", "observe", "grid_size", "registered_envs", "render", "reset_state", "save_gif", "task_of", "transition",
 ]

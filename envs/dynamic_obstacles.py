@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.environments import environment, spaces
+from gymnax.environments import spaces
 
 from envs import minigrid as mg
+from envs.base import GridEnv
 from envs.minigrid import BALL, EMPTY, GOAL, WALL
 from envs.task import Scenario, Task
 
@@ -206,9 +207,7 @@ def observe(state: EnvState, size: int, obs_mode: str = "image") -> jax.Array:
     - "full": (size, size, 3) uint8, as ``FullyObsWrapper`` ([x, y], agent as (10, 0, dir)).
     """
     if obs_mode == "full":
-        xs, ys = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-        grid = jnp.asarray(np.stack([xs, ys], -1).astype(np.int32))
-        img = mg.encode_image(cell_type(grid, state.obstacles, size))
+        img = mg.encode_image(cell_type(jnp.asarray(mg.grid_coords(size)), state.obstacles, size))
         agent = jnp.stack([jnp.uint8(mg.AGENT_CODE[0]), jnp.uint8(mg.AGENT_CODE[1]), state.agent_dir.astype(jnp.uint8)])
         return img.at[state.agent_pos[0], state.agent_pos[1]].set(agent)
     world = state.agent_pos + jnp.asarray(mg.VIEW_OFFSETS)[state.agent_dir]  # (7, 7, 2)
@@ -224,12 +223,13 @@ def observe(state: EnvState, size: int, obs_mode: str = "image") -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-class DynamicObstacles(environment.Environment):
+class DynamicObstacles(GridEnv):
     """`MiniGrid-Dynamic-Obstacles-*`: reach the goal at (S-2, S-2) avoiding moving balls.
 
     Static attributes (they fix shapes or control flow, so changing one recompiles): ``size``,
     ``n_obstacles``, ``random_start`` and ``obs_mode``. ``EnvParams.max_steps_in_episode`` is
     traced. Actions: 0 = left, 1 = right, 2 = forward; any action >= 3 acts as 0, as in MiniGrid.
+    ``step`` (auto-reset), ``reset`` and ``is_truncated`` come from `envs.base.GridEnv`.
     """
 
     def __init__(self, size: int = 8, n_obstacles: int = 4, random_start: bool = False, obs_mode: str = "image"):
@@ -310,49 +310,13 @@ class DynamicObstacles(environment.Environment):
                                                                 params.max_steps_in_episode, self.size)
         return self.observe(state), state, reward, terminated, {"truncated": truncated, **info}
 
+    def grid(self, state: EnvState) -> jax.Array:
+        """Cell types (size, size), indexed [x, y], of ``state`` (the agent is not a cell type)."""
+        return cell_type(jnp.asarray(mg.grid_coords(self.size)), state.obstacles, self.size)
+
     @property
     def task(self) -> Task:
         return TASK
-
-    def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
-        return state.time >= params.max_steps_in_episode
-
-    def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
-        """One step with auto-reset: (obs, state, reward, terminated, truncated, info).
-
-        ``info["final_observation"]`` is the observation before any reset. The observation is
-        computed once from the selected state (it is a pure function of it).
-        """
-        params = self.default_params if params is None else params
-        return _step(self, key, state, action, params)
-
-    def reset(self, key: jax.Array, params: EnvParams | None = None):
-        params = self.default_params if params is None else params
-        return _reset(self, key, params)
-
-
-def _step_impl(env: DynamicObstacles, key, state, action, params):
-    """``step_env``, then gymnax's auto-reset: a tree-wide select of a fresh reset where done
-    (the key split as gymnax's ``Environment.step``: step key first, reset key second)."""
-    key_step, key_reset = jax.random.split(key)
-    obs_st, state_st, reward, terminated, info = env.step_env(key_step, state, action, params)
-    truncated = info["truncated"]
-    done = terminated | truncated
-    obs_re, state_re = env.reset_env(key_reset, params)
-    state_out = jax.tree.map(lambda r, s: jax.lax.select(done, r, s), state_re, state_st)
-    # Observing both states and selecting measured ~10% faster on CPU than observing the selected
-    # state (a fixed-start reset view is mostly constants), and gives final_observation for free.
-    obs = jax.lax.select(done, obs_re, obs_st)
-    info = {**info, "terminated": terminated, "final_observation": obs_st, "final_state": state_st}
-    return obs, state_out, reward, terminated, truncated, info
-
-
-def _reset_impl(env: DynamicObstacles, key, params):
-    return env.reset_env(key, params)
-
-
-_step = jax.jit(_step_impl, static_argnums=0)
-_reset = jax.jit(_reset_impl, static_argnums=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,3 +396,20 @@ TASK = Task(
     pairs={"ball_ahead_vs_clear": ("ball_ahead", "clear_ahead"), "wall_ahead_vs_clear": ("wall_ahead", "clear_ahead")},
     presets={},
 )
+
+# id -> constructor kwargs, as `minigrid/__init__.py` registers them. The Random-8x8 and
+# Random-16x16 ids are dtjax additions: MiniGrid has no such registration (construct
+# DynamicObstaclesEnv(size, agent_start_pos=None)).
+IDS = {
+    "MiniGrid-Dynamic-Obstacles-5x5-v0": dict(size=5, n_obstacles=2, random_start=False),
+    "MiniGrid-Dynamic-Obstacles-Random-5x5-v0": dict(size=5, n_obstacles=2, random_start=True),
+    "MiniGrid-Dynamic-Obstacles-6x6-v0": dict(size=6, n_obstacles=3, random_start=False),
+    "MiniGrid-Dynamic-Obstacles-Random-6x6-v0": dict(size=6, n_obstacles=3, random_start=True),
+    "MiniGrid-Dynamic-Obstacles-8x8-v0": dict(size=8, n_obstacles=4, random_start=False),
+    "MiniGrid-Dynamic-Obstacles-Random-8x8-v0": dict(size=8, n_obstacles=4, random_start=True),
+    "MiniGrid-Dynamic-Obstacles-16x16-v0": dict(size=16, n_obstacles=8, random_start=False),
+    "MiniGrid-Dynamic-Obstacles-Random-16x16-v0": dict(size=16, n_obstacles=8, random_start=True),
+}
+# What `envs.make` may override: max_steps (EnvParams), obs_mode and n_obstacles (constructor).
+OVERRIDES = ("max_steps", "obs_mode", "n_obstacles")
+ENV_CLASS = DynamicObstacles

@@ -46,6 +46,12 @@ VIEW_OFFSETS = np.stack(
 NEIGH8 = np.array([[-1, -1], [0, -1], [1, -1], [-1, 0], [1, 0], [-1, 1], [0, 1], [1, 1]], dtype=np.int32)
 
 
+def grid_coords(size: int) -> np.ndarray:
+    """World coordinates (size, size, 2) int32 of every cell, indexed [x, y] like MiniGrid's grid."""
+    xs, ys = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    return np.stack([xs, ys], -1).astype(np.int32)
+
+
 def encode_image(types: jnp.ndarray) -> jnp.ndarray:
     """Cell types (..., ) int -> MiniGrid codes (..., 3) uint8."""
     return jnp.asarray(CELL_CODES)[types]

@@ -1,52 +1,87 @@
-"""Registered ids, mirroring `minigrid/__init__.py`, and `make(env_id, **overrides)`."""
+"""Registered ids of every family, mirroring `minigrid/__init__.py`, and `make(env_id, **overrides)`.
+
+A family is a module of `envs/` that defines ``ENV_CLASS`` (a `envs.base.GridEnv`), ``IDS``
+(id -> constructor kwargs), ``OVERRIDES`` (what `make` may change: ``max_steps`` goes to the
+params, the rest to the constructor) and ``TASK`` (its `envs.task.Task`). Adding a family is one
+line in ``FAMILIES``.
+"""
 
 from __future__ import annotations
 
 import numbers
+from typing import Any, NamedTuple
 
-from envs.dynamic_obstacles import OBS_MODES, DynamicObstacles, EnvParams
+from envs import dynamic_obstacles, empty
+from envs.task import Task
 
-# id -> (size, n_obstacles, random_start). The Random-8x8 and Random-16x16 ids are dtjax
-# additions: MiniGrid has no such registration (construct DynamicObstaclesEnv(size, agent_start_pos=None)).
-REGISTRY: dict[str, tuple[int, int, bool]] = {
-    "MiniGrid-Dynamic-Obstacles-5x5-v0": (5, 2, False),
-    "MiniGrid-Dynamic-Obstacles-Random-5x5-v0": (5, 2, True),
-    "MiniGrid-Dynamic-Obstacles-6x6-v0": (6, 3, False),
-    "MiniGrid-Dynamic-Obstacles-Random-6x6-v0": (6, 3, True),
-    "MiniGrid-Dynamic-Obstacles-8x8-v0": (8, 4, False),
-    "MiniGrid-Dynamic-Obstacles-Random-8x8-v0": (8, 4, True),
-    "MiniGrid-Dynamic-Obstacles-16x16-v0": (16, 8, False),
-    "MiniGrid-Dynamic-Obstacles-Random-16x16-v0": (16, 8, True),
+FAMILIES = (dynamic_obstacles, empty)  # the Dynamic Obstacles ids first (dtjax's default family)
+
+
+class EnvSpec(NamedTuple):
+    """One registered id: its family's env class, constructor kwargs, allowed overrides, Task."""
+
+    env_class: type
+    kwargs: dict[str, Any]
+    overrides: tuple[str, ...]
+    task: Task
+
+
+REGISTRY: dict[str, EnvSpec] = {
+    env_id: EnvSpec(family.ENV_CLASS, dict(kwargs), tuple(family.OVERRIDES), family.TASK)
+    for family in FAMILIES
+    for env_id, kwargs in family.IDS.items()
 }
 registered_envs = tuple(REGISTRY)
-_OVERRIDES = ("max_steps", "obs_mode", "n_obstacles")
+OBS_MODES = ("image", "one_hot", "full")
 
 
-def make(env_id: str, **overrides) -> tuple[DynamicObstacles, EnvParams]:
-    """Build an env and its default params, gymnax style.
-
-    Overrides: ``max_steps`` (int >= 1, default 4*size**2), ``obs_mode`` ("image", "one_hot",
-    "full"), ``n_obstacles`` (clamped as MiniGrid does).
-    """
+def spec(env_id: str) -> EnvSpec:
+    """The registry entry of ``env_id``; an unknown id is an error listing the valid ones."""
     if env_id not in REGISTRY:
         raise ValueError(f"unknown env id {env_id!r}; valid ids: {', '.join(REGISTRY)}")
-    bad = sorted(set(overrides) - set(_OVERRIDES))
+    return REGISTRY[env_id]
+
+
+def grid_size(env_id: str) -> int:
+    """Grid side length (walls included) of ``env_id``, without building the env."""
+    return int(spec(env_id).kwargs["size"])
+
+
+def task_of(env_id: str) -> Task:
+    """The family's `Task` of ``env_id``, without building the env."""
+    return spec(env_id).task
+
+
+def make(env_id: str, **overrides):
+    """Build an env and its default params, gymnax style: ``(env, params)``.
+
+    Overrides (each family lists its own, an unknown one is an error): ``max_steps`` (int >= 1,
+    default 4*size**2), ``obs_mode`` ("image", "one_hot", "full"), and family constructor
+    arguments such as Dynamic Obstacles' ``n_obstacles`` (a positive int, clamped as MiniGrid does).
+    """
+    entry = spec(env_id)
+    bad = sorted(set(overrides) - set(entry.overrides))
     if bad:
-        raise ValueError(f"unknown override(s) {', '.join(bad)} for {env_id}; valid: {', '.join(_OVERRIDES)}")
-    size, n_obstacles, random_start = REGISTRY[env_id]
-    obs_mode = overrides.get("obs_mode", "image")
-    if obs_mode not in OBS_MODES:
-        raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}; got {obs_mode!r}")
-    n_obstacles = overrides.get("n_obstacles", n_obstacles)
-    if not _is_int(n_obstacles) or n_obstacles < 1:
-        raise ValueError(f"n_obstacles must be a positive integer, got {n_obstacles!r}")
-    max_steps = overrides.get("max_steps")
-    if max_steps is None:
-        max_steps = 4 * size**2
-    if not _is_int(max_steps) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-    env = DynamicObstacles(size, int(n_obstacles), random_start, obs_mode)
-    return env, EnvParams(max_steps_in_episode=int(max_steps))
+        raise ValueError(f"unknown override(s) {', '.join(bad)} for {env_id}; valid: {', '.join(entry.overrides)}")
+    kwargs = dict(entry.kwargs)
+    max_steps = None
+    for name, value in overrides.items():
+        if name == "max_steps" and value is None:  # None = the family's default (4*size**2)
+            continue
+        if name == "obs_mode":
+            if value not in OBS_MODES:
+                raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}; got {value!r}")
+        elif not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if name == "max_steps":
+            max_steps = int(value)
+        else:
+            kwargs[name] = value
+    env = entry.env_class(**kwargs)
+    params = env.default_params
+    if max_steps is not None:
+        params = params.replace(max_steps_in_episode=max_steps)
+    return env, params
 
 
 def _is_int(x) -> bool:

@@ -1,7 +1,8 @@
 """Rendering outside jit: an RGB frame of a state, and episodes written as GIFs.
 
 A small numpy tile renderer in MiniGrid's palette (grey walls, green goal, blue balls, a red
-triangle for the agent, its 7x7 view highlighted), so reports can show what the agent saw.
+triangle for the agent, its 7x7 view highlighted), so reports can show what the agent saw. It asks
+the env for the cells (``env.grid(state)``), so it draws any family.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import jax
 import numpy as np
 
 from envs import minigrid as mg
+from envs.registration import FAMILIES
 
 TILE = 32
 _COLORS = {
@@ -31,15 +33,19 @@ def _tile_masks(tile: int):
 
 
 def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
-    """An RGB uint8 frame (size*tile, size*tile, 3) of one (unbatched) ``EnvState``.
+    """An RGB uint8 frame (size*tile, size*tile, 3) of one (unbatched) family ``EnvState``.
 
-    ``env`` is the env (anything with ``.size``) or the grid size itself; ``EnvParams`` does not
-    carry the size. Rows of the frame are y, columns x (a picture, not MiniGrid's [x, y]).
+    ``env`` is the env, or the grid size itself (then the family is the one whose ``EnvState``
+    ``state`` is); ``EnvParams`` does not carry the size. The cells come from the env's
+    ``grid(state)`` (cell types, [x, y]), so any family draws: walls, the goal, balls, the agent.
+    Rows of the frame are y, columns x (a picture, not MiniGrid's [x, y]).
     """
-    size = int(getattr(env, "size", env))
+    if not hasattr(env, "grid"):
+        env = _env_for_state(state, int(env))
+    size = int(env.size)
+    types = np.asarray(env.grid(state))
     pos = np.asarray(state.agent_pos)
     d = int(state.agent_dir)
-    obstacles = {tuple(int(v) for v in o) for o in np.asarray(state.obstacles)}
     img = np.zeros((size * tile, size * tile, 3), np.uint8)
     circle, tri = _tile_masks(tile)
     view = set()
@@ -49,12 +55,12 @@ def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
     for x in range(size):
         for y in range(size):
             t = img[y * tile : (y + 1) * tile, x * tile : (x + 1) * tile]
-            wall = x == 0 or y == 0 or x == size - 1 or y == size - 1
+            wall = types[x, y] == mg.WALL
             if wall:
                 t[:] = _COLORS["wall"]
-            elif (x, y) == (size - 2, size - 2):
+            elif types[x, y] == mg.GOAL:
                 t[:] = _COLORS["goal"]
-            if (x, y) in obstacles:
+            elif types[x, y] == mg.BALL:
                 t[circle] = _COLORS["ball"]
             if (x, y) == tuple(pos):
                 t[np.rot90(tri, k=-d)] = _COLORS["agent"]
@@ -65,8 +71,16 @@ def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
     return img
 
 
+def _env_for_state(state, size: int):
+    """An env of ``state``'s family and side ``size`` (for `render` given a size, not an env)."""
+    for family in FAMILIES:
+        if isinstance(state, family.EnvState):
+            return family.ENV_CLASS(size=size)
+    raise ValueError(f"render: no registered family has states of type {type(state).__name__}; pass env=")
+
+
 def _is_state(x) -> bool:
-    return hasattr(x, "agent_pos") and hasattr(x, "obstacles")
+    return hasattr(x, "agent_pos") and hasattr(x, "agent_dir")
 
 
 def save_gif(frames, path: str, env=None, fps: int = 4, **render_kwargs) -> None:
