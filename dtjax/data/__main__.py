@@ -112,7 +112,7 @@ def observations(arrays, cfg, chunk: int = 65536):
     import jax.numpy as jnp
     import numpy as np
 
-    import envs
+    from dtjax.data.dataset import env_state  # lazy, as the imports above: CLI start-up
 
     env, _ = cfg.env.make()
     observe = jax.jit(jax.vmap(env.observe))
@@ -120,8 +120,8 @@ def observations(arrays, cfg, chunk: int = 65536):
     out = np.empty((n,) + env.observation_shape(), np.uint8)
     for i in range(0, n, chunk):
         j = min(n, i + chunk)
-        st = envs.EnvState(*(jnp.asarray(np.pad(arrays[k][i:j], [(0, chunk - (j - i))] + [(0, 0)] * (arrays[k].ndim - 1)), jnp.int32)
-                             for k in ("agent_pos", "agent_dir", "obstacles", "time")))
+        st = env_state(env, {k: jnp.asarray(np.pad(arrays[k][i:j], [(0, chunk - (j - i))] + [(0, 0)] * (arrays[k].ndim - 1)),
+                                            jnp.int32) for k in ("agent_pos", "agent_dir", "obstacles", "time")})
         out[i:j] = np.asarray(observe(st))[: j - i]
     return out
 

@@ -55,8 +55,11 @@ def _episodes_env_major(rec: dict, source) -> dict[str, np.ndarray]:
         return np.swapaxes(x, 0, 1).reshape((E * T,) + x.shape[2:])[keep]
 
     st = rec["state"]
+    time = em(st.time)
+    # a family without balls (Empty) stores (N, 0, 2) obstacles: the store's format is the same for every family
+    obst = em(st.obstacles) if hasattr(st, "obstacles") else np.zeros((len(time), 0, 2), np.int32)
     return {
-        "agent_pos": em(st.agent_pos), "agent_dir": em(st.agent_dir), "obstacles": em(st.obstacles), "time": em(st.time),
+        "agent_pos": em(st.agent_pos), "agent_dir": em(st.agent_dir), "obstacles": obst, "time": time,
         "action": em(rec["action"]), "reward": em(rec["reward"]), "terminated": em(rec["terminated"]),
         "truncated": em(rec["truncated"]),
         "source": em(np.broadcast_to(np.asarray(source, np.int8), (T, E))),
@@ -151,7 +154,7 @@ def dataset_metadata(cfg: DataConfig, env, env_params, env_id: str, seed: int) -
         "env_id": env_id,
         "max_steps": int(env_params.max_steps_in_episode),
         "size": int(env.size),
-        "n_obstacles": int(env.n_obstacles),
+        "n_obstacles": int(getattr(env, "n_obstacles", 0)),
         "obs_mode": env.obs_mode,
         "seed": int(seed),
         "data_config": cfg.to_dict(),

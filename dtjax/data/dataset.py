@@ -137,10 +137,15 @@ def draw_starts(key: jax.Array, data: dict, batch_size: int, K: int, prob_go_fro
     return jnp.where(go_end, start + jnp.maximum(0, length - K), idx)
 
 
+def env_state(env, fields: dict):
+    """The env's own state (its family's ``EnvState``) from stored fields: the ones it has (a
+    family without balls has no ``obstacles``)."""
+    cls = type(jax.eval_shape(env.reset_env, jax.random.PRNGKey(0), env.default_params)[1])
+    return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
+
+
 def windows(data: dict, si: jax.Array, *, env, cfg: SampleConfig) -> dict[str, jax.Array]:
     """The K-step windows starting at rows ``si`` (B,), left-padded (see ``sample_batch``)."""
-    from envs import EnvState
-
     K = cfg.n_timesteps
     ep = data["episode"][si]
     end = data["ep_start"][ep] + data["ep_len"][ep]  # one past the episode's last row
@@ -153,8 +158,7 @@ def windows(data: dict, si: jax.Array, *, env, cfg: SampleConfig) -> dict[str, j
         if obs.shape[2:] != tuple(env.observation_shape()):
             raise ValueError(f"stored obs have shape {obs.shape[2:]}, the env observes {env.observation_shape()}")
     else:
-        states = EnvState(agent_pos=data["agent_pos"][gi], agent_dir=data["agent_dir"][gi],
-                          obstacles=data["obstacles"][gi], time=data["time"][gi])
+        states = env_state(env, {k: data[k][gi] for k in ("agent_pos", "agent_dir", "obstacles", "time")})
         obs = jax.vmap(jax.vmap(env.observe))(states)
     obs = jnp.where(valid.reshape(valid.shape + (1,) * (obs.ndim - 2)), obs, 0).astype(jnp.uint8)
     return {

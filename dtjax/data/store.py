@@ -175,7 +175,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str, meta: dict | None =
     for name, lo_, hi_ in (("action", 0, N_ACTIONS), ("agent_dir", 0, 4), ("agent_pos", 0, hi), ("obstacles", 0, hi),
                            ("source", 0, len(SOURCES))):
         a = np.asarray(arrays[name])
-        if a.min() < lo_ or a.max() >= hi_:
+        if a.size and (a.min() < lo_ or a.max() >= hi_):  # obstacles are (N, 0, 2) in a family without balls
             raise DatasetError(f"{where}: {name} values outside [{lo_}, {hi_ - 1}] (found {a.min()}..{a.max()})")
     t = np.asarray(arrays["time"]).astype(np.int64)
     max_steps = meta.get("max_steps")
