@@ -37,9 +37,10 @@ FAST_STEER_COEFFS = (0.0, 0.5, 1.0)  # closed-loop coefficients of a fast report
 
 
 def _pair_text(d: dict) -> str:
+    ball = (f"; <b>ball</b> = states with a ball in the cell ahead vs the same with that cell emptied, at RTG "
+            f"{d['rtg']:g}") if d.get("balls", True) else ""
     return (f"Pairs of {d['batch']} real states (random-policy rollout windows of {d['n_timesteps']} timestep(s)): "
-            f"<b>rtg</b> = the same states at RTG {d['rtg']:g} (clean) vs -1 (corrupted); <b>ball</b> = states with a "
-            f"ball in the cell ahead vs the same with that cell emptied, at RTG {d['rtg']:g}. Metric: the batch-mean "
+            f"<b>rtg</b> = the same states at RTG {d['rtg']:g} (clean) vs -1 (corrupted){ball}. Metric: the batch-mean "
             f"{d['direction']} logit difference at the last state token; effects are normalised "
             "(patched - corrupted) / (clean - corrupted): 1 = the clean behaviour restored.")
 
@@ -70,7 +71,7 @@ def circuit_pairs(ctx: Context) -> tuple[dict, list[str]]:
 
 def _common(ctx: Context, pairs: dict) -> dict:
     return {"batch": next(iter(pairs.values()))[0].batch, "n_timesteps": ctx.cfg.n_timesteps, "rtg": ctx.options.rtg,
-            "direction": ctx.direction}
+            "direction": ctx.direction, "balls": S.has_balls(ctx.task)}
 
 
 # ---------------------------------------------------------------------------------------------

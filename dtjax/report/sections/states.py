@@ -31,7 +31,7 @@ def scenarios_compute(ctx: Context) -> dict:
     attn = p["attn_to_rtg"]  # (layer, batch, head)
     return {
         "names": names, "captions": [S.scenario_caption(n, ctx.env_cfg) for n in names], "rtg": ctx.options.rtg,
-        "actions": list(ctx.task.action_names),
+        "actions": list(ctx.task.action_names), "objects": list(ctx.task.objects),
         "views": [S.render_view(o) for o in np.asarray(inp.obs[:, -1])],
         "probs": p["probs"], "probs_neg": p_neg["probs"],
         "pattern": p["pattern"][:, show], "pattern_names": [names[b] for b in show],
@@ -49,7 +49,9 @@ def scenarios_render(d: dict, page: Page) -> None:
     k = d["n_timesteps"]
     page.text(f"Hand-made states observed through the env (t = 0{', left-padded to the context' if k > 1 else ''}), "
               f"at target RTG {d['rtg']} and -1.")
-    page.figure(plots.views(d["views"], d["names"]), "The scenarios' 7x7 views (grey wall, blue ball, green goal, red agent).")
+    colour = {"wall": "grey", "ball": "blue", "goal": "green"}  # scenarios.render_view's palette
+    legend = ", ".join(f"{colour[o]} {o}" for o in d.get("objects", colour) if o in colour)
+    page.figure(plots.views(d["views"], d["names"]), f"The scenarios' 7x7 views ({legend}, red agent).")
     short = [f"P({a[0].upper()})" for a in d["actions"]]  # P(L), P(R), P(F)
     page.table(["scenario", "caption", f"{short[0]} @{d['rtg']}", *short[1:], f"{short[0]} @-1", *short[1:]],
                [[n, d["captions"][i], *map(float, d["probs"][i]), *map(float, d["probs_neg"][i])]
