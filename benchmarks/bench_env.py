@@ -1,6 +1,6 @@
-"""Env throughput: the JAX Dynamic Obstacles vs the `minigrid` package, side by side, as a ratio.
+"""Env throughput: the JAX ports (Dynamic Obstacles, Empty) vs the `minigrid` package, side by side, as a ratio.
 
-    python benchmarks/bench_env.py [--sizes 8 16] [--batches 1 64 256 1024 4096] [--steps 1000]
+    python benchmarks/bench_env.py [--families Dynamic-Obstacles Empty] [--sizes 8 16] [--batches 1 64 256 1024 4096] [--steps 1000]
     python benchmarks/bench_env.py --gpu-sweep            # batch 2^10 .. 2^20, sizes 5 8 16
 
 JAX: one jitted ``lax.scan`` over a vmapped batch (B = 1 runs the env unbatched), random actions
@@ -8,8 +8,9 @@ drawn inside the scan, auto-reset on (``env.step``; ``--no-autoreset`` adds ``en
 and every observation and reward summed into the carry so XLA cannot drop them. Compile time is
 measured separately (``lower().compile()``); timings are after a warm-up run, with
 ``block_until_ready``, best of ``--repeat`` (the median is printed too: a shared CPU skews runs).
-MiniGrid: ``gym.make`` (as users run it), random actions, resets included, one process; needs the
-test extra (``pip install -e .[test]``).
+MiniGrid: ``gym.make`` (as users run it: ``DynamicObstaclesEnv``, ``EmptyEnv``), random actions
+(the same 3 the JAX run draws), resets included, one process; needs the test extra
+(``pip install -e .[test]``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def minigrid_steps_per_second(env_id: str, steps: int = 20_000, repeat: int = 3)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", nargs="+", default=["Dynamic-Obstacles", "Empty"], help="MiniGrid-<family>-<size>x<size>-v0")
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 16], help="5, 6, 8 or 16")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256, 1024, 4096])
     p.add_argument("--steps", type=int, default=500, help="scan length per timed run (x20 for batch 1)")
@@ -108,8 +110,8 @@ def main() -> None:
     print("(a shared CPU lowers and skews these numbers: rerun if the best and median differ much)")
     head = f"{'env':36s} {'reset':>5s} {'batch':>8s} {'best steps/s':>14s} {'median':>12s} {'compile s':>9s} {'minigrid/s':>10s} {'ratio':>8s}"
     print(head)
-    for size in sizes:
-        env_id = f"MiniGrid-Dynamic-Obstacles-{size}x{size}-v0"
+    for family, size in ((f, s) for f in args.families for s in sizes):
+        env_id = f"MiniGrid-{family}-{size}x{size}-v0"
         try:
             peer = minigrid_steps_per_second(env_id, args.minigrid_steps)
         except ImportError:

@@ -401,14 +401,14 @@ TASK = Task(
 # Random-16x16 ids are dtjax additions: MiniGrid has no such registration (construct
 # DynamicObstaclesEnv(size, agent_start_pos=None)).
 IDS = {
-    "MiniGrid-Dynamic-Obstacles-5x5-v0": dict(size=5, n_obstacles=2, random_start=False),
-    "MiniGrid-Dynamic-Obstacles-Random-5x5-v0": dict(size=5, n_obstacles=2, random_start=True),
-    "MiniGrid-Dynamic-Obstacles-6x6-v0": dict(size=6, n_obstacles=3, random_start=False),
-    "MiniGrid-Dynamic-Obstacles-Random-6x6-v0": dict(size=6, n_obstacles=3, random_start=True),
-    "MiniGrid-Dynamic-Obstacles-8x8-v0": dict(size=8, n_obstacles=4, random_start=False),
-    "MiniGrid-Dynamic-Obstacles-Random-8x8-v0": dict(size=8, n_obstacles=4, random_start=True),
-    "MiniGrid-Dynamic-Obstacles-16x16-v0": dict(size=16, n_obstacles=8, random_start=False),
-    "MiniGrid-Dynamic-Obstacles-Random-16x16-v0": dict(size=16, n_obstacles=8, random_start=True),
+    "MiniGrid-Dynamic-Obstacles-5x5-v0": {"size": 5, "n_obstacles": 2, "random_start": False},
+    "MiniGrid-Dynamic-Obstacles-Random-5x5-v0": {"size": 5, "n_obstacles": 2, "random_start": True},
+    "MiniGrid-Dynamic-Obstacles-6x6-v0": {"size": 6, "n_obstacles": 3, "random_start": False},
+    "MiniGrid-Dynamic-Obstacles-Random-6x6-v0": {"size": 6, "n_obstacles": 3, "random_start": True},
+    "MiniGrid-Dynamic-Obstacles-8x8-v0": {"size": 8, "n_obstacles": 4, "random_start": False},
+    "MiniGrid-Dynamic-Obstacles-Random-8x8-v0": {"size": 8, "n_obstacles": 4, "random_start": True},
+    "MiniGrid-Dynamic-Obstacles-16x16-v0": {"size": 16, "n_obstacles": 8, "random_start": False},
+    "MiniGrid-Dynamic-Obstacles-Random-16x16-v0": {"size": 16, "n_obstacles": 8, "random_start": True},
 }
 # What `envs.make` may override: max_steps (EnvParams), obs_mode and n_obstacles (constructor).
 OVERRIDES = ("max_steps", "obs_mode", "n_obstacles")

@@ -286,14 +286,14 @@ TASK = Task(
 # id -> constructor kwargs, as `minigrid/__init__.py` registers them; Random-8x8 and Random-16x16
 # are dtjax additions (EmptyEnv(size, agent_start_pos=None)).
 IDS = {
-    "MiniGrid-Empty-5x5-v0": dict(size=5, random_start=False),
-    "MiniGrid-Empty-Random-5x5-v0": dict(size=5, random_start=True),
-    "MiniGrid-Empty-6x6-v0": dict(size=6, random_start=False),
-    "MiniGrid-Empty-Random-6x6-v0": dict(size=6, random_start=True),
-    "MiniGrid-Empty-8x8-v0": dict(size=8, random_start=False),
-    "MiniGrid-Empty-Random-8x8-v0": dict(size=8, random_start=True),
-    "MiniGrid-Empty-16x16-v0": dict(size=16, random_start=False),
-    "MiniGrid-Empty-Random-16x16-v0": dict(size=16, random_start=True),
+    "MiniGrid-Empty-5x5-v0": {"size": 5, "random_start": False},
+    "MiniGrid-Empty-Random-5x5-v0": {"size": 5, "random_start": True},
+    "MiniGrid-Empty-6x6-v0": {"size": 6, "random_start": False},
+    "MiniGrid-Empty-Random-6x6-v0": {"size": 6, "random_start": True},
+    "MiniGrid-Empty-8x8-v0": {"size": 8, "random_start": False},
+    "MiniGrid-Empty-Random-8x8-v0": {"size": 8, "random_start": True},
+    "MiniGrid-Empty-16x16-v0": {"size": 16, "random_start": False},
+    "MiniGrid-Empty-Random-16x16-v0": {"size": 16, "random_start": True},
 }
 # What `envs.make` may override: max_steps (EnvParams) and obs_mode (constructor).
 OVERRIDES = ("max_steps", "obs_mode")
