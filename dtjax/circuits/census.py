@@ -59,11 +59,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import hooks as hooks_lib
-from envs.dynamic_obstacles import PARKED  # a wall cell: a ball parked here is never seen
 from dtjax.circuits.attribution import direct_logit_attribution
 from dtjax.circuits.causal import component_name, components
 from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
 from dtjax.config import EnvConfig, ModelConfig
+from envs.dynamic_obstacles import PARKED
 
 SATURATED = 0.95  # attention to the RTG token above which a head "only reads the RTG"
 CONTRASTS = ("veto", "gate", "drive")
@@ -90,7 +90,7 @@ def probe_states(env_cfg: EnvConfig):
                 if not (1 <= fx <= size - 2 and 1 <= fy <= size - 2) or (fx, fy) == goal or (x, y) == goal:
                     continue
                 for balls, out in (([(fx, fy)], ball), ([], clear)):
-                    obst = balls + [PARKED] * (n_obst - len(balls))
+                    obst = balls + [PARKED] * (n_obst - len(balls))  # parked on a wall cell: never seen
                     out.append(envs.EnvState(agent_pos=jnp.asarray((x, y), jnp.int32), agent_dir=jnp.int32(d),
                                              obstacles=jnp.asarray(obst, jnp.int32).reshape(n_obst, 2), time=jnp.int32(0)))
     stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731

@@ -11,6 +11,7 @@ from dtjax import plots
 from dtjax import scenarios as S
 from dtjax.report.base import Context, Page, Section, rounded
 
+
 def shown(ctx: Context) -> list[str]:
     """Scenarios whose attention patterns are drawn: the task's first (its start state) and its first
     patching pair (Dynamic Obstacles: start_seed0, ball_ahead, clear_ahead)."""
