@@ -102,7 +102,7 @@ class EvalResult:
         return EvalResult(np.asarray(self.target_rtg), *(take(getattr(self, f)) for f in
                           ("returns", "lengths", "goal", "hit", "hit_wall", "timeout", "played")))
 
-    def world(self, w: int) -> "EvalResult":
+    def world(self, w: int) -> EvalResult:
         """World ``w`` of an ``evaluate_worlds`` result (arrays (world, R, n))."""
         return self.seed(w)
 
@@ -394,7 +394,7 @@ def stack_worlds(worlds: list[dict]) -> dict:
             continue
         tmpl = having[0]
         if not isinstance(tmpl, hooks_lib.Replace):
-            raise ValueError(f"{name}: only a Replace can be left out of some worlds (a no-op is a mask of False), "
+            raise TypeError(f"{name}: only a Replace can be left out of some worlds (a no-op is a mask of False), "
                              f"not an {type(tmpl).__name__}")
         noop = tmpl.replace(mask=jnp.zeros(jnp.shape(tmpl.mask), bool))
         for w in filled:

@@ -172,7 +172,7 @@ def test_worlds_equal_their_one_world_evaluations():
 
 
 def test_worlds_bad_interventions_are_one_line_errors():
-    with pytest.raises(ValueError, match="only a Replace"):
+    with pytest.raises(TypeError, match="only a Replace"):
         stack_worlds([{}, {("z", 0): hooks.Apply(jnp.negative)}])
     with pytest.raises(ValueError, match="different intervention structures"):
         stack_worlds([{("z", 0): hooks.Apply(jnp.negative)}, {("z", 0): hooks.Apply(jnp.abs)}])

@@ -288,6 +288,22 @@ def composition_render(d: dict, page: Page) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _steer_returns(ctx: Context) -> dict:
+    """``circuits.steer_returns`` of the rtg pair's steering vector at the report's RTG (memoised)."""
+
+    def run():
+        o, cfg = ctx.options, ctx.cfg
+        clean, corr = circuit_pairs(ctx)[0]["rtg"]
+        vec = C.steering_vector(ctx.params, cfg, clean, corr, STEER_HOOK)
+        if cfg.n_timesteps > 1:  # the current timestep's tokens only (R_t, s_t: the last two of 3K - 1)
+            vec = jnp.zeros_like(vec).at[-2:].set(vec[-2:])
+        coeffs = FAST_STEER_COEFFS if o.fast else o.steer_coeffs
+        return C.steer_returns(ctx.params, cfg, ctx.env, ctx.env_params, ctx.key("steering"), [o.rtg],
+                               o.ablation_episodes, vec, STEER_HOOK, coeffs)
+
+    return ctx.memo("steer_returns", run)
+
+
 def steering_compute(ctx: Context) -> dict:
     o, cfg, params = ctx.options, ctx.cfg, ctx.params
     pairs, notes = circuit_pairs(ctx)
@@ -299,12 +315,7 @@ def steering_compute(ctx: Context) -> dict:
            "hook": STEER_HOOK, "returns": None}
     summary = {"coeff": rounded(out["coeff"]), "metric": rounded(out["metric"]), "p_forward": rounded(out["p_forward"])}
     if o.closed_loop:
-        vec = C.steering_vector(params, cfg, clean, corr, STEER_HOOK)
-        if cfg.n_timesteps > 1:  # the current timestep's tokens only (R_t, s_t: the last two of 3K - 1)
-            vec = jnp.zeros_like(vec).at[-2:].set(vec[-2:])
-        coeffs = FAST_STEER_COEFFS if o.fast else o.steer_coeffs
-        ret = C.steer_returns(params, cfg, ctx.env, ctx.env_params, ctx.key("steering"), [o.rtg], o.ablation_episodes,
-                              vec, STEER_HOOK, coeffs)
+        ret = _steer_returns(ctx)
         out["returns"] = {k: (np.asarray(ret["coeff"]), np.asarray(ret[k])[:, 0])
                           for k in ("mean_return", "goal_rate", "hit_rate")}
         out["episodes"] = o.ablation_episodes
@@ -338,5 +349,6 @@ SECTIONS = (
     Section("logit_lens", "Logit lens", lens_compute, lens_render, order=126),
     Section("composition", "Composition scores", composition_compute, composition_render, order=128,
             undefined=composition_undefined),
-    Section("steering", "Steering (algebraic value editing)", steering_compute, steering_render, order=130),
+    Section("steering", "Steering (algebraic value editing)", steering_compute, steering_render, order=130,
+            prefetch=_steer_returns),
 )
