@@ -30,6 +30,10 @@ A report is a list of ``Section(key, title, compute, render, order, undefined, e
 - ``check(ctx)``: raises ``ReportError`` (one line) when the section's input does not fit the
   model (an SAE of another model's width or hook); run for every chosen section before any
   computes, so nothing is written.
+- ``prefetch(ctx)``: optional closed-loop work (rollouts) that ``compute`` reads through
+  ``ctx.memo``. Every defined section's prefetch starts on one background thread when the report
+  starts, and those sections compute after the others (the page keeps the sections' order), so
+  their compiles and episodes overlap the rest on a second core; the numbers are the same.
 
 ``Context`` holds the model (``cfg``, ``params``), its env (``env_cfg``, ``env``,
 ``env_params``), the options, the analysed direction (``v``, ``direction``), the channels shown
