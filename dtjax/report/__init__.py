@@ -30,10 +30,11 @@ A report is a list of ``Section(key, title, compute, render, order, undefined, e
 - ``check(ctx)``: raises ``ReportError`` (one line) when the section's input does not fit the
   model (an SAE of another model's width or hook); run for every chosen section before any
   computes, so nothing is written.
-- ``prefetch(ctx)``: optional closed-loop work (rollouts) that ``compute`` reads through
-  ``ctx.memo``. Every defined section's prefetch starts on one background thread when the report
-  starts, and those sections compute after the others (the page keeps the sections' order), so
-  their compiles and episodes overlap the rest on a second core; the numbers are the same.
+- ``prefetch(ctx)``: optional slow, self-contained work (rollouts; a whole long section) that
+  ``compute`` reads through ``ctx.memo``. Every defined section's prefetch starts on one
+  background thread when the report starts, and those sections compute after the others (the
+  page keeps the sections' order), so their compiles and episodes overlap the rest on a second
+  core; the numbers are the same.
 
 ``Context`` holds the model (``cfg``, ``params``), its env (``env_cfg``, ``env``,
 ``env_params``), the options, the analysed direction (``v``, ``direction``), the channels shown
@@ -106,10 +107,10 @@ def select_sections(options: ReportOptions, sections: list[Section] | None = Non
 def run_sections(ctx: Context, sections: list[Section], page: Page | None = None) -> tuple[dict, dict]:
     """Compute each section, then (with a ``page``) render them in order.
 
-    The sections' ``prefetch`` steps (closed-loop rollouts) start on one background thread first,
-    and the sections that have one are computed last, so that their compiles and episodes overlap
-    the other sections' (an idle second core does them); the results are the same as computing
-    in order. Returns ``(results, status)``: ``results[key]`` is the section's data (absent when
+    The sections' ``prefetch`` steps (closed-loop rollouts, and one long section) start on one
+    background thread first, and the sections that have one are computed last, so that their
+    compiles and episodes overlap the other sections' (an idle second core does them); the
+    results are the same as computing in order. Returns ``(results, status)``: ``results[key]`` is the section's data (absent when
     it was undefined or failed); ``status[key]`` is ``{"status": "ok" | "undefined" | "error",
     "note": one line, "seconds": float}`` (compute and render), in section order. With
     ``ctx.options.strict`` an exception propagates.
@@ -132,11 +133,16 @@ def run_sections(ctx: Context, sections: list[Section], page: Page | None = None
         else:
             defined.append(sec)
     early = [sec for sec in defined if sec.prefetch is None]
+    t_start = time.time()
+
+    def prefetch(sec):
+        sec.prefetch(ctx)
+        ctx.log(f"  prefetched {sec.key} ({time.time() - t_start:.1f} s after the start)")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-prefetch") as pool:
         # a prefetch that fails is recomputed (and fails) in its section's compute, which reports it
         for sec in defined:
-            if sec.prefetch is not None and ctx.options.closed_loop:
-                pool.submit(sec.prefetch, ctx)
+            if sec.prefetch is not None:
+                pool.submit(prefetch, sec)
         for sec in early + [sec for sec in defined if sec.prefetch is not None]:
             t = time.time()
             ctx.log(sec.key)

@@ -103,7 +103,7 @@ class Section:
     undefined: Callable[["Context"], str | None] = _defined
     enabled: Callable[[ReportOptions], bool] = _enabled
     check: Callable[["Context"], None] = _no_check
-    # closed-loop work (rollouts) the section's compute reads from ``ctx.memo``: started on a
+    # slow, self-contained work (rollouts) the section's compute reads from ``ctx.memo``: started on a
     # background thread when the report starts, so that its compiles and episodes overlap the
     # other sections (the results are the same: the memoised functions are pure and keyed)
     prefetch: Callable[[Context], None] | None = None

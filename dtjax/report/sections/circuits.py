@@ -149,6 +149,16 @@ def _prune_sizes(n_total: int) -> list[int]:
 
 
 def circuit_compute(ctx: Context) -> dict:
+    """The whole section, memoised: ``circuit_prefetch`` runs it on the report's background thread
+    (it is the longest of the sections that do not roll out, which balances the two threads)."""
+    return ctx.memo("section:circuit_discovery", lambda: _circuit_compute(ctx))
+
+
+def circuit_prefetch(ctx: Context) -> None:
+    circuit_compute(ctx)
+
+
+def _circuit_compute(ctx: Context) -> dict:
     o, cfg, params = ctx.options, ctx.cfg, ctx.params
     pairs, notes = circuit_pairs(ctx)
     clean, corr = pairs["rtg"]
@@ -304,6 +314,11 @@ def _steer_returns(ctx: Context) -> dict:
     return ctx.memo("steer_returns", run)
 
 
+def steering_prefetch(ctx: Context) -> None:
+    if ctx.options.closed_loop:
+        _steer_returns(ctx)
+
+
 def steering_compute(ctx: Context) -> dict:
     o, cfg, params = ctx.options, ctx.cfg, ctx.params
     pairs, notes = circuit_pairs(ctx)
@@ -345,10 +360,10 @@ SECTIONS = (
             order=120),
     Section("path_patching", "Path patching to the logits", path_patching_compute, path_patching_render, order=122),
     Section("circuit_discovery", "Circuit discovery: ACDC and edge attribution", circuit_compute, circuit_render,
-            order=124),
+            order=124, prefetch=circuit_prefetch),
     Section("logit_lens", "Logit lens", lens_compute, lens_render, order=126),
     Section("composition", "Composition scores", composition_compute, composition_render, order=128,
             undefined=composition_undefined),
     Section("steering", "Steering (algebraic value editing)", steering_compute, steering_render, order=130,
-            prefetch=_steer_returns),
+            prefetch=steering_prefetch),
 )
