@@ -197,12 +197,15 @@ def test_a_failed_or_undefined_section_is_one_line_and_the_rest_is_written(tmp_p
                      sections=SECTIONS_UNDER_TEST)
 
 
-def test_prefetched_sections_compute_last_from_the_memo_and_render_in_order(tmp_path):
+def test_prefetched_sections_compute_last_from_the_memo_and_render_in_order(tmp_path, monkeypatch):
     """A section's ``prefetch`` runs once on the background thread, its compute reads the memo
     (not recomputed), it computes after the sections without one, the page and summary keep the
     sections' order, and a failing prefetch is the section's one-line error."""
     import threading
 
+    import dtjax.report
+
+    monkeypatch.setattr(dtjax.report, "cpu_cores", lambda: 2)  # the background thread, whatever this machine has
     calls, computed = [], []
 
     def slow_value(ctx):

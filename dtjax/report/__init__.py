@@ -141,7 +141,7 @@ def run_sections(ctx: Context, sections: list[Section], page: Page | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-prefetch") as pool:
         # a prefetch that fails is recomputed (and fails) in its section's compute, which reports it
         for sec in defined:
-            if sec.prefetch is not None:
+            if sec.prefetch is not None and cpu_cores() > 1:  # one core: nothing to overlap with
                 pool.submit(prefetch, sec)
         for sec in early + [sec for sec in defined if sec.prefetch is not None]:
             t = time.time()
@@ -174,6 +174,11 @@ def run_sections(ctx: Context, sections: list[Section], page: Page | None = None
                 continue
             st["seconds"] = round(st["seconds"] + time.time() - t, 2)
     return results, status
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions | None = None,
