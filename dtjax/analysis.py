@@ -46,6 +46,7 @@ from dtjax import circuits as C
 from dtjax import hooks as hooks_lib
 from dtjax.circuits.core import Inputs
 from dtjax.config import ModelConfig
+from dtjax.evaluate import evaluate_worlds
 
 
 def n_tokens(inputs: Inputs) -> int:
@@ -245,23 +246,20 @@ def ablation_set_panel(params: dict, cfg: ModelConfig, inputs: Inputs, v: jax.Ar
 def closed_loop_panel(params: dict, cfg: ModelConfig, env, env_params, key: jax.Array, rtg: float, n_episodes: int,
                       masks: dict, means: dict, use_mean: bool, greedy: bool = True, temperature: float = 1.0) -> dict:
     """``n_episodes`` closed-loop episodes at target ``rtg`` without and with the ablation set
-    (``dtjax.evaluate.evaluate``; both worlds run the same episodes and share one compile).
+    (``dtjax.evaluate.evaluate_worlds``: both worlds run the same episodes in one vmapped rollout).
 
     Returns ``labels`` (["clean", "ablated"]) and (2,) arrays ``mean_return``, ``goal_rate``,
     ``hit_rate``, ``timeout_rate``, ``mean_length``.
     """
-    from dtjax.evaluate import evaluate
-
     values = ablation_values(means, use_mean)
-    rows = []
-    for m in (jax.tree.map(np.zeros_like, masks), masks):
-        ivs = C.ablation_interventions(cfg, jax.tree.map(jnp.asarray, m), "mean", values)
-        res = evaluate(params, cfg, env, env_params, key, [rtg], n_episodes, greedy=greedy, temperature=temperature,
-                       interventions=ivs)
-        rows.append([res.returns.mean(), res.goal.mean(), res.hit.mean(), res.timeout.mean(), res.lengths.mean()])
-    out = np.asarray(rows, np.float64).T
-    return {"labels": ["clean", "ablated"], "mean_return": out[0], "goal_rate": out[1], "hit_rate": out[2],
-            "timeout_rate": out[3], "mean_length": out[4]}
+    both = jax.tree.map(lambda m: jnp.stack([jnp.zeros_like(m), jnp.asarray(m)]), masks)  # world 0 clean, 1 ablated
+    ivs = jax.vmap(lambda m: C.ablation_interventions(cfg, m, "mean", values))(both)
+    res = evaluate_worlds(params, cfg, env, env_params, key, [rtg], n_episodes, ivs, greedy=greedy,
+                          temperature=temperature)
+    out = np.stack([x.reshape(2, -1).mean(-1) for x in (res.returns, res.goal, res.hit, res.timeout, res.lengths)])
+    out = out.astype(np.float64)
+    return {"labels": ["clean", "ablated"], "mean_return": out[0], "goal_rate": out[1],
+            "hit_rate": out[2], "timeout_rate": out[3], "mean_length": out[4]}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

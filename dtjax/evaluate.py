@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from dtjax import hooks as hooks_lib
 from dtjax.config import ModelConfig
 from dtjax.model import forward, run_with_hooks
 
@@ -132,6 +133,10 @@ class EvalResult:
         take = lambda x: None if x is None else np.asarray(x)[k]  # noqa: E731
         return EvalResult(np.asarray(self.target_rtg), take(self.returns), take(self.lengths), take(self.outcome),
                           self.outcomes, {d: take(v) for d, v in self.details.items()}, take(self.played))
+
+    def world(self, w: int) -> EvalResult:
+        """World ``w`` of an ``evaluate_worlds`` result (arrays (world, R, n))."""
+        return self.seed(w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +340,18 @@ def _rollout_seeds(params, cfg, env, env_params, keys, target_rtgs, n_rtg, n_epi
     return jax.vmap(one)(params, keys)
 
 
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _rollout_worlds(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episodes, max_episodes, pool, greedy,
+                    temperature, interventions, se, min_episodes):
+    """``_rollout_core`` vmapped over worlds: every leaf of ``interventions`` has a leading world
+    axis; params, key and the episodes are shared, so episode ``i`` of every world draws the same keys."""
+    def one(ivs):
+        return _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episodes, max_episodes, pool,
+                             greedy, temperature, ivs, se, min_episodes)
+
+    return jax.vmap(one)(interventions)
+
+
 @dataclasses.dataclass(frozen=True)
 class Capacity:
     """Static sizes of the compiled rollout: at most ``rtgs`` targets x ``episodes`` episodes,
@@ -436,6 +453,67 @@ def evaluate_seeds(params: Any, cfg: ModelConfig, env, env_params, keys: jax.Arr
                          {}, se_, min_ep)
     ret, length, outcome, details = (_unpad(x, len(rtgs), int(n_episodes), lead=1) for x in jax.device_get(out))
     return [_result(env.task, rtgs, ret[k], length[k], outcome[k], details[k], adaptive) for k in range(ret.shape[0])]
+
+
+def stack_worlds(worlds: list[dict]) -> dict:
+    """Stack per-world intervention dicts (``dtjax.hooks``) into one with a leading world axis.
+
+    Every world must have the same structure (the same hooks, intervention types and ``Apply``
+    functions, arrays of the same shapes), except that a hook some worlds leave alone may be a
+    ``Replace`` in the others: there those worlds get the same ``Replace`` with an all-False mask
+    (it selects nothing; the mask is traced data), so "which hooks" becomes data too.
+    """
+    if not worlds:
+        raise ValueError("need at least one world")
+    worlds = [hooks_lib.normalize(w) for w in worlds]
+    names = sorted(set().union(*worlds))
+    filled = [dict(w) for w in worlds]
+    for name in names:
+        having = [w[name] for w in worlds if name in w]
+        if len(having) == len(worlds):
+            continue
+        tmpl = having[0]
+        if not isinstance(tmpl, hooks_lib.Replace):
+            raise TypeError(f"{name}: only a Replace can be left out of some worlds (a no-op is a mask of False), "
+                             f"not an {type(tmpl).__name__}")
+        noop = tmpl.replace(mask=jnp.zeros(jnp.shape(tmpl.mask), bool))
+        for w in filled:
+            w.setdefault(name, noop)
+    structs = {jax.tree.structure(w) for w in filled}
+    if len(structs) > 1:
+        raise ValueError(f"worlds have different intervention structures: {sorted(map(str, structs))[:2]}")
+    try:
+        return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *filled)
+    except ValueError as e:
+        raise ValueError(f"worlds' intervention arrays differ in shape: {e}") from None
+
+
+def n_worlds(interventions: dict) -> int:
+    """The leading world axis of stacked interventions (``stack_worlds``); a clear error otherwise."""
+    sizes = {int(jnp.shape(x)[0]) if jnp.ndim(x) else -1 for x in jax.tree.leaves(interventions)}
+    if not sizes or len(sizes) != 1 or -1 in sizes:
+        raise ValueError(f"interventions need one leading world axis on every array, got leading sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def evaluate_worlds(params: Any, cfg: ModelConfig, env, env_params, key: jax.Array, target_rtgs, n_episodes: int,
+                    interventions: dict, *, greedy: bool = True, temperature: float = 1.0, pool: int | None = None,
+                    se: float | None = None, min_episodes: int = 100, capacity: Capacity | None = None) -> EvalResult:
+    """``evaluate`` under W interventions ("worlds") at once: one compiled, vmapped rollout.
+
+    ``interventions``: hook interventions whose every array has a leading world axis (W, ...)
+    (``stack_worlds`` builds it from per-world dicts). Every world plays the same episodes
+    (the same ``key``): world ``w`` equals ``evaluate(..., interventions=<world w>)``, greedy
+    outcomes episode for episode and returns up to float rounding.
+
+    Returns:
+      EvalResult with (W, R, n_episodes) arrays (``EvalResult.seed(w)`` is world ``w``).
+    """
+    n_worlds(interventions)
+    rtgs, padded, counts, se_, min_ep, adaptive = _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes)
+    out = _rollout_worlds(params, cfg, env, env_params, key, padded, *counts, jnp.bool_(greedy), jnp.float32(temperature),
+                          interventions, se_, min_ep)
+    return _result(rtgs, *(_unpad(x, len(rtgs), int(n_episodes)) for x in jax.device_get(out)), adaptive)
 
 
 def calibration_stats(res: EvalResult, greedy: bool = True, se: float | None = None) -> dict:

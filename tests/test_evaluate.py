@@ -22,8 +22,9 @@ import pytest
 import dtjax
 import envs
 from dtjax import circuits as C
+from dtjax import hooks
 from dtjax.config import ModelConfig
-from dtjax.evaluate import calibrate, evaluate
+from dtjax.evaluate import calibrate, evaluate, evaluate_worlds, n_worlds, stack_worlds
 from dtjax.model import forward, init_params, run_with_hooks
 from tolerance import assert_close
 
@@ -135,6 +136,50 @@ def test_rollout_with_context_matches_a_python_loop():
     assert len({r["outcome"] for r in ref}) >= 2
     assert_same_episodes(res, ref, rows)
     assert_returns_follow_outcomes(res, 30)
+
+
+def test_worlds_equal_their_one_world_evaluations():
+    """``evaluate_worlds`` over interventions of different structure per world (no intervention,
+    head 0 zero-ablated, the MLP zero-ablated, both, and a mean-replaced residual stream at one
+    position) equals ``evaluate`` of each world alone: greedy outcomes and lengths episode for
+    episode, returns up to float rounding; and the worlds differ from each other."""
+    env, env_params = envs.make("MiniGrid-Dynamic-Obstacles-Random-6x6-v0", max_steps=30)
+    p = init_params(jax.random.PRNGKey(0), CTX)
+    k_act, k_rtg = jax.random.split(jax.random.PRNGKey(1))
+    p = dict(p, W_action=3 * jax.random.normal(k_act, p["W_action"].shape), W_rtg=jax.random.normal(k_rtg, p["W_rtg"].shape),
+             b_U=jnp.array([1.0, 1.0, 0.0]))
+    head0 = hooks.zero_ablation(("z", 0), head=0)
+    mlp = hooks.zero_ablation(("mlp_out", 0))
+    resid = hooks.mean_ablation(("resid_mid", 0), jnp.linspace(-2.0, 2.0, CTX.d_model), pos=jnp.int32(4))
+    worlds = [{}, head0, mlp, {**head0, **mlp}, resid]
+    stacked = stack_worlds(worlds)
+    assert n_worlds(stacked) == len(worlds)
+    key, rtgs, n = jax.random.PRNGKey(4), [-1.0, 1.0], 12
+    res = evaluate_worlds(p, CTX, env, env_params, key, rtgs, n, stacked)
+    assert res.returns.shape == (len(worlds), 2, n)
+    for w, ivs in enumerate(worlds):
+        one, got = evaluate(p, CTX, env, env_params, key, rtgs, n, interventions=ivs), res.world(w)
+        np.testing.assert_array_equal(outcomes(got), outcomes(one), err_msg=f"world {w}")
+        np.testing.assert_array_equal(got.lengths, one.lengths, err_msg=f"world {w}")
+        assert_close(got.returns, one.returns, floor=1.0, err_msg=f"world {w}")
+    # the interventions matter, so equality per world is not equality of identical runs
+    assert len({outcomes(res.world(w)).tobytes() + res.lengths[w].tobytes() for w in range(len(worlds))}) >= 3
+    # sampled actions: world w draws the same action keys as its one-world run
+    samp = evaluate_worlds(p, CTX, env, env_params, key, rtgs, n, stacked, greedy=False)
+    for w in (0, 3):
+        one = evaluate(p, CTX, env, env_params, key, rtgs, n, interventions=worlds[w], greedy=False)
+        np.testing.assert_array_equal(samp.lengths[w], one.lengths, err_msg=f"world {w}")
+
+
+def test_worlds_bad_interventions_are_one_line_errors():
+    with pytest.raises(TypeError, match="only a Replace"):
+        stack_worlds([{}, {("z", 0): hooks.Apply(jnp.negative)}])
+    with pytest.raises(ValueError, match="different intervention structures"):
+        stack_worlds([{("z", 0): hooks.Apply(jnp.negative)}, {("z", 0): hooks.Apply(jnp.abs)}])
+    with pytest.raises(ValueError, match="leading world axis"):
+        n_worlds(hooks.zero_ablation(("z", 0), head=0))
+    with pytest.raises(ValueError, match="at least one world"):
+        stack_worlds([])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -197,6 +197,50 @@ def test_a_failed_or_undefined_section_is_one_line_and_the_rest_is_written(tmp_p
                      sections=SECTIONS_UNDER_TEST)
 
 
+def test_prefetched_sections_compute_last_from_the_memo_and_render_in_order(tmp_path, monkeypatch):
+    """A section's ``prefetch`` runs once on the background thread, its compute reads the memo
+    (not recomputed), it computes after the sections without one, the page and summary keep the
+    sections' order, and a failing prefetch is the section's one-line error."""
+    import threading
+
+    import dtjax.report
+
+    monkeypatch.setattr(dtjax.report, "cpu_cores", lambda: 2)  # the background thread, whatever this machine has
+    calls, computed = [], []
+
+    def slow_value(ctx):
+        def run():
+            calls.append(threading.current_thread().name)
+            return 2.5
+        return ctx.memo("slow_value", run)
+
+    def broken_prefetch(ctx):
+        return ctx.memo("broken", lambda: (_ for _ in ()).throw(RuntimeError("prefetch boom")))
+
+    def compute(key, fn):
+        def run(ctx):
+            computed.append(key)
+            return {"summary": {f"{key}_value": fn(ctx)}}
+        return run
+
+    def render(key):
+        return lambda d, page: page.text(f"{key} section body")
+
+    secs = [Section("first", "First", compute("first", lambda ctx: 1.0), render("first"), order=0),
+            Section("pre", "Pre", compute("pre", slow_value), render("pre"), order=1, prefetch=slow_value),
+            Section("bad", "Bad", compute("bad", broken_prefetch), render("bad"), order=2, prefetch=broken_prefetch),
+            Section("last", "Last", compute("last", lambda ctx: 3.0), render("last"), order=3)]
+    with pytest.raises(ReportError, match=r"1 report section\(s\) failed: bad \(RuntimeError: prefetch boom\)"):
+        build_report(OVERNIGHT, tmp_path, ReportOptions(), log=lambda m: None, sections=secs)
+    assert calls == ["report-prefetch_0"]  # computed once, on the prefetch thread
+    assert computed == ["first", "last", "pre", "bad"]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert list(s["sections"]) == ["first", "pre", "bad", "last"] and s["pre_value"] == 2.5
+    page = (tmp_path / "report.html").read_text()
+    where = [page.index(f"{k} section body") for k in ("first", "pre", "last")]
+    assert where == sorted(where) and "This section failed: RuntimeError: prefetch boom" in page
+
+
 def test_sections_option_selects_and_unknown_keys_are_errors(tmp_path):
     build_report(OVERNIGHT, tmp_path, ReportOptions(sections=("model",)), log=lambda m: None)
     s = json.loads((tmp_path / "summary.json").read_text())

@@ -33,6 +33,7 @@ import numpy as np
 from dtjax import hooks as hooks_lib
 from dtjax.circuits.core import Inputs, action_vector, check_pair, forward, run_with_cache, run_with_hooks
 from dtjax.config import ModelConfig
+from dtjax.evaluate import evaluate_worlds
 
 ABLATIONS = ("zero", "mean", "dhead_mean")
 
@@ -130,20 +131,17 @@ def ablate_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Arr
 
     Every world runs the same episodes (same key). Returns ``labels`` (["none", ...]),
     ``target_rtg`` (R,), and (world, R) arrays ``mean_return``, ``goal_rate``, ``hit_rate``,
-    ``timeout_rate``. The intervention structure is the same in every world, so it compiles once.
+    ``timeout_rate``. The worlds are one vmapped rollout (``evaluate_worlds``): one compile, and
+    world ``w`` is ``evaluate`` with that world's interventions.
     """
-    from dtjax.evaluate import evaluate
-
     comps = components(cfg) if comps is None else comps
     masks = ablation_masks(cfg, comps)
-    rows = []
-    for i in range(masks["mlp"].shape[0]):
-        ivs = ablation_interventions(cfg, jax.tree.map(lambda m: m[i], masks), kind, means)
-        res = evaluate(params, cfg, env, env_params, key, target_rtgs, n_episodes, interventions=ivs)
-        rows.append((res.returns.mean(1), res.goal.mean(1), res.hit.mean(1), res.timeout.mean(1)))
-    stack = [np.stack(x) for x in zip(*rows)]
+    # the worlds share one intervention structure: vmap the per-world builder over the masks
+    ivs = jax.vmap(lambda m: ablation_interventions(cfg, m, kind, means))(masks)
+    res = evaluate_worlds(params, cfg, env, env_params, key, target_rtgs, n_episodes, ivs)
     return {"labels": ["none"] + [component_name(c) for c in comps], "target_rtg": np.asarray(target_rtgs, np.float32),
-            "mean_return": stack[0], "goal_rate": stack[1], "hit_rate": stack[2], "timeout_rate": stack[3]}
+            "mean_return": res.returns.mean(-1), "goal_rate": res.goal.mean(-1), "hit_rate": res.hit.mean(-1),
+            "timeout_rate": res.timeout.mean(-1)}
 
 
 def logit_diff_metric(logits: jax.Array, direction: Any, k: int = -1) -> jax.Array:

@@ -43,6 +43,7 @@ from dtjax import hooks as hooks_lib
 from dtjax.circuits.causal import logit_diff_metric
 from dtjax.circuits.core import Inputs, action_vector, check_pair, run_with_cache, run_with_hooks
 from dtjax.config import ModelConfig
+from dtjax.evaluate import evaluate_worlds
 
 
 def _shift(x, d):
@@ -179,18 +180,16 @@ def steer_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Arra
     ``vector``: e.g. ``steering_vector`` (the hook's shape without batch; positions past the
     evaluation context are dropped, missing ones are zero: the evaluation context of a K > 1
     model holds 3K tokens, the current action slot being padding). Every coefficient runs the same episodes (same ``key``) and
-    compiles once (the coefficient is traced). Returns ``coeff`` (n,), ``target_rtg`` (R,) and
+    compiles once: the coefficients are the world axis of one
+    vmapped rollout (``evaluate_worlds``). Returns ``coeff`` (n,), ``target_rtg`` (R,) and
     (n, R) arrays ``mean_return``, ``goal_rate``, ``hit_rate``, ``timeout_rate``.
     """
-    from dtjax.evaluate import evaluate
-
     name = hooks_lib.act_name(hook)
     coeffs = np.asarray(coeffs, np.float32).reshape(-1)
-    rows = []
-    for c in coeffs:
-        ivs = {name: hooks_lib.Apply(_add_scaled, (jnp.float32(c), jnp.asarray(vector)[None]))}
-        res = evaluate(params, cfg, env, env_params, key, target_rtgs, n_episodes, interventions=ivs)
-        rows.append((res.returns.mean(1), res.goal.mean(1), res.hit.mean(1), res.timeout.mean(1)))
-    stack = [np.stack(x) for x in zip(*rows)]
-    return {"coeff": coeffs, "target_rtg": np.asarray(target_rtgs, np.float32).reshape(-1), "mean_return": stack[0],
-            "goal_rate": stack[1], "hit_rate": stack[2], "timeout_rate": stack[3]}
+    vec = jnp.asarray(vector)[None]
+    # one world per coefficient: the coefficient is the world axis, the vector is shared
+    ivs = {name: hooks_lib.Apply(_add_scaled, (jnp.asarray(coeffs), jnp.broadcast_to(vec, (len(coeffs),) + vec.shape)))}
+    res = evaluate_worlds(params, cfg, env, env_params, key, target_rtgs, n_episodes, ivs)
+    return {"coeff": coeffs, "target_rtg": np.asarray(target_rtgs, np.float32).reshape(-1),
+            "mean_return": res.returns.mean(-1), "goal_rate": res.goal.mean(-1), "hit_rate": res.hit.mean(-1),
+            "timeout_rate": res.timeout.mean(-1)}

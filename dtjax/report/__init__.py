@@ -30,6 +30,11 @@ A report is a list of ``Section(key, title, compute, render, order, undefined, e
 - ``check(ctx)``: raises ``ReportError`` (one line) when the section's input does not fit the
   model (an SAE of another model's width or hook); run for every chosen section before any
   computes, so nothing is written.
+- ``prefetch(ctx)``: optional slow, self-contained work (rollouts; a whole long section) that
+  ``compute`` reads through ``ctx.memo``. Every defined section's prefetch starts on one
+  background thread when the report starts, and those sections compute after the others (the
+  page keeps the sections' order), so their compiles and episodes overlap the rest on a second
+  core; the numbers are the same.
 
 ``Context`` holds the model (``cfg``, ``params``), its env (``env_cfg``, ``env``,
 ``env_params``), the options, the analysed direction (``v``, ``direction``), the channels shown
@@ -75,6 +80,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,42 +105,80 @@ def select_sections(options: ReportOptions, sections: list[Section] | None = Non
 
 
 def run_sections(ctx: Context, sections: list[Section], page: Page | None = None) -> tuple[dict, dict]:
-    """Compute (and, with a ``page``, render) each section in order.
+    """Compute each section, then (with a ``page``) render them in order.
 
-    Returns ``(results, status)``: ``results[key]`` is the section's data (absent when it was
-    undefined or failed); ``status[key]`` is ``{"status": "ok" | "undefined" | "error", "note":
-    one line, "seconds": float}``. With ``ctx.options.strict`` an exception propagates.
+    The sections' ``prefetch`` steps (closed-loop rollouts, and one long section) start on one
+    background thread first, and the sections that have one are computed last, so that their
+    compiles and episodes overlap the other sections' (an idle second core does them); the
+    results are the same as computing in order. Returns ``(results, status)``: ``results[key]`` is the section's data (absent when
+    it was undefined or failed); ``status[key]`` is ``{"status": "ok" | "undefined" | "error",
+    "note": one line, "seconds": float}`` (compute and render), in section order. With
+    ``ctx.options.strict`` an exception propagates.
     """
-    results, status = {}, {}
+    results, status = {}, {sec.key: {} for sec in sections}
+
+    def fail(sec, e, t):
+        if ctx.options.strict:
+            raise e
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        status[sec.key] = {"status": "error", "note": msg, "seconds": round(time.time() - t, 2)}
+        results.pop(sec.key, None)
+        ctx.log(f"section {sec.key} failed: {msg}")
+
+    defined = []
     for sec in sections:
-        t = time.time()
-        ctx.log(sec.key)
-        if page is not None:
-            page.section(sec.key, sec.title)
         reason = sec.undefined(ctx)
         if reason:
             status[sec.key] = {"status": "undefined", "note": reason, "seconds": 0.0}
-            if page is not None:
-                page.note(f"Not computed for this model: {reason}")
-            continue
-        try:
-            data = sec.compute(ctx)
-            if page is not None:
-                sec.render(data, page)
-                for note in data.get("notes", ()):
+        else:
+            defined.append(sec)
+    early = [sec for sec in defined if sec.prefetch is None]
+    t_start = time.time()
+
+    def prefetch(sec):
+        sec.prefetch(ctx)
+        ctx.log(f"  prefetched {sec.key} ({time.time() - t_start:.1f} s after the start)")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-prefetch") as pool:
+        # a prefetch that fails is recomputed (and fails) in its section's compute, which reports it
+        for sec in defined:
+            if sec.prefetch is not None and cpu_cores() > 1:  # one core: nothing to overlap with
+                pool.submit(prefetch, sec)
+        for sec in early + [sec for sec in defined if sec.prefetch is not None]:
+            t = time.time()
+            ctx.log(sec.key)
+            try:
+                results[sec.key] = sec.compute(ctx)
+            except Exception as e:  # noqa: BLE001 (one section's failure must not lose the others)
+                fail(sec, e, t)
+                continue
+            status[sec.key] = {"status": "ok", "note": "", "seconds": round(time.time() - t, 2)}
+            ctx.log(f"  {sec.key}: {status[sec.key]['seconds']:.1f} s")
+    for sec in sections:
+        if page is None:
+            break
+        page.section(sec.key, sec.title)
+        st = status[sec.key]
+        if st["status"] == "undefined":
+            page.note(f"Not computed for this model: {st['note']}")
+        elif st["status"] == "error":
+            page.note(f"This section failed: {st['note']}")
+        else:
+            t = time.time()
+            try:
+                sec.render(results[sec.key], page)
+                for note in results[sec.key].get("notes", ()):
                     page.note(note)
-        except Exception as e:  # noqa: BLE001 (one section's failure must not lose the others)
-            if ctx.options.strict:
-                raise
-            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-            status[sec.key] = {"status": "error", "note": msg, "seconds": round(time.time() - t, 2)}
-            ctx.log(f"section {sec.key} failed: {msg}")
-            if page is not None:
-                page.note(f"This section failed: {msg}")
-            continue
-        results[sec.key] = data
-        status[sec.key] = {"status": "ok", "note": "", "seconds": round(time.time() - t, 2)}
+            except Exception as e:  # noqa: BLE001
+                fail(sec, e, t - st["seconds"])
+                page.note(f"This section failed: {status[sec.key]['note']}")
+                continue
+            st["seconds"] = round(st["seconds"] + time.time() - t, 2)
     return results, status
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions | None = None,

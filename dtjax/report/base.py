@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import html
 import json
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -103,11 +104,16 @@ class Section:
     undefined: Callable[["Context"], str | None] = _defined
     enabled: Callable[[ReportOptions], bool] = _enabled
     check: Callable[["Context"], None] = _no_check
+    # slow, self-contained work (rollouts) the section's compute reads from ``ctx.memo``: started on a
+    # background thread when the report starts, so that its compiles and episodes overlap the
+    # other sections (the results are the same: the memoised functions are pure and keyed)
+    prefetch: Callable[[Context], None] | None = None
 
 
 class Context:
     """What a section's compute step reads: the model, its env, the options, PRNG keys by purpose,
-    and a memo so sections share inputs and panels without recomputing them (``memo``)."""
+    and a memo so sections share inputs and panels without recomputing them (``memo``, safe to
+    call from the prefetch thread: each name is computed once, the other callers wait for it)."""
 
     def __init__(self, ckpt: str | Path, cfg: ModelConfig, params: dict, env_cfg: EnvConfig,
                  options: ReportOptions | None = None, log: Callable[[str], Any] = print):
@@ -123,6 +129,8 @@ class Context:
         chans = {c: n for c, n in CHANNELS[cfg.obs_mode].items() if cfg.obs_mode != "one_hot" or n in self.task.objects}
         self.channels, self.channel_names = list(chans), list(chans.values())
         self._memo: dict[str, Any] = {}
+        self._memo_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     @classmethod
     def load(cls, ckpt: str | Path, options: ReportOptions | None = None, log: Callable[[str], Any] = print) -> "Context":
@@ -142,9 +150,13 @@ class Context:
         return jax.random.fold_in(root, zlib.crc32(purpose.encode()) & 0x7FFFFFFF)
 
     def memo(self, name: str, fn: Callable[[], Any]) -> Any:
-        """``fn()`` computed once per report under ``name``."""
-        if name not in self._memo:
-            self._memo[name] = fn()
+        """``fn()`` computed once per report under ``name`` (a caller on another thread waits for
+        it; a memoised ``fn`` only asks for its own inputs, so the waits cannot form a cycle)."""
+        with self._locks_lock:
+            lock = self._memo_locks.setdefault(name, threading.Lock())
+        with lock:
+            if name not in self._memo:
+                self._memo[name] = fn()
         return self._memo[name]
 
     # Shared inputs and panels ------------------------------------------------------------------

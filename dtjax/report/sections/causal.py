@@ -11,6 +11,23 @@ from dtjax import plots
 from dtjax.report.base import Context, Page, Section, rounded
 
 
+def _closed_loop_kinds(o) -> tuple[str, ...]:
+    return (("zero",) if o.fast else ("zero", "mean")) if o.closed_loop else ()
+
+
+def _ablation_returns(ctx: Context, kind: str) -> dict:
+    """``analysis.ablation_returns`` of one kind over the report's targets (memoised)."""
+    o = ctx.options
+    return ctx.memo(f"ablation_returns:{kind}", lambda: A.ablation_returns(
+        ctx.params, ctx.cfg, ctx.env, ctx.env_params, ctx.key("ablation"), o.ablation_rtgs, o.ablation_episodes, kind,
+        ctx.ablation_means()))
+
+
+def ablation_prefetch(ctx: Context) -> None:
+    for kind in _closed_loop_kinds(ctx.options):
+        _ablation_returns(ctx, kind)
+
+
 def ablation_compute(ctx: Context) -> dict:
     o, cfg = ctx.options, ctx.cfg
     names, inp = ctx.scenarios()
@@ -22,13 +39,11 @@ def ablation_compute(ctx: Context) -> dict:
         diffs[kind] = np.asarray(diff)
         summary[f"{kind}_logit_diff"] = {lab: dict(zip(names, rounded(diff[i]))) for i, lab in enumerate(labels)}
     closed, notes = {}, []
-    kinds = (("zero",) if o.fast else ("zero", "mean")) if o.closed_loop else ()
+    kinds = _closed_loop_kinds(o)
     if not o.closed_loop:
         notes.append("Closed-loop ablations not run: rollouts are off (closed_loop=False).")
     for kind in kinds:
-        res = A.ablation_returns(ctx.params, cfg, ctx.env, ctx.env_params, ctx.key("ablation"), o.ablation_rtgs,
-                                 o.ablation_episodes, kind, means)
-        closed[kind] = res
+        res = closed[kind] = _ablation_returns(ctx, kind)
         summary[f"{kind}_returns"] = {lab: rounded(res["mean_return"][i]) for i, lab in enumerate(res["labels"])}
         for f in ctx.task.failures:  # the task's failure outcomes (Dynamic Obstacles: hit)
             summary[f"{kind}_{f}_rate"] = {lab: rounded(res[f"{f}_rate"][i]) for i, lab in enumerate(res["labels"])}
@@ -97,6 +112,7 @@ def patching_render(d: dict, page: Page) -> None:
 
 
 SECTIONS = (
-    Section("ablation", "Ablations", ablation_compute, ablation_render, order=100),
+    Section("ablation", "Ablations", ablation_compute, ablation_render, order=100,
+            prefetch=ablation_prefetch),
     Section("patching", "Activation patching", patching_compute, patching_render, order=110),
 )

@@ -154,6 +154,16 @@ def _prune_sizes(n_total: int) -> list[int]:
 
 
 def circuit_compute(ctx: Context) -> dict:
+    """The whole section, memoised: ``circuit_prefetch`` runs it on the report's background thread
+    (it is the longest of the sections that do not roll out, which balances the two threads)."""
+    return ctx.memo("section:circuit_discovery", lambda: _circuit_compute(ctx))
+
+
+def circuit_prefetch(ctx: Context) -> None:
+    circuit_compute(ctx)
+
+
+def _circuit_compute(ctx: Context) -> dict:
     o, cfg, params = ctx.options, ctx.cfg, ctx.params
     pairs, notes = circuit_pairs(ctx)
     clean, corr = pairs["rtg"]
@@ -294,6 +304,27 @@ def composition_render(d: dict, page: Page) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _steer_returns(ctx: Context) -> dict:
+    """``circuits.steer_returns`` of the rtg pair's steering vector at the report's RTG (memoised)."""
+
+    def run():
+        o, cfg = ctx.options, ctx.cfg
+        clean, corr = circuit_pairs(ctx)[0]["rtg"]
+        vec = C.steering_vector(ctx.params, cfg, clean, corr, STEER_HOOK)
+        if cfg.n_timesteps > 1:  # the current timestep's tokens only (R_t, s_t: the last two of 3K - 1)
+            vec = jnp.zeros_like(vec).at[-2:].set(vec[-2:])
+        coeffs = FAST_STEER_COEFFS if o.fast else o.steer_coeffs
+        return C.steer_returns(ctx.params, cfg, ctx.env, ctx.env_params, ctx.key("steering"), [o.rtg],
+                               o.ablation_episodes, vec, STEER_HOOK, coeffs)
+
+    return ctx.memo("steer_returns", run)
+
+
+def steering_prefetch(ctx: Context) -> None:
+    if ctx.options.closed_loop:
+        _steer_returns(ctx)
+
+
 def steering_compute(ctx: Context) -> dict:
     o, cfg, params = ctx.options, ctx.cfg, ctx.params
     pairs, notes = circuit_pairs(ctx)
@@ -305,12 +336,7 @@ def steering_compute(ctx: Context) -> dict:
            "hook": STEER_HOOK, "returns": None}
     summary = {"coeff": rounded(out["coeff"]), "metric": rounded(out["metric"]), "p_forward": rounded(out["p_forward"])}
     if o.closed_loop:
-        vec = C.steering_vector(params, cfg, clean, corr, STEER_HOOK)
-        if cfg.n_timesteps > 1:  # the current timestep's tokens only (R_t, s_t: the last two of 3K - 1)
-            vec = jnp.zeros_like(vec).at[-2:].set(vec[-2:])
-        coeffs = FAST_STEER_COEFFS if o.fast else o.steer_coeffs
-        ret = C.steer_returns(params, cfg, ctx.env, ctx.env_params, ctx.key("steering"), [o.rtg], o.ablation_episodes,
-                              vec, STEER_HOOK, coeffs)
+        ret = _steer_returns(ctx)
         out["returns"] = {k: (np.asarray(ret["coeff"]), np.asarray(ret[k])[:, 0])
                           for k in ("mean_return", *(f"{x}_rate" for x in (ctx.task.success, *ctx.task.failures)))}
         out["episodes"] = o.ablation_episodes
@@ -340,9 +366,10 @@ SECTIONS = (
             order=120),
     Section("path_patching", "Path patching to the logits", path_patching_compute, path_patching_render, order=122),
     Section("circuit_discovery", "Circuit discovery: ACDC and edge attribution", circuit_compute, circuit_render,
-            order=124),
+            order=124, prefetch=circuit_prefetch),
     Section("logit_lens", "Logit lens", lens_compute, lens_render, order=126),
     Section("composition", "Composition scores", composition_compute, composition_render, order=128,
             undefined=composition_undefined),
-    Section("steering", "Steering (algebraic value editing)", steering_compute, steering_render, order=130),
+    Section("steering", "Steering (algebraic value editing)", steering_compute, steering_render, order=130,
+            prefetch=steering_prefetch),
 )

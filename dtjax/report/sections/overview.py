@@ -33,17 +33,25 @@ def model_render(d: dict, page: Page) -> None:
                  "and every panel is read at the last state token." if c["n_timesteps"] > 1 else ""))
 
 
-def calibration_compute(ctx: Context) -> dict:
-    """The run's saved calibration (``calibration.json``), else one run now in the model's env."""
+def _calibration(ctx: Context) -> tuple[dict, str]:
+    """The run's saved calibration (``calibration.json``), else one run now in the model's env (memoised)."""
     from dtjax.evaluate import calibrate
 
-    o = ctx.options
-    calib = find_calibration(ctx.ckpt)
-    source = "saved with the checkpoint"
-    if calib is None:
+    def run():
+        o = ctx.options
+        calib = find_calibration(ctx.ckpt)
+        if calib is not None:
+            return calib, "saved with the checkpoint"
         calib = calibrate(ctx.params, ctx.cfg, ctx.env, ctx.env_params, ctx.key("calibration"),
                           np.linspace(*ctx.task.return_range, o.calib_rtgs), o.calib_episodes)
-        source = f"run now: {o.calib_episodes} greedy episodes per target, max_steps {ctx.env_cfg.max_steps}"
+        return calib, f"run now: {o.calib_episodes} greedy episodes per target, max_steps {ctx.env_cfg.max_steps}"
+
+    return ctx.memo("calibration", run)
+
+
+def calibration_compute(ctx: Context) -> dict:
+    """The run's saved calibration (``calibration.json``), else one run now in the model's env."""
+    calib, source = _calibration(ctx)
     rows = calib["rows"]
     rates = [f"{o}_rate" for o in (ctx.task.success, *ctx.task.failures)]  # goal_rate, hit_rate
     return {"calib": calib, "source": source, "title": ctx.ckpt.stem, "outcomes": list(ctx.task.outcomes[1:]),
@@ -68,5 +76,6 @@ def calibration_undefined(ctx: Context) -> str | None:
 
 SECTIONS = (
     Section("model", "Model", model_compute, model_render, order=0),
-    Section("calibration", "Calibration", calibration_compute, calibration_render, order=10, undefined=calibration_undefined),
+    Section("calibration", "Calibration", calibration_compute, calibration_render, order=10, undefined=calibration_undefined,
+            prefetch=_calibration),
 )
