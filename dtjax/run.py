@@ -72,6 +72,20 @@ def find_dictionaries(path: str | os.PathLike) -> list[Path]:
     return sorted(c for c in p.iterdir() if not c.name.startswith(".") and is_dictionary(c))
 
 
+def sae_root_of(path: str | os.PathLike) -> Path:
+    """Where the sparse dictionaries of the model at ``path`` live, from the path alone (nothing is
+    read): ``<run>/sae`` for a run, its ``ckpt`` or a step directory; ``checkpoints/<stem>/sae``
+    (relative to the working directory) for a ``.pt``."""
+    p = Path(path)
+    if p.is_file() or p.suffix == ".pt":
+        return PT_HOME / p.stem / SAE_DIR
+    if ckpt_lib.is_step_dir(p):
+        p = p.parent
+    if p.name == ckpt_lib.CKPT_DIR and not is_run_dir(p):
+        p = p.parent
+    return p / SAE_DIR
+
+
 def _read_json(path: Path) -> dict | None:
     """A JSON object file, or None if absent; a damaged one is a LoadError."""
     if not path.is_file():
@@ -245,11 +259,9 @@ class Run:
 
     @property
     def sae_root(self) -> Path:
-        """Where this model's sparse dictionaries live: ``<run>/sae`` (``checkpoints/<stem>/sae``
-        for a ``.pt``, relative to the working directory)."""
-        if self.kind == "pt":
-            return PT_HOME / Path(self.path).stem / SAE_DIR
-        return Path(self.root) / SAE_DIR
+        """Where this model's sparse dictionaries live (``sae_root_of``): ``<run>/sae``, or
+        ``checkpoints/<stem>/sae`` for a ``.pt``."""
+        return sae_root_of(self.path) if self.root is None else self.root / SAE_DIR
 
     def sae_dirs(self) -> list[Path]:
         """The dictionary directories under ``sae_root`` (sorted; paths only: ``dtjax.sae.store.load``

@@ -1,7 +1,7 @@
 """Sparse dictionaries in the explorer: the most active latents at the step on screen.
 
 A model's dictionaries are those given (``analyse.py --serve --sae DIR``) and those found under
-its run's ``sae/`` folder (``dtjax.run.Run.sae_dirs``: ``RUN/sae`` for a run,
+its run's ``sae/`` folder (``dtjax.run.sae_root_of``: ``RUN/sae`` for a run,
 ``checkpoints/<pt stem>/sae`` for an original ``.pt``). Each is checked against the model
 (hook, width); a given one that does not fit is an error, a found one is skipped with a log line.
 
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import ModelConfig
-from dtjax.run import Run, find_dictionaries
+from dtjax.run import Run, find_dictionaries, sae_root_of
 
 TOP = 8  # latents listed per dictionary and step
 
@@ -51,7 +51,7 @@ class ExplorerSAE:
 
 def candidates(model: Run | str | Path | None, sae_dirs=()) -> tuple[list[Path], list[Path]]:
     """(given, found): the dictionaries named by ``sae_dirs`` (folders expand) and those under the
-    model's own ``sae/`` folder (``Run.sae_dirs``; ``model`` a Run or its path) that were not given."""
+    model's own ``sae/`` folder (``Run.sae_root``; ``model`` a Run or its path) that were not given."""
     from dtjax.sae import SAEError
 
     given = []
@@ -62,8 +62,8 @@ def candidates(model: Run | str | Path | None, sae_dirs=()) -> tuple[list[Path],
         given += [f.resolve() for f in found if f.resolve() not in given]
     auto = []
     if model:
-        run = model if isinstance(model, Run) else Run.open(model)
-        auto = [f.resolve() for f in run.sae_dirs() if f.resolve() not in given]
+        root = model.sae_root if isinstance(model, Run) else sae_root_of(model)
+        auto = [f.resolve() for f in find_dictionaries(root) if f.resolve() not in given]
     return given, auto
 
 
