@@ -7,8 +7,8 @@ def load(path, with_env: bool = False):
     """A ready model ``(cfg, params)`` from a dtjax checkpoint or an original PyTorch `.pt` file;
     with ``with_env=True``, ``(cfg, params, env_cfg)``: the ``EnvConfig`` it was trained in.
 
-    See `dtjax.loader.load`; imported lazily so `import dtjax` stays light.
+    See `dtjax.run.Run`, which this opens; imported lazily so `import dtjax` stays light.
     """
-    from dtjax.loader import load as _load
+    from dtjax.run import load as _load
 
     return _load(path, with_env=with_env)

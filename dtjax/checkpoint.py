@@ -1,18 +1,28 @@
-"""Orbax checkpoints for dtjax runs: params, optimizer state, step, RNG and config, kept together.
+"""Orbax checkpoints for dtjax runs: params, optimizer state and config, kept together per step.
 
 Layout of a run directory (``checkpoints/<run>/``)::
 
     config.json          the full TrainConfig of the run (also stored inside every step)
-    env.json             its EnvConfig (env_id, max_steps, obs_mode): the env it was trained in
+    env.json             its EnvConfig again (written for readers older than ``dtjax.run``; dtjax
+                         itself reads the env from the config's ``env``)
     metrics.jsonl        one JSON object per log line (loss, accuracy, eval returns)
     calibration.json     target RTG sweep results, and calibration.png
-    ckpt/<step>/         orbax steps: items ``params``, ``train_state``, ``config``
+    summary.json         the final evaluation and calibration summary
+    dataset/             the dataset trained on (``dtjax.data.store``), unless it was given
+    ckpt/<step>/         orbax steps: items ``params``, ``train_state`` (the optimizer state) and
+                         ``config``; the step is the directory's name
+    seed_<k>/            with ``num_seeds`` > 1: one such run directory per seed (the dataset
+                         shared in the parent unless ``seed_datasets``)
+
+No PRNG key is saved: every key of a run is derived from its config's seed by ``fold_in(key,
+step)`` (house style), so a resumed run draws the same numbers from the config and the step.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash
 never leaves a half-written step that restore would pick up. ``max_to_keep`` prunes old steps.
 
-``restore_model(path)`` is what ``dtjax.load`` calls: ``path`` may be the run directory, its
-``ckpt`` directory or one step directory.
+Reading a run is ``dtjax.run.Run.open``'s job (it calls ``find_step_dir``, ``restore_config`` and
+``restore_params`` here); ``path`` may be the run directory, its ``ckpt`` directory or one step
+directory.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CKPT_DIR = "ckpt"
-ENV_FILE = "env.json"
+ENV_FILE = "env.json"  # written by dtjax.train for readers older than dtjax.run; never read by dtjax
 
 
 class CheckpointError(ValueError):
@@ -46,7 +56,8 @@ def save(mgr: ocp.CheckpointManager, step: int, params: Any, train_state: Any, c
 
     Args:
       params: the model parameter pytree.
-      train_state: everything else needed to resume exactly (optimizer state, RNG key, step).
+      train_state: everything else needed to resume exactly: the optimizer state (the step is the
+        directory's name, and PRNG keys are derived from the config's seed and the step).
       config: the run's config as a JSON-able dict.
 
     Arrays are written as host (numpy) arrays: parameters are replicated in data-parallel
@@ -80,39 +91,42 @@ def restore_train(mgr: ocp.CheckpointManager, params_like: Any, train_state_like
     return step, out["params"], out["train_state"]
 
 
-def _find_step_dir(path: Path) -> Path:
-    """Resolve a run dir, its ckpt dir or a step dir to the step directory to read."""
+def find_step_dir(path: Path) -> Path:
+    """Resolve a run dir, its ckpt dir or a step dir to the (latest) step directory to read."""
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_dir():
         raise CheckpointError(f"not a dtjax checkpoint directory: {path}")
-    if (path / "params").is_dir() and (path / "config").exists():
+    if is_step_dir(path):
         return path
     ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    steps = sorted(
-        (int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit() and (p / "params").is_dir()),
-    )
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit() and is_step_dir(p))
     if not steps:
         raise CheckpointError(f"no dtjax checkpoint steps found in {path}")
     return ckpt / str(steps[-1])
 
 
-def restore_model(path: str | os.PathLike) -> tuple[dict, dict, int]:
-    """Read (config dict, params, step) from a dtjax checkpoint, as numpy-backed jax arrays.
+def is_step_dir(path: Path) -> bool:
+    """Whether ``path`` is one complete orbax step of a dtjax run (items ``params`` and ``config``)."""
+    return path.is_dir() and (path / "params").is_dir() and (path / "config").exists()
 
-    ``path``: a run directory, its ``ckpt`` directory, or one step directory.
-    """
-    step_dir = _find_step_dir(Path(path).absolute())
+
+def _restore(step_dir: Path, **items):
     try:
         ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-        out = ckptr.restore(
-            step_dir,
-            args=ocp.args.Composite(params=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()),
-        )
+        return ckptr.restore(Path(step_dir).absolute(), args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types; the user needs one line
         raise CheckpointError(f"cannot read dtjax checkpoint {step_dir}: {type(e).__name__}: {str(e)[:200]}") from e
-    params = jax.tree.map(np.asarray, out["params"])
-    return out["config"], params, int(step_dir.name) if step_dir.name.isdigit() else -1
+
+
+def restore_config(step_dir: Path) -> dict:
+    """The config dict stored in one step directory (cheap: no arrays are read)."""
+    return _restore(step_dir, config=ocp.args.JsonRestore())["config"]
+
+
+def restore_params(step_dir: Path) -> dict:
+    """The params of one step directory, as numpy arrays (whatever device layout they were saved from)."""
+    return jax.tree.map(np.asarray, _restore(step_dir, params=ocp.args.StandardRestore())["params"])
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -1,4 +1,7 @@
-"""`dtjax.load(path) -> (cfg, params)`: dtjax orbax checkpoints and the original PyTorch `.pt` files.
+"""The original project's PyTorch `.pt` files, read without PyTorch; and ``LoadError``.
+
+``dtjax.run.Run.open`` is the one reader of runs and `.pt` files (``dtjax.load`` is the one-liner
+over it); this module decodes the `.pt` format for it.
 
 A `.pt` file is a zip archive: `<name>/data.pkl` (a pickle of the state dict, whose tensors refer
 to storages by key) and `<name>/data/<key>` (raw little-endian storage bytes). We read it
@@ -10,9 +13,8 @@ Supported originals (DecisionTransformerInterpretability): plain state dicts
 (`ReproduceOriginalPostShort.pt`, whose keys are renamed). The architecture is inferred from
 shapes as the original's `load_decision_transformer` did.
 
-The env a model belongs to (`load(path, with_env=True)`): a dtjax run's stored `EnvConfig`; for
-an original `.pt`, its embedded `environment_config` (env_id, max_steps) if it has one, else
-MiniGrid-Dynamic-Obstacles-8x8-v0 with max_steps = the model's max_timestep (its learned time
+The env a `.pt` model belongs to (`dtjax.load(path, with_env=True)`): its embedded
+`environment_config` (env_id, max_steps) if it has one, else MiniGrid-Dynamic-Obstacles-8x8-v0 with max_steps = the model's max_timestep (its learned time
 table has a row per timestep of the data it was trained on, as the original's calibration script
 assumed: 300 for the raw models, 50 for the one-hot model), or 300 for a linear time embedding;
 obs_mode is always the model's.
@@ -255,44 +257,3 @@ def env_of_original(cfg: ModelConfig, extra: dict) -> EnvConfig:
         return EnvConfig(**fields, obs_mode=cfg.obs_mode)
     except ConfigError:
         return default
-
-
-def env_of_run(config: dict, model_cfg: ModelConfig, path) -> EnvConfig:
-    """The EnvConfig stored in a dtjax run config (0.1 runs: top-level env_id / max_steps)."""
-    env = dict(config.get("env") or {k: config[k] for k in ("env_id", "max_steps") if k in config})
-    env.setdefault("obs_mode", model_cfg.obs_mode)
-    try:
-        return EnvConfig.from_dict(env)
-    except (ConfigError, TypeError) as e:
-        raise LoadError(f"{path}: bad env config in checkpoint ({e})") from e
-
-
-def load(path: str | Path, with_env: bool = False):
-    """A ready model ``(cfg, params)`` from a dtjax checkpoint directory or an original `.pt` file.
-
-    With ``with_env=True``: ``(cfg, params, env_cfg)``, the ``EnvConfig`` the model was trained in
-    (see the module docstring for the original `.pt` files); ``env_cfg.make()`` builds it.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise LoadError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        try:
-            from dtjax.checkpoint import CheckpointError, restore_model
-        except ImportError as e:
-            raise LoadError(f"{path} is a directory but dtjax.checkpoint.restore_model is unavailable ({e})") from e
-
-        try:
-            config, params, _ = restore_model(path)
-        except CheckpointError as e:
-            raise LoadError(str(e)) from e
-        model_cfg = config.get("model", config)
-        try:
-            cfg = ModelConfig.from_dict(model_cfg)
-        except (ConfigError, TypeError) as e:
-            raise LoadError(f"{path}: bad model config in checkpoint ({e})") from e
-        return (cfg, params, env_of_run(config if "model" in config else {}, cfg, path)) if with_env else (cfg, params)
-    if path.stat().st_size == 0:
-        raise LoadError(f"{path} is empty")
-    cfg, params, extra = load_original(path)
-    return (cfg, params, env_of_original(cfg, extra)) if with_env else (cfg, params)

@@ -64,6 +64,7 @@ from dtjax.circuits.causal import component_name, components
 from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
 from dtjax.config import EnvConfig, ModelConfig
 from envs.dynamic_obstacles import PARKED
+from dtjax.run import Run
 
 SATURATED = 0.95  # attention to the RTG token above which a head "only reads the RTG"
 CONTRASTS = ("veto", "gate", "drive")
@@ -210,11 +211,10 @@ def mechanism(params: dict, cfg: ModelConfig, env_cfg: EnvConfig, *, rtg_high: f
             "direction": direction if isinstance(direction, str) else "custom"}
 
 
-def _calibration_of(path: Path) -> dict | None:
-    f = path / "calibration.json"
-    if not f.is_file():
+def _calibration_of(calib: dict | None) -> dict | None:
+    """The census's digest of a run's calibration (``Run.calibration``), or None."""
+    if calib is None:
         return None
-    calib = json.loads(f.read_text())
     rows = calib["rows"]
     x = np.array([r["target_rtg"] for r in rows])
     y = np.array([r["mean_return"] for r in rows])
@@ -225,25 +225,22 @@ def _calibration_of(path: Path) -> dict | None:
 
 def checkpoints_of(run: str | Path) -> list[Path]:
     """The model paths of a run: its ``seed_k`` directories (in k order), or the run itself."""
-    run = Path(run)
-    seeds = sorted((p for p in run.glob("seed_*") if p.is_dir() and p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
-    return seeds or [run]
+    return Run.open(run).models()
 
 
 def census(run: str | Path | list, log=lambda msg: None, **kw) -> dict:
     """``mechanism`` and calibration of every model of ``run`` (a multi-seed run directory, one
     run or checkpoint, or a list of them). Returns ``{"models": [row per model], "counts": ...}``.
     """
-    import dtjax
-
     paths = [Path(p) for p in run] if isinstance(run, (list, tuple)) else checkpoints_of(run)
     rows = []
     for p in paths:
         log(f"census: {p}")
-        cfg, params, env_cfg = dtjax.load(p, with_env=True)
+        r = Run.open(p).require_model()
+        cfg = r.model_cfg
         rows.append({"model": str(p), "config": {"n_layers": cfg.n_layers, "obs_mode": cfg.obs_mode,
                                                  "n_timesteps": cfg.n_timesteps},
-                     **mechanism(params, cfg, env_cfg, **kw), "calibration": _calibration_of(p) if p.is_dir() else None})
+                     **mechanism(r.params, cfg, r.env_cfg, **kw), "calibration": _calibration_of(r.calibration())})
     return {"models": rows, "counts": census_counts(rows)}
 
 

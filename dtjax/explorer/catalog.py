@@ -7,13 +7,14 @@ import threading
 from pathlib import Path
 
 from dtjax.explorer.session import Model
+from dtjax.run import is_run_dir
 
 MAX_DEPTH = 3  # how deep under the directory runs and .pt files are looked for
 
 
 def find_models(root: Path, max_depth: int = MAX_DEPTH) -> dict[str, Path]:
-    """name (path relative to ``root``) -> path of every run directory (it has a ``ckpt/``
-    folder) and ``.pt`` file under ``root``, sorted by name; a run's own subfolders are skipped."""
+    """name (path relative to ``root``) -> path of every run directory (``dtjax.run.is_run_dir``)
+    and ``.pt`` file under ``root``, sorted by name; a run's own subfolders are skipped."""
     root = Path(root)
     found: dict[str, Path] = {}
 
@@ -26,7 +27,7 @@ def find_models(root: Path, max_depth: int = MAX_DEPTH) -> dict[str, Path]:
             if p.name.startswith("."):
                 continue
             if p.is_dir():
-                if (p / "ckpt").is_dir():
+                if is_run_dir(p):
                     found[str(p.relative_to(root))] = p
                 elif depth < max_depth:
                     walk(p, depth + 1)

@@ -1,7 +1,7 @@
 """Sparse dictionaries in the explorer: the most active latents at the step on screen.
 
 A model's dictionaries are those given (``analyse.py --serve --sae DIR``) and those found under
-its run's ``sae/`` folder (``dtjax.sae.store.default_out``'s parent: ``RUN/sae`` for a run,
+its run's ``sae/`` folder (``dtjax.run.sae_root_of``: ``RUN/sae`` for a run,
 ``checkpoints/<pt stem>/sae`` for an original ``.pt``). Each is checked against the model
 (hook, width); a given one that does not fit is an error, a found one is skipped with a log line.
 
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import ModelConfig
+from dtjax.run import Run, find_dictionaries, sae_root_of
 
 TOP = 8  # latents listed per dictionary and step
 
@@ -48,21 +49,21 @@ class ExplorerSAE:
                 "has_probes": self.probe is not None}
 
 
-def candidates(model_path: str | Path | None, sae_dirs=()) -> tuple[list[Path], list[Path]]:
+def candidates(model: Run | str | Path | None, sae_dirs=()) -> tuple[list[Path], list[Path]]:
     """(given, found): the dictionaries named by ``sae_dirs`` (folders expand) and those under the
-    model's own ``sae/`` folder that were not given."""
-    from dtjax.sae import SAEError, store
+    model's own ``sae/`` folder (``Run.sae_root``; ``model`` a Run or its path) that were not given."""
+    from dtjax.sae import SAEError
 
     given = []
     for p in sae_dirs:
-        found = store.find(p)
+        found = find_dictionaries(p)
         if not found:
             raise SAEError(f"--sae {p}: no dtjax SAE directory there (needs config.json and ckpt/)")
         given += [f.resolve() for f in found if f.resolve() not in given]
     auto = []
-    if model_path:
-        root = store.default_out(Path(model_path), "x").parent
-        auto = [f.resolve() for f in store.find(root) if f.resolve() not in given]
+    if model:
+        root = model.sae_root if isinstance(model, Run) else sae_root_of(model)
+        auto = [f.resolve() for f in find_dictionaries(root) if f.resolve() not in given]
     return given, auto
 
 
@@ -93,12 +94,12 @@ def prepare(path: Path, cfg: ModelConfig, params: dict) -> ExplorerSAE:
                        has_dla=resid is not None, probe=probe, auc=auc)
 
 
-def load_all(model_path, cfg: ModelConfig, params: dict, sae_dirs=(), log: Callable[[str], Any] | None = None
-             ) -> list[ExplorerSAE]:
+def load_all(model: Run | str | Path | None, cfg: ModelConfig, params: dict, sae_dirs=(),
+             log: Callable[[str], Any] | None = None) -> list[ExplorerSAE]:
     """The model's dictionaries (given ones must fit: ``SAEError``; found ones that do not are skipped)."""
     from dtjax.sae import SAEError
 
-    given, auto = candidates(model_path, sae_dirs)
+    given, auto = candidates(model, sae_dirs)
     out = [prepare(p, cfg, params) for p in given]
     for p in auto:
         try:

@@ -24,7 +24,6 @@ from typing import Any, Callable
 import numpy as np
 
 from dtjax.explorer.catalog import Catalog
-from dtjax.explorer.sae import load_all as load_saes
 from dtjax.explorer.session import Deferred, Model, Session
 
 STATIC = Path(__file__).parent / "static"
@@ -196,15 +195,12 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8000, models_dir=None, log_
     import uvicorn
 
     say = log_fn or (lambda m: print(m, file=sys.stderr, flush=True))
-    import dtjax
 
     sock = bind(host, port)
     try:
-        cfg, params, env_cfg = dtjax.load(ckpt, with_env=True)
-        saes = load_saes(ckpt, cfg, params, sae_dirs, say)
-        model = Model(name=Path(ckpt).name, path=str(ckpt), cfg=cfg, params=params, env_cfg=env_cfg, saes=saes)
-        if saes:
-            say(f"dictionaries: {', '.join(f'{s.name} ({s.cfg.hook}, {s.cfg.token})' for s in saes)}")
+        model = Model.load(ckpt, warm=False, sae_dirs=sae_dirs, log=say)
+        if model.saes:
+            say(f"dictionaries: {', '.join(f'{s.name} ({s.cfg.hook}, {s.cfg.token})' for s in model.saes)}")
         say(f"loaded {ckpt}; compiling the explore step ...")
         model.compile_s = model.warm_up()
         say(f"compiled in {model.compile_s:.1f} s ({model.cfg.n_layers} layer(s), {model.cfg.n_heads} heads, "

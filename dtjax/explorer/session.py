@@ -64,6 +64,7 @@ from dtjax import scenarios as S
 from dtjax.config import EnvConfig, ModelConfig
 from dtjax.evaluate import env_step, push_step
 from dtjax.explorer import sae as explorer_sae
+from dtjax.run import Run
 
 PARK = (-1, -1)  # off the grid: a parked ball is invisible, never blocks and never moves
 N_SCAN = 101  # RTG scan points over the slider's range
@@ -251,13 +252,13 @@ class Model:
 
     @classmethod
     def load(cls, path, name: str | None = None, warm: bool = True, sae_dirs=(), log=None, **kw) -> "Model":
-        """``dtjax.load(path, with_env=True)`` with its dictionaries (``sae_dirs`` and those under the
-        run's ``sae/``: ``explorer.sae.load_all``), compiled for its env unless ``warm=False``."""
-        import dtjax
-
-        cfg, params, env_cfg = dtjax.load(path, with_env=True)
-        saes = explorer_sae.load_all(path, cfg, params, sae_dirs, log)
-        model = cls(name=name or Path(path).name, path=str(path), cfg=cfg, params=params, env_cfg=env_cfg, saes=saes, **kw)
+        """The model at ``path`` (``dtjax.run.Run.open``; LoadError if it does not open) with its
+        dictionaries (``sae_dirs`` and those under the run's ``sae/``: ``explorer.sae.load_all``),
+        compiled for its env unless ``warm=False``."""
+        run = Run.open(path).require_model()
+        saes = explorer_sae.load_all(run, run.model_cfg, run.params, sae_dirs, log)
+        model = cls(name=name or run.name, path=str(path), cfg=run.model_cfg, params=run.params, env_cfg=run.env_cfg,
+                    saes=saes, **kw)
         if warm:
             model.compile_s = model.warm_up()
         return model

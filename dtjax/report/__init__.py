@@ -85,12 +85,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dtjax.report.base import (
-    CHANNELS, REPORT_SCENARIOS, Context, Page, ReportError, ReportOptions, Section, find_calibration, jsonable,
+    CHANNELS, REPORT_SCENARIOS, Context, Page, ReportError, ReportOptions, Section, jsonable,
 )
 from dtjax.report.sections import all_sections
 
 __all__ = ["CHANNELS", "REPORT_SCENARIOS", "Context", "Page", "ReportError", "ReportOptions", "Section",
-           "all_sections", "build_report", "find_calibration", "run_sections", "select_sections"]
+           "all_sections", "build_report", "run_sections", "select_sections"]
 
 
 def select_sections(options: ReportOptions, sections: list[Section] | None = None) -> list[Section]:

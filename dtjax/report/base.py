@@ -23,6 +23,7 @@ from dtjax import circuits as C
 from dtjax import plots
 from dtjax import scenarios as S
 from dtjax.config import EnvConfig, ModelConfig
+from dtjax.run import Run
 
 # Observation channels worth showing: raw codes (the state channel is always 0 in this env), and
 # the one-hot bits that occur (object empty/wall/ball/goal).
@@ -116,8 +117,9 @@ class Context:
     call from the prefetch thread: each name is computed once, the other callers wait for it)."""
 
     def __init__(self, ckpt: str | Path, cfg: ModelConfig, params: dict, env_cfg: EnvConfig,
-                 options: ReportOptions | None = None, log: Callable[[str], Any] = print):
+                 options: ReportOptions | None = None, log: Callable[[str], Any] = print, run: Run | None = None):
         self.ckpt, self.cfg, self.env_cfg = Path(ckpt), cfg, env_cfg
+        self.run = run  # the run it was opened from (Context.load), for the files beside the model
         self.params = jax.tree.map(jnp.asarray, params)
         self.options = options or ReportOptions()
         self.log = log
@@ -134,11 +136,13 @@ class Context:
 
     @classmethod
     def load(cls, ckpt: str | Path, options: ReportOptions | None = None, log: Callable[[str], Any] = print) -> "Context":
-        """The context of a checkpoint (``dtjax.load(ckpt, with_env=True)``)."""
-        import dtjax
+        """The context of a checkpoint (``dtjax.run.Run.open``; LoadError if it does not open)."""
+        run = Run.open(ckpt).require_model()
+        return cls(ckpt, run.model_cfg, run.params, run.env_cfg, options, log, run=run)
 
-        cfg, params, env_cfg = dtjax.load(ckpt, with_env=True)
-        return cls(ckpt, cfg, params, env_cfg, options, log)
+    def calibration(self) -> dict | None:
+        """The run's saved ``calibration.json`` (``Run.calibration``), or None (no run, or none saved)."""
+        return self.run.calibration() if self.run is not None else None
 
     def key(self, purpose: str) -> jax.Array:
         """A PRNG key for one purpose. "calibration", "sample" and "ablation" are the three keys of
@@ -256,16 +260,6 @@ def jsonable(x):
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x
-
-
-def find_calibration(ckpt: Path) -> dict | None:
-    """A dtjax run's saved ``calibration.json`` at or above the checkpoint path (3 levels), else None."""
-    p = Path(ckpt).absolute()
-    for d in [p] + list(p.parents)[:3]:
-        f = d / "calibration.json"
-        if d.is_dir() and f.is_file():
-            return json.loads(f.read_text())
-    return None
 
 
 def rounded(x, digits: int = 4) -> list:

@@ -98,7 +98,7 @@ def _train(args, parser) -> int:
         cfg = analysis.make_config(ctx, hook, args.token, args.arch, args.latents, args.k, args.transcoder, **extra)
     except ConfigError as e:
         parser.error(str(e))
-    out = args.out or (store.default_out(ctx.model_path, args.name) if args.name else None)
+    out = args.out or (store.default_out(ctx.run, args.name) if args.name else None)
     path, d = analysis.train(ctx, cfg, tcfg, out, progress=not args.quiet, log=log)
     print(json.dumps({"sae": str(path), "final": {k: round(v, 5) for k, v in d.meta["final"].items()},
                       "seconds": {k: round(v, 2) for k, v in d.meta["seconds"].items()}}, indent=1))

@@ -1,8 +1,8 @@
 """The whole job of a dictionary: train one on a model's activations, and analyse it.
 
-``open_context(model, dataset)`` loads a DT (a dtjax run or an original ``.pt``), its dataset and
-the env; ``train(ctx, cfg, tcfg)`` harvests, trains and saves; ``analyse(ctx, dictionary)``
-returns everything ``python -m dtjax.sae eval`` reports, as plain data (dicts of numpy arrays,
+``open_context(model, dataset)`` opens a DT (a dtjax run or an original ``.pt``: ``dtjax.run.Run``),
+its dataset and the env it was trained in; ``train(ctx, cfg, tcfg)`` harvests, trains and saves;
+``analyse(ctx, dictionary)`` returns everything ``python -m dtjax.sae eval`` reports, as plain data (dicts of numpy arrays,
 lists of labels and floats), so a report section or an explorer can render it:
 
 - ``reconstruction``: {token type: SAELens's metrics} (``dtjax.sae.metrics.reconstruction``),
@@ -33,10 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import envs
 from dtjax.config import ModelConfig
-from dtjax.data import store as data_store
 from dtjax.data.dataset import SampleConfig, device_arrays
+from dtjax.run import Run
 from dtjax.sae import activations as acts
 from dtjax.sae import metrics, probes
 from dtjax.sae import store
@@ -60,24 +59,25 @@ class Context:
     data: dict  # dtjax.data.dataset.device_arrays
     states: dict  # host arrays agent_pos (N, 2), agent_dir (N,) for the probes
     sample_cfg: SampleConfig
+    run: Run  # what the model was opened from (its env, its sae/ folder)
 
 
 def open_context(model: str | Path, dataset: str | Path | None = None) -> Context:
-    """Load a model (dtjax run directory or original ``.pt``), its dataset (or ``dataset``), and the env."""
-    import dtjax
-
+    """Open a model (dtjax run directory or original ``.pt``: ``dtjax.run.Run``), its dataset (or
+    ``dataset``), and the env the model was trained in (the run's ``EnvConfig``)."""
     model_path = store.resolve_model(model)
-    dataset_path = store.resolve_dataset(model_path, dataset)
-    model_cfg, params = dtjax.load(model_path)
-    arrays, meta = data_store.load(dataset_path)
-    if meta["env_id"] not in envs.REGISTRY:
-        raise SAEError(f"dataset {dataset_path} is for {meta['env_id']}, which dtjax's envs do not have")
-    env, env_params = envs.make(meta["env_id"], max_steps=int(meta["max_steps"]), obs_mode=model_cfg.obs_mode)
-    sample_cfg = SampleConfig(model_cfg.n_timesteps, model_cfg.max_timestep, model_cfg.n_actions,
-                              store.run_prob_go_from_end(model_path) if model_path.is_dir() else 0.1)
+    run = Run.open(model_path).require_model()
+    dataset_path = store.resolve_dataset(run, dataset)
+    arrays, meta = run.open_dataset(dataset_path)
+    env_cfg = run.env_cfg
+    if meta["env_id"] != env_cfg.env_id:
+        raise SAEError(f"dataset {dataset_path} is for {meta['env_id']}, the model {model_path} for {env_cfg.env_id}")
+    env, env_params = env_cfg.make()
+    model_cfg = run.model_cfg
+    sample_cfg = SampleConfig(model_cfg.n_timesteps, model_cfg.max_timestep, model_cfg.n_actions, run.prob_go_from_end)
     states = {"agent_pos": np.asarray(arrays["agent_pos"], np.int32), "agent_dir": np.asarray(arrays["agent_dir"], np.int32)}
-    return Context(model_path, model_cfg, jax.tree.map(jnp.asarray, params), dataset_path, env, env_params, meta["env_id"],
-                   int(meta["max_steps"]), int(env.size), device_arrays(arrays), states, sample_cfg)
+    return Context(model_path, model_cfg, jax.tree.map(jnp.asarray, run.params), dataset_path, env, env_params,
+                   env_cfg.env_id, env_cfg.max_steps, int(env.size), device_arrays(arrays), states, sample_cfg, run)
 
 
 def make_config(ctx: Context, hook: str, token: str, arch: str = "topk", n_latents: int = 1024, k: int = 16,
@@ -93,7 +93,7 @@ def train(ctx: Context, cfg: SAEConfig, tcfg: SAETrainConfig, out: str | Path | 
     """Harvest ``tcfg.n_tokens`` training activations, train, and save the dictionary to ``out``
     (default beside the model: ``store.default_out``). Returns (directory, dictionary)."""
     acts.check_site(ctx.model_cfg, cfg.hook, cfg.token, cfg.transcoder)
-    out = Path(out) if out else store.default_out(ctx.model_path, store.default_name(cfg, tcfg))
+    out = Path(out) if out else store.default_out(ctx.run, store.default_name(cfg, tcfg))
     if out.exists():
         raise SAEError(f"{out} already exists; choose another --name / --out or delete it")
     root = jax.random.PRNGKey(tcfg.seed)

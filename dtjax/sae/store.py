@@ -27,7 +27,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from dtjax import run as run_lib
 from dtjax.config import ConfigError
+from dtjax.run import Run
 from dtjax.sae.model import SAEConfig, SAEError
 from dtjax.sae.train import SAETrainConfig
 
@@ -57,43 +59,27 @@ def resolve_model(ckpt: str | os.PathLike) -> Path:
     raise SAEError(f"no model at {ckpt} (neither a path nor a run in checkpoints/)")
 
 
-def resolve_dataset(model_path: Path, dataset: str | os.PathLike | None) -> Path:
-    """The dataset to harvest from: ``dataset`` if given, else the run's own (``<run>/dataset``,
-    or the ``dataset`` of its config.json). Original ``.pt`` models have none: pass one."""
+def resolve_dataset(run: Run | None, dataset: str | os.PathLike | None) -> Path:
+    """The dataset to harvest from: ``dataset`` if given, else the run's own (``Run.dataset_path``).
+    Original ``.pt`` models have none: pass one."""
     if dataset:
         p = Path(dataset)
         if not p.exists():
             raise SAEError(f"dataset not found: {p}")
         return p
-    if model_path.is_file():
-        raise SAEError(f"{model_path} has no stored dataset (an original .pt model): pass --dataset DIR, "
+    if run is not None and run.kind == "pt":
+        raise SAEError(f"{run.path} has no stored dataset (an original .pt model): pass --dataset DIR, "
                        f"e.g. --dataset checkpoints/default/dataset")
-    run = model_path if (model_path / "config.json").exists() else model_path.parent
-    if (run / "dataset").is_dir():
-        return run / "dataset"
-    try:
-        stored = json.loads((run / "config.json").read_text()).get("dataset", "")
-    except (OSError, json.JSONDecodeError):
-        stored = ""
-    if stored and Path(stored).exists():
-        return Path(stored)
-    raise SAEError(f"no dataset found for {model_path} (no {run / 'dataset'}): pass --dataset DIR")
+    found = run.dataset_path if run is not None else None
+    if found is None:
+        where = f"{run.path} (no {run.root / 'dataset'})" if run is not None else "a model outside a run"
+        raise SAEError(f"no dataset found for {where}: pass --dataset DIR")
+    return found
 
 
-def run_prob_go_from_end(model_path: Path) -> float:
-    """The run's ``data.prob_go_from_end`` (how its windows were drawn), or the default 0.1."""
-    try:
-        cfg = json.loads((model_path / "config.json").read_text())
-        return float(cfg.get("data", {}).get("prob_go_from_end", 0.1))
-    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0.1
-
-
-def default_out(model_path: Path, name: str) -> Path:
-    if model_path.is_file():
-        return Path("checkpoints") / model_path.stem / "sae" / name
-    run = model_path if (model_path / "config.json").exists() else model_path.parent
-    return run / "sae" / name
+def default_out(run: Run, name: str) -> Path:
+    """Where a dictionary of this model is saved by default: ``Run.sae_root / name``."""
+    return run.sae_root / name
 
 
 def _paths(target: Path, out_dir: Path) -> dict:
@@ -114,21 +100,9 @@ def resolve_recorded(meta_entry: dict, sae_dir: Path) -> Path:
                    f"(pass --ckpt / --dataset)")
 
 
-def is_dictionary(path: str | os.PathLike) -> bool:
-    """Whether ``path`` looks like a dictionary directory (``config.json`` and ``ckpt/``)."""
-    p = Path(path)
-    return p.is_dir() and (p / "config.json").is_file() and (p / "ckpt").is_dir()
-
-
-def find(path: str | os.PathLike) -> list[Path]:
-    """The dictionary directories at ``path``: itself if it is one, else its sub-directories that
-    are (sorted; hidden ones, e.g. an unfinished write, skipped). A run's ``sae/`` folder lists all."""
-    p = Path(path)
-    if is_dictionary(p):
-        return [p]
-    if not p.is_dir():
-        return []
-    return sorted(c for c in p.iterdir() if not c.name.startswith(".") and is_dictionary(c))
+# A dictionary directory and a folder of them are recognised by dtjax.run (a run lists its sae/).
+is_dictionary = run_lib.is_dictionary
+find = run_lib.find_dictionaries
 
 
 def save(path: str | os.PathLike, d: Dictionary, history: list[dict] | None = None) -> Path:

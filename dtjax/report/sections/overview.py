@@ -7,7 +7,7 @@ import html
 import numpy as np
 
 from dtjax import plots
-from dtjax.report.base import Context, Page, Section, find_calibration
+from dtjax.report.base import Context, Page, Section
 
 
 def model_compute(ctx: Context) -> dict:
@@ -39,7 +39,7 @@ def _calibration(ctx: Context) -> tuple[dict, str]:
 
     def run():
         o = ctx.options
-        calib = find_calibration(ctx.ckpt)
+        calib = ctx.calibration()
         if calib is not None:
             return calib, "saved with the checkpoint"
         calib = calibrate(ctx.params, ctx.cfg, ctx.env, ctx.env_params, ctx.key("calibration"),
@@ -69,7 +69,7 @@ def calibration_render(d: dict, page: Page) -> None:
 
 
 def calibration_undefined(ctx: Context) -> str | None:
-    if not ctx.options.closed_loop and find_calibration(ctx.ckpt) is None:
+    if not ctx.options.closed_loop and ctx.calibration() is None:
         return "no calibration is saved with the checkpoint and rollouts are off (closed_loop=False)"
     return None
 

@@ -54,7 +54,7 @@ def _open(ctx: Context, path: Path):
                 dataset = store.resolve_recorded(d.meta.get("dataset", {}), path)
             except SAEError:
                 try:
-                    dataset = store.resolve_dataset(ctx.ckpt, None)  # the report model's own, if it is a run
+                    dataset = store.resolve_dataset(ctx.run, None)  # the report model's own, if it is a run
                 except SAEError:
                     raise SAEError(f"its dataset {d.meta.get('dataset', {}).get('path')} is gone and {ctx.ckpt} has "
                                    f"none of its own to analyse it on") from None
