@@ -17,7 +17,6 @@ never leaves a half-written step that restore would pick up. ``max_to_keep`` pru
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from dtjax.io import write_json_atomic  # noqa: F401  (re-exported: train.py writes run files through it)
 
 CKPT_DIR = "ckpt"
 ENV_FILE = "env.json"
@@ -113,14 +114,3 @@ def restore_model(path: str | os.PathLike) -> tuple[dict, dict, int]:
         raise CheckpointError(f"cannot read dtjax checkpoint {step_dir}: {type(e).__name__}: {str(e)[:200]}") from e
     params = jax.tree.map(np.asarray, out["params"])
     return out["config"], params, int(step_dir.name) if step_dir.name.isdigit() else -1
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

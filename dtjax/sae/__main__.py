@@ -106,16 +106,15 @@ def _train(args, parser) -> int:
 
 
 def _eval(args) -> int:
-    import numpy as np
-
-    from dtjax.sae import analysis, render, store
+    from dtjax import io
+    from dtjax.sae import analysis, render
 
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     ctx, d = analysis.open_dictionary(args.sae, args.ckpt, args.dataset)
     a = analysis.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
                          closed_loop=not args.no_closed_loop, n_top=args.top, seed=args.seed, log=log)
     s = analysis.summary(a)
-    store.write_json(args.sae / "eval.json", _jsonable(s))
+    io.write_json_atomic(args.sae / "eval.json", io.jsonable(s))
     out = args.out or args.sae / "eval"
     out.mkdir(parents=True, exist_ok=True)
     render.save_arrays(a, out / "analysis.npz")
@@ -131,27 +130,9 @@ def _eval(args) -> int:
         cl = s["closed_loop"]
         line["closed_loop"] = {f"{r:+g}": [round(m, 3), round(x, 3)] for r, m, x in
                                zip(cl["target_rtg"], cl["model_return"], cl["sae_return"])}
-    print(json.dumps(_jsonable(line), indent=1))
+    print(json.dumps(io.jsonable(line), indent=1))
     print(args.sae / "eval.json")
     return 0
-
-
-def _jsonable(o):
-    import numpy as np
-
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.floating, float)):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
 
 
 def main(argv=None) -> int:
