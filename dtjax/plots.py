@@ -531,3 +531,30 @@ def probe_recovery(curves: dict, threshold: float, n_probes: int):
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+# MECHANISM CENSUS ---------------------------------------------------------------------------
+
+
+def census_shares(results: dict[str, dict]):
+    """One panel per census (name -> ``dtjax.census.census`` result): each model's share of the
+    ball-ahead veto carried by each component (one line per model), blue where the model has the
+    head circuit (veto and gate carried by one head), orange where it does not."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False, sharey=True)
+    for ax, (title, res) in zip(axes[0], results.items()):
+        labels = list(res["models"][0]["contrasts"]["veto"]["carry"])
+        for i, r in enumerate(res["models"]):
+            shares = [r["contrasts"]["veto"]["carry"][lab] for lab in labels]
+            jitter = (i - len(res["models"]) / 2) * 0.01
+            ax.plot(np.arange(len(labels)) + jitter, shares, "o-", ms=3, lw=0.6, alpha=0.6,
+                    color="C0" if r["head_circuit"] else "C1")
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.axhline(0, color="grey", lw=0.5)
+        n = res["counts"]
+        ax.set_title(f"{title}: head circuit in {n['head_circuit']}/{n['models']},\nattention saturated in {n['saturated']}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of the ball-ahead veto\n(forward − right) carried")
+    fig.tight_layout()
+    return fig
