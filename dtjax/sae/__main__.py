@@ -17,7 +17,8 @@ SAETrainConfig field is a flag (--num_steps, --batch_size, --lr, --n_tokens, --a
 eval: reconstruction metrics per token type, CE / KL recovered with the dictionary spliced in
 (against zero- and mean-ablation), closed-loop returns at RTG -1, 0, +1, and what each latent
 means (top-activating views, DLA, encoder maps, ground-truth probes). Writes SAE_DIR/eval.json,
-and SAE_DIR/eval/ (report.html, latents.png, probes.png, analysis.npz).
+and SAE_DIR/eval/ (report.html: the report's "SAE features" section for this dictionary alone, and
+analysis.npz).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top", type=_positive, default=9, help="top-activating tokens kept per latent (default 9)")
     e.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the training seed)")
     e.add_argument("--out", type=Path, help="figure directory (default SAE_DIR/eval)")
-    e.add_argument("--no_figures", action="store_true", help="only eval.json and analysis.npz")
+    e.add_argument("--no_figures", action="store_true", help="only eval.json and analysis.npz (no report.html)")
     e.add_argument("--quiet", action="store_true")
     return parser
 
@@ -107,7 +108,8 @@ def _train(args, parser) -> int:
 
 def _eval(args) -> int:
     from dtjax import io
-    from dtjax.sae import analysis, render
+    from dtjax.report.sections.sae import eval_page  # lazy: CLI start-up (a command line: it sits right of the report)
+    from dtjax.sae import analysis
 
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     ctx, d = analysis.open_dictionary(args.sae, args.ckpt, args.dataset)
@@ -117,9 +119,9 @@ def _eval(args) -> int:
     io.write_json_atomic(args.sae / "eval.json", io.jsonable(s))
     out = args.out or args.sae / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    render.save_arrays(a, out / "analysis.npz")
+    io.save_arrays_atomic(out / "analysis.npz", analysis.eval_arrays(a))
     if not args.no_figures:
-        render.write_html(a, s, out)
+        io.write_text_atomic(out / "report.html", eval_page(a, s, args.sae, ctx.dataset_path, ctx.model_cfg))
     r = s["reconstruction"][d.cfg.token]
     dn = s["downstream"]
     line = {"explained_variance": r["explained_variance"], "l0": r["l0"], "dead_frac": r["dead_frac"],

@@ -324,3 +324,16 @@ def summary(a: dict, n_latents_listed: int = 20) -> dict:
                        "baseline_recovered_frac": {k: b[k]["recovered_frac"] for k in ("random_init", "basis")},
                        "baseline_labels": b["labels"], "table": probe_rows},
             "top_latents_by_probe_auroc": latent_rows}
+
+
+def eval_arrays(a: dict) -> dict[str, np.ndarray]:
+    """``analyse``'s arrays flat, for ``eval/analysis.npz`` (what an explorer reads):
+    ``latents/<key>``, ``probes/<key>`` and ``reconstruction/<token>/density``."""
+    flat = {f"latents/{k}": v for k, v in a["latents"].items() if isinstance(v, np.ndarray)}
+    for k in ("n_pos", "valid", "best_latent", "best_auc", "recovered", "latent_best_probe", "latent_best_auc"):
+        flat[f"probes/{k}"] = np.asarray(a["probes"][k])
+    flat["probes/names"] = np.asarray(a["probes"]["names"])
+    flat["latents/best_probe"] = np.asarray(a["latents"]["best_probe"])
+    for t, m in a["reconstruction"].items():
+        flat[f"reconstruction/{t}/density"] = np.asarray(m["density"])
+    return flat

@@ -8,7 +8,7 @@ Layout (default ``checkpoints/<run>/sae/<name>/``; for an original ``.pt`` model
                      env_id / max_steps, training tokens, times, the last training metrics
     ckpt/            orbax: items ``params``, ``norm`` (numpy arrays) and ``config`` (the same JSON)
     metrics.jsonl    one row per training chunk (loss, FVU, L0, dead fraction, AuxK)
-    eval.json        written by ``python -m dtjax.sae eval`` (and eval/ with its figures)
+    eval.json        written by ``python -m dtjax.sae eval`` (and eval/: report.html, analysis.npz)
 
 A directory is written to a hidden sibling and renamed into place when complete; an existing one
 is never overwritten. ``load`` checks what it reads and raises ``SAEError`` with one line.
