@@ -372,19 +372,23 @@ def circuit_graph(senders: Sequence[str], send_stage: Sequence[int], n_layers: i
     return fig
 
 
-def faithfulness_curve(curves: dict, points: dict | None = None):
+def faithfulness_curve(curves: dict, points: dict | None = None, styles: dict | None = None):
     """Circuit faithfulness against edges kept.
 
     ``curves``: {label: (n_edges (m,), faithfulness (m,))} drawn as lines (e.g. the top-n edges
-    by |EAP| and by |EAP-IG|); ``points``: {label: (n_edges, faithfulness)} drawn as crosses
-    (e.g. ACDC's circuit).
+    by |EAP| and by |EAP-IG|); ``points``: {label: (n_edges, faithfulness)}, scalars or arrays,
+    drawn as crosses (e.g. ACDC's circuit, or its circuits at several thresholds); ``styles``:
+    {label: matplotlib keyword arguments} overriding a curve's or points' defaults (e.g. one
+    colour per pair).
     """
     plt = _plt()
+    styles = styles or {}
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for (label, (n, f)), ls in zip(curves.items(), ("-", ":", "--", "-.") * 4):
-        ax.plot(np.asarray(n), np.asarray(f, np.float64), ls, marker=".", label=label)
+        ax.plot(np.asarray(n), np.asarray(f, np.float64), **{"ls": ls, "marker": ".", "label": label, **styles.get(label, {})})
     for label, (n, f) in (points or {}).items():
-        ax.scatter([n], [f], marker="x", s=60, color="black", zorder=3, label=label)
+        ax.scatter(np.atleast_1d(n), np.atleast_1d(np.asarray(f, np.float64)),
+                   **{"marker": "x", "s": 60, "color": "black", "zorder": 3, "label": label, **styles.get(label, {})})
     ax.set_xscale("symlog", linthresh=1)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.axhline(0.0, color="grey", lw=0.5)
