@@ -22,7 +22,7 @@ from dtjax.config import ModelConfig
 from dtjax.data import store as data_store
 from dtjax.model import run_with_cache, run_with_hooks
 from dtjax.sae import metrics, probes
-from dtjax.sae.analysis import active_latents
+from dtjax.sae.features import active_latents
 from dtjax.sae import store as sae_store
 from dtjax.sae.__main__ import main
 from dtjax.sae.model import SAEConfig, SAEError, apply, init_sae, jumprelu, kth_largest, step, topk_dense

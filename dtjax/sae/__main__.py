@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args, parser) -> int:
     from dtjax.cli import apply_args
     from dtjax.config import ConfigError
-    from dtjax.sae import analysis, store
+    from dtjax.sae import features, store
     from dtjax.sae.train import SAETrainConfig
 
     try:
@@ -94,13 +94,13 @@ def _train(args, parser) -> int:
     hook = args.hook or ("blocks.0.hook_mlp_out" if args.transcoder else "blocks.0.hook_resid_post")
     extra = {k: getattr(args, k) for k in ("bandwidth", "init_threshold") if getattr(args, k) is not None}
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    ctx = analysis.open_context(args.ckpt, args.dataset)
+    ctx = features.open_context(args.ckpt, args.dataset)
     try:
-        cfg = analysis.make_config(ctx, hook, args.token, args.arch, args.latents, args.k, args.transcoder, **extra)
+        cfg = features.make_config(ctx, hook, args.token, args.arch, args.latents, args.k, args.transcoder, **extra)
     except ConfigError as e:
         parser.error(str(e))
     out = args.out or (store.default_out(ctx.model_path, args.name) if args.name else None)
-    path, d = analysis.train(ctx, cfg, tcfg, out, progress=not args.quiet, log=log)
+    path, d = features.train(ctx, cfg, tcfg, out, progress=not args.quiet, log=log)
     print(json.dumps({"sae": str(path), "final": {k: round(v, 5) for k, v in d.meta["final"].items()},
                       "seconds": {k: round(v, 2) for k, v in d.meta["seconds"].items()}}, indent=1))
     return 0
@@ -109,17 +109,17 @@ def _train(args, parser) -> int:
 def _eval(args) -> int:
     from dtjax import io
     from dtjax.report.sections.sae import eval_page  # lazy: CLI start-up (a command line: it sits right of the report)
-    from dtjax.sae import analysis
+    from dtjax.sae import features
 
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    ctx, d = analysis.open_dictionary(args.sae, args.ckpt, args.dataset)
-    a = analysis.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
+    ctx, d = features.open_dictionary(args.sae, args.ckpt, args.dataset)
+    a = features.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
                          closed_loop=not args.no_closed_loop, n_top=args.top, seed=args.seed, log=log)
-    s = analysis.summary(a)
+    s = features.summary(a)
     io.write_json_atomic(args.sae / "eval.json", io.jsonable(s))
     out = args.out or args.sae / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    io.save_arrays_atomic(out / "analysis.npz", analysis.eval_arrays(a))
+    io.save_arrays_atomic(out / "analysis.npz", features.eval_arrays(a))
     if not args.no_figures:
         io.write_text_atomic(out / "report.html", eval_page(a, s, args.sae, ctx.dataset_path, ctx.model_cfg))
     r = s["reconstruction"][d.cfg.token]
