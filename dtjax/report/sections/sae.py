@@ -16,6 +16,7 @@ eval``'s ``eval/report.html``.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +253,8 @@ def eval_page(a: dict, s: dict, path: Path, dataset: Path, cfg: ModelConfig, dir
     ``sae.summary`` ``s`` and the model's ``cfg``."""
     e = entry_data(a, s, Path(path), dataset, [], cfg, direction, n_latents)
     page = Page(f"dtjax.sae eval: {e['name']}", dpi)
-    page.section("sae", f"{s['sae']['hook']} @ {s['sae']['token']} tokens; model {s['model']}")
+    page.section("sae", f"SAE features: {s['sae']['hook']} @ {s['sae']['token']} tokens")
+    page.text(f"Model <code>{html.escape(str(Path(s['model']).resolve()))}</code>.")
     render_dictionary(e, page)
     return page.render()
 
