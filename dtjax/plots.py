@@ -1,8 +1,9 @@
 """Every figure dtjax draws, from plain data (matplotlib, Agg backend).
 
 Functions named after what they show return a ``matplotlib.figure.Figure`` and never compute an
-analysis: they take the arrays, labels and numbers that ``dtjax.analysis``, ``dtjax.evaluate``
-or ``dtjax.data.store`` computed. ``save(fig, path)`` writes one to disk, ``png_bytes(fig)``
+analysis: they take the arrays, labels and numbers that ``dtjax.analysis``, ``dtjax.evaluate``,
+``dtjax.data.store``, ``dtjax.sae`` or ``dtjax.census`` computed. No other module of dtjax (nor
+its scripts) imports matplotlib. ``save(fig, path)`` writes one to disk, ``png_bytes(fig)``
 encodes one for the HTML report; both close it. ``plot_calibration`` and ``plot_dataset`` are
 the one-call versions the training job and the data CLI use.
 
