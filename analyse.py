@@ -1,7 +1,7 @@
 """python analyse.py --ckpt PATH [--out DIR] [--fast]: an HTML interpretability report of a checkpoint.
 
 ``python analyse.py --census RUN [RUN ...] [--out DIR]``: the mechanism census of every seed of
-multi-seed runs (``dtjax.circuits.census``): census.json, census.md, census.png in DIR (default
+multi-seed runs (``dtjax.census``): census.json, census.md, census.png in DIR (default
 RUN for one run, reports/census for several).
 
 ``--sae SAE_DIR`` (repeatable, or a comma list; a folder of dictionaries such as RUN/sae counts
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from dtjax.report import ReportError, ReportOptions, build_report
 
     if args.census:
-        from dtjax.circuits.census import write_census
+        from dtjax.census import write_census
 
         try:
             print(write_census(args.census, args.out, log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))))

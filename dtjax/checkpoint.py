@@ -27,7 +27,6 @@ directory.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from dtjax.io import write_json_atomic  # noqa: F401  (re-exported: train.py writes run files through it)
 
 CKPT_DIR = "ckpt"
 ENV_FILE = "env.json"  # written by dtjax.train for readers older than dtjax.run; never read by dtjax
@@ -128,13 +129,3 @@ def restore_params(step_dir: Path) -> dict:
     """The params of one step directory, as numpy arrays (whatever device layout they were saved from)."""
     return jax.tree.map(np.asarray, _restore(step_dir, params=ocp.args.StandardRestore())["params"])
 
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

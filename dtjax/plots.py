@@ -1,8 +1,9 @@
 """Every figure dtjax draws, from plain data (matplotlib, Agg backend).
 
 Functions named after what they show return a ``matplotlib.figure.Figure`` and never compute an
-analysis: they take the arrays, labels and numbers that ``dtjax.analysis``, ``dtjax.evaluate``
-or ``dtjax.data.store`` computed. ``save(fig, path)`` writes one to disk, ``png_bytes(fig)``
+analysis: they take the arrays, labels and numbers that ``dtjax.analysis``, ``dtjax.evaluate``,
+``dtjax.data.store``, ``dtjax.sae`` or ``dtjax.census`` computed. No other module of dtjax (nor
+its scripts) imports matplotlib. ``save(fig, path)`` writes one to disk, ``png_bytes(fig)``
 encodes one for the HTML report; both close it. ``plot_calibration`` and ``plot_dataset`` are
 the one-call versions the training job and the data CLI use.
 
@@ -372,19 +373,23 @@ def circuit_graph(senders: Sequence[str], send_stage: Sequence[int], n_layers: i
     return fig
 
 
-def faithfulness_curve(curves: dict, points: dict | None = None):
+def faithfulness_curve(curves: dict, points: dict | None = None, styles: dict | None = None):
     """Circuit faithfulness against edges kept.
 
     ``curves``: {label: (n_edges (m,), faithfulness (m,))} drawn as lines (e.g. the top-n edges
-    by |EAP| and by |EAP-IG|); ``points``: {label: (n_edges, faithfulness)} drawn as crosses
-    (e.g. ACDC's circuit).
+    by |EAP| and by |EAP-IG|); ``points``: {label: (n_edges, faithfulness)}, scalars or arrays,
+    drawn as crosses (e.g. ACDC's circuit, or its circuits at several thresholds); ``styles``:
+    {label: matplotlib keyword arguments} overriding a curve's or points' defaults (e.g. one
+    colour per pair).
     """
     plt = _plt()
+    styles = styles or {}
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for (label, (n, f)), ls in zip(curves.items(), ("-", ":", "--", "-.") * 4):
-        ax.plot(np.asarray(n), np.asarray(f, np.float64), ls, marker=".", label=label)
+        ax.plot(np.asarray(n), np.asarray(f, np.float64), **{"ls": ls, "marker": ".", "label": label, **styles.get(label, {})})
     for label, (n, f) in (points or {}).items():
-        ax.scatter([n], [f], marker="x", s=60, color="black", zorder=3, label=label)
+        ax.scatter(np.atleast_1d(n), np.atleast_1d(np.asarray(f, np.float64)),
+                   **{"marker": "x", "s": 60, "color": "black", "zorder": 3, "label": label, **styles.get(label, {})})
     ax.set_xscale("symlog", linthresh=1)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.axhline(0.0, color="grey", lw=0.5)
@@ -529,5 +534,32 @@ def probe_recovery(curves: dict, threshold: float, n_probes: int):
     ax.set_ylim(0.45, 1.01)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+# MECHANISM CENSUS ---------------------------------------------------------------------------
+
+
+def census_shares(results: dict[str, dict]):
+    """One panel per census (name -> ``dtjax.census.census`` result): each model's share of the
+    ball-ahead veto carried by each component (one line per model), blue where the model has the
+    head circuit (veto and gate carried by one head), orange where it does not."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False, sharey=True)
+    for ax, (title, res) in zip(axes[0], results.items()):
+        labels = list(res["models"][0]["contrasts"]["veto"]["carry"])
+        for i, r in enumerate(res["models"]):
+            shares = [r["contrasts"]["veto"]["carry"][lab] for lab in labels]
+            jitter = (i - len(res["models"]) / 2) * 0.01
+            ax.plot(np.arange(len(labels)) + jitter, shares, "o-", ms=3, lw=0.6, alpha=0.6,
+                    color="C0" if r["head_circuit"] else "C1")
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.axhline(0, color="grey", lw=0.5)
+        n = res["counts"]
+        ax.set_title(f"{title}: head circuit in {n['head_circuit']}/{n['models']},\nattention saturated in {n['saturated']}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of the ball-ahead veto\n(forward − right) carried")
     fig.tight_layout()
     return fig

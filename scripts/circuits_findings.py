@@ -226,27 +226,17 @@ def plot_circuit(path, cfg, graph, edges, scores, title):
 
 
 def plot_faithfulness(path, graph_results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    """Faithfulness of the top-n edges by |EAP| and |EAP-IG|, and ACDC's circuits, one colour per pair."""
+    curves, points, styles = {}, {}, {}
     for (pair, res), colour in zip(graph_results.items(), ("tab:blue", "tab:orange", "tab:green")):
         pr = res["prune"]
-        ax.plot(pr["n_edges"], pr["faithfulness"], "-", color=colour, label=f"{pair}: top-n by |EAP|")
-        ax.plot(pr["n_edges"], pr["faithfulness_ig"], ":", color=colour, label=f"{pair}: top-n by |EAP-IG|")
+        for label, f, ls in ((f"{pair}: top-n by |EAP|", pr["faithfulness"], "-"),
+                             (f"{pair}: top-n by |EAP-IG|", pr["faithfulness_ig"], ":")):
+            curves[label], styles[label] = (pr["n_edges"], f), {"color": colour, "ls": ls, "marker": None}
+        label = f"{pair}: ACDC (tau {TAUS[0]}..{TAUS[-1]})"
         pts = [(v["n_edges"], v["faithfulness"]) for v in res["acdc"].values()]
-        ax.scatter(*zip(*pts), color=colour, marker="x", s=40, label=f"{pair}: ACDC (tau {TAUS[0]}..{TAUS[-1]})")
-    ax.set_xscale("symlog", linthresh=1)
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("edges kept")
-    ax.set_ylabel("faithfulness (metric recovered)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        points[label], styles[label] = tuple(zip(*pts)), {"color": colour, "s": 40}
+    plots.save(plots.faithfulness_curve(curves, points, styles), path)
 
 
 def replot(cfg, params, ps, out, name) -> None:

@@ -93,8 +93,7 @@ def tiny_sae(run, n_latents: int = 32, k: int = 4, name: str = "sae", hook: str 
     ``eval/analysis.npz`` (what ``python -m dtjax.sae eval`` writes: the explorer's probe labels)."""
     from pathlib import Path
 
-    from dtjax import sae
-    from dtjax.sae import render
+    from dtjax import io, sae
 
     ctx = sae.open_context(run, dataset)
     cfg = sae.make_config(ctx, hook, token, n_latents=n_latents, k=k)
@@ -103,5 +102,5 @@ def tiny_sae(run, n_latents: int = 32, k: int = 4, name: str = "sae", hook: str 
     if eval_arrays:
         a = sae.analyse(ctx, d, n_tokens=2048, n_analysis=1024, closed_loop=False)
         (path / "eval").mkdir()
-        render.save_arrays(a, path / "eval" / "analysis.npz")
+        io.save_arrays_atomic(path / "eval" / "analysis.npz", sae.eval_arrays(a))
     return path

@@ -1,8 +1,10 @@
-"""The mechanism census (dtjax.circuits.census) on the original checkpoints: it finds the
-write-up's circuit in the overnight model, and loses it when the head is cut out."""
+"""The mechanism census on the original checkpoints: the classification (dtjax.circuits.census)
+finds the write-up's circuit in the overnight model, and loses it when the head is cut out; the
+front end (dtjax.census) writes it for several models."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 import dtjax
+from dtjax.census import calibration_summary, census, write_census
 from dtjax.circuits.census import mechanism, probe_states
 
 ORIG = Path(__file__).resolve().parents[1] / "checkpoints" / "original"
@@ -56,3 +59,27 @@ def test_overnight_model_has_the_head_circuit(overnight):
     m_cut = mechanism(cut, cfg, env_cfg)
     assert m_cut["contrasts"]["veto"]["carry"]["L0H1"] == 0 and m_cut["contrasts"]["gate"]["patch"]["L0H1"] == 0
     assert not m_cut["head_circuit"] and m_cut["carriers"]["veto"] != "L0H1"
+
+
+def test_write_census_of_two_models(overnight, tmp_path):
+    """``dtjax.census.write_census`` (``analyse.py --census``) over two original models: one JSON per
+    model with ``mechanism``'s classification, the summary and per-model tables, the figure."""
+    cfg, params, env_cfg = overnight
+    runs = [ORIG / "demo_model_overnight_training.pt", ORIG / "demo_model.pt"]
+    md = write_census(runs, tmp_path, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["census.md", "census.png", "census_demo_model.pt.json",
+                                                          "census_demo_model_overnight_training.pt.json"]
+    res = json.loads((tmp_path / "census_demo_model_overnight_training.pt.json").read_text())
+    (row,) = res["models"]
+    assert row["carriers"] == mechanism(params, cfg, env_cfg)["carriers"] and row["head_circuit"]
+    assert row["calibration"] is None and res["counts"]["head_circuit"] == 1 and res["counts"]["veto"] == {"L0H1": 1}
+    text = md.read_text()
+    assert text.startswith("| run | models |") and "### demo_model.pt" in text and "L0H1 " in text
+    assert (tmp_path / "census.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run directory with a saved calibration: its error and the sweep's ends
+    calib = {"rows": [{"target_rtg": -1.0, "mean_return": -0.5, "episodes": 4},
+                      {"target_rtg": 1.0, "mean_return": 0.75, "episodes": 4}], "calibration_error": 0.375, "monotonic": True}
+    assert calibration_summary(calib) == {"calibration_error": 0.375, "return_at_low": -0.5, "return_at_high": 0.75,
+                                          "monotonic": True, "episodes": 8}
+    assert calibration_summary(None) is None
+    assert census([runs[0]])["counts"] == res["counts"]

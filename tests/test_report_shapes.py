@@ -205,7 +205,7 @@ def _check_circuit_sections(cfg, results):
 
 
 def _summary(results):
-    from dtjax.report.base import jsonable
+    from dtjax.io import jsonable
 
     out = {}
     for d in results.values():

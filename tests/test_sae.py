@@ -22,7 +22,7 @@ from dtjax.config import ModelConfig
 from dtjax.data import store as data_store
 from dtjax.model import run_with_cache, run_with_hooks
 from dtjax.sae import metrics, probes
-from dtjax.sae.analysis import active_latents
+from dtjax.sae.features import active_latents
 from dtjax.sae import store as sae_store
 from dtjax.sae.__main__ import main
 from dtjax.sae.model import SAEConfig, SAEError, apply, init_sae, jumprelu, kth_largest, step, topk_dense
@@ -371,7 +371,7 @@ def test_cli_train_then_eval(tiny_run, capsys):
     assert d.cfg.hook == "blocks.0.hook_resid_post" and d.cfg.d_in == 16 and d.meta["n_train_tokens"] == 2048
     assert main(args) == 1 and "already exists" in capsys.readouterr().err  # nothing overwritten
     assert main(["eval", "--sae", str(path), "--tokens", "2048", "--analysis_tokens", "1024", "--episodes", "2",
-                 "--no_figures", "--quiet"]) == 0
+                 "--quiet"]) == 0
     s = json.loads((path / "eval.json").read_text())
     assert set(s["reconstruction"]) == {"state", "rtg"}
     r = s["reconstruction"]["state"]
@@ -382,6 +382,12 @@ def test_cli_train_then_eval(tiny_run, capsys):
     assert s["probes"]["n_valid"] > 0 and 0 <= s["probes"]["recovered_frac"] <= 1
     with np.load(path / "eval" / "analysis.npz") as z:
         assert z["latents/dla"].shape == (32, 3) and z["latents/encoder_maps"].shape == (32, 3, 7, 7)
+    # eval/report.html: the report's SAE section for this dictionary alone (the report's Page and plots)
+    page = (path / "eval" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'href="#sae"' in page and "blocks.0.hook_resid_post" in page
+    assert page.count('<img src="data:image/png;base64,') == 3  # latent cards, encoder maps, probe recovery
+    assert f"{s['probes']['recovered_frac']:.1%}" in page and "Closed-loop mean return" in page
+    assert sorted(p.name for p in (path / "eval").iterdir()) == ["analysis.npz", "report.html"]
 
 
 def test_cli_errors_are_one_line(tiny_run, tmp_path, capsys):

@@ -15,6 +15,8 @@ throughout: hook names, ``W_QK``/``W_OV``, DLA, ``decompose_resid``.
   attribution patching, path patching, ACDC and pruning by attribution, circuit faithfulness.
 - ``lens``: logit lens, accumulated residual, layer-wise residual decomposition.
 - ``composition``: Q, K and V composition scores between heads.
+- ``census``: how a model avoids a ball ahead (``mechanism``: which component carries the veto
+  and the RTG gate); its front end, reading and writing runs, is ``dtjax.census``.
 """
 
 from dtjax.circuits.attribution import (

@@ -1,11 +1,12 @@
-"""A census of the mechanisms many trained Decision Transformers use (``analyse.py --census RUN``).
+"""How a Decision Transformer avoids a ball in front of it: the census's pure classification.
 
 ``docs/findings.md`` found two ways a 1-layer DT avoids a ball in front of it: the original
 overnight model vetoes "forward" with an attention head (H1 attends to the state and its OV
 writes -forward; RTG gates it through H1's QK), while the default dtjax model puts all attention
-on the RTG token and vetoes in the MLP. ``mechanism`` classifies one model; ``census`` runs it
-over every seed of a multi-seed run (``train.py --num_seeds N``) and adds each seed's
-calibration.
+on the RTG token and vetoes in the MLP. ``mechanism`` classifies one model and ``census_counts``
+tallies many; ``dtjax.census`` (the front end of ``analyse.py --census RUN``) reads every seed of
+a multi-seed run (``train.py --num_seeds N``), adds each seed's calibration and writes the tables
+and the figure.
 
 Probes. Hand-made states of the model's own env (``envs.EnvState``, observed with the env's
 ``observe``): the agent at every interior cell facing each direction whose front cell is open
@@ -50,8 +51,6 @@ the MLP (0.98) with attention saturated on the RTG token.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -64,7 +63,6 @@ from dtjax.circuits.causal import component_name, components
 from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
 from dtjax.config import EnvConfig, ModelConfig
 from envs.dynamic_obstacles import PARKED
-from dtjax.run import Run
 
 SATURATED = 0.95  # attention to the RTG token above which a head "only reads the RTG"
 CONTRASTS = ("veto", "gate", "drive")
@@ -211,39 +209,6 @@ def mechanism(params: dict, cfg: ModelConfig, env_cfg: EnvConfig, *, rtg_high: f
             "direction": direction if isinstance(direction, str) else "custom"}
 
 
-def _calibration_of(calib: dict | None) -> dict | None:
-    """The census's digest of a run's calibration (``Run.calibration``), or None."""
-    if calib is None:
-        return None
-    rows = calib["rows"]
-    x = np.array([r["target_rtg"] for r in rows])
-    y = np.array([r["mean_return"] for r in rows])
-    return {"calibration_error": float(calib.get("calibration_error", np.mean(np.abs(y - x)))),
-            "return_at_low": float(y[np.argmin(x)]), "return_at_high": float(y[np.argmax(x)]),
-            "monotonic": bool(calib.get("monotonic", False)), "episodes": int(sum(r["episodes"] for r in rows))}
-
-
-def checkpoints_of(run: str | Path) -> list[Path]:
-    """The model paths of a run: its ``seed_k`` directories (in k order), or the run itself."""
-    return Run.open(run).models()
-
-
-def census(run: str | Path | list, log=lambda msg: None, **kw) -> dict:
-    """``mechanism`` and calibration of every model of ``run`` (a multi-seed run directory, one
-    run or checkpoint, or a list of them). Returns ``{"models": [row per model], "counts": ...}``.
-    """
-    paths = [Path(p) for p in run] if isinstance(run, (list, tuple)) else checkpoints_of(run)
-    rows = []
-    for p in paths:
-        log(f"census: {p}")
-        r = Run.open(p).require_model()
-        cfg = r.model_cfg
-        rows.append({"model": str(p), "config": {"n_layers": cfg.n_layers, "obs_mode": cfg.obs_mode,
-                                                 "n_timesteps": cfg.n_timesteps},
-                     **mechanism(r.params, cfg, r.env_cfg, **kw), "calibration": _calibration_of(r.calibration())})
-    return {"models": rows, "counts": census_counts(rows)}
-
-
 def census_counts(rows: list[dict]) -> dict:
     """How many models have each veto / gate carrier, saturated attention, and the head circuit."""
     def tally(key):
@@ -254,96 +219,3 @@ def census_counts(rows: list[dict]) -> dict:
 
     return {"models": len(rows), "veto": tally("veto"), "gate": tally("gate"),
             "saturated": sum(r["saturated"] for r in rows), "head_circuit": sum(r["head_circuit"] for r in rows)}
-
-
-def _carrier_cell(r: dict, key: str) -> str:
-    """``carrier share`` and the runner-up, e.g. ``L0H1 0.39 (L0_mlp 0.14)``."""
-    carry = r["contrasts"][key]["carry"]
-    order = sorted(carry, key=carry.get, reverse=True)
-    return f"{order[0]} {carry[order[0]]:.2f} ({order[1]} {carry[order[1]]:.2f})"
-
-
-def census_table(result: dict) -> str:
-    """A markdown table, one line per model: veto and gate carriers with their shares (runner-up
-    in brackets), the veto effect, attention to RTG, calibration error and the sweep's ends."""
-    lines = ["| model | veto carrier (runner-up) | veto effect | gate carrier (runner-up) | attn→RTG min | saturated | "
-             "head circuit | calib. error | return @−1 / @+1 |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["models"]:
-        cal = r["calibration"]
-        cal_s = f"{cal['calibration_error']:.3f} | {cal['return_at_low']:+.2f} / {cal['return_at_high']:+.2f}" if cal else "– | –"
-        lines.append(f"| {Path(r['model']).name} | {_carrier_cell(r, 'veto')} | {r['contrasts']['veto']['effect']:+.1f} | "
-                     f"{_carrier_cell(r, 'gate')} | {np.min(r['attn_to_rtg']):.2f} | {'yes' if r['saturated'] else 'no'} | "
-                     f"{'yes' if r['head_circuit'] else 'no'} | {cal_s} |")
-    n = result["counts"]
-    lines += ["", f"{n['models']} models; veto carriers {n['veto']}; gate carriers {n['gate']}; attention saturated on "
-              f"the RTG token in {n['saturated']}; the original's head circuit (veto and gate in one head) in {n['head_circuit']}."]
-    return "\n".join(lines)
-
-
-def plot_census(results: dict[str, dict], path: str | Path) -> None:
-    """One panel per census (name -> ``census`` result): each model's share of the ball-ahead veto
-    carried by each component (one line per model), blue where the model has the head circuit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False, sharey=True)
-    for ax, (title, res) in zip(axes[0], results.items()):
-        labels = list(res["models"][0]["contrasts"]["veto"]["carry"])
-        for i, r in enumerate(res["models"]):
-            shares = [r["contrasts"]["veto"]["carry"][lab] for lab in labels]
-            jitter = (i - len(res["models"]) / 2) * 0.01
-            ax.plot(np.arange(len(labels)) + jitter, shares, "o-", ms=3, lw=0.6, alpha=0.6,
-                    color="C0" if r["head_circuit"] else "C1")
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        ax.axhline(0, color="grey", lw=0.5)
-        n = res["counts"]
-        ax.set_title(f"{title}: head circuit in {n['head_circuit']}/{n['models']},\nattention saturated in {n['saturated']}",
-                     fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("share of the ball-ahead veto\n(forward − right) carried")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def summary_table(results: dict[str, dict]) -> str:
-    """One markdown line per census (name -> ``census`` result): how many models have each veto
-    and gate carrier, saturated attention and the head circuit, and their calibration."""
-    lines = ["| run | models | veto carrier | gate carrier | attention saturated on RTG | head circuit | "
-             "calib. error (mean ± sd) | return @−1 / @+1 (mean) |", "|---|---|---|---|---|---|---|---|"]
-    for name, res in results.items():
-        n = res["counts"]
-        cals = [r["calibration"] for r in res["models"] if r["calibration"]]
-        err = np.array([c["calibration_error"] for c in cals])
-        fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
-        cal_s = (f"{err.mean():.3f} ± {err.std():.3f} | {np.mean([c['return_at_low'] for c in cals]):+.2f} / "
-                 f"{np.mean([c['return_at_high'] for c in cals]):+.2f}") if cals else "– | –"
-        lines.append(f"| {name} | {n['models']} | {fmt(n['veto'])} | {fmt(n['gate'])} | {n['saturated']} | "
-                     f"{n['head_circuit']} | {cal_s} |")
-    return "\n".join(lines)
-
-
-def write_census(runs, out_dir: str | Path | None = None, log=print) -> Path:
-    """``census`` of one run (or of several) written as ``census.json``, ``census.md`` and
-    ``census.png`` in ``out_dir`` (default: the run directory; for several runs ``reports/census``,
-    with one ``census_<run>.json`` each and the summary table first). Returns the markdown path.
-    What ``analyse.py --census RUN [RUN ...]`` calls."""
-    runs = [Path(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
-    for r in runs:
-        if not r.exists():
-            raise FileNotFoundError(f"no run at {r}")
-    out = Path(out_dir) if out_dir else (runs[0] if len(runs) == 1 else Path("reports") / "census")
-    out.mkdir(parents=True, exist_ok=True)
-    results = {r.name: census(r, log=log) for r in runs}
-    if len(runs) == 1:
-        (out / "census.json").write_text(json.dumps(results[runs[0].name], indent=1))
-        text = census_table(results[runs[0].name])
-    else:
-        for name, res in results.items():
-            (out / f"census_{name}.json").write_text(json.dumps(res, indent=1))
-        text = summary_table(results) + "\n\n" + "\n\n".join(f"### {k}\n\n{census_table(v)}" for k, v in results.items())
-    (out / "census.md").write_text(text + "\n")
-    plot_census(results, out / "census.png")
-    return out / "census.md"

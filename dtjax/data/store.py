@@ -25,7 +25,7 @@ DataMixConfig) start where they were recorded. Observations need not be stored:
 ``env.observe(EnvState(agent_pos, agent_dir, obstacles, time))`` regenerates them exactly, in
 any obs mode (147 bytes/step for "image", 980 for "one_hot", against ~17 bytes of state).
 
-Writes go to a hidden sibling ``.<name>.tmp-<pid>-<rand>``, every file is fsynced, and the
+Writes go to a hidden sibling ``.<name>.tmp-<pid>-<rand>`` (``dtjax.io.atomic_dir``), every file is fsynced, and the
 directory is renamed into place only when complete (then the parent is fsynced), so a crash
 never leaves a half-written dataset, and an existing path is never overwritten. ``load``
 checks everything it reads and raises ``DatasetError`` with a one-line message.
@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+
+from dtjax import io
 
 SCHEMA_VERSION = 1
 SOURCES = ("ppo", "random", "final", "snapshot", "branch")
@@ -58,15 +58,8 @@ class DatasetError(ValueError):
     """A dataset that is missing, corrupt, truncated or does not match; the message is one line."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _exists(path: Path) -> DatasetError:
+    return DatasetError(f"dataset {path} already exists; choose another path or delete it")
 
 
 def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict) -> Path:
@@ -77,31 +70,18 @@ def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict)
     """
     path = Path(path)
     if path.exists():
-        raise DatasetError(f"dataset {path} already exists; choose another path or delete it")
+        raise _exists(path)
     _check_arrays(arrays, str(path), metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    with io.atomic_dir(path, _exists) as tmp:
         names = {**FIELDS, **{k: v for k, v in OPTIONAL.items() if k in arrays}}
         for name, (dtype, _) in names.items():
             with open(tmp / f"{name}.npy", "wb") as f:
                 np.save(f, np.ascontiguousarray(arrays[name], dtype=dtype))
-                f.flush()
-                os.fsync(f.fileno())
+                io.fsync_file(f)
         meta = {**metadata, "schema_version": SCHEMA_VERSION, "counts": counts(arrays), "created": time.time()}
         with open(tmp / "metadata.json", "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if path.exists():  # appeared while we wrote
-            raise DatasetError(f"dataset {path} already exists; choose another path or delete it")
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            io.fsync_file(f)
     return path
 
 

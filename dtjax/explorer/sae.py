@@ -71,7 +71,7 @@ def prepare(path: Path, cfg: ModelConfig, params: dict) -> ExplorerSAE:
     """Load one dictionary for this model (``SAEError`` if it does not fit)."""
     from dtjax.sae import SAEError, store
     from dtjax.sae.activations import check_site
-    from dtjax.sae.analysis import direct_logit_effects, residual_directions
+    from dtjax.sae.features import direct_logit_effects, residual_directions
 
     d = store.load(path)
     _, d_in, d_out = check_site(cfg, d.cfg.hook, d.cfg.token, d.cfg.transcoder)

@@ -77,15 +77,14 @@ re-raises instead (tests).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from dtjax.io import jsonable, write_json_atomic, write_text_atomic
 from dtjax.report.base import (
-    CHANNELS, REPORT_SCENARIOS, Context, Page, ReportError, ReportOptions, Section, jsonable,
+    CHANNELS, REPORT_SCENARIOS, Context, Page, ReportError, ReportOptions, Section,
 )
 from dtjax.report.sections import all_sections
 
@@ -213,16 +212,10 @@ def build_report(ckpt: str | Path, out_dir: str | Path, options: ReportOptions |
     page.text(f"Generated in {summary['seconds']} s by dtjax.report.")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
-    _write_atomic(path, page.render())
-    _write_atomic(out_dir / "summary.json", json.dumps(jsonable(summary), indent=1))
+    write_text_atomic(path, page.render())
+    write_json_atomic(out_dir / "summary.json", jsonable(summary), indent=1, sort_keys=False)
     log(f"wrote {path}")
     failed = [f"{k} ({s['note']})" for k, s in status.items() if s["status"] == "error"]
     if failed:
         raise ReportError(f"{len(failed)} report section(s) failed: {'; '.join(failed)}; the rest is in {path}")
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -247,19 +247,6 @@ class Page:
                 f"<h3>Contents</h3><ol>{toc}</ol>{''.join(self.body)}</body></html>")
 
 
-def jsonable(x):
-    """Numpy scalars and arrays to Python, non-finite floats to None (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def rounded(x, digits: int = 4) -> list:

@@ -12,15 +12,18 @@ Command line: ``python -m dtjax.sae train ...`` and ``python -m dtjax.sae eval -
 (``python -m dtjax.sae --help``). Modules: ``model`` (the Flax dictionary: TopK, BatchTopK,
 JumpReLU; SAE or transcoder), ``activations`` (sites and on-device harvesting), ``train`` (the
 jitted loop), ``splice`` (the dictionary as hook interventions), ``metrics``, ``probes``
-(ground-truth probes and AUROC), ``store`` (directories), ``analysis`` (the jobs), ``render``.
+(ground-truth probes and AUROC), ``store`` (directories), ``features`` (the jobs: train, analyse; what each latent means). ``python -m dtjax.sae eval`` renders through
+the report's SAE section (``dtjax.report.sections.sae.eval_page``) and ``dtjax.plots``.
 """
 
-from dtjax.sae.analysis import Context, active_latents, analyse, make_config, open_context, open_dictionary, summary, train
+from dtjax.sae.features import (
+    SAEInputs, active_latents, analyse, eval_arrays, make_config, open_context, open_dictionary, summary, train,
+)
 from dtjax.sae.model import ARCHS, TOKENS, SAEConfig, SAEError, SparseDictionary, init_sae
 from dtjax.sae.splice import splice
 from dtjax.sae.store import Dictionary, load, save
 from dtjax.sae.train import SAETrainConfig, train_dictionary
 
-__all__ = ["ARCHS", "TOKENS", "Context", "active_latents", "Dictionary", "SAEConfig", "SAEError", "SAETrainConfig", "SparseDictionary",
-           "analyse", "init_sae", "load", "make_config", "open_context", "open_dictionary", "save", "splice", "summary",
+__all__ = ["ARCHS", "TOKENS", "SAEInputs", "active_latents", "Dictionary", "SAEConfig", "SAEError", "SAETrainConfig", "SparseDictionary",
+           "analyse", "eval_arrays", "init_sae", "load", "make_config", "open_context", "open_dictionary", "save", "splice", "summary",
            "train", "train_dictionary"]

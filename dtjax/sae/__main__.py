@@ -17,7 +17,8 @@ SAETrainConfig field is a flag (--num_steps, --batch_size, --lr, --n_tokens, --a
 eval: reconstruction metrics per token type, CE / KL recovered with the dictionary spliced in
 (against zero- and mean-ablation), closed-loop returns at RTG -1, 0, +1, and what each latent
 means (top-activating views, DLA, encoder maps, ground-truth probes). Writes SAE_DIR/eval.json,
-and SAE_DIR/eval/ (report.html, latents.png, probes.png, analysis.npz).
+and SAE_DIR/eval/ (report.html: the report's "SAE features" section for this dictionary alone, and
+analysis.npz).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top", type=_positive, default=9, help="top-activating tokens kept per latent (default 9)")
     e.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the training seed)")
     e.add_argument("--out", type=Path, help="figure directory (default SAE_DIR/eval)")
-    e.add_argument("--no_figures", action="store_true", help="only eval.json and analysis.npz")
+    e.add_argument("--no_figures", action="store_true", help="only eval.json and analysis.npz (no report.html)")
     e.add_argument("--quiet", action="store_true")
     return parser
 
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args, parser) -> int:
     from dtjax.cli import apply_args
     from dtjax.config import ConfigError
-    from dtjax.sae import analysis, store
+    from dtjax.sae import features, store
     from dtjax.sae.train import SAETrainConfig
 
     try:
@@ -93,34 +94,34 @@ def _train(args, parser) -> int:
     hook = args.hook or ("blocks.0.hook_mlp_out" if args.transcoder else "blocks.0.hook_resid_post")
     extra = {k: getattr(args, k) for k in ("bandwidth", "init_threshold") if getattr(args, k) is not None}
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    ctx = analysis.open_context(args.ckpt, args.dataset)
+    ctx = features.open_context(args.ckpt, args.dataset)
     try:
-        cfg = analysis.make_config(ctx, hook, args.token, args.arch, args.latents, args.k, args.transcoder, **extra)
+        cfg = features.make_config(ctx, hook, args.token, args.arch, args.latents, args.k, args.transcoder, **extra)
     except ConfigError as e:
         parser.error(str(e))
     out = args.out or (store.default_out(ctx.run, args.name) if args.name else None)
-    path, d = analysis.train(ctx, cfg, tcfg, out, progress=not args.quiet, log=log)
+    path, d = features.train(ctx, cfg, tcfg, out, progress=not args.quiet, log=log)
     print(json.dumps({"sae": str(path), "final": {k: round(v, 5) for k, v in d.meta["final"].items()},
                       "seconds": {k: round(v, 2) for k, v in d.meta["seconds"].items()}}, indent=1))
     return 0
 
 
 def _eval(args) -> int:
-    import numpy as np
-
-    from dtjax.sae import analysis, render, store
+    from dtjax import io
+    from dtjax.report.sections.sae import eval_page  # lazy: CLI start-up (a command line: it sits right of the report)
+    from dtjax.sae import features
 
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    ctx, d = analysis.open_dictionary(args.sae, args.ckpt, args.dataset)
-    a = analysis.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
+    ctx, d = features.open_dictionary(args.sae, args.ckpt, args.dataset)
+    a = features.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
                          closed_loop=not args.no_closed_loop, n_top=args.top, seed=args.seed, log=log)
-    s = analysis.summary(a)
-    store.write_json(args.sae / "eval.json", _jsonable(s))
+    s = features.summary(a)
+    io.write_json_atomic(args.sae / "eval.json", io.jsonable(s))
     out = args.out or args.sae / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    render.save_arrays(a, out / "analysis.npz")
+    io.save_arrays_atomic(out / "analysis.npz", features.eval_arrays(a))
     if not args.no_figures:
-        render.write_html(a, s, out)
+        io.write_text_atomic(out / "report.html", eval_page(a, s, args.sae, ctx.dataset_path, ctx.model_cfg))
     r = s["reconstruction"][d.cfg.token]
     dn = s["downstream"]
     line = {"explained_variance": r["explained_variance"], "l0": r["l0"], "dead_frac": r["dead_frac"],
@@ -131,27 +132,9 @@ def _eval(args) -> int:
         cl = s["closed_loop"]
         line["closed_loop"] = {f"{r:+g}": [round(m, 3), round(x, 3)] for r, m, x in
                                zip(cl["target_rtg"], cl["model_return"], cl["sae_return"])}
-    print(json.dumps(_jsonable(line), indent=1))
+    print(json.dumps(io.jsonable(line), indent=1))
     print(args.sae / "eval.json")
     return 0
-
-
-def _jsonable(o):
-    import numpy as np
-
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.floating, float)):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ Layout (default ``checkpoints/<run>/sae/<name>/``; for an original ``.pt`` model
                      env_id / max_steps, training tokens, times, the last training metrics
     ckpt/            orbax: items ``params``, ``norm`` (numpy arrays) and ``config`` (the same JSON)
     metrics.jsonl    one row per training chunk (loss, FVU, L0, dead fraction, AuxK)
-    eval.json        written by ``python -m dtjax.sae eval`` (and eval/ with its figures)
+    eval.json        written by ``python -m dtjax.sae eval`` (and eval/: report.html, analysis.npz)
 
 A directory is written to a hidden sibling and renamed into place when complete; an existing one
 is never overwritten. ``load`` checks what it reads and raises ``SAEError`` with one line.
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +26,7 @@ import jax
 import numpy as np
 
 from dtjax import run as run_lib
+from dtjax import io
 from dtjax.config import ConfigError
 from dtjax.run import Run
 from dtjax.sae.model import SAEConfig, SAEError
@@ -105,17 +104,16 @@ is_dictionary = run_lib.is_dictionary
 find = run_lib.find_dictionaries
 
 
+def _exists(path: Path) -> SAEError:
+    return SAEError(f"{path} already exists; choose another --name / --out or delete it")
+
+
 def save(path: str | os.PathLike, d: Dictionary, history: list[dict] | None = None) -> Path:
     """Write a dictionary directory atomically (refuses an existing path)."""
     import orbax.checkpoint as ocp
 
     path = Path(path)
-    if path.exists():
-        raise SAEError(f"{path} already exists; choose another --name / --out or delete it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}").absolute()
-    tmp.mkdir()
-    try:
+    with io.atomic_dir(path, _exists) as tmp:
         meta = {**d.meta, "format": FORMAT, "sae": d.cfg.to_dict(), "created": time.time()}
         host = jax.tree.map(np.asarray, jax.device_get(d.variables))
         ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
@@ -127,14 +125,7 @@ def save(path: str | os.PathLike, d: Dictionary, history: list[dict] | None = No
                 f.write(json.dumps(row) + "\n")
         with open(tmp / "config.json", "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            raise SAEError(f"{path} already exists; choose another --name / --out or delete it")
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            io.fsync_file(f)
     return path
 
 
@@ -167,9 +158,3 @@ def load(path: str | os.PathLike) -> Dictionary:
         if got is None or tuple(got.shape) != shape:
             raise SAEError(f"{path}: {k} has shape {None if got is None else tuple(got.shape)}, config says {shape}")
     return Dictionary(cfg, variables, meta)
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    from dtjax.checkpoint import write_json_atomic
-
-    write_json_atomic(path, obj)

@@ -9,17 +9,24 @@ top latents by activation frequency and by |DLA| (each with its decoder's direct
 its encoder direction through ``W_state`` as 7x7 maps, its best ground-truth probe and AUROC, its
 top-activating views), and the fraction of probes some latent recovers (AUROC >= 0.9) against two
 baselines. A dictionary of another model's width or hook fails ``check``: one line, nothing written.
+
+``eval_page`` renders one dictionary the same way on a page of its own: ``python -m dtjax.sae
+eval``'s ``eval/report.html``.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
 
+from dtjax import analysis as A
+from dtjax import circuits as C
 from dtjax import plots
 from dtjax import scenarios as S
-from dtjax.report.base import Context, Page, ReportError, ReportOptions, Section, rounded
+from dtjax.config import ModelConfig
+from dtjax.report.base import CHANNELS, Context, Page, ReportError, ReportOptions, Section, rounded
 
 N_VIEWS = 6  # top-activating views per latent card
 
@@ -108,11 +115,19 @@ def dictionary_data(ctx: Context, path: Path) -> dict:
     sctx = sae.open_context(ctx.ckpt, dataset)
     a = sae.analyse(sctx, d, n_tokens=o.sae_tokens, n_analysis=o.sae_analysis_tokens, episodes=o.ablation_episodes,
                     rtgs=o.ablation_rtgs, closed_loop=o.closed_loop, n_top=N_VIEWS)
-    s = sae.summary(a)
+    return entry_data(a, sae.summary(a), path, dataset, notes, ctx.cfg, o.direction, o.sae_latents)
+
+
+def entry_data(a: dict, s: dict, path: Path, dataset: Path, notes: list[str], cfg: ModelConfig,
+               direction: str = "forward-right", n_latents: int = 6) -> dict:
+    """What ``render_dictionary`` draws of one dictionary, from ``sae.analyse``'s result ``a`` and
+    its ``sae.summary`` ``s``: the top ``n_latents`` latents by activation frequency and by |DLA|
+    (their DLA read along ``direction``), the probe curves and tables, and the summary entry."""
     lat, pr, base = a["latents"], a["probes"], a["baselines"]
-    by_freq, by_dla = _rank(lat, o.sae_latents)
+    by_freq, by_dla = _rank(lat, n_latents)
     shown = list(dict.fromkeys(by_freq + by_dla))
-    v = np.asarray(ctx.v)
+    v = np.asarray(A.direction(direction, cfg))
+    channels = CHANNELS[cfg.obs_mode]
     latents = []
     for j in shown:
         n_act = int((lat["top_index"][j] >= 0).sum())
@@ -126,13 +141,13 @@ def dictionary_data(ctx: Context, path: Path) -> dict:
             "view_titles": [f"{lat['top_act'][j, c]:.2f} R{lat['top_rtg'][j, c]:+.1f} t{lat['top_timestep'][j, c]}"
                             if c < n_act else "" for c in range(lat["top_obs"].shape[1])],
             "object_maps": None if lat["object_maps"] is None else np.asarray(lat["object_maps"][j]),
-            "channel_maps": None if lat["encoder_maps"] is None else np.asarray(lat["encoder_maps"][j])[ctx.channels],
+            "channel_maps": None if lat["encoder_maps"] is None else np.asarray(lat["encoder_maps"][j])[list(channels)],
         })
     valid = np.flatnonzero(pr["valid"])
     probe_rows = [[pr["names"][i], int(pr["n_pos"][i]), int(pr["best_latent"][i]), float(pr["best_auc"][i]),
                    float(base["random_init"]["best_auc"][i]), float(base["basis"]["best_auc"][i])]
                   for i in valid if pr["families"][i] != "cell"]
-    own = s["reconstruction"][d.cfg.token]
+    token = s["sae"]["token"]
     summary = {"path": str(path), "sae": s["sae"], "train": s["train"], "reconstruction": s["reconstruction"],
                "downstream": s["downstream"], "closed_loop": s["closed_loop"],
                "probes": {k: v for k, v in s["probes"].items() if k != "table"},
@@ -140,10 +155,10 @@ def dictionary_data(ctx: Context, path: Path) -> dict:
                                   "best_probe": e["best_probe"], "auroc": round(e["best_auc"], 4),
                                   **({"dla": rounded(e["dla"], 3)} if e["dla"] is not None else {})} for e in latents]}
     return {
-        "path": str(path), "name": path.name, "sae": s["sae"], "train": s["train"], "dataset": str(dataset),
-        "notes": notes, "reconstruction": s["reconstruction"], "own": own, "downstream": s["downstream"],
+        "path": str(path), "name": Path(path).name, "sae": s["sae"], "train": s["train"], "dataset": str(dataset),
+        "notes": notes, "reconstruction": s["reconstruction"], "own": s["reconstruction"][token], "downstream": s["downstream"],
         "closed_loop": s["closed_loop"], "latents": latents, "action_labels": lat["action_labels"],
-        "object_labels": lat["object_labels"], "channel_names": list(ctx.channel_names), "direction": ctx.direction,
+        "object_labels": lat["object_labels"], "channel_names": list(channels.values()), "direction": C.direction_label(direction),
         "probe_curves": {"dictionary": pr["best_auc"][valid],
                          f"random init ({base['random_init']['recovered_frac']:.0%})": base["random_init"]["best_auc"][valid],
                          f"basis ({base['basis']['recovered_frac']:.0%})": base["basis"]["best_auc"][valid]},
@@ -166,7 +181,8 @@ def sae_compute(ctx: Context) -> dict:
     return {"dictionaries": entries, "notes": notes, "summary": {"sae": [e["summary"] for e in entries]}}
 
 
-def _render_one(e: dict, page: Page) -> None:
+def render_dictionary(e: dict, page: Page) -> None:
+    """One dictionary's part of a page (``entry_data``'s result): tables, latent cards, encoder maps, probes."""
     c, tr = e["sae"], e["train"] or {}
     kind = "transcoder" if c["transcoder"] else "SAE"
     sparsity = f"k = {c['k']}" if c["arch"] != "jumprelu" else "JumpReLU thresholds"
@@ -227,7 +243,20 @@ def _render_one(e: dict, page: Page) -> None:
 
 def sae_render(data: dict, page: Page) -> None:
     for e in data["dictionaries"]:
-        _render_one(e, page)
+        render_dictionary(e, page)
+
+
+def eval_page(a: dict, s: dict, path: Path, dataset: Path, cfg: ModelConfig, direction: str = "forward-right",
+              n_latents: int = 8, dpi: int = 90) -> str:
+    """``python -m dtjax.sae eval``'s ``report.html`` (self-contained): one dictionary's part of the
+    report's "SAE features" section on its own page, from ``sae.analyse``'s result ``a``, its
+    ``sae.summary`` ``s`` and the model's ``cfg``."""
+    e = entry_data(a, s, Path(path), dataset, [], cfg, direction, n_latents)
+    page = Page(f"dtjax.sae eval: {e['name']}", dpi)
+    page.section("sae", f"SAE features: {s['sae']['hook']} @ {s['sae']['token']} tokens")
+    page.text(f"Model <code>{html.escape(str(Path(s['model']).resolve()))}</code>.")
+    render_dictionary(e, page)
+    return page.render()
 
 
 SECTIONS = (

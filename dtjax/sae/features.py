@@ -44,8 +44,8 @@ from dtjax.sae.train import KEY_EVAL, KEY_HARVEST, KEY_INIT, KEY_ROLLOUT, SAETra
 
 
 @dataclasses.dataclass
-class Context:
-    """A model with the dataset and env to harvest it on."""
+class SAEInputs:
+    """What a dictionary is trained and analysed on: a model with its dataset and env."""
 
     model_path: Path
     model_cfg: ModelConfig
@@ -62,7 +62,7 @@ class Context:
     run: Run  # what the model was opened from (its env, its sae/ folder)
 
 
-def open_context(model: str | Path, dataset: str | Path | None = None) -> Context:
+def open_context(model: str | Path, dataset: str | Path | None = None) -> SAEInputs:
     """Open a model (dtjax run directory or original ``.pt``: ``dtjax.run.Run``), its dataset (or
     ``dataset``), and the env the model was trained in (the run's ``EnvConfig``)."""
     model_path = store.resolve_model(model)
@@ -76,11 +76,11 @@ def open_context(model: str | Path, dataset: str | Path | None = None) -> Contex
     model_cfg = run.model_cfg
     sample_cfg = SampleConfig(model_cfg.n_timesteps, model_cfg.max_timestep, model_cfg.n_actions, run.prob_go_from_end)
     states = {"agent_pos": np.asarray(arrays["agent_pos"], np.int32), "agent_dir": np.asarray(arrays["agent_dir"], np.int32)}
-    return Context(model_path, model_cfg, jax.tree.map(jnp.asarray, run.params), dataset_path, env, env_params,
+    return SAEInputs(model_path, model_cfg, jax.tree.map(jnp.asarray, run.params), dataset_path, env, env_params,
                    env_cfg.env_id, env_cfg.max_steps, int(env.size), device_arrays(arrays), states, sample_cfg, run)
 
 
-def make_config(ctx: Context, hook: str, token: str, arch: str = "topk", n_latents: int = 1024, k: int = 16,
+def make_config(ctx: SAEInputs, hook: str, token: str, arch: str = "topk", n_latents: int = 1024, k: int = 16,
                 transcoder: bool = False, **kw) -> SAEConfig:
     """An SAEConfig for a site of this model (widths from the model; SAEError on a bad site)."""
     full, d_in, d_out = acts.check_site(ctx.model_cfg, hook, token, transcoder)
@@ -88,7 +88,7 @@ def make_config(ctx: Context, hook: str, token: str, arch: str = "topk", n_laten
                      d_out=d_out, **kw)
 
 
-def train(ctx: Context, cfg: SAEConfig, tcfg: SAETrainConfig, out: str | Path | None = None, *, progress: bool = True,
+def train(ctx: SAEInputs, cfg: SAEConfig, tcfg: SAETrainConfig, out: str | Path | None = None, *, progress: bool = True,
           log=print) -> tuple[Path, store.Dictionary]:
     """Harvest ``tcfg.n_tokens`` training activations, train, and save the dictionary to ``out``
     (default beside the model: ``store.default_out``). Returns (directory, dictionary)."""
@@ -116,7 +116,7 @@ def train(ctx: Context, cfg: SAEConfig, tcfg: SAETrainConfig, out: str | Path | 
 
 
 def open_dictionary(path: str | Path, model: str | Path | None = None, dataset: str | Path | None = None
-                    ) -> tuple[Context, store.Dictionary]:
+                    ) -> tuple[SAEInputs, store.Dictionary]:
     """A saved dictionary with the model and dataset it was trained on (or those given)."""
     d = store.load(path)
     model = model or store.resolve_recorded(d.meta.get("model", {}), Path(path))
@@ -211,7 +211,7 @@ def top_activating(Z: np.ndarray, n_top: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(vals > 0, idx, -1), np.where(vals > 0, vals, 0.0).astype(np.float32)
 
 
-def analyse(ctx: Context, d: store.Dictionary, *, n_tokens: int = 262_144, n_analysis: int = 32_768, episodes: int = 500,
+def analyse(ctx: SAEInputs, d: store.Dictionary, *, n_tokens: int = 262_144, n_analysis: int = 32_768, episodes: int = 500,
             rtgs=(-1.0, 0.0, 1.0), closed_loop: bool = True, n_top: int = 9, seed: int | None = None,
             log=None) -> dict:
     """Everything about one dictionary, as plain data (see the module docstring).
@@ -324,3 +324,16 @@ def summary(a: dict, n_latents_listed: int = 20) -> dict:
                        "baseline_recovered_frac": {k: b[k]["recovered_frac"] for k in ("random_init", "basis")},
                        "baseline_labels": b["labels"], "table": probe_rows},
             "top_latents_by_probe_auroc": latent_rows}
+
+
+def eval_arrays(a: dict) -> dict[str, np.ndarray]:
+    """``analyse``'s arrays flat, for ``eval/analysis.npz`` (what an explorer reads):
+    ``latents/<key>``, ``probes/<key>`` and ``reconstruction/<token>/density``."""
+    flat = {f"latents/{k}": v for k, v in a["latents"].items() if isinstance(v, np.ndarray)}
+    for k in ("n_pos", "valid", "best_latent", "best_auc", "recovered", "latent_best_probe", "latent_best_auc"):
+        flat[f"probes/{k}"] = np.asarray(a["probes"][k])
+    flat["probes/names"] = np.asarray(a["probes"]["names"])
+    flat["latents/best_probe"] = np.asarray(a["latents"]["best_probe"])
+    for t, m in a["reconstruction"].items():
+        flat[f"reconstruction/{t}/density"] = np.asarray(m["density"])
+    return flat
