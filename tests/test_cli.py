@@ -8,7 +8,6 @@ Nothing is trained: train.py's ``main`` runs as on the command line up to its ca
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import importlib.util
@@ -179,18 +178,21 @@ def _leaf_owners(cls=TrainConfig, prefix=""):
             yield f"{prefix}{f.name}", cls.__name__, f.name, getattr(cls(), f.name)
 
 
-def test_help_shows_every_flag_with_its_default_and_meaning(train_cli, capsys, monkeypatch):
-    """``python train.py --help`` lists every leaf field of TrainConfig as ``--name``, with the
-    docstring under the field (every field has one) and ``(default: value)``."""
-    monkeypatch.setenv("COLUMNS", "100")  # one column of options; the words of a line wrap intact
+def _help_text(capsys, call) -> str:
+    """The ``--help`` output of ``call()`` as one line of words (box drawing removed)."""
     with pytest.raises(SystemExit) as e:
-        train_cli("--help")
+        call()
     assert e.value.code == 0
     text = " ".join(line.strip().strip("│|").strip() for line in capsys.readouterr().out.splitlines())
-    text = " ".join(text.split())
+    return " ".join(text.split())
+
+
+def _assert_every_field_documented(text: str, cls) -> None:
+    """Every leaf field of ``cls`` appears in ``text`` as ``--name``, with the docstring under the
+    field (every field has one) followed by ``(default: value)``."""
     docs = _field_docs()
-    leaves = list(_leaf_owners())
-    assert len(leaves) == len(dict(_leaves(TrainConfig()))) > 60
+    leaves = list(_leaf_owners(cls))
+    assert len(leaves) == len(dict(_leaves(cls()))) > 30
     for flag, owner, name, default in leaves:
         doc = docs.get((owner, name))
         assert doc, f"{owner}.{name} has no docstring"
@@ -200,8 +202,42 @@ def test_help_shows_every_flag_with_its_default_and_meaning(train_cli, capsys, m
         shown = {bool: lambda v: "true" if v else "false", tuple: lambda v: " ".join(map(str, v)),
                  str: lambda v: v or "''"}.get(type(default), str)(default)
         assert f"{doc} (default: {shown})" in entry, (flag, entry)
+
+
+def test_help_shows_every_flag_with_its_default_and_meaning(train_cli, capsys, monkeypatch):
+    """``python train.py --help`` lists every leaf field of TrainConfig with its meaning and default."""
+    monkeypatch.setenv("COLUMNS", "100")  # one column of options; the words of a line wrap intact
+    text = _help_text(capsys, lambda: train_cli("--help"))
+    assert len(list(_leaf_owners(TrainConfig))) > 60
+    _assert_every_field_documented(text, TrainConfig)
     for flag in ("--config", "--resume", "--quiet"):
         assert f" {flag} " in text
+
+
+def test_data_collect_command_line(capsys, monkeypatch):
+    """``python -m dtjax.data collect``: every CollectConfig field is a flag with its meaning and
+    default in ``--help``; flags, ``--env`` and ``--mix`` land in the CollectConfig."""
+    from dtjax.config import CollectConfig
+    from dtjax.data import __main__ as data_cli
+
+    monkeypatch.setenv("COLUMNS", "100")
+    text = _help_text(capsys, lambda: data_cli.main(["collect", "--help"]))
+    _assert_every_field_documented(text, CollectConfig)
+    args = cli.parse(data_cli.Command, ["collect", "--out", "d", "--env", "MiniGrid-Dynamic-Obstacles-5x5-v0",
+                                        "--env.max_steps", "50", "--mix", "original", "--data.ppo.anneal_lr", "off",
+                                        "--store_obs"], "prog")
+    d = CollectConfig()
+    want = d.replace(env=d.env.replace(env_id="MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50),
+                     data=d.data.replace(ppo=d.data.ppo.replace(anneal_lr=False),
+                                         mix=data_cli.parse_mix("original", d.data.mix)))
+    assert isinstance(args, data_cli.Collect) and args.store_obs and args.out == "d"
+    assert data_cli.collect_config(args) == want
+    summ = cli.parse(data_cli.Command, ["summary", "some/dir", "--json"], "prog")
+    assert isinstance(summ, data_cli.Summary) and (summ.path, summ.json, summ.plot) == ("some/dir", True, None)
+    with pytest.raises(SystemExit) as e:
+        data_cli.main(["collect", "--out", "d", "--data.ppo.num_envs", "0"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "python -m dtjax.data: error: ppo.num_envs must be >= 1, got 0"
 
 
 def test_parse_value_types():
