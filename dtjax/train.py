@@ -51,7 +51,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-import envs  # noqa: F401  (registers the env ids the configs name)
 from dtjax import checkpoint as ckpt_lib
 from dtjax import plots, sharding
 from dtjax.config import ConfigError, DataConfig, TrainConfig
