@@ -122,15 +122,16 @@ def parse(cls: type[T], argv: list[str] | None, prog: str, default: T | None = N
     """``cls`` (a dataclass) from the command line ``argv`` with tyro; ``default``: the values of
     flags not given. Bad flags and values, and configs failing validation, exit with status 2
     after one line ``prog: error: ...`` on stderr; ``--help`` prints every flag and exits 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     err = io.StringIO()
     old_columns = os.environ.get("COLUMNS")
-    if not any(a in ("-h", "--help") for a in argv or ()):
+    if not any(a in ("-h", "--help") for a in argv):
         os.environ["COLUMNS"] = "1000"  # tyro wraps its error box at the terminal's width: keep the message on one line
     try:
         with contextlib.redirect_stderr(err):
-            return tyro.cli(cls, args=argv, prog=prog, description=description,
-                            default=default if default is not None else tyro.MISSING_NONPROP,
-                            registry=_REGISTRY, use_underscores=True)
+            out = tyro.cli(cls, args=argv, prog=prog, description=description,
+                           default=default if default is not None else tyro.MISSING_NONPROP,
+                           registry=_REGISTRY, use_underscores=True)
     except SystemExit as e:
         if e.code in (0, None):
             sys.stderr.write(err.getvalue())
@@ -143,6 +144,8 @@ def parse(cls: type[T], argv: list[str] | None, prog: str, default: T | None = N
             os.environ.pop("COLUMNS", None)
         else:
             os.environ["COLUMNS"] = old_columns
+    sys.stderr.write(err.getvalue())  # warnings of a successful parse
+    return out
 
 
 def parse_train_args(argv: list[str] | None = None, prog: str = "train.py") -> TrainArgs:
