@@ -1,32 +1,188 @@
-"""Command-line flags generated from the config dataclasses themselves (argparse, stdlib).
+"""Command lines generated from the config dataclasses themselves.
 
-Each field of a (possibly nested) frozen config becomes one flag: ``--lr 3e-4``,
-``--model.d_model 64``, ``--data.mix.random_frac 0.2``. Tuples take space-separated values
-(``--eval_rtgs -1 0 1``); booleans take ``true``/``false``. A JSON config file may set a base
-(``--config run.json``) that flags then override. Unknown flags and bad values are argparse
-errors: one line and exit status 2.
+``parse`` (tyro): each field of a (possibly nested) frozen config is one flag, with its default
+and the docstring under the field as its help: ``--lr 3e-4``, ``--model.d_model 64``,
+``--data.mix.random_frac 0.2``. Tuples take space-separated values (``--eval_rtgs -1 0 1``);
+booleans take a value, ``true``/``false`` (or yes/no, on/off, 1/0). ``TrainArgs`` is
+``python train.py``'s command line: every TrainConfig flag, plus ``--config FILE.json`` (a base
+that the flags override), ``--resume RUN`` and ``--quiet``.
 
-We use argparse rather than a CLI library (tyro, simple-parsing) because their error output is
-multi-line rich text, while our scripts promise one-line errors.
+Errors are one line and exit status 2, as argparse's are: tyro draws a multi-line box, so
+``parse`` keeps the box's first line (what went wrong) and prints it as ``prog: error: ...``; a
+config that fails validation (``ConfigError``) is reported the same way.
+
+``add_config_args`` / ``apply_args`` (argparse) remain for ``python -m dtjax.sae``, whose
+command line mixes SAETrainConfig's flags with settings that are no config's fields, under
+subcommands; ``parse_value`` parses one flag's text (``python -m dtjax.data collect --mix``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import json
+import os
+import re
+import sys
 import typing
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
-from dtjax.config import ConfigBase, ConfigError
+import tyro
+
+from dtjax.config import ConfigBase, ConfigError, TrainConfig
+
+T = TypeVar("T")
+
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_bool(s: str) -> bool:
+    """``true``/``false`` in any case, or yes/no, on/off, 1/0; else a one-line ``ValueError``."""
+    v = s.strip().lower()
+    if v in TRUE_WORDS:
+        return True
+    if v in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true/false, got {s!r}")
+
+
+# tyro's own booleans are "--flag / --no-flag" switches, or the words True/False under
+# FlagConversionOff. A config's booleans (marked ``CONFIG``) take a value in any of the spellings
+# above, as the flags always have; other booleans (``--quiet``) stay switches.
+_REGISTRY = tyro.constructors.ConstructorRegistry()
+CONFIG = tyro.conf.FlagConversionOff
+"""Mark a config field of a command-line dataclass: ``Annotated[TrainConfig, cli.CONFIG]``."""
+
+
+@_REGISTRY.primitive_rule
+def _bool_rule(type_info: tyro.constructors.PrimitiveTypeInfo) -> tyro.constructors.PrimitiveConstructorSpec | None:
+    if type_info.type is not bool or CONFIG not in type_info.markers:
+        return None
+    return tyro.constructors.PrimitiveConstructorSpec(
+        nargs=1, metavar="{true,false}", instance_from_str=lambda args: parse_bool(args[0]),
+        is_instance=lambda x: isinstance(x, bool), str_from_instance=lambda b: ["true" if b else "false"])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs:
+    """python train.py: collect data, train a Decision Transformer, evaluate, calibrate, save."""
+
+    cfg: Annotated[TrainConfig, tyro.conf.arg(name=""), CONFIG] = dataclasses.field(default_factory=TrainConfig)
+    config: Path | None = None
+    """a JSON TrainConfig to start from: its settings replace the defaults, and flags override them"""
+    resume: str | None = None
+    """continue the run <checkpoint_dir>/RUN from its latest checkpoint, with its saved config"""
+    quiet: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    """no progress bar"""
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The last value given to ``flag`` (``--flag v`` or ``--flag=v``), or None."""
+    out = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            out = argv[i + 1]
+        elif a.startswith(flag + "="):
+            out = a.split("=", 1)[1]
+    return out
+
+
+def _box_message(text: str) -> str:
+    """What tyro's error box says first: its content lines up to the first rule, joined. With
+    UTF-8 box drawing the title sits on the top border; in ASCII it is a first section of its own."""
+    sections, lines, titled = [], [], False
+    for raw in text.splitlines():
+        s = raw.strip()
+        if s.startswith(("╭", "╰")):  # UTF-8 borders (the title is on the top one)
+            titled = True
+            continue
+        s = s.strip("│|").strip()
+        if s and set(s) <= set("─-"):  # a rule between sections
+            sections.append(lines)
+            lines = []
+        elif s:
+            lines.append(s)
+    sections = [x for x in [*sections, lines] if x]
+    first = sections[1] if len(sections) > 1 and not titled else (sections[0] if sections else [])
+    msg = re.sub(r"\s+", " ", " ".join(first)).strip()
+    msg = re.sub(r"^Error parsing [\w.]+: ", "", msg)  # a config's validation: its own message names the field
+    return msg or "invalid arguments (see --help)"
+
+
+def _error(prog: str, msg: str) -> typing.NoReturn:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse(cls: type[T], argv: list[str] | None, prog: str, default: T | None = None, description: str | None = None) -> T:
+    """``cls`` (a dataclass) from the command line ``argv`` with tyro; ``default``: the values of
+    flags not given. Bad flags and values, and configs failing validation, exit with status 2
+    after one line ``prog: error: ...`` on stderr; ``--help`` prints every flag and exits 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    err = io.StringIO()
+    old_columns = os.environ.get("COLUMNS")
+    if not any(a in ("-h", "--help") for a in argv):
+        os.environ["COLUMNS"] = "1000"  # tyro wraps its error box at the terminal's width: keep the message on one line
+    try:
+        with contextlib.redirect_stderr(err):
+            out = tyro.cli(cls, args=argv, prog=prog, description=description,
+                           default=default if default is not None else tyro.MISSING_NONPROP,
+                           registry=_REGISTRY, use_underscores=True)
+    except SystemExit as e:
+        if e.code in (0, None):
+            sys.stderr.write(err.getvalue())
+            raise
+        _error(prog, _box_message(err.getvalue()))
+    except ConfigError as e:
+        _error(prog, str(e))
+    finally:
+        if old_columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old_columns
+    sys.stderr.write(err.getvalue())  # warnings of a successful parse
+    return out
+
+
+def parse_train_args(argv: list[str] | None = None, prog: str = "train.py") -> TrainArgs:
+    """``python train.py``'s command line: ``--config FILE`` (when given) is read first and is
+    the base the other flags override; ``--model.obs_mode`` alone sets ``env.obs_mode`` too (the
+    DT reads what the env shows); ``--resume RUN`` names the run."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = TrainConfig()
+    path = _flag_value(argv, "--config")
+    if path is not None and not any(a in ("-h", "--help") for a in argv):
+        try:
+            base = TrainConfig.from_json(Path(path).read_text())
+        except FileNotFoundError:
+            _error(prog, f"config file not found: {path}")
+        except json.JSONDecodeError as e:
+            _error(prog, f"config file {path} is not valid JSON: {e.msg} (line {e.lineno})")
+        except ConfigError as e:
+            _error(prog, f"config file {path}: {e}")
+    obs_mode = _flag_value(argv, "--model.obs_mode")
+    if obs_mode is not None and _flag_value(argv, "--env.obs_mode") is None:
+        argv += ["--env.obs_mode", obs_mode]
+    args = parse(TrainArgs, argv, prog, default=TrainArgs(cfg=base), description=TrainArgs.__doc__)
+    if args.resume:
+        args = dataclasses.replace(args, cfg=args.cfg.replace(run_name=args.resume))
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# ARGPARSE HELPERS (python -m dtjax.sae)
+# ---------------------------------------------------------------------------------------------
 
 
 def _parse_bool(s: str) -> bool:
-    v = s.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+    try:
+        return parse_bool(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _field_types(cls) -> dict[str, Any]:

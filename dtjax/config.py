@@ -1,6 +1,7 @@
 """Frozen configuration dataclasses for dtjax: model, data and training.
 
-Every field carries a comment with its unit and the reason for its default. Derived sizes are
+Every field carries a docstring (the string under it) with its unit and the reason for its
+default; ``tyro`` shows it as the flag's help (``python train.py --help``). Derived sizes are
 properties, never written back. Validation raises `ConfigError` with a one-line message, and
 every config round-trips through JSON (`to_dict` / `from_dict`).
 
@@ -98,9 +99,12 @@ class EnvConfig(ConfigBase):
     below (its data setting; ``ReproduceOriginalPostShort.pt`` carries its own: max_steps 1000).
     """
 
-    env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"  # any registered Dynamic Obstacles id (the original's)
-    max_steps: int = 300  # episode length cap, as the original's data (MiniGrid's default is 4 * size**2)
-    obs_mode: str = "image"  # what the agent sees; a DT's must equal its model.obs_mode
+    env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"
+    """any registered Dynamic Obstacles id (the original's)"""
+    max_steps: int = 300
+    """episode length cap, as the original's data (MiniGrid's default is 4 * size**2)"""
+    obs_mode: str = "image"
+    """what the agent sees; a DT's must equal its model.obs_mode"""
 
     def validate(self) -> None:
         from envs.registration import REGISTRY  # noqa: PLC0415 (envs is left of config; lazy keeps import light)
@@ -149,21 +153,36 @@ OBS_CHANNELS = {"image": 3, "one_hot": 20}  # raw MiniGrid codes, or OneHotParti
 class ModelConfig(ConfigBase):
     """A Decision Transformer over (R, s, a) tokens; defaults are the original's 1-layer model."""
 
-    n_layers: int = 1  # transformer blocks; the original studied a 1-layer model
-    d_model: int = 128  # residual stream width (original: 128)
-    n_heads: int = 2  # attention heads per block (original: 2)
-    d_head: int = 64  # width of each head (original: d_model / n_heads = 64)
-    d_mlp: int = 256  # MLP hidden width (original: 256)
-    n_timesteps: int = 1  # context K in timesteps; 1 = Markov policy pi(a | R, s, t) as the original
-    max_timestep: int = 300  # largest timestep with its own embedding row (the data's max_steps)
-    layer_norm: bool = False  # TransformerLens-style LN before attention/MLP/unembed (original: off)
-    attn_only: bool = False  # drop the MLPs
-    obs_mode: str = "image"  # "image": raw (7,7,3) codes as floats (original); "one_hot": (7,7,20)
-    time_embedding: str = "learned"  # "learned" table of max_timestep+1 rows, or "linear" in t
-    n_actions: int = 3  # left, right, forward; index n_actions is the padding action
-    n_ctx: int = 0  # W_pos rows (see pos_rows); 0 = 3 * n_timesteps. The originals: 3 (R,s,a) or 2 (R,s)
-    init: str = "normal"  # "normal": N(0, init_std) GPT-2 style; "transformer_lens": the original's init
-    init_std: float = 0.02  # std of the "normal" init of weights (GPT-2 style); biases start at 0
+    n_layers: int = 1
+    """transformer blocks; the original studied a 1-layer model"""
+    d_model: int = 128
+    """residual stream width (original: 128)"""
+    n_heads: int = 2
+    """attention heads per block (original: 2)"""
+    d_head: int = 64
+    """width of each head (original: d_model / n_heads = 64)"""
+    d_mlp: int = 256
+    """MLP hidden width (original: 256)"""
+    n_timesteps: int = 1
+    """context K in timesteps; 1 = Markov policy pi(a | R, s, t) as the original"""
+    max_timestep: int = 300
+    """largest timestep with its own embedding row (the data's max_steps)"""
+    layer_norm: bool = False
+    """TransformerLens-style LN before attention/MLP/unembed (original: off)"""
+    attn_only: bool = False
+    """drop the MLPs"""
+    obs_mode: str = "image"
+    """"image": raw (7,7,3) codes as floats (original); "one_hot": (7,7,20)"""
+    time_embedding: str = "learned"
+    """"learned" table of max_timestep+1 rows, or "linear" in t"""
+    n_actions: int = 3
+    """left, right, forward; index n_actions is the padding action"""
+    n_ctx: int = 0
+    """W_pos rows (see pos_rows); 0 = 3 * n_timesteps. The originals: 3 (R,s,a) or 2 (R,s)"""
+    init: str = "normal"
+    """"normal": N(0, init_std) GPT-2 style; "transformer_lens": the original's init"""
+    init_std: float = 0.02
+    """std of the "normal" init of weights (GPT-2 style); biases start at 0"""
     # d_head is explicit (as in TransformerLens), so n_heads * d_head need not equal d_model.
 
     def validate(self) -> None:
@@ -213,22 +232,38 @@ class PPOConfig(ConfigBase):
     2-core CPU (15 s run + 13 s compile). See docs/data.md.
     """
 
-    total_timesteps: int = 1_000_000  # env steps of PPO training; all are recorded
-    num_envs: int = 64  # parallel envs (vmapped)
-    num_steps: int = 128  # rollout length per update
-    lr: float = 1e-3  # Adam learning rate (linearly annealed to 0 when anneal_lr)
-    anneal_lr: bool = True  # linear decay of the learning rate over training
-    gamma: float = 0.99  # discount
-    gae_lambda: float = 0.95  # GAE lambda
-    clip_eps: float = 0.2  # PPO ratio clip
-    ent_coef: float = 0.25  # entropy bonus at the start (the original's, constant there): explore to find the goal
-    ent_coef_end: float = 0.02  # entropy bonus at the last update, linear from ent_coef (= ent_coef: constant)
-    vf_coef: float = 0.5  # value loss weight
-    max_grad_norm: float = 0.5  # global gradient clip
-    update_epochs: int = 4  # epochs per update
-    num_minibatches: int = 8  # minibatches per epoch
-    hidden: int = 64  # MLP width (original: 64)
-    n_snapshots: int = 4  # policy snapshots saved during training (for epsilon rollouts)
+    total_timesteps: int = 1_000_000
+    """env steps of PPO training; all are recorded"""
+    num_envs: int = 64
+    """parallel envs (vmapped)"""
+    num_steps: int = 128
+    """rollout length per update"""
+    lr: float = 1e-3
+    """Adam learning rate (linearly annealed to 0 when anneal_lr)"""
+    anneal_lr: bool = True
+    """linear decay of the learning rate over training"""
+    gamma: float = 0.99
+    """discount"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    clip_eps: float = 0.2
+    """PPO ratio clip"""
+    ent_coef: float = 0.25
+    """entropy bonus at the start (the original's, constant there): explore to find the goal"""
+    ent_coef_end: float = 0.02
+    """entropy bonus at the last update, linear from ent_coef (= ent_coef: constant)"""
+    vf_coef: float = 0.5
+    """value loss weight"""
+    max_grad_norm: float = 0.5
+    """global gradient clip"""
+    update_epochs: int = 4
+    """epochs per update"""
+    num_minibatches: int = 8
+    """minibatches per epoch"""
+    hidden: int = 64
+    """MLP width (original: 64)"""
+    n_snapshots: int = 4
+    """policy snapshots saved during training (for epsilon rollouts)"""
 
     def validate(self) -> None:
         for n in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "hidden"):
@@ -266,15 +301,24 @@ class DataMixConfig(ConfigBase):
     PPO snapshots (``snapshot_*``) add middling returns; off by default.
     """
 
-    ppo_rollouts: bool = True  # keep every transition of PPO training (all qualities, as the original)
-    final_frac: float = 0.5  # final policy, sampled, with final_eps random actions: fast successes
-    final_eps: float = 0.0  # epsilon of those rollouts (a crash of a good agent labels good actions -1)
-    random_frac: float = 0.1  # uniform random policy from reset: quick crashes from the start states
-    branch_frac: float = 0.0  # final policy, then uniform random from a random step on (recorded from there)
-    branch_steps: int = 0  # branch step drawn uniformly in [0, branch_steps); 0 = 4 * grid size
-    snapshot_frac: float = 0.0  # earlier PPO snapshots with snapshot_eps, split evenly between them
-    snapshot_eps: float = 0.1  # epsilon of the snapshot rollouts
-    envs: int = 256  # parallel envs of the extra rollouts (the rollout length follows from the steps)
+    ppo_rollouts: bool = True
+    """keep every transition of PPO training (all qualities, as the original)"""
+    final_frac: float = 0.5
+    """final policy, sampled, with final_eps random actions: fast successes"""
+    final_eps: float = 0.0
+    """epsilon of those rollouts (a crash of a good agent labels good actions -1)"""
+    random_frac: float = 0.1
+    """uniform random policy from reset: quick crashes from the start states"""
+    branch_frac: float = 0.0
+    """final policy, then uniform random from a random step on (recorded from there)"""
+    branch_steps: int = 0
+    """branch step drawn uniformly in [0, branch_steps); 0 = 4 * grid size"""
+    snapshot_frac: float = 0.0
+    """earlier PPO snapshots with snapshot_eps, split evenly between them"""
+    snapshot_eps: float = 0.1
+    """epsilon of the snapshot rollouts"""
+    envs: int = 256
+    """parallel envs of the extra rollouts (the rollout length follows from the steps)"""
 
     def validate(self) -> None:
         for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac"):
@@ -293,9 +337,13 @@ class DataConfig(ConfigBase):
     are sampled from them (dtjax.data.collect, dtjax.data.dataset)."""
 
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    """the behaviour policy's PPO training (every transition is recorded)"""
     mix: DataMixConfig = dataclasses.field(default_factory=DataMixConfig)
-    pct_traj: float = 1.0  # train on the best episodes (by return) holding this fraction of the steps
-    prob_go_from_end: float = 0.1  # probability a window ends at its episode's last step (original: 0.1)
+    """which rollouts make up the dataset, as fractions of the PPO run's env steps"""
+    pct_traj: float = 1.0
+    """train on the best episodes (by return) holding this fraction of the steps"""
+    prob_go_from_end: float = 0.1
+    """probability a window ends at its episode's last step (original: 0.1)"""
 
     def validate(self) -> None:
         _check(0 < self.pct_traj <= 1, f"data.pct_traj must be in (0, 1], got {self.pct_traj}")
@@ -307,9 +355,12 @@ class CollectConfig(ConfigBase):
     """A standalone collection job (``python -m dtjax.data collect``); TrainConfig has the same
     env / seed / data fields, so ``collect_dataset`` accepts either."""
 
-    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)  # the env (obs_mode: what the PPO sees; the stored compact states serve every mode)
-    seed: int = 0  # recorded in the metadata; collect_dataset takes its key explicitly
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    """the env (obs_mode: what the PPO sees; the stored compact states serve every mode)"""
+    seed: int = 0
+    """recorded in the metadata; collect_dataset takes its key explicitly"""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """the behaviour data: PPO, the mix of rollouts, window sampling"""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CollectConfig":
@@ -330,36 +381,66 @@ _SUBCONFIGS[("CollectConfig", "env")] = EnvConfig
 class TrainConfig(ConfigBase):
     """The whole job of `python train.py`: data, DT training, evaluation, calibration, checkpoints."""
 
-    run_name: str = "default"  # run directory is <checkpoint_dir>/<run_name>
-    checkpoint_dir: str = "checkpoints"  # where run directories go
-    seed: int = 0  # one seed for everything (data, init, batches, evaluation)
-    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)  # collected in, trained for, evaluated in (obs_mode = model.obs_mode)
-    dataset: str = ""  # an existing dataset directory to train on; empty = collect one
+    run_name: str = "default"
+    """run directory is <checkpoint_dir>/<run_name>"""
+    checkpoint_dir: str = "checkpoints"
+    """where run directories go"""
+    seed: int = 0
+    """one seed for everything (data, init, batches, evaluation)"""
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    """collected in, trained for, evaluated in (obs_mode = model.obs_mode)"""
+    dataset: str = ""
+    """an existing dataset directory to train on; empty = collect one"""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """the Decision Transformer trained (on resume, the saved run's wins)"""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    optimizer: str = "adamw"  # "adamw" (decoupled decay) or "adam_l2" (the original's torch Adam + L2)
-    lr: float = 1e-3  # peak learning rate; the original used 1e-4 constant for 6k-126k steps, too slow for a 10-minute CPU budget
-    lr_schedule: str = "cosine"  # "cosine" (warmup, then decay to 0: a stable final model) or "constant" (the original)
-    warmup_steps: int = 1_000  # linear warmup steps of the cosine schedule
-    weight_decay: float = 1e-3  # the original's weight decay
-    grad_clip: float = 0.0  # global-norm gradient clip; 0 = off (the original had none)
-    batch_size: int = 128  # the original's batch size; split over all devices
-    num_steps: int = 15_000  # optimizer steps (the RTG +1 return peaks from ~5k steps; longer runs drifted, docs/data.md)
-    log_every: int = 500  # steps per jitted chunk and per metrics line
-    eval_every: int = 2_500  # steps between in-loop evaluations (0 = only at the end)
-    eval_episodes: int = 100  # episodes per target RTG during training
-    final_eval_episodes: int = 500  # episodes per target RTG in the final evaluation
-    eval_rtgs: tuple[float, ...] = (-1.0, 0.0, 1.0)  # target RTGs evaluated
-    calib_points: int = 21  # target RTGs in the calibration sweep over [-1, 1]
-    calib_se: float = 0.03  # play each calibration point until its mean return has this standard error (0 = calib_episodes each)
-    calib_min_episodes: int = 100  # episodes per calibration point at least (a point with no spread stops here)
-    calib_episodes: int = 1000  # episodes per calibration point at most (std 1 needs (1/0.03)^2 ~ 1100 for SE 0.03)
-    eval_pool: int = 256  # episodes played at once by every evaluation (speed and memory only; measured 256 ~ 512 > 1024 on 2 CPU cores)
-    num_seeds: int = 1  # DTs trained together in one vmapped loop: seed k uses seed + k, writes <run>/seed_k/ (1 = one run in <run>/)
-    seed_datasets: bool = False  # with num_seeds > 1: one dataset per seed (collected with its seed) instead of one shared
-    ckpt_every: int = 2_500  # steps between checkpoints
-    keep_checkpoints: int = 3  # orbax max_to_keep
-    wandb_project: str = ""  # log to Weights & Biases too when set and wandb is installed
+    """the behaviour data collected when no dataset is given, and how windows are sampled"""
+    optimizer: str = "adamw"
+    """"adamw" (decoupled decay) or "adam_l2" (the original's torch Adam + L2)"""
+    lr: float = 1e-3
+    """peak learning rate; the original used 1e-4 constant for 6k-126k steps, too slow for a 10-minute CPU budget"""
+    lr_schedule: str = "cosine"
+    """"cosine" (warmup, then decay to 0: a stable final model) or "constant" (the original)"""
+    warmup_steps: int = 1_000
+    """linear warmup steps of the cosine schedule"""
+    weight_decay: float = 1e-3
+    """the original's weight decay"""
+    grad_clip: float = 0.0
+    """global-norm gradient clip; 0 = off (the original had none)"""
+    batch_size: int = 128
+    """the original's batch size; split over all devices"""
+    num_steps: int = 15_000
+    """optimizer steps (the RTG +1 return peaks from ~5k steps; longer runs drifted, docs/data.md)"""
+    log_every: int = 500
+    """steps per jitted chunk and per metrics line"""
+    eval_every: int = 2_500
+    """steps between in-loop evaluations (0 = only at the end)"""
+    eval_episodes: int = 100
+    """episodes per target RTG during training"""
+    final_eval_episodes: int = 500
+    """episodes per target RTG in the final evaluation"""
+    eval_rtgs: tuple[float, ...] = (-1.0, 0.0, 1.0)
+    """target RTGs evaluated"""
+    calib_points: int = 21
+    """target RTGs in the calibration sweep over [-1, 1]"""
+    calib_se: float = 0.03
+    """play each calibration point until its mean return has this standard error (0 = calib_episodes each)"""
+    calib_min_episodes: int = 100
+    """episodes per calibration point at least (a point with no spread stops here)"""
+    calib_episodes: int = 1000
+    """episodes per calibration point at most (std 1 needs (1/0.03)^2 ~ 1100 for SE 0.03)"""
+    eval_pool: int = 256
+    """episodes played at once by every evaluation (speed and memory only; measured 256 ~ 512 > 1024 on 2 CPU cores)"""
+    num_seeds: int = 1
+    """DTs trained together in one vmapped loop: seed k uses seed + k, writes <run>/seed_k/ (1 = one run in <run>/)"""
+    seed_datasets: bool = False
+    """with num_seeds > 1: one dataset per seed (collected with its seed) instead of one shared"""
+    ckpt_every: int = 2_500
+    """steps between checkpoints"""
+    keep_checkpoints: int = 3
+    """orbax max_to_keep"""
+    wandb_project: str = ""
+    """log to Weights & Biases too when set and wandb is installed"""
 
     def validate(self) -> None:
         _check(isinstance(self.num_seeds, int) and not isinstance(self.num_seeds, bool), f"num_seeds must be an integer, got {self.num_seeds!r}")

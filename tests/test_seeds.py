@@ -60,9 +60,9 @@ def _leaves(run_dir):
 
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for this module: the many tiny runs below build the
-    same jitted chunk and rollout again and again (a new closure each run), so each compiles
-    once. Restored afterwards."""
+    """JAX's persistent compilation cache for this module: the many tiny runs below reuse one
+    jitted chunk per setting in-process (``dtjax.train.compiled_chunk``), and this cache also
+    serves the 4-device subprocess and the rollouts of other shapes. Restored afterwards."""
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
             "jax_persistent_cache_min_entry_size_bytes")
     old = {k: getattr(jax.config, k) for k in keys}

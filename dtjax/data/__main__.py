@@ -7,18 +7,60 @@
 
 ``--mix`` takes comma-separated DataMixConfig overrides (``key=value``) or a preset name:
 ``default`` (DataMixConfig's defaults) or ``original`` (only the PPO training rollouts, as the
-original project). Every CollectConfig field is also a flag (``--data.mix.random_frac 0.2``).
+original project). Every CollectConfig field is also a flag (``--data.mix.random_frac 0.2``),
+shown by ``collect --help`` with its default and meaning (the command line is tyro's, from the
+dataclasses below: ``dtjax.cli.parse``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import typing
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from dtjax import cli
+from dtjax.config import CollectConfig, ConfigError
+from dtjax.data import store
 
 PRESETS = {"default": {}, "original": {"final_frac": 0.0, "random_frac": 0.0, "branch_frac": 0.0, "snapshot_frac": 0.0}}
+PROG = "python -m dtjax.data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Collect:
+    """run PPO (+ the mix) and write a dataset"""
+
+    out: str
+    """dataset directory to create (must not exist)"""
+    cfg: Annotated[CollectConfig, tyro.conf.arg(name=""), cli.CONFIG] = dataclasses.field(default_factory=CollectConfig)
+    env_id: Annotated[str | None, tyro.conf.arg(name="env", metavar="ENV_ID")] = None
+    """shorthand for env.env_id (default MiniGrid-Dynamic-Obstacles-8x8-v0)"""
+    mix: str | None = None
+    """a preset (default, original) or key=value,... DataMixConfig overrides"""
+    store_obs: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    """also store the observations (obs.npy)"""
+    plot: str | None = None
+    """also write a return-vs-length plot to this PNG"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """print a dataset's statistics"""
+
+    path: tyro.conf.Positional[str]
+    """the dataset directory"""
+    plot: str | None = None
+    """write a return-vs-length plot to this PNG"""
+    json: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    """print the summary as JSON"""
+
+
+Command = Annotated[Collect, tyro.conf.subcommand("collect")] | Annotated[Summary, tyro.conf.subcommand("summary")]
 
 
 def parse_mix(spec: str, base):
@@ -26,9 +68,6 @@ def parse_mix(spec: str, base):
 
     Values are parsed as the matching ``--data.mix.*`` flag would be (``dtjax.cli.parse_value``):
     a bool is true/false (or yes/no, on/off, 1/0), anything else is a ``ConfigError``."""
-    from dtjax.cli import parse_value
-    from dtjax.config import ConfigError
-
     if "=" not in spec:
         if spec not in PRESETS:
             raise ConfigError(f"unknown --mix preset {spec!r}; presets: {', '.join(PRESETS)} (or key=value,...)")
@@ -40,47 +79,32 @@ def parse_mix(spec: str, base):
         k = k.strip()
         if k not in hints:
             raise ConfigError(f"--mix: unknown field {k!r}; fields: {', '.join(hints)}")
-        changes[k] = parse_value(hints[k], v, name=f"--mix: {k}")  # the flags' parser: a typo is an error
+        changes[k] = cli.parse_value(hints[k], v, name=f"--mix: {k}")  # the flags' parser: a typo is an error
     return dataclasses.replace(base, **changes)
 
 
+def collect_config(args: Collect) -> CollectConfig:
+    """The CollectConfig of a ``collect`` command line: its flags, then ``--env`` and ``--mix``."""
+    cfg = args.cfg
+    if args.env_id:
+        cfg = cfg.replace(env=cfg.env.replace(env_id=args.env_id))
+    if args.mix:
+        cfg = cfg.replace(data=cfg.data.replace(mix=parse_mix(args.mix, cfg.data.mix)))
+    return cfg
+
+
 def main(argv=None) -> int:
-    from dtjax.cli import add_config_args, apply_args
-    from dtjax.config import CollectConfig, ConfigError
-    from dtjax.data import store
-
-    parser = argparse.ArgumentParser(prog="python -m dtjax.data", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("collect", help="run PPO (+ the mix) and write a dataset")
-    c.add_argument("--out", required=True, help="dataset directory to create (must not exist)")
-    c.add_argument("--env", dest="env_shorthand", metavar="ENV_ID", default=None,
-                   help="env id (default MiniGrid-Dynamic-Obstacles-8x8-v0); same as --env.env_id")
-    c.add_argument("--mix", default=None, help="a preset (default, original) or key=value,... DataMixConfig overrides")
-    c.add_argument("--store_obs", action="store_true", help="also store the observations (obs.npy)")
-    c.add_argument("--plot", help="also write a return-vs-length plot to this PNG")
-    add_config_args(c, CollectConfig)
-    s = sub.add_parser("summary", help="print a dataset's statistics")
-    s.add_argument("path")
-    s.add_argument("--plot", help="write a return-vs-length plot to this PNG")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = parser.parse_args(argv)
-
+    args = cli.parse(Command, list(sys.argv[1:] if argv is None else argv), PROG, description=__doc__.splitlines()[0])
     try:
-        if args.cmd == "collect":
-            from pathlib import Path
-
+        if isinstance(args, Collect):
             try:
-                cfg = apply_args(CollectConfig(), args)
-                if args.env_shorthand:
-                    cfg = cfg.replace(env=cfg.env.replace(env_id=args.env_shorthand))
-                if args.mix:
-                    cfg = cfg.replace(data=cfg.data.replace(mix=parse_mix(args.mix, cfg.data.mix)))
-            except (ConfigError, TypeError) as e:
-                parser.error(str(e))
+                cfg = collect_config(args)
+            except ConfigError as e:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
             if Path(args.out).exists():
                 raise store.DatasetError(f"dataset {args.out} already exists; choose another path or delete it")
-            import jax
+            import jax  # saves CLI start-up: summary and --help answer without importing jax
 
             from dtjax.data.collect import collect_dataset
 
@@ -95,7 +119,7 @@ def main(argv=None) -> int:
             summ = store.summary(arrays)
             print(json.dumps(summ, indent=1) if args.json else store.format_summary(summ))
         if args.plot:
-            from dtjax import plots
+            from dtjax import plots  # saves CLI start-up (matplotlib)
 
             _, _, lengths, returns = store.episode_index(arrays)
             plots.plot_dataset(lengths, returns, args.plot)
