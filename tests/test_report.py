@@ -20,7 +20,7 @@ from dtjax import analysis as A
 from dtjax import circuits as C
 from dtjax import scenarios as S
 from dtjax.report import REPORT_SCENARIOS, ReportError, ReportOptions, Section, all_sections, build_report
-from tolerance import assert_close, conditioning
+from tolerance import conditioning
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERNIGHT = ROOT / "checkpoints" / "original" / "demo_model_overnight_training.pt"
