@@ -6,7 +6,7 @@ the issue lists); timesteps 1 (tokens R, s; no action token), 3 (the issue's fai
 and 10 (the longest: 29 tokens); LayerNorm; attention-only; obs image / one-hot; time embedding
 learned / linear. ``DESIGN`` has every pair of factor values together at least once
 (``test_design_covers_every_pair``) in 7 rows (6 cannot: a 3 x 2^5 pairwise design needs 7).
-Two layers (the README's example) and K = 2 are a trained model's shape below; three layers
+Two layers (the README's example) and K = 2 are a trained model's shape below (--runslow); three layers
 are in tests/test_analysis.py and the slow design: ``--runslow`` adds a 12-row design over
 layers 1-4 x K {1, 3, 10} with closed-loop rollouts and real figures.
 
@@ -215,7 +215,13 @@ def _summary(results):
     return out
 
 
-@pytest.mark.parametrize("row", DESIGN, ids=_name)
+# The two costliest rows (4 layers with one-hot K = 1, and K = 10) run with --runslow: the fast suite
+# keeps 5 rows (every factor value, most pairs); --runslow runs all 7 (every pair) and SLOW_DESIGN.
+SLOW_ROWS = {(4, 1, True, False, "one_hot", "learned"), (4, 10, False, True, "image", "learned")}
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW_ROWS else r for r in DESIGN],
+                         ids=_name)
 def test_every_section_on_every_shape(row, windows, tmp_path):
     cfg = _cfg(row)
     env = ENV.replace(obs_mode=cfg.obs_mode)
@@ -252,11 +258,13 @@ TRAINED = {  # the issue's two known failures together, then the shapes the rand
     "k3_attn_only_ln": dict(n_timesteps=3, attn_only=True, layer_norm=True),
     "l2_one_hot_linear_k2": dict(n_layers=2, n_timesteps=2, obs_mode="one_hot", time_embedding="linear"),
 }
+SLOW_TRAINED = {"l2_one_hot_linear_k2"}  # --runslow (each analyse.py --fast run compiles every section anew)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two tiny runs of train_and_evaluate on the 5x5 env (the second trains on the first's data)."""
+    """Tiny runs of train_and_evaluate on the 5x5 env, trained when first asked for (a later one
+    trains on the first's data): ``trained(name)`` is the run directory."""
     sys.path.insert(0, str(ROOT / "tests"))
     from test_train import tiny_cfg
 
@@ -264,21 +272,26 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("trained")
     runs = {}
-    for name, model in TRAINED.items():
-        base = tiny_cfg(tmp)
-        dataset = str(next(iter(runs.values())) / "dataset") if runs else ""
-        cfg = tiny_cfg(tmp, run_name=name, dataset=dataset, model=base.model.replace(**model),
-                       env=base.env.replace(obs_mode=model.get("obs_mode", "image")), num_steps=20, eval_every=0)
-        runs[name] = Path(train_and_evaluate(cfg, progress=False)["run_dir"])
-    return runs
+
+    def get(name):
+        if name not in runs:
+            model = TRAINED[name]
+            base = tiny_cfg(tmp)
+            dataset = str(next(iter(runs.values())) / "dataset") if runs else ""
+            cfg = tiny_cfg(tmp, run_name=name, dataset=dataset, model=base.model.replace(**model),
+                           env=base.env.replace(obs_mode=model.get("obs_mode", "image")), num_steps=20, eval_every=0)
+            runs[name] = Path(train_and_evaluate(cfg, progress=False)["run_dir"])
+        return runs[name]
+
+    return get
 
 
-@pytest.mark.parametrize("name", list(TRAINED))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TRAINED else n for n in TRAINED])
 def test_analyse_on_a_trained_model(trained, name, tmp_path):
     sys.path.insert(0, str(ROOT))
     import analyse
 
-    run = trained[name]
+    run = trained(name)
     sae_args = []
     if name == "k3_attn_only_ln":  # the SAE section on a LayerNorm, K = 3 model too (a tiny SAE, 20 steps)
         from fixtures import tiny_sae
