@@ -215,9 +215,11 @@ def _summary(results):
     return out
 
 
-# The two costliest rows (4 layers with one-hot K = 1, and K = 10) run with --runslow: the fast suite
-# keeps 5 rows (every factor value, most pairs); --runslow runs all 7 (every pair) and SLOW_DESIGN.
-SLOW_ROWS = {(4, 1, True, False, "one_hot", "learned"), (4, 10, False, True, "image", "learned")}
+# The fast suite keeps 3 rows, which take every factor value but K = 1 (the overnight model's report
+# in tests/test_report.py and K = 1 in tests/test_analysis.py); --runslow runs all 7 (every pair)
+# and SLOW_DESIGN.
+SLOW_ROWS = {(4, 10, False, True, "image", "learned"), (4, 1, True, False, "one_hot", "learned"),
+             (1, 10, True, True, "image", "linear"), (1, 1, False, True, "image", "linear")}
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW_ROWS else r for r in DESIGN],

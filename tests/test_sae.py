@@ -354,6 +354,7 @@ def tiny_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # the library path (sae.train, sae.analyse) runs in tests/fixtures.py's tiny_sae; the argv errors below
 def test_cli_train_then_eval(tiny_run, capsys):
     args = ["train", "--ckpt", str(tiny_run), "--latents", "32", "--k", "4", "--num_steps", "20", "--log_every", "10",
             "--n_tokens", "2048", "--batch_size", "256", "--quiet", "--name", "t"]
