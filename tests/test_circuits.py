@@ -15,7 +15,7 @@ from dtjax import circuits as C
 from dtjax import hooks, scenarios
 from dtjax.config import EnvConfig, ModelConfig
 from fixtures import random_params
-from tolerance import assert_close
+from tolerance import assert_close, assert_normalised_close
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,17 +248,20 @@ def test_activation_patching(tiny):
     assert eff["blocks.1.hook_resid_post"].shape == (n_pos,)
     assert eff["blocks.0.attn.hook_z"].shape == (n_pos, 2) and eff["blocks.1.attn.hook_pattern"].shape == (n_pos, 2)
     assert eff["hook_state_embed"].shape == (cfg.n_timesteps,)
+    # normalised effects: tolerances scaled by the pair's conditioning (per-example metrics)
+    v = C.action_vector("forward-right")
+    m_clean, m_corr = (np.asarray(C.forward(params, cfg, x)[:, -1] @ v) for x in (clean, corrupted))
     # the final residual at the read-out position restores everything; at other positions nothing
-    np.testing.assert_allclose(eff["blocks.1.hook_resid_post"][last], 1.0, atol=1e-4)
-    np.testing.assert_allclose(np.delete(np.asarray(eff["blocks.1.hook_resid_post"]), last), 0.0, atol=1e-4)
+    assert_normalised_close(eff["blocks.1.hook_resid_post"][last], 1.0, m_clean, m_corr)
+    assert_normalised_close(np.delete(np.asarray(eff["blocks.1.hook_resid_post"]), last), np.zeros(n_pos - 1), m_clean, m_corr)
     # causality: patching positions after the read-out does nothing
-    np.testing.assert_allclose(eff["blocks.0.attn.hook_z"][last + 1:], 0.0, atol=1e-4)
+    assert_normalised_close(eff["blocks.0.attn.hook_z"][last + 1:], np.zeros((n_pos - last - 1, 2)), m_clean, m_corr)
     # one entry recomputed with an explicit patch through the hooks
     _, cache = C.run_with_cache(params, cfg, clean)
     patched = C.run_with_hooks(params, cfg, corrupted, hooks.patch_from_cache(cache, ("z", 0), head=1, pos=2))
     m = C.logit_diff_metric(patched, "forward-right")
-    np.testing.assert_allclose(eff["blocks.0.attn.hook_z"][2, 1], (m - res["corrupted"]) / (res["clean"] - res["corrupted"]),
-                               rtol=1e-4, atol=1e-5)
+    assert_normalised_close(eff["blocks.0.attn.hook_z"][2, 1], (m - res["corrupted"]) / (res["clean"] - res["corrupted"]),
+                            m_clean, m_corr)
 
 
 # ---------------------------------------------------------------------------------------------

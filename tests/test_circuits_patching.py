@@ -17,7 +17,7 @@ from dtjax.circuits import graph as G
 from dtjax.config import ModelConfig
 from dtjax.evaluate import evaluate
 from fixtures import random_params
-from tolerance import assert_close
+from tolerance import assert_close, assert_normalised_close
 
 CFG = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_timesteps=2, max_timestep=20)
 CFG_LN = CFG.replace(layer_norm=True, n_timesteps=3)
@@ -56,6 +56,11 @@ def _metric(logits, v="forward-right"):
     return float(C.logit_diff_metric(logits, v))
 
 
+def _metrics(params, cfg, *inputs, v="forward-right"):
+    """Per-example metrics of each inputs (their magnitudes set a normalised effect's float32 error)."""
+    return [np.asarray(C.forward(params, cfg, x)[:, -1] @ C.action_vector(v)) for x in inputs]
+
+
 def _effect(m, res):
     """(m - m_corr) / (m_clean - m_corr) with the metrics of a result dict."""
     return (m - float(res["corrupted"])) / (float(res["clean"]) - float(res["corrupted"]))
@@ -82,7 +87,8 @@ def test_attribution_patching_is_exact_where_the_path_is_affine(models, name, ho
     assert set(atp["effects"]) == set(hooks_)
     for h in hooks_:
         assert atp["effects"][h].shape == act["effects"][h].shape, h
-        assert_close(atp["effects"][h], act["effects"][h], rtol=1e-4, err_msg=h)
+        assert_normalised_close(atp["effects"][h], act["effects"][h], *_metrics(models[name], cfg, clean, corr), rtol=1e-4,
+                                err_msg=h)
         assert float(jnp.abs(act["effects"][h]).max()) > 1e-2, h  # not trivially zero
 
 
@@ -270,6 +276,7 @@ def test_path_patching_identities(models, name):
     actions = "none" if cfg.n_timesteps == 1 else "full"
     clean, corr = _pair(cfg, actions)
     _, cc = C.run_with_cache(params, cfg, clean)
+    metrics = _metrics(params, cfg, clean, corr)
     sweep = C.path_patching_senders(params, cfg, clean, corr, "logits", freeze_mlps=True)
     norm = float(sweep["clean"]) - float(sweep["corrupted"])
     dla = _dla_difference(params, cfg, clean, corr)
@@ -279,15 +286,15 @@ def test_path_patching_identities(models, name):
     for h in range(cfg.n_heads):
         pp = C.path_patching(params, cfg, clean, corr, f"L{last}H{h}", "logits", freeze_mlps=False)
         m = _metric(C.run_with_hooks(params, cfg, corr, hooks.patch_from_cache(cc, ("z", last), head=h)))
-        assert abs(float(pp["effect"]) - _effect(m, pp)) < 1e-4
+        assert_normalised_close(pp["effect"], _effect(m, pp), *metrics)
     heads = [f"L0H{h}" for h in range(cfg.n_heads)]
     full = C.path_patching(params, cfg, clean, corr, G.inputs_graph(cfg, clean).senders, "logits")
-    assert abs(float(full["effect"]) - 1.0) < 1e-5
+    assert_normalised_close(full["effect"], 1.0, *metrics)
     if cfg.n_layers == 1:
         rest = [r for r in G.inputs_graph(cfg, clean).receivers if not r.startswith("L0H")]
         pp = C.path_patching(params, cfg, clean, corr, heads, rest, freeze_mlps=False)
         m = _metric(C.run_with_hooks(params, cfg, corr, hooks.patch_from_cache(cc, ("attn_out", 0))))
-        assert abs(float(pp["effect"]) - _effect(m, pp)) < 1e-4
+        assert_normalised_close(pp["effect"], _effect(m, pp), *metrics)
         frozen = C.path_patching(params, cfg, clean, corr, heads, rest, freeze_mlps=True)
         assert abs(float(frozen["effect"]) - float(pp["effect"])) > 1e-3  # the flag matters
 
@@ -313,12 +320,15 @@ def test_acdc_limits(dead_head_model):
     cfg, params = CFG, dead_head_model
     clean, corr = _pair(cfg)
     g = G.inputs_graph(cfg, clean)
+    metrics = _metrics(params, cfg, clean, corr)
     none = C.acdc(params, cfg, clean, corr, tau=np.inf)
-    assert none["n_edges"] == 0 and none["edges"] == [] and abs(float(none["faithfulness"])) < 1e-5
+    assert none["n_edges"] == 0 and none["edges"] == []
+    assert_normalised_close(none["faithfulness"], 0.0, *metrics)
     corr_logits = C.forward(params, cfg, corr)
     assert_close(none["kl"], G._kl(C.forward(params, cfg, clean), corr_logits), rtol=1e-4)
     full = C.acdc(params, cfg, clean, corr, tau=0.0)
-    assert abs(float(full["faithfulness"]) - 1.0) < 1e-4 and float(full["kl"]) < 1e-6
+    assert_normalised_close(full["faithfulness"], 1.0, *metrics)
+    assert float(full["kl"]) < 1e-6
     kept = set(full["edges"])
     assert not any(s in ("embed_pos", "L0H1") for s, _ in kept)  # identical in both runs / silenced
     assert not any(r.startswith("L0H1.") for _, r in kept)  # inputs of a head whose outputs are all pruned
@@ -343,12 +353,13 @@ def test_prune_by_attribution(models):
     cfg, params = CFG, models["noLN"]
     clean, corr = _pair(cfg)
     g = G.inputs_graph(cfg, clean)
+    metrics = _metrics(params, cfg, clean, corr)
     res = C.prune_by_attribution(params, cfg, clean, corr, [0, 5, len(g.edges)])
-    assert_close(np.asarray(res["faithfulness"])[[0, 2]], [0.0, 1.0], rtol=1e-4)
+    assert_normalised_close(np.asarray(res["faithfulness"])[[0, 2]], [0.0, 1.0], *metrics)
     assert len(res["edges"][1]) == 5 and set(res["edges"][1]) == set(res["ranking"][:5])
     assert np.all(np.diff(np.abs(res["scores"])) <= 0)
     check = C.circuit_faithfulness(params, cfg, clean, corr, res["edges"][1])
-    assert_close(check["faithfulness"], res["faithfulness"][1], rtol=1e-4)
+    assert_normalised_close(check["faithfulness"], res["faithfulness"][1], *metrics)
     assert check["n_edges"] == 5
 
 

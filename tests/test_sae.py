@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tolerance import assert_close
+from tolerance import assert_close, assert_normalised_close
 
 from dtjax import hooks
 from dtjax.checkpoint import manager, save as save_ckpt, write_json_atomic
@@ -252,7 +252,8 @@ def test_metrics_of_an_identity_dictionary_and_the_ablation_baselines():
     out = metrics.downstream(params, TINY, cfg, ident, windows, mean, chunk=4)
     assert out["n_tokens"] == 19
     assert out["ce_sae"] == pytest.approx(out["ce_clean"], rel=1e-5) and out["kl_sae"] == pytest.approx(0.0, abs=1e-5)
-    assert out["ce_loss_score_zero"] == pytest.approx(1.0, abs=1e-4)
+    # (CE_zero - CE_sae) / (CE_zero - CE_clean): CE's float32 error scaled by the pair's conditioning
+    assert_normalised_close(out["ce_loss_score_zero"], 1.0, out["ce_clean"], out["ce_zero"])
 
     def ce(ivs):  # the same CE through the hooks' own ablation helpers (position indices, not a token mask)
         logits = run_with_hooks(params, TINY, obs, rtg, ts, act, interventions=ivs)
@@ -361,6 +362,7 @@ def tiny_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # the library path (sae.train, sae.analyse) runs in tests/fixtures.py's tiny_sae; the argv errors below
 def test_cli_train_then_eval(tiny_run, capsys):
     args = ["train", "--ckpt", str(tiny_run), "--latents", "32", "--k", "4", "--num_steps", "20", "--log_every", "10",
             "--n_tokens", "2048", "--batch_size", "256", "--quiet", "--name", "t"]

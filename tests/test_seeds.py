@@ -58,20 +58,8 @@ def _leaves(run_dir):
     return jax.tree.leaves(dtjax.load(run_dir)[1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for this module: the many tiny runs below reuse one
-    jitted chunk per setting in-process (``dtjax.train.compiled_chunk``), and this cache also
-    serves the 4-device subprocess and the rollouts of other shapes. Restored afterwards."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
+# The many tiny runs below build the same jitted chunk and rollout again and again (a new closure
+# each run): the session's persistent compilation cache (tests/conftest.py) compiles each once.
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +210,7 @@ def test_one_dataset_per_seed(multi, tmp_path):
     assert max(float(np.abs(x - y).max()) for x, y in zip(_leaves(run / "seed_0"), _leaves(tmp / "multi" / "seed_0"))) > 1e-3
 
 
+@pytest.mark.slow  # a 4-device subprocess run; tests/test_train.py keeps sharded = single device in the fast suite
 def test_seeds_sharded_over_devices(multi, tmp_path):
     """2 seeds on 4 simulated CPU devices (a 2 x 2 seed x data mesh) give the 1-device params."""
     cfg, tmp = multi

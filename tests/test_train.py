@@ -201,17 +201,31 @@ def _run_cli(*args, env=None, cwd=None):
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    r = _run_cli("--no_such_flag", "1")
+def _main_in_process(capsys, *args):
+    """train.main(args) in this process (no interpreter start-up per case): (exit code, stderr).
+    An exception escaping main fails the test."""
+    sys.path.insert(0, str(ROOT))
+    import train as train_script
+
+    capsys.readouterr()
+    try:
+        rc = train_script.main(list(args))
+    except SystemExit as e:  # command-line errors
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    r = _run_cli("--no_such_flag", "1")  # one real process: the exit code and no traceback
     assert r.returncode == 2 and r.stderr == "train.py: error: Unrecognized options: --no_such_flag, 1\n"
-    r = _run_cli("--model.d_model", "0")
-    assert r.returncode == 2 and "model.d_model must be >= 1" in r.stderr and "Traceback" not in r.stderr
-    r = _run_cli("--config", str(tmp_path / "missing.json"))
-    assert r.returncode == 2 and "config file not found" in r.stderr
-    r = _run_cli("--dataset", str(tmp_path / "nope"), "--checkpoint_dir", str(tmp_path), "--quiet")
-    assert r.returncode == 1 and "dataset not found" in r.stderr and "Traceback" not in r.stderr
-    r = _run_cli("--resume", "ghost", "--checkpoint_dir", str(tmp_path), "--quiet")
-    assert r.returncode == 1 and "cannot resume" in r.stderr
+    rc, err = _main_in_process(capsys, "--model.d_model", "0")
+    assert rc == 2 and "model.d_model must be >= 1" in err and "Traceback" not in err
+    rc, err = _main_in_process(capsys, "--config", str(tmp_path / "missing.json"))
+    assert rc == 2 and "config file not found" in err
+    rc, err = _main_in_process(capsys, "--dataset", str(tmp_path / "nope"), "--checkpoint_dir", str(tmp_path), "--quiet")
+    assert rc == 1 and "dataset not found" in err and "Traceback" not in err
+    rc, err = _main_in_process(capsys, "--resume", "ghost", "--checkpoint_dir", str(tmp_path), "--quiet")
+    assert rc == 1 and "cannot resume" in err
 
 
 def test_sharded_matches_single_device(tiny_run, tmp_path):
