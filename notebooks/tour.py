@@ -83,7 +83,7 @@ show(plots.views([scenarios.render_view(o) for o in np.asarray(inp.obs[:, -1])],
 # %%
 logits, cache = run_with_cache(params, cfg, inp.obs, inp.rtg, inp.timesteps)
 print({name: cache[name].shape for name in ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post"]})
-dict(zip(names, np.round(jax.nn.softmax(logits[:, -1]), 2).tolist()))  # P(left, right, forward)
+{n: p.round(2) for n, p in zip(names, np.asarray(jax.nn.softmax(logits[:, -1])))}  # P(left, right, forward)
 
 # %% [markdown]
 # The same API on the tiny run's model (any shape: here K = 1, d_model 16).
