@@ -224,8 +224,8 @@ class Model:
 
     The reference means (``circuits.ablation_means`` over ``mean_samples`` random-policy rollout
     windows of the env, ``analysis.reference_inputs``: the report's reference, 3K tokens; the
-    explorer's 3K-1 tokens read the first 3K-1) are computed on first use (``get_means``): until then zero ablation runs on
-    zeros of the same shapes, so computing them never recompiles the step.
+    explorer's 3K-1 tokens read the first 3K-1) are computed on first use (``get_means``): until
+    then zero ablation runs on zeros of the same shapes, so computing them never recompiles the step.
     """
 
     name: str
