@@ -266,7 +266,7 @@ class Model:
         """The mean-ablation references (computed once, thread-safe)."""
         with self._lock:
             if self._means is None:
-                ref = A.reference_inputs(jax.random.PRNGKey(0), self.mean_samples, self.cfg, self.env_cfg)  # as the report's
+                ref = A.reference_inputs(jax.random.PRNGKey(0), self.mean_samples, self.cfg, self.env_cfg)
                 self._means = jax.device_get(C.ablation_means(self.params, self.cfg, ref))
             return self._means
 
