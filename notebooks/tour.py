@@ -56,8 +56,9 @@ display(cfg)
 # writes a run directory, which `dtjax.load` reads back (here a tiny config on a 5x5 grid, in a temp dir).
 
 # %%
+run_root = tempfile.TemporaryDirectory()  # removed when the kernel exits
 tiny_cfg = TrainConfig(
-    run_name="tiny", checkpoint_dir=tempfile.mkdtemp(), env=EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50),
+    run_name="tiny", checkpoint_dir=run_root.name, env=EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50),
     model=ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, max_timestep=49),
     data=DataConfig(ppo=PPOConfig(total_timesteps=2048, num_envs=16, num_steps=32, num_minibatches=4, hidden=16,
                                   update_epochs=1), mix=DataMixConfig(envs=16, final_frac=0.0, random_frac=0.0)),
