@@ -10,7 +10,7 @@
    variance >= 0.9 at L0 <= 16, dead latents < 10% (over 262,144 held-out tokens), CE recovered
    >= 0.9 (against zero- and mean-ablation), closed-loop mean return at RTG -1 / +1 within 0.05
    of the model's own (same episodes), and training under 2 minutes.
-3. With ``--peer_python`` (a Python with torch; default /work/venv-bench/bin/python when it exists),
+3. With ``--peer_python`` (a Python with torch; default ``$DTJAX_PEER_PYTHON`` when set),
    trains the same dictionary the way the PyTorch libraries do (dense encoder, ``torch.topk``,
    scatter, dense decoder, Adam, unit-norm decoder; no AuxK) on the same activations, and prints
    its steps/s beside ours (warm-up steps excluded) and the ratio. Our step includes AuxK.
@@ -73,7 +73,7 @@ def main() -> int:
     p.add_argument("--latents", type=int, default=1024)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--episodes", type=int, default=500)
-    p.add_argument("--peer_python", default="/work/venv-bench/bin/python" if Path("/work/venv-bench/bin/python").exists() else "")
+    p.add_argument("--peer_python", default=os.environ.get("DTJAX_PEER_PYTHON", ""))
     p.add_argument("--peer_steps", type=int, default=200)
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args()

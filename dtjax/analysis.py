@@ -14,6 +14,8 @@ data, not a new compile. Panels are read at the *last* state token (the action b
 - ``rtg_scan_panel``: the current RTG swept (one vmap): logits, DLA, attention to the RTG token.
 - ``weight_panels``: weights only: the state encoder's weight projection, QK (state query -> RTG
   key) and OV (state -> logits) maps per layer and head.
+- ``reference_inputs``: the one mean-ablation reference of both front ends (K-timestep
+  rollout windows, 3K tokens); ``circuits.ablation_means`` of it feed the ablation panels.
 - ``ablation_panel``: probabilities with each head / MLP ablated (zero or mean), one vmap;
   ``ablation_returns``: the same ablations in closed loop.
 - ``patching_panel``: activation patching clean -> corrupted as a (row, position) matrix.
@@ -44,6 +46,7 @@ import numpy as np
 
 from dtjax import circuits as C
 from dtjax import hooks as hooks_lib
+from dtjax import scenarios as S
 from dtjax.circuits.core import Inputs
 from dtjax.config import ModelConfig
 from dtjax.evaluate import evaluate_worlds
@@ -125,6 +128,16 @@ def weight_panels(params: dict, cfg: ModelConfig, v: jax.Array) -> dict:
     ov = jnp.stack([C.ov_state(params, cfg, l) for l in range(cfg.n_layers)])
     return {"state_encoder": C.state_encoder_maps(params, cfg, v), "qk": qk, "ov": ov, "ov_dir": ov @ v,
             "ov_rtg": jnp.stack([C.ov_rtg(params, l) for l in range(cfg.n_layers)])}
+
+
+def reference_inputs(key: jax.Array, n: int, cfg: ModelConfig, env_cfg, rtg: float = 0.9) -> Inputs:
+    """The mean-ablation reference of the report and the explorer: ``n`` windows of K =
+    ``cfg.n_timesteps`` steps from random-policy rollouts of ``env_cfg`` (an ``EnvConfig``), as
+    closed-loop evaluation builds them (``scenarios.sample_inputs``: 3K tokens, the current
+    step's action slot padded). ``circuits.ablation_means`` of them cover the closed loop's 3K
+    positions and, trimmed, a scenario's 3K - 1."""
+    return S.sample_inputs(key, n, rtg=rtg, env=env_cfg, n_timesteps=cfg.n_timesteps,
+                           pad_action=cfg.n_actions)
 
 
 def ablation_panel(params: dict, cfg: ModelConfig, inputs: Inputs, kind: str = "zero", means: dict | None = None) -> dict:

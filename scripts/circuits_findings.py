@@ -39,6 +39,8 @@ from dtjax import circuits as C
 from dtjax.circuits import graph as G
 from dtjax.model import init_params
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TAUS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0)
 
 
@@ -275,7 +277,9 @@ def main() -> None:
         return
     if args.pairs:
         ps = {k: v for k, v in ps.items() if k in args.pairs}
-    summary: dict = {"checkpoint": str(args.checkpoint), "model": cfg.to_dict() if hasattr(cfg, "to_dict") else str(cfg),
+    ckpt = Path(args.checkpoint).resolve()  # the JSON is committed: no machine-specific path in it
+    shown = ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else Path(args.checkpoint)
+    summary: dict = {"checkpoint": str(shown), "model": cfg.to_dict() if hasattr(cfg, "to_dict") else str(cfg),
                      "pairs": {k: int(v[0].batch) for k, v in ps.items()}}
     patch_res, graph_res = {}, {}
     for pair, (clean, corr) in ps.items():

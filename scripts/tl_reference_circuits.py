@@ -20,7 +20,7 @@ Run (TransformerLens 4 removed HookedTransformer; the numbers were made with 3.9
 2.13 CPU):
 
     pip install --no-deps --target /tmp/tl39 transformer-lens==3.9.0 better-abc
-    PYTHONPATH=/tmp/tl39 /work/venv-bench/bin/python scripts/tl_reference_circuits.py
+    PYTHONPATH=/tmp/tl39 python scripts/tl_reference_circuits.py   # a Python with torch: pip install -e .[bench]
 
 Writes ``tests/data/reference/circuits_reference.npz``. TransformerLens and torch are never
 dtjax dependencies: only this script imports them.

@@ -198,3 +198,20 @@ def test_ablation_set_panel_and_closed_loop_by_hand():
         ref = evaluate(p, cfg, env, env_params, key, [0.5], 6)
         assert_close(res["mean_return"][row], ref.returns.mean())
         assert_close(res["hit_rate"][row], ref.hit.mean())
+
+
+def test_explorer_mean_ablation_uses_the_reports_reference():
+    """K > 1: the explorer's mean-ablation means are ``circuits.ablation_means`` over
+    ``analysis.reference_inputs``, the report's reference: real K-step rollout windows with the
+    current action slot padded (3K tokens), not episodes' first steps left-padded."""
+    from explorer_models import ENV, tiny_model
+
+    model = tiny_model()
+    cfg, k = model.cfg, model.cfg.n_timesteps
+    ref = A.reference_inputs(jax.random.PRNGKey(0), model.mean_samples, cfg, ENV)
+    assert ref.actions.shape == (model.mean_samples, k) and bool((ref.actions[:, -1] == cfg.n_actions).all())
+    assert bool((ref.rtg[:, -2] != 0).any())  # windows that reach past an episode's first step
+    want = C.ablation_means(model.params, cfg, ref)
+    got = model.get_means()
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree.map(assert_close, got, want)

@@ -224,9 +224,9 @@ class Model:
     """A model ready to explore: config, params, its env, and mean-ablation references.
 
     The reference means (``circuits.ablation_means`` over ``mean_samples`` random-policy rollout
-    states of the env, ``scenarios.sample_inputs``; with K > 1 each state is an episode's first
-    step, left-padded) are computed on first use (``get_means``): until then zero ablation runs on
-    zeros of the same shapes, so computing them never recompiles the step.
+    windows of the env, ``analysis.reference_inputs``: the report's reference, 3K tokens; the
+    explorer's 3K-1 tokens read the first 3K-1) are computed on first use (``get_means``): until
+    then zero ablation runs on zeros of the same shapes, so computing them never recompiles the step.
     """
 
     name: str
@@ -267,10 +267,7 @@ class Model:
         """The mean-ablation references (computed once, thread-safe)."""
         with self._lock:
             if self._means is None:
-                ref = S.sample_inputs(jax.random.PRNGKey(0), self.mean_samples, rtg=0.9, env=self.env_cfg)
-                if self.cfg.n_timesteps > 1:  # K actions (3K tokens, as closed-loop evaluation feeds them);
-                    ref = ref.left_pad(self.cfg.n_timesteps)  # the explorer's 3K-1 tokens read the first 3K-1
-                    ref = ref.replace(actions=jnp.pad(ref.actions, ((0, 0), (0, 1)), constant_values=self.cfg.n_actions))
+                ref = A.reference_inputs(jax.random.PRNGKey(0), self.mean_samples, self.cfg, self.env_cfg)
                 self._means = jax.device_get(C.ablation_means(self.params, self.cfg, ref))
             return self._means
 

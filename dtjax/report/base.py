@@ -188,8 +188,7 @@ class Context:
     def reference(self) -> C.Inputs:
         """``mean_samples`` windows of K timesteps from random-policy rollouts in the model's env."""
         o = self.options
-        return self.memo("reference", lambda: S.sample_inputs(self.key("sample"), o.mean_samples, rtg=o.rtg, env=self.env_cfg,
-                                                              n_timesteps=self.cfg.n_timesteps, pad_action=self.cfg.n_actions))
+        return self.memo("reference", lambda: A.reference_inputs(self.key("sample"), o.mean_samples, self.cfg, self.env_cfg, o.rtg))
 
     def ablation_means(self) -> dict:
         """``circuits.ablation_means`` over ``reference()``."""
