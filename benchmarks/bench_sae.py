@@ -105,7 +105,6 @@ def main() -> int:
           f"{sec['steps_per_s'] * tcfg.batch_size:,.0f} tokens/s); load average {os.getloadavg()[0]:.1f}", flush=True)
 
     # TARGETS on held-out tokens
-    d = sae.Dictionary(cfg, variables, {"train": tcfg.to_dict()})
     held = acts.harvest(ctx.params, ctx.model_cfg, cfg, ctx.data, ctx.env, ctx.sample_cfg, jax.random.fold_in(root, KEY_EVAL),
                         262_144, keep_windows=True)
     xh, _, _ = acts.flat_tokens(held, cfg.token)

@@ -13,7 +13,6 @@ draws them, and ``write_census`` writes ``census.json``, ``census.md`` and ``cen
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 

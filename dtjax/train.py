@@ -180,7 +180,9 @@ def make_seeds_chunk(cfg: TrainConfig, tx, sample_batch, mesh, shared_data: bool
     def chunk(params, opt_state, data, data_key, start_step):
         if data_key.shape[0] > 1:
             return vmapped(params, opt_state, data, data_key, start_step)
-        one = lambda tree: jax.tree.map(lambda x: x[0], tree)
+        def one(tree):
+            return jax.tree.map(lambda x: x[0], tree)
+
         out = body(one(params), one(opt_state), data if shared_data else one(data), data_key[0], start_step)
         return jax.tree.map(lambda x: x[None], out)
 

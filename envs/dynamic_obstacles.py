@@ -22,7 +22,6 @@ action into a not-clear cell gives -1 and terminates, even if the ball has moved
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp

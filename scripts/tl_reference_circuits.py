@@ -186,7 +186,7 @@ def reference(tag: str, model, p: dict, clean: dict, corr: dict, out: dict) -> N
 def main() -> None:
     out: dict = {}
     ref = np.load(OUTPUTS)
-    obs, rtg, ts, act = ref["obs"][:, None], ref["rtg"][:, None], ref["timestep"][:, None], ref["action"][:, None]
+    obs, ts, act = ref["obs"][:, None], ref["timestep"][:, None], ref["action"][:, None]
     p = overnight_params()
     model = build(p, 1, 2, 128, 64, 256, 3, layer_norm=False)
     first = dict(obs=obs[:32], timesteps=ts[:32], actions=act[:32])

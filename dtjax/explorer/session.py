@@ -47,7 +47,6 @@ import functools
 import math
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -387,8 +386,8 @@ def shape_notes(cfg: ModelConfig) -> dict[str, str]:
         notes["state-encoder"] = ("LayerNorm model: the activation map is the direct write before ln_final, so it "
                                   "does not sum to the DLA's embed_state entry.")
     if cfg.n_layers > 1:
-        notes["qk"] = notes["ov"] = (f"layers > 0: the direct path from the embeddings only (composition with "
-                                     f"earlier layers is not included).")
+        notes["qk"] = notes["ov"] = ("layers > 0: the direct path from the embeddings only (composition with "
+                                     "earlier layers is not included).")
     if cfg.n_timesteps > 1:
         notes["attention"] = (f"context of {cfg.n_timesteps} timesteps: tokens R, s, a per timestep, padded at the "
                               f"start of an episode (zero obs, RTG 0, timestep 0, padding action).")

@@ -77,6 +77,7 @@ re-raises instead (tests).
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import json
 import threading
 import zlib
 from pathlib import Path
