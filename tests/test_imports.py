@@ -56,9 +56,9 @@ FIRST_PARTY = ("envs", "dtjax")
 ALLOWED: set[str] = {
     # private names read across modules (make them public, or move the helper to its user)
     "benchmarks.bench_circuits: private dtjax.circuits.graph._metric",
-    "dtjax.circuits.causal: private dtjax.hooks._suffix",
+    "dtjax.circuits.act_patching: private dtjax.hooks._suffix",
     "dtjax.circuits.lens: private dtjax.circuits.attribution._token_pos",
-    "dtjax.circuits.patching: private dtjax.hooks._suffix",
+    "dtjax.circuits.attr_patching: private dtjax.hooks._suffix",
     "dtjax.report.sections.circuits: private dtjax.circuits.graph._kl",
     "dtjax.sae.analysis: private dtjax.sae.store._paths",
     "scripts.circuits_findings: private dtjax.circuits.graph._kl",
@@ -72,9 +72,9 @@ ALLOWED: set[str] = {
     "benchmarks.bench_sae: lazy dtjax.sae.train", "benchmarks.bench_train: lazy dtjax",
     "benchmarks.bench_train: lazy dtjax.evaluate", "benchmarks.report_matrix: lazy dtjax.report",
     "benchmarks.report_matrix: lazy dtjax.train", "dtjax.analysis: lazy dtjax.evaluate",
-    "dtjax.circuits.causal: lazy dtjax.evaluate", "dtjax.circuits.census: lazy dtjax",
+    "dtjax.circuits.act_patching: lazy dtjax.evaluate", "dtjax.circuits.census: lazy dtjax",
     "dtjax.circuits.census: lazy envs", "dtjax.circuits.census: lazy envs.minigrid",
-    "dtjax.circuits.patching: lazy dtjax.evaluate", "dtjax.config: lazy envs", "dtjax.config: lazy envs.registration",
+    "dtjax.circuits.attr_patching: lazy dtjax.evaluate", "dtjax.config: lazy envs", "dtjax.config: lazy envs.registration",
     "dtjax.data.__main__: lazy dtjax.cli", "dtjax.data.__main__: lazy dtjax.config",
     "dtjax.data.__main__: lazy dtjax.data.collect", "dtjax.data.__main__: lazy dtjax.data.store",
     "dtjax.data.__main__: lazy dtjax.plots", "dtjax.data.__main__: lazy envs", "dtjax.data.dataset: lazy envs",

@@ -9,8 +9,8 @@ throughout: hook names, ``W_QK``/``W_OV``, DLA, ``decompose_resid``.
 - ``attribution``: attention patterns, residual decomposition, direct logit attribution,
   state-encoder maps, RTG scans, RTG/time embedding projections.
 - ``weights``: ``FactoredMatrix``, QK and OV circuits as 7x7 maps, their SVDs.
-- ``causal``: zero / mean ablations (logits and closed-loop returns), activation patching.
-- ``patching``: attribution patching (with integrated gradients), steering by activation differences.
+- ``act_patching``: zero / mean ablations (logits and closed-loop returns), activation patching.
+- ``attr_patching``: attribution patching (with integrated gradients), steering by activation differences.
 - ``graph``: the edge graph of heads, MLPs, embeddings and logits; edge-level patching, edge
   attribution patching, path patching, ACDC and pruning by attribution, circuit faithfulness.
 - ``lens``: logit lens, accumulated residual, layer-wise residual decomposition.
@@ -23,7 +23,7 @@ from dtjax.circuits.attribution import (
     attention_patterns, component_labels, decompose_logits, decompose_resid, direct_logit_attribution,
     embedding_cosines, rtg_embedding_projection, rtg_scan, state_encoder_maps, time_embedding_projection,
 )
-from dtjax.circuits.causal import (
+from dtjax.circuits.act_patching import (
     ABLATIONS, ablate_logits, ablate_returns, ablation_interventions, ablation_masks, ablation_means,
     activation_patching, component_name, components, logit_diff_metric, patchable_hooks,
 )
@@ -37,7 +37,7 @@ from dtjax.circuits.graph import (
     path_patching_senders, prune_by_attribution, sender_outputs,
 )
 from dtjax.circuits.lens import accumulated_resid, decompose_resid_layers, logit_lens
-from dtjax.circuits.patching import attribution_patching, steer_logits, steer_returns, steering_vector
+from dtjax.circuits.attr_patching import attribution_patching, steer_logits, steer_returns, steering_vector
 from dtjax.circuits.weights import (
     W_OV, W_QK, FactoredMatrix, circuit_svd, ov_circuit, ov_rtg, ov_state, qk_circuit, qk_embeddings_rtg,
     qk_state_rtg,

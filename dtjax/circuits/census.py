@@ -59,7 +59,7 @@ import numpy as np
 
 from dtjax import hooks as hooks_lib
 from dtjax.circuits.attribution import direct_logit_attribution
-from dtjax.circuits.causal import component_name, components
+from dtjax.circuits.act_patching import component_name, components
 from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
 from dtjax.config import EnvConfig, ModelConfig
 from envs.dynamic_obstacles import PARKED

@@ -27,7 +27,7 @@ It is built from the model's own modules (``LayerNorm``, ``Attention``, ``MLP`` 
 and handed to ``Attention`` through ``hooks.Apply`` at ``hook_q/k/v``, so the masking, scaling and
 softmax are the model's. ``dtjax/model.py`` is unchanged and its training path traces no hook.
 
-Conventions shared with ``dtjax.circuits.causal.activation_patching``: the metric is the mean logit
+Conventions shared with ``dtjax.circuits.act_patching.activation_patching``: the metric is the mean logit
 difference along a direction over actions at the last state token, and a patching experiment is
 *denoising* -- run ``corrupted``, restore ``clean`` -- normalised as
 (m_patched - m_corrupted) / (m_clean - m_corrupted). To noise instead, swap the two inputs.

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import hooks as hooks_lib
-from dtjax.circuits.causal import logit_diff_metric
+from dtjax.circuits.act_patching import logit_diff_metric
 from dtjax.circuits.core import Inputs, action_vector, check_pair, run_with_cache, run_with_hooks
 from dtjax.config import ModelConfig
 from dtjax.evaluate import evaluate_worlds
