@@ -507,13 +507,14 @@ def evaluate_worlds(params: Any, cfg: ModelConfig, env, env_params, key: jax.Arr
     outcomes episode for episode and returns up to float rounding.
 
     Returns:
-      EvalResult with (W, R, n_episodes) arrays (``EvalResult.seed(w)`` is world ``w``).
+      EvalResult with (W, R, n_episodes) arrays (``EvalResult.world(w)`` is world ``w``).
     """
     n_worlds(interventions)
     rtgs, padded, counts, se_, min_ep, adaptive = _args(target_rtgs, n_episodes, capacity, pool, se, min_episodes)
     out = _rollout_worlds(params, cfg, env, env_params, key, padded, *counts, jnp.bool_(greedy), jnp.float32(temperature),
                           interventions, se_, min_ep)
-    return _result(rtgs, *(_unpad(x, len(rtgs), int(n_episodes)) for x in jax.device_get(out)), adaptive)
+    ret, length, outcome, details = (_unpad(x, len(rtgs), int(n_episodes), lead=1) for x in jax.device_get(out))
+    return _result(env.task, rtgs, ret, length, outcome, details, adaptive)
 
 
 def calibration_stats(res: EvalResult, greedy: bool = True, se: float | None = None) -> dict:

@@ -13,7 +13,7 @@ import pytest
 
 import dtjax
 from dtjax import checkpoint as ckpt_lib
-from dtjax.circuits.census import checkpoints_of
+from dtjax.census import checkpoints_of
 from dtjax.config import EnvConfig, ModelConfig
 from dtjax.loader import LoadError
 from dtjax.model import forward, init_params

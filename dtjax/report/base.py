@@ -125,6 +125,7 @@ class Context:
         self.env, self.env_params = env_cfg.make()  # the env the model was trained in (stored with the run)
         self.task = self.env.task  # what is task-specific: actions, outcomes, scenarios, pairs, the default direction
         spec = self.options.direction or "-".join(self.task.direction)
+        self.direction_spec = spec  # "a-b" (action names), or a custom vector's spec
         self.v = A.direction(spec, cfg)  # (n_actions,) the direction analysed
         self.direction = C.direction_label(spec)
         chans = {c: n for c, n in CHANNELS[cfg.obs_mode].items() if cfg.obs_mode != "one_hot" or n in self.task.objects}

@@ -115,7 +115,7 @@ def dictionary_data(ctx: Context, path: Path) -> dict:
     sctx = sae.open_context(ctx.ckpt, dataset)
     a = sae.analyse(sctx, d, n_tokens=o.sae_tokens, n_analysis=o.sae_analysis_tokens, episodes=o.ablation_episodes,
                     rtgs=o.ablation_rtgs, closed_loop=o.closed_loop, n_top=N_VIEWS)
-    return entry_data(a, sae.summary(a), path, dataset, notes, ctx.cfg, o.direction, o.sae_latents)
+    return entry_data(a, sae.summary(a), path, dataset, notes, ctx.cfg, ctx.direction_spec, o.sae_latents)
 
 
 def entry_data(a: dict, s: dict, path: Path, dataset: Path, notes: list[str], cfg: ModelConfig,
