@@ -43,8 +43,9 @@ def main(argv=None) -> int:
 def brief(summary: dict) -> dict:
     """What the terminal shows: final returns per target (one line per seed with N seeds)."""
     def one(s):
-        return {"final_eval": [{k: round(r[k], 3) for k in ("target_rtg", "mean_return", "goal_rate", "hit_rate", "mean_length")}
-                               for r in s["final_eval"]], "calibration_monotonic": s["calibration_monotonic"]}
+        keys = ("target_rtg", "mean_return", "goal_rate", "hit_rate", "mean_length")  # hit_rate: where the task has hits
+        return {"final_eval": [{k: round(r[k], 3) for k in keys if k in r} for r in s["final_eval"]],
+                "calibration_monotonic": s["calibration_monotonic"]}
 
     def returns(s):  # one line per seed: final mean return per target RTG
         return {f"{r['target_rtg']:+g}": round(r["mean_return"], 3) for r in s["final_eval"]} | {

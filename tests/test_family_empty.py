@@ -149,6 +149,10 @@ def test_a_tiny_run_trains_calibrates_and_reports(tmp_path):
     assert all(0.0 <= r["mean_return"] <= 1.0 and "hit_rate" not in r for r in calib["rows"])
     sys.path.insert(0, str(ROOT))
     import analyse
+    import train as train_script
+
+    shown = train_script.brief(summary)["final_eval"]  # what the terminal prints: the task's own rates
+    assert shown and all("goal_rate" in r and "hit_rate" not in r for r in shown)
 
     out = tmp_path / "report"
     assert analyse.main(["--ckpt", str(run), "--out", str(out), "--fast", "--quiet"]) == 0
