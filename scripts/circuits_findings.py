@@ -165,7 +165,7 @@ def graph_study(params, cfg, clean, corr) -> dict:
         for freeze in (True, False) if r == "logits" else (True,):
             res = C.path_patching_senders(params, cfg, clean, corr, r, freeze_mlps=freeze)
             pp[f"{r}{'' if freeze else ' (MLPs recomputed)'}"] = dict(zip(res["senders"], map(float, res["effects"])))
-    corr_kl = float(G._kl(C.forward(params, cfg, clean), C.forward(params, cfg, corr)))
+    corr_kl = float(G.last_token_kl(C.forward(params, cfg, clean), C.forward(params, cfg, corr)))
     return {"n_edges_total": len(g.edges), "kl_clean_vs_corrupted": corr_kl,
             "eap_top": [(s, r, float(v)) for (s, r), v in sorted(zip(eap["edges"], np.asarray(eap["scores"])),
                                                                    key=lambda e: -abs(e[1]))[:15]],
