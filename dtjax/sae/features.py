@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dtjax import hooks as hooks_lib
 from dtjax.circuits.core import obs_maps
 from dtjax.config import ModelConfig
 from dtjax.data.dataset import SampleConfig, device_arrays
@@ -193,8 +194,7 @@ def _reads_residual(cfg: SAEConfig) -> bool:
     """Whether the dictionary's input contains the token embeddings directly (a residual-stream site)."""
     if cfg.transcoder:
         return True
-    suffix = cfg.hook.split(".", 2)[2] if cfg.hook.startswith("blocks.") else cfg.hook
-    return suffix in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed", "hook_state_embed",
+    return hooks_lib.suffix(cfg.hook) in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed", "hook_state_embed",
                       "hook_rtg_embed")
 
 
