@@ -22,6 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dtjax.config import ConfigError
+from dtjax.explorer import serve
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,8 +62,7 @@ def main(argv=None) -> int:
         return 2
 
     if args.serve:
-        from dtjax.explorer import serve
-        from dtjax.loader import LoadError
+        from dtjax.loader import LoadError  # lazy: CLI start-up (jax)
 
         try:
             return serve(args.ckpt, host=args.host, port=args.port, models_dir=args.models, sae_dirs=sae_dirs,
@@ -69,12 +71,11 @@ def main(argv=None) -> int:
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 1
 
-    from dtjax.config import ConfigError
-    from dtjax.loader import LoadError
-    from dtjax.report import ReportError, ReportOptions, build_report
+    from dtjax.loader import LoadError  # lazy: CLI start-up (jax)
+    from dtjax.report import ReportError, ReportOptions, build_report  # lazy: CLI start-up (jax, matplotlib)
 
     if args.census:
-        from dtjax.census import write_census
+        from dtjax.census import write_census  # lazy: CLI start-up (jax, matplotlib)
 
         try:
             print(write_census(args.census, args.out, log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))))

@@ -16,16 +16,16 @@ from pathlib import Path
 
 from dtjax.cli import parse_train_args
 from dtjax.config import ConfigError
+from dtjax.data.store import DatasetError
 
 
 def main(argv=None) -> int:
     args = parse_train_args(argv, prog="train.py")
     cfg = args.cfg
     # saves CLI start-up: --help and flag errors answer without importing jax
-    import dtjax.train as train_lib
-    from dtjax.checkpoint import CheckpointError
-    from dtjax.data.store import DatasetError
-    from dtjax.sharding import maybe_initialize_distributed
+    import dtjax.train as train_lib  # lazy: CLI start-up (jax)
+    from dtjax.checkpoint import CheckpointError  # lazy: CLI start-up (jax, orbax)
+    from dtjax.sharding import maybe_initialize_distributed  # lazy: CLI start-up (jax)
 
     maybe_initialize_distributed()
     try:

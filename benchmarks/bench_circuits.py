@@ -84,7 +84,7 @@ def main() -> None:
     masks = np.zeros((len(idx),) + g.allowed.shape, np.float32)
     masks[np.arange(len(idx)), idx[:, 0], idx[:, 1]] = 1.0
     v = C.action_vector("forward-right")
-    every_edge = jax.jit(jax.vmap(lambda m: G._metric(C.graph_forward(params, cfg, corr, patch_clean, m), v)))
+    every_edge = jax.jit(jax.vmap(lambda m: G.last_logit_metric(C.graph_forward(params, cfg, corr, patch_clean, m), v)))
     e_first, e_run, exact = timed(lambda: every_edge(jnp.asarray(masks)), args.repeats)
     f_first, f_run, eap = timed(lambda: C.edge_attribution_patching(params, cfg, clean, corr)["scores"], args.repeats)
     res = C.edge_attribution_patching(params, cfg, clean, corr)

@@ -22,11 +22,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dtjax, not an installed one
 
+import dtjax  # noqa: E402
+from dtjax.explorer import sae as es  # noqa: E402
+from dtjax.explorer.session import Model, Session  # noqa: E402
+
 
 def compiled_session(model):
     """(session, seconds to its first reply: compile included)."""
-    from dtjax.explorer.session import Session
-
     t0 = time.perf_counter()
     s = Session(model)
     s.start()
@@ -48,10 +50,6 @@ def main(argv=None) -> int:
     ap.add_argument("--sae", action="append", default=[], help="dictionary directory (default: the run's sae/)")
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args(argv)
-
-    import dtjax
-    from dtjax.explorer import sae as es
-    from dtjax.explorer.session import Model
 
     cfg, params, env_cfg = dtjax.load(args.ckpt, with_env=True)
     saes = es.load_all(args.ckpt, cfg, params, args.sae, log=lambda m: print(m, file=sys.stderr))

@@ -29,7 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from dtjax import sae
+from dtjax.sae import activations as acts
+from dtjax.sae import metrics
+from dtjax.sae.train import KEY_EVAL, KEY_HARVEST, KEY_ROLLOUT, SAETrainConfig, train_dictionary
 
 PEER = r'''
 import sys, time, numpy as np, torch
@@ -77,13 +83,6 @@ def main() -> int:
     p.add_argument("--peer_steps", type=int, default=200)
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args()
-
-    import jax
-
-    from dtjax import sae
-    from dtjax.sae import activations as acts
-    from dtjax.sae import metrics
-    from dtjax.sae.train import KEY_EVAL, KEY_HARVEST, KEY_ROLLOUT, SAETrainConfig, train_dictionary
 
     print(f"devices: {jax.devices()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     ctx = sae.open_context(args.ckpt, args.dataset)

@@ -49,10 +49,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import dtjax  # noqa: E402
 import envs  # noqa: E402
 from dtjax import sharding  # noqa: E402
 from dtjax.config import ModelConfig, TrainConfig  # noqa: E402
 from dtjax.data.dataset import SampleConfig, device_arrays, sample_batch  # noqa: E402
+from dtjax.evaluate import evaluate  # noqa: E402
 from dtjax.model import forward, init_params  # noqa: E402
 from dtjax.train import loss_fn, make_optimizer, make_seeds_chunk, make_train_chunk  # noqa: E402
 
@@ -289,9 +291,6 @@ def bench_peer(model: ModelConfig, batch: int, steps: int, n_seeds: int, repeat:
 
 
 def bench_calibration(n_episodes: int, peer_episodes: int, with_peer: bool, repeat: int) -> None:
-    import dtjax
-    from dtjax.evaluate import evaluate
-
     ckpt = ROOT / "checkpoints" / "original" / "demo_model_overnight_training.pt"
     model, params = dtjax.load(ckpt)
     params = jax.tree.map(jnp.asarray, params)

@@ -24,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout, and the test designs
 
+from dtjax.report import ReportOptions, build_report  # noqa: E402
+from dtjax.train import train_and_evaluate  # noqa: E402
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,9 +38,6 @@ def main(argv=None) -> int:
 
     from test_report_shapes import DESIGN, FACTORS, SLOW_DESIGN
     from test_train import tiny_cfg
-
-    from dtjax.report import ReportOptions, build_report
-    from dtjax.train import train_and_evaluate
 
     design = SLOW_DESIGN if args.design == "slow" else DESIGN
     rows = [int(i) for i in args.rows.split(",")] if args.rows else list(range(len(design)))

@@ -9,6 +9,6 @@ def load(path, with_env: bool = False):
 
     See `dtjax.run.Run`, which this opens; imported lazily so `import dtjax` stays light.
     """
-    from dtjax.run import load as _load
+    from dtjax.run import load as _load  # lazy: keeps `import dtjax` free of jax
 
     return _load(path, with_env=with_env)

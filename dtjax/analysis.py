@@ -341,18 +341,11 @@ def rtg_scan_stats(rtg: np.ndarray, dla: np.ndarray, labels: list[str], points=(
 # ---------------------------------------------------------------------------------------------
 
 
-_PER_TIMESTEP = ("hook_rtg_embed", "hook_state_embed", "hook_action_embed", "hook_time_embed")
-
-
 def hook_kind(name: str) -> str:
     """How a hook reaches the metric, for colouring patching nodes: "attention" (queries, keys,
     scores, patterns: through a softmax), "residual" (the residual stream and the embeddings'
-    sum) or "component" (a component's output or inputs)."""
-    if any(s in name for s in ("hook_q", "hook_k", "attn_scores", "pattern")):
-        return "attention"
-    if "resid" in name or name in ("hook_embed", "hook_pos_embed"):
-        return "residual"
-    return "component"
+    sum) or "component" (a component's output or inputs): ``dtjax.hooks.HOOKS``' ``kind``."""
+    return hooks_lib.hook_info(name).kind
 
 
 def attribution_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, v: jax.Array,
@@ -381,7 +374,7 @@ def attribution_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: 
     for name in order:
         a = np.asarray(act["effects"][name], np.float64)
         K = clean.n_timesteps
-        per_t = name in _PER_TIMESTEP  # indexed by timestep, the earliest first
+        per_t = hooks_lib.hook_info(name).per_timestep  # indexed by timestep, the earliest first
         cols = [f"t-{K - 1 - i}" if K - 1 - i else "t" for i in range(a.shape[0])] if per_t else tok
         for idx in np.ndindex(a.shape):
             pos = cols[idx[0]] if idx[0] < len(cols) else str(idx[0])

@@ -107,7 +107,7 @@ class EnvConfig(ConfigBase):
     """what the agent sees; a DT's must equal its model.obs_mode"""
 
     def validate(self) -> None:
-        from envs.registration import REGISTRY  # noqa: PLC0415 (envs is left of config; lazy keeps import light)
+        from envs.registration import REGISTRY  # noqa: PLC0415  # lazy: CLI start-up (envs pulls in jax; --help reads config)
 
         _check(self.env_id in REGISTRY, f"env.env_id: unknown env id {self.env_id!r}; valid ids: {', '.join(REGISTRY)}")
         _check(isinstance(self.max_steps, int) and not isinstance(self.max_steps, bool) and self.max_steps >= 1,
@@ -117,13 +117,13 @@ class EnvConfig(ConfigBase):
     @property
     def size(self) -> int:
         """Grid side length (walls included)."""
-        from envs.registration import grid_size  # noqa: PLC0415
+        from envs.registration import grid_size  # noqa: PLC0415  # lazy: CLI start-up (envs pulls in jax)
 
         return grid_size(self.env_id)
 
     def make(self):
         """``(env, env_params)`` from ``envs.make``."""
-        import envs  # noqa: PLC0415
+        import envs  # noqa: PLC0415  # lazy: CLI start-up (envs pulls in jax)
 
         return envs.make(self.env_id, max_steps=self.max_steps, obs_mode=self.obs_mode)
 

@@ -12,8 +12,8 @@ so printing them shows exactly what was changed (penzai's "interventions as data
 
 - ``Replace(mask, value, head=None, pos=None)`` sets ``x = where(sel, value, x)`` where
   ``sel = mask & (head axis in head) & (position axis in pos)``. ``mask`` and ``value`` broadcast
-  to ``x``; ``head`` / ``pos`` are integer indices resolved against the hook's layout (see
-  ``LAYOUT``). All four are traced, so a new value, mask, head or position never retraces
+  to ``x``; ``head`` / ``pos`` are integer indices resolved against the hook's axes (see
+  ``HOOKS``). All four are traced, so a new value, mask, head or position never retraces
   (only a new *shape* does).
 - ``Apply(fn, arg=None)`` sets ``x = fn(x)`` (or ``fn(x, arg)``): ``fn`` is static (a new
   function compiles once), ``arg`` is a traced pytree (a new value does not retrace).
@@ -30,46 +30,74 @@ once a function is compiled.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-# Hook names. Shapes (TransformerLens vocabulary; K = timesteps, pos = tokens):
-EMBED_HOOKS = (
-    "hook_state_embed",  # (batch, K, d_model)
-    "hook_rtg_embed",  # (batch, K, d_model)
-    "hook_action_embed",  # (batch, K or K-1, d_model); absent when no action token is fed
-    "hook_time_embed",  # (batch, K, d_model)
-    "hook_embed",  # (batch, pos, d_model): interleaved tokens, time embedding added
-    "hook_pos_embed",  # (batch, pos, d_model)
-)
-BLOCK_HOOKS = (
-    "hook_resid_pre",  # (batch, pos, d_model)
-    "ln1.hook_scale",  # (batch, pos, 1), only with layer_norm
-    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z",  # (batch, pos, head, d_head)
-    "attn.hook_attn_scores", "attn.hook_pattern",  # (batch, head, query_pos, key_pos)
-    "attn.hook_result",  # (batch, pos, head, d_model): each head's output before summing
-    "hook_attn_out",  # (batch, pos, d_model)
-    "hook_resid_mid",  # (batch, pos, d_model), absent when attn_only
-    "ln2.hook_scale",  # (batch, pos, 1), only with layer_norm and an MLP
-    "mlp.hook_pre", "mlp.hook_post",  # (batch, pos, d_mlp)
-    "hook_mlp_out",  # (batch, pos, d_model)
-    "hook_resid_post",  # (batch, pos, d_model)
-)
-FINAL_HOOKS = (
-    "ln_final.hook_scale",  # (batch, pos, 1), only with layer_norm
-    "hook_logits",  # (batch, K, n_actions), read at the state tokens
-)
+class HookInfo(NamedTuple):
+    """What one hook holds (a row of ``HOOKS``).
 
-# Where the head and position axes are, by hook-name suffix (default: no head axis, pos axis 1).
-# For attention scores/patterns ``pos`` selects the query position. For the per-timestep hooks
-# (hook_*_embed but hook_embed/hook_pos_embed, and hook_logits) axis 1 counts timesteps.
-LAYOUT = {
-    "attn.hook_q": (2, 1), "attn.hook_k": (2, 1), "attn.hook_v": (2, 1), "attn.hook_z": (2, 1),
-    "attn.hook_result": (2, 1), "attn.hook_attn_scores": (1, 2), "attn.hook_pattern": (1, 2),
+    ``axes``: the activation's axes (TransformerLens vocabulary; ``timestep`` = K, ``pos`` = tokens);
+    ``width``: the ``ModelConfig`` field that sizes the last axis (None: scale's 1, scores' key_pos);
+    ``per_timestep``: axis 1 counts timesteps, not tokens; ``kind``: how it reaches the logits
+    ("attention": queries, keys, scores, patterns, through a softmax; "residual": the residual
+    stream and the embeddings' sum; "component": a component's output or inputs); ``head_axis`` /
+    ``pos_axis``: the axes ``Replace``'s ``head`` / ``pos`` index (for scores / patterns ``pos`` is
+    the query position); ``scope``: "embed", "block" (named ``blocks.L.<suffix>``) or "final".
+    """
+
+    axes: tuple[str, ...]
+    width: str | None
+    per_timestep: bool
+    kind: str
+    head_axis: int | None
+    pos_axis: int
+    scope: str
+
+
+def _row(scope, axes, width, kind="component", head_axis=None, pos_axis=1) -> HookInfo:
+    return HookInfo(tuple(axes.split()), width, axes.split()[1] == "timestep", kind, head_axis, pos_axis, scope)
+
+
+# Every hook, by suffix (a block hook's name without ``blocks.L.``), in forward order. Notes:
+# hook_action_embed has K or K-1 timesteps and is absent when no action token is fed; ln*.hook_scale
+# only with layer_norm; hook_resid_mid, ln2 and mlp.* are absent when attn_only; attn.hook_result is
+# each head's output before summing; hook_logits is read at the state tokens.
+HOOKS: dict[str, HookInfo] = {
+    "hook_state_embed": _row("embed", "batch timestep d_model", "d_model"),
+    "hook_rtg_embed": _row("embed", "batch timestep d_model", "d_model"),
+    "hook_action_embed": _row("embed", "batch timestep d_model", "d_model"),
+    "hook_time_embed": _row("embed", "batch timestep d_model", "d_model"),
+    "hook_embed": _row("embed", "batch pos d_model", "d_model", "residual"),  # interleaved tokens + time
+    "hook_pos_embed": _row("embed", "batch pos d_model", "d_model", "residual"),
+    "hook_resid_pre": _row("block", "batch pos d_model", "d_model", "residual"),
+    "ln1.hook_scale": _row("block", "batch pos 1", None),
+    "attn.hook_q": _row("block", "batch pos head d_head", "d_head", "attention", 2, 1),
+    "attn.hook_k": _row("block", "batch pos head d_head", "d_head", "attention", 2, 1),
+    "attn.hook_v": _row("block", "batch pos head d_head", "d_head", "component", 2, 1),
+    "attn.hook_z": _row("block", "batch pos head d_head", "d_head", "component", 2, 1),
+    "attn.hook_attn_scores": _row("block", "batch head query_pos key_pos", None, "attention", 1, 2),
+    "attn.hook_pattern": _row("block", "batch head query_pos key_pos", None, "attention", 1, 2),
+    "attn.hook_result": _row("block", "batch pos head d_model", "d_model", "component", 2, 1),
+    "hook_attn_out": _row("block", "batch pos d_model", "d_model"),
+    "hook_resid_mid": _row("block", "batch pos d_model", "d_model", "residual"),
+    "ln2.hook_scale": _row("block", "batch pos 1", None),
+    "mlp.hook_pre": _row("block", "batch pos d_mlp", "d_mlp"),
+    "mlp.hook_post": _row("block", "batch pos d_mlp", "d_mlp"),
+    "hook_mlp_out": _row("block", "batch pos d_model", "d_model"),
+    "hook_resid_post": _row("block", "batch pos d_model", "d_model", "residual"),
+    "ln_final.hook_scale": _row("final", "batch pos 1", None),
+    "hook_logits": _row("final", "batch timestep n_actions", "n_actions"),
 }
+
+# Views of ``HOOKS`` (docs/architecture.md names them): the suffixes of each scope, in forward
+# order, and ``{suffix: (head_axis, pos_axis)}`` of the hooks with a head axis.
+EMBED_HOOKS = tuple(k for k, h in HOOKS.items() if h.scope == "embed")
+BLOCK_HOOKS = tuple(k for k, h in HOOKS.items() if h.scope == "block")
+FINAL_HOOKS = tuple(k for k, h in HOOKS.items() if h.scope == "final")
+LAYOUT = {k: (h.head_axis, h.pos_axis) for k, h in HOOKS.items() if h.head_axis is not None}
 
 # TransformerLens get_act_name shorthands -> the full suffix inside a block.
 _SHORT = {
@@ -159,8 +187,14 @@ def flatten_intermediates(tree: dict) -> dict[str, Any]:
     return out
 
 
-def _suffix(name: str) -> str:
+def suffix(name: str) -> str:
+    """A full hook name without its ``blocks.L.`` prefix (the key of ``HOOKS``); others unchanged."""
     return name.split(".", 2)[2] if name.startswith("blocks.") else name
+
+
+def hook_info(name: str | tuple, layer: int | None = None) -> HookInfo:
+    """The ``HOOKS`` row of a hook (a full name or a shorthand, as ``act_name``); KeyError if unknown."""
+    return HOOKS[suffix(act_name(name, layer))]
 
 
 @struct.dataclass
@@ -168,7 +202,7 @@ class Replace:
     """``x <- where(mask & head-selection & position-selection, value, x)``.
 
     ``mask`` and ``value`` broadcast to the activation; ``head`` and ``pos`` are ``None`` (all)
-    or int indices (scalar or 1-D) on the hook's head / position axis (see ``LAYOUT``).
+    or int indices (scalar or 1-D) on the hook's head / position axis (see ``HOOKS``).
     """
 
     mask: Any
@@ -201,7 +235,8 @@ def _index_mask(size: int, idx: Any, axis: int, ndim: int) -> jax.Array:
 def selection(name: str, x: jax.Array, mask: Any = True, head: Any = None, pos: Any = None) -> jax.Array:
     """The boolean selection of ``Replace`` on activation ``x`` of hook ``name`` (broadcastable)."""
     sel = jnp.asarray(mask, bool)
-    head_axis, pos_axis = LAYOUT.get(_suffix(name), (None, 1))
+    h = HOOKS.get(suffix(name))
+    head_axis, pos_axis = (h.head_axis, h.pos_axis) if h else (None, 1)
     if head is not None:
         if head_axis is None:
             raise ValueError(f"{name} has no head axis; use head=None")

@@ -28,9 +28,11 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from dtjax.config import ConfigError, EnvConfig, ModelConfig
+from dtjax.model import init_params
 
 
 class LoadError(ValueError):
@@ -201,10 +203,6 @@ def _original_to_dtjax(sd: dict, path: Path) -> tuple[ModelConfig, dict]:
 
 def _check_shapes(cfg: ModelConfig, params: dict, path) -> None:
     """Every array has the shape `dtjax.model.init_params` gives this config (docs/architecture.md)."""
-    import jax
-
-    from dtjax.model import init_params
-
     want = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg))
     got = jax.tree_util.tree_flatten_with_path(params)[0]
     want_flat = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(want)[0]}

@@ -37,6 +37,7 @@ import envs
 from dtjax import analysis, plots, scenarios
 from dtjax import circuits as C
 from dtjax.circuits import graph as G
+from dtjax.data import dataset, store
 from dtjax.model import init_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,6 @@ def real_states(cfg, run_dir: Path, n: int, key) -> C.Inputs:
     """``n`` clean inputs at RTG 0.9: single states (K = 1) or real K-step windows (K > 1)."""
     if cfg.n_timesteps == 1:
         return scenarios.sample_inputs(key, n, rtg=0.9, obs_mode=cfg.obs_mode)
-    from dtjax.data import dataset, store
-
     arrays, _ = store.load(run_dir / "dataset")
     data = dataset.device_arrays(arrays)
     env, _ = envs.make(scenarios.ENV_ID, obs_mode=cfg.obs_mode)
@@ -166,7 +165,7 @@ def graph_study(params, cfg, clean, corr) -> dict:
         for freeze in (True, False) if r == "logits" else (True,):
             res = C.path_patching_senders(params, cfg, clean, corr, r, freeze_mlps=freeze)
             pp[f"{r}{'' if freeze else ' (MLPs recomputed)'}"] = dict(zip(res["senders"], map(float, res["effects"])))
-    corr_kl = float(G._kl(C.forward(params, cfg, clean), C.forward(params, cfg, corr)))
+    corr_kl = float(G.last_token_kl(C.forward(params, cfg, clean), C.forward(params, cfg, corr)))
     return {"n_edges_total": len(g.edges), "kl_clean_vs_corrupted": corr_kl,
             "eap_top": [(s, r, float(v)) for (s, r), v in sorted(zip(eap["edges"], np.asarray(eap["scores"])),
                                                                    key=lambda e: -abs(e[1]))[:15]],

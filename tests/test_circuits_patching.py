@@ -325,7 +325,7 @@ def test_acdc_limits(dead_head_model):
     assert none["n_edges"] == 0 and none["edges"] == []
     assert_normalised_close(none["faithfulness"], 0.0, *metrics)
     corr_logits = C.forward(params, cfg, corr)
-    assert_close(none["kl"], G._kl(C.forward(params, cfg, clean), corr_logits), rtol=1e-4)
+    assert_close(none["kl"], G.last_token_kl(C.forward(params, cfg, clean), corr_logits), rtol=1e-4)
     full = C.acdc(params, cfg, clean, corr, tau=0.0)
     assert_normalised_close(full["faithfulness"], 1.0, *metrics)
     assert float(full["kl"]) < 1e-6
@@ -339,7 +339,7 @@ def test_acdc_limits(dead_head_model):
     masks = np.zeros((len(idx),) + g.allowed.shape, np.float32)
     masks[np.arange(len(idx)), idx[:, 0], idx[:, 1]] = 1.0
     ref = C.graph_forward(params, cfg, clean, patch, np.zeros(g.allowed.shape))
-    single = jax.vmap(lambda m: G._kl(ref, C.graph_forward(params, cfg, clean, patch, m)))(jnp.asarray(masks))
+    single = jax.vmap(lambda m: G.last_token_kl(ref, C.graph_forward(params, cfg, clean, patch, m)))(jnp.asarray(masks))
     for e, kl in zip(g.edges, np.asarray(single)):
         if kl > 1e-5:
             assert e in kept, (e, kl)

@@ -191,7 +191,8 @@ def activation_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupted
     for name in names or patchable_hooks(cfg, cache):
         name = hooks_lib.act_name(name)
         x = cache[name]
-        head_axis, pos_axis = hooks_lib.LAYOUT.get(hooks_lib._suffix(name), (None, 1))
+        info = hooks_lib.hook_info(name)
+        head_axis, pos_axis = info.head_axis, info.pos_axis
         n_heads = 0 if head_axis is None else x.shape[head_axis]
         vals = _patch_sweep(params, cfg, corrupted, x, v, name, x.shape[pos_axis], n_heads)
         effects[name] = (vals - m_corr) / denom

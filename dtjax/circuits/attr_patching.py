@@ -52,7 +52,8 @@ def _shift(x, d):
 
 def _reduce(name: str, contrib: jax.Array) -> jax.Array:
     """Sum an elementwise contribution (batch, ...) of hook ``name`` to (pos,) or (pos, head)."""
-    head_axis, pos_axis = hooks_lib.LAYOUT.get(hooks_lib._suffix(name), (None, 1))
+    info = hooks_lib.hook_info(name)
+    head_axis, pos_axis = info.head_axis, info.pos_axis
     keep = (pos_axis,) if head_axis is None else (pos_axis, head_axis)
     out = contrib.sum(tuple(i for i in range(contrib.ndim) if i not in keep))
     return out if head_axis is None or pos_axis < head_axis else out.T

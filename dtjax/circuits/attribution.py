@@ -59,7 +59,7 @@ def decompose_resid(params: dict, cfg: ModelConfig, cache: dict, pos: int | None
       (labels, stack (batch, component, d_model)); the stack sums over components to
       ``cache[f"blocks.{L-1}.hook_resid_post"][:, pos]``.
     """
-    pos = _token_pos(cache, pos)
+    pos = token_pos(cache, pos)
     k = pos // 3
     token = cache[f"hook_{_TOKEN_TYPES[pos % 3]}_embed"][:, k]
     parts = [token, cache["hook_time_embed"][:, k], cache["hook_pos_embed"][:, pos]]
@@ -81,7 +81,7 @@ def decompose_logits(params: dict, cfg: ModelConfig, cache: dict, pos: int | Non
     through the (frozen-scale) final LayerNorm and W_U, then ``ln_final_b`` (LN only) and
     ``b_U``. Sums over components to ``cache["hook_logits"][:, pos // 3]``.
     """
-    pos = _token_pos(cache, pos)
+    pos = token_pos(cache, pos)
     labels, stack = decompose_resid(params, cfg, cache, pos)
     W_U = params["W_U"]
     if cfg.layer_norm:
@@ -98,7 +98,7 @@ def decompose_logits(params: dict, cfg: ModelConfig, cache: dict, pos: int | Non
     return labels, jnp.concatenate([out, consts], axis=1)
 
 
-def _token_pos(cache: dict, pos: int | None) -> int:
+def token_pos(cache: dict, pos: int | None) -> int:
     """Static token index: ``pos`` modulo the sequence, default the last timestep's state token."""
     n_tok = cache["hook_embed"].shape[1]
     return state_pos((n_tok + 1) // 3) if pos is None else pos % n_tok

@@ -57,12 +57,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import envs
 from dtjax import hooks as hooks_lib
-from dtjax.circuits.attribution import direct_logit_attribution
 from dtjax.circuits.act_patching import component_name, components
+from dtjax.circuits.attribution import direct_logit_attribution
 from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
 from dtjax.config import EnvConfig, ModelConfig
 from envs.dynamic_obstacles import PARKED
+from envs.minigrid import DIR_TO_VEC
 
 SATURATED = 0.95  # attention to the RTG token above which a head "only reads the RTG"
 CONTRASTS = ("veto", "gate", "drive")
@@ -72,9 +74,6 @@ def probe_states(env_cfg: EnvConfig):
     """(ball, clear) batched ``envs.EnvState``: the agent at every interior cell and direction
     whose front cell is open interior floor (not the goal), with one ball in front, or none.
     Defined for a task with balls (Dynamic Obstacles); any other task is a one-line error."""
-    import envs
-    from envs.minigrid import DIR_TO_VEC
-
     env, _ = env_cfg.make()
     if "ball" not in env.task.objects:
         raise ValueError(f"the census's ball-ahead veto classification is not defined for this task "

@@ -261,11 +261,13 @@ def graph_forward(params: dict, cfg: ModelConfig, inputs: Inputs, patch: jax.Arr
     return (logits, jnp.stack(outs)) if return_outputs else logits
 
 
-def _metric(logits: jax.Array, v: jax.Array) -> jax.Array:
+def last_logit_metric(logits: jax.Array, v: jax.Array) -> jax.Array:
+    """The metric ACDC and the edge scores read: the batch mean of the logits along ``v`` (n_actions,)
+    at the last state token (``logits`` (batch, timesteps, n_actions))."""
     return (logits[:, -1] @ v).mean()
 
 
-def _kl(ref_logits: jax.Array, logits: jax.Array) -> jax.Array:
+def last_token_kl(ref_logits: jax.Array, logits: jax.Array) -> jax.Array:
     """Mean over the batch of KL(softmax(ref) || softmax(logits)) at the last state token.
 
     For nearby logits, from their difference d (centred under p): KL = log1p(sum p expm1(d)), which
@@ -297,7 +299,7 @@ def _eap(params, cfg, base, patch, v, ig_steps):
     allowed = jnp.asarray(inputs_graph(cfg, base).allowed, jnp.float32)
 
     def metric(m):
-        return _metric(graph_forward(params, cfg, base, patch, m), v)
+        return last_logit_metric(graph_forward(params, cfg, base, patch, m), v)
 
     if ig_steps == 0:
         m_base, grad = jax.value_and_grad(metric)(jnp.zeros_like(allowed))
@@ -333,7 +335,7 @@ def edge_attribution_patching(params: dict, cfg: ModelConfig, clean: Inputs, cor
     base, source = (corrupted, clean) if mode == "denoising" else (clean, corrupted)
     src_logits, patch = sender_outputs(params, cfg, source)
     m_base, raw = _eap(params, cfg, base, patch, v, int(ig_steps))
-    m_src = _metric(src_logits, v)
+    m_src = last_logit_metric(src_logits, v)
     m_clean, m_corr = (m_src, m_base) if mode == "denoising" else (m_base, m_src)
     if normalise:
         raw = raw / _normaliser(m_clean, m_corr) * (1.0 if mode == "denoising" else -1.0)
@@ -378,7 +380,7 @@ def _path_setup(params, cfg, clean, corrupted, receivers, direction):
     v = action_vector(direction, cfg.n_actions)
     clean_logits, p_src = sender_outputs(params, cfg, clean)
     corr_logits, p_base = sender_outputs(params, cfg, corrupted)
-    return g, jnp.asarray(recv), v, p_src, p_base, _metric(clean_logits, v), _metric(corr_logits, v)
+    return g, jnp.asarray(recv), v, p_src, p_base, last_logit_metric(clean_logits, v), last_logit_metric(corr_logits, v)
 
 
 def path_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, sender, receivers,
@@ -400,7 +402,7 @@ def path_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inpu
     send = _labels_mask(inputs_graph(cfg, clean), sender, senders=True)
     g, recv, v, p_src, p_base, m_clean, m_corr = _path_setup(params, cfg, clean, corrupted, receivers, direction)
     logits = _path_patch(params, cfg, corrupted, p_src, p_base, jnp.asarray(send), recv, jnp.bool_(freeze_mlps))
-    m = _metric(logits, v)
+    m = last_logit_metric(logits, v)
     return {"clean": m_clean, "corrupted": m_corr, "patched": m, "effect": (m - m_corr) / _normaliser(m_clean, m_corr)}
 
 
@@ -436,7 +438,7 @@ def _full_graph(params, cfg, clean, patch):
 def _circuit_eval(params, cfg, clean, patch, ref_logits, kept, v):
     """(metric, KL from the clean model) of the circuit ``kept`` (bool edges) with every other edge corrupted."""
     logits = graph_forward(params, cfg, clean, patch, 1.0 - kept.astype(jnp.float32))
-    return _metric(logits, v), _kl(ref_logits, logits)
+    return last_logit_metric(logits, v), last_token_kl(ref_logits, logits)
 
 
 def circuit_faithfulness(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, kept,
@@ -454,7 +456,7 @@ def circuit_faithfulness(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
     corr_logits, patch = sender_outputs(params, cfg, corrupted)
     ref = _full_graph(params, cfg, clean, patch)
     m, kl = _circuit_eval(params, cfg, clean, patch, ref, jnp.asarray(kept), v)
-    m_clean, m_corr = _metric(ref, v), _metric(corr_logits, v)
+    m_clean, m_corr = last_logit_metric(ref, v), last_logit_metric(corr_logits, v)
     return {"faithfulness": (m - m_corr) / _normaliser(m_clean, m_corr), "kl": kl, "metric": m,
             "clean": m_clean, "corrupted": m_corr, "n_edges": int(kept.sum())}
 
@@ -475,7 +477,7 @@ def _acdc_scan(params, cfg, clean, patch, ref_logits, tau):
     order = jnp.asarray(_acdc_order(g))
 
     def kl_of(removed):
-        return _kl(ref_logits, graph_forward(params, cfg, clean, patch, removed.astype(jnp.float32)))
+        return last_token_kl(ref_logits, graph_forward(params, cfg, clean, patch, removed.astype(jnp.float32)))
 
     def step(carry, edge):
         removed, kl = carry

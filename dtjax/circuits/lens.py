@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dtjax.circuits.attribution import _token_pos, component_labels, direct_logit_attribution
+from dtjax.circuits.attribution import component_labels, direct_logit_attribution, token_pos
 from dtjax.circuits.core import Inputs, action_vector, layer_norm, run_with_cache, state_pos
 from dtjax.config import ModelConfig
 
@@ -60,7 +60,7 @@ def accumulated_resid(params: dict, cfg: ModelConfig, cache: dict, pos: int | No
     token. ``apply_ln``: each through the final LayerNorm with its statistics recomputed (TL 3.x;
     the identity without LN).
     """
-    pos = _token_pos(cache, pos)
+    pos = token_pos(cache, pos)
     parts = []
     for l in range(cfg.n_layers):
         parts.append(cache[f"blocks.{l}.hook_resid_pre"][:, pos])
@@ -80,7 +80,7 @@ def decompose_resid_layers(params: dict, cfg: ModelConfig, cache: dict, pos: int
     ``blocks.{L-1}.hook_resid_post[:, pos]``. (Per head and per token type: ``decompose_resid``.)
     ``apply_ln``: centred and divided by the cached final LN scale (TL ``apply_ln_to_stack``).
     """
-    pos = _token_pos(cache, pos)
+    pos = token_pos(cache, pos)
     parts = [cache["hook_embed"][:, pos], cache["hook_pos_embed"][:, pos]]
     for l in range(cfg.n_layers):
         parts.append(cache[f"blocks.{l}.hook_attn_out"][:, pos])

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                 raise store.DatasetError(f"dataset {args.out} already exists; choose another path or delete it")
             import jax  # saves CLI start-up: summary and --help answer without importing jax
 
-            from dtjax.data.collect import collect_dataset
+            from dtjax.data.collect import collect_dataset  # lazy: CLI start-up (jax)
 
             arrays, meta = collect_dataset(cfg, jax.random.PRNGKey(cfg.seed))
             if args.store_obs:
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             summ = store.summary(arrays)
             print(json.dumps(summ, indent=1) if args.json else store.format_summary(summ))
         if args.plot:
-            from dtjax import plots  # saves CLI start-up (matplotlib)
+            from dtjax import plots  # lazy: CLI start-up (matplotlib)
 
             _, _, lengths, returns = store.episode_index(arrays)
             plots.plot_dataset(lengths, returns, args.plot)
@@ -136,7 +136,7 @@ def observations(arrays, cfg, chunk: int = 65536):
     import jax.numpy as jnp
     import numpy as np
 
-    from dtjax.data.dataset import env_state  # lazy, as the imports above: CLI start-up
+    from dtjax.data.dataset import env_state  # lazy: CLI start-up (jax), as the imports above
 
     env, _ = cfg.env.make()
     observe = jax.jit(jax.vmap(env.observe))

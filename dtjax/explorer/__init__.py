@@ -8,6 +8,6 @@ in one jitted step per message. See docs/explorer.md for the panels and the mess
 
 def serve(*args, **kwargs):
     """See ``dtjax.explorer.server.serve`` (imported lazily: the web stack loads only here)."""
-    from dtjax.explorer.server import serve as _serve
+    from dtjax.explorer.server import serve as _serve  # lazy: the web stack loads only when serving
 
     return _serve(*args, **kwargs)

@@ -25,7 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import ModelConfig
+from dtjax.model import run_with_cache
 from dtjax.run import Run, find_dictionaries, sae_root_of
+from dtjax.sae import SAEError, store
+from dtjax.sae import activations as acts
+from dtjax.sae.activations import check_site
+from dtjax.sae.features import direct_logit_effects, residual_directions
+from dtjax.sae.model import apply
 
 TOP = 8  # latents listed per dictionary and step
 
@@ -52,8 +58,6 @@ class ExplorerSAE:
 def candidates(model: Run | str | Path | None, sae_dirs=()) -> tuple[list[Path], list[Path]]:
     """(given, found): the dictionaries named by ``sae_dirs`` (folders expand) and those under the
     model's own ``sae/`` folder (``Run.sae_root``; ``model`` a Run or its path) that were not given."""
-    from dtjax.sae import SAEError
-
     given = []
     for p in sae_dirs:
         found = find_dictionaries(p)
@@ -69,10 +73,6 @@ def candidates(model: Run | str | Path | None, sae_dirs=()) -> tuple[list[Path],
 
 def prepare(path: Path, cfg: ModelConfig, params: dict) -> ExplorerSAE:
     """Load one dictionary for this model (``SAEError`` if it does not fit)."""
-    from dtjax.sae import SAEError, store
-    from dtjax.sae.activations import check_site
-    from dtjax.sae.features import direct_logit_effects, residual_directions
-
     d = store.load(path)
     _, d_in, d_out = check_site(cfg, d.cfg.hook, d.cfg.token, d.cfg.transcoder)
     if (d_in, d_out) != (d.cfg.d_in, d.cfg.d_out):
@@ -97,8 +97,6 @@ def prepare(path: Path, cfg: ModelConfig, params: dict) -> ExplorerSAE:
 def load_all(model: Run | str | Path | None, cfg: ModelConfig, params: dict, sae_dirs=(),
              log: Callable[[str], Any] | None = None) -> list[ExplorerSAE]:
     """The model's dictionaries (given ones must fit: ``SAEError``; found ones that do not are skipped)."""
-    from dtjax.sae import SAEError
-
     given, auto = candidates(model, sae_dirs)
     out = [prepare(p, cfg, params) for p in given]
     for p in auto:
@@ -120,10 +118,6 @@ def latents_panel(params, cfg: ModelConfig, inp, sae_cfgs: tuple, sae_arrays: tu
     direct effect on the direction ``v``, and ``l0`` (), the number active. Jittable; one forward."""
     if not sae_cfgs:
         return []
-    from dtjax.model import run_with_cache
-    from dtjax.sae import activations as acts
-    from dtjax.sae.model import apply
-
     names = tuple(dict.fromkeys(n for c in sae_cfgs for n in acts.cache_names(c)))
     _, cache = run_with_cache(params, cfg, inp.obs, inp.rtg, inp.timesteps, inp.actions, names=names)
     out = []

@@ -28,6 +28,16 @@ import json
 import sys
 from pathlib import Path
 
+from dtjax import io
+from dtjax.checkpoint import CheckpointError
+from dtjax.cli import add_config_args, apply_args
+from dtjax.config import ConfigError
+from dtjax.data.store import DatasetError
+from dtjax.loader import LoadError
+from dtjax.sae import features, store
+from dtjax.sae.model import ARCHS, TOKENS, SAEError
+from dtjax.sae.train import SAETrainConfig
+
 
 def _positive(s: str) -> int:
     try:
@@ -40,10 +50,6 @@ def _positive(s: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dtjax.cli import add_config_args
-    from dtjax.sae.model import ARCHS, TOKENS
-    from dtjax.sae.train import SAETrainConfig
-
     parser = argparse.ArgumentParser(prog="python -m dtjax.sae", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -82,11 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args, parser) -> int:
-    from dtjax.cli import apply_args
-    from dtjax.config import ConfigError
-    from dtjax.sae import features, store
-    from dtjax.sae.train import SAETrainConfig
-
     try:
         tcfg = apply_args(SAETrainConfig(), args)
     except ConfigError as e:
@@ -107,9 +108,7 @@ def _train(args, parser) -> int:
 
 
 def _eval(args) -> int:
-    from dtjax import io
-    from dtjax.report.sections.sae import eval_page  # lazy: CLI start-up (a command line: it sits right of the report)
-    from dtjax.sae import features
+    from dtjax.report.sections.sae import eval_page  # lazy: CLI start-up (the report stack, matplotlib: only eval needs it)
 
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     ctx, d = features.open_dictionary(args.sae, args.ckpt, args.dataset)
@@ -140,12 +139,6 @@ def _eval(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dtjax.checkpoint import CheckpointError
-    from dtjax.config import ConfigError
-    from dtjax.data.store import DatasetError
-    from dtjax.loader import LoadError
-    from dtjax.sae.model import SAEError
-
     try:
         return _train(args, parser) if args.cmd == "train" else _eval(args)
     except (SAEError, ConfigError, LoadError, DatasetError, CheckpointError) as e:

@@ -28,8 +28,6 @@ from dtjax.data.dataset import SampleConfig, draw_starts, windows
 from dtjax.model import run_with_cache
 from dtjax.sae.model import TOKENS, SAEConfig, SAEError
 
-TOKEN_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out",
-               "hook_resid_post")
 EMBED_TOKEN = {"hook_rtg_embed": "rtg", "hook_state_embed": "state", "hook_action_embed": "action"}
 
 
@@ -42,11 +40,11 @@ def site_width(model_cfg: ModelConfig, hook: str) -> int:
     reached = hooks_lib.hook_names(model_cfg)
     if full not in reached:
         raise SAEError(f"this model has no hook {full} (layers: {model_cfg.n_layers}, MLP: {not model_cfg.attn_only})")
-    suffix = full.split(".", 2)[2] if full.startswith("blocks.") else full
-    if suffix in ("mlp.hook_pre", "mlp.hook_post"):
-        return model_cfg.d_mlp
-    if suffix in TOKEN_HOOKS or full in EMBED_TOKEN or full in ("hook_embed", "hook_pos_embed"):
-        return model_cfg.d_model
+    info = hooks_lib.hook_info(full)
+    # (batch, pos, d): no head axis, a model width, and tokens of one or every type (not hook_time_embed)
+    if (info.head_axis is None and info.width in ("d_model", "d_mlp")
+            and (not info.per_timestep or full in EMBED_TOKEN)):
+        return getattr(model_cfg, info.width)
     raise SAEError(f"a dictionary reads (batch, pos, d) activations; {full} is not one "
                    f"(use a residual, attn_out, mlp_out, mlp pre/post or token-embedding hook)")
 

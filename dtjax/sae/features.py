@@ -33,14 +33,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dtjax import hooks as hooks_lib
+from dtjax.circuits.core import obs_maps
 from dtjax.config import ModelConfig
 from dtjax.data.dataset import SampleConfig, device_arrays
+from dtjax.model import run_with_cache
 from dtjax.run import Run
 from dtjax.sae import activations as acts
-from dtjax.sae import metrics, probes
-from dtjax.sae import store
+from dtjax.sae import metrics, probes, store
 from dtjax.sae.model import TOKENS, SAEConfig, SAEError, apply, init_sae
 from dtjax.sae.train import KEY_EVAL, KEY_HARVEST, KEY_INIT, KEY_ROLLOUT, SAETrainConfig, train_dictionary
+from envs.minigrid import BALL, CELL_CODES, CELL_ONE_HOT, EMPTY, GOAL, WALL
 
 
 @dataclasses.dataclass
@@ -106,8 +109,8 @@ def train(ctx: SAEInputs, cfg: SAEConfig, tcfg: SAETrainConfig, out: str | Path 
     t_harvest = time.perf_counter() - t0
     log(f"harvested {x.shape[0]} {cfg.token} tokens at {cfg.hook} in {t_harvest:.1f} s")
     variables, history, seconds = train_dictionary(cfg, tcfg, x, y, progress=progress, log=log)
-    meta = {"train": tcfg.to_dict(), "model": {"kind": "model", **store._paths(ctx.model_path, out)},
-            "dataset": {"kind": "dataset", **store._paths(ctx.dataset_path, out)}, "env_id": ctx.env_id,
+    meta = {"train": tcfg.to_dict(), "model": {"kind": "model", **store.recorded_paths(ctx.model_path, out)},
+            "dataset": {"kind": "dataset", **store.recorded_paths(ctx.dataset_path, out)}, "env_id": ctx.env_id,
             "max_steps": ctx.max_steps, "n_train_tokens": int(x.shape[0]),
             "seconds": {"harvest": t_harvest, **seconds}, "final": history[-1] if history else {}}
     d = store.Dictionary(cfg, variables, meta)
@@ -133,8 +136,6 @@ def active_latents(d: store.Dictionary, params: dict, model_cfg: ModelConfig, ob
     """The dictionary's most active latents at the last timestep's token of its type (what an
     explorer shows at the current step): (indices (batch, top), activations (batch, top)); inputs as
     ``dtjax.model.forward``'s."""
-    from dtjax.model import run_with_cache
-
     _, cache = run_with_cache(params, model_cfg, obs, rtg, timesteps, actions, names=acts.cache_names(d.cfg))
     x, _ = acts.site_values(params, model_cfg, d.cfg, cache)
     z = np.asarray(apply(jax.tree.map(jnp.asarray, d.variables), d.cfg, x[:, -1], "encode"))
@@ -184,8 +185,6 @@ def direct_logit_effects(params: dict, model_cfg: ModelConfig, directions: np.nd
 def object_maps(encoder_maps: np.ndarray, obs_mode: str) -> tuple[np.ndarray, list[str]]:
     """(L, 3, 7, 7): the change of each latent's pre-activation when a view cell holds a wall, a ball
     or a goal instead of empty floor (the codes' difference through the encoder maps (L, C, 7, 7))."""
-    from envs.minigrid import BALL, CELL_CODES, CELL_ONE_HOT, EMPTY, GOAL, WALL
-
     codes = (CELL_ONE_HOT if obs_mode == "one_hot" else CELL_CODES).astype(np.float32)
     diffs = np.stack([codes[t] - codes[EMPTY] for t in (WALL, BALL, GOAL)])  # (3, C)
     return np.einsum("oc,lcxy->loxy", diffs, encoder_maps).astype(np.float32), ["wall", "ball", "goal"]
@@ -195,8 +194,7 @@ def _reads_residual(cfg: SAEConfig) -> bool:
     """Whether the dictionary's input contains the token embeddings directly (a residual-stream site)."""
     if cfg.transcoder:
         return True
-    suffix = cfg.hook.split(".", 2)[2] if cfg.hook.startswith("blocks.") else cfg.hook
-    return suffix in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed", "hook_state_embed",
+    return hooks_lib.suffix(cfg.hook) in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed", "hook_state_embed",
                       "hook_rtg_embed")
 
 
@@ -269,8 +267,6 @@ def analyse(ctx: SAEInputs, d: store.Dictionary, *, n_tokens: int = 262_144, n_a
            "encoder_maps": None, "object_maps": None, "object_labels": None, "rtg_direct": None,
            "top_index": top_idx, "top_act": top_act, "top_obs": obs[safe], "top_rtg": rtg[safe], "top_timestep": ts[safe]}
     if _reads_residual(cfg) and cfg.token == "state" and cfg.d_in == mcfg.d_model:
-        from dtjax.circuits.core import obs_maps
-
         lat["encoder_maps"] = np.asarray(obs_maps(jnp.asarray((np.asarray(ctx.params["W_state"]) @ enc).T), mcfg))
         lat["object_maps"], lat["object_labels"] = object_maps(lat["encoder_maps"], mcfg.obs_mode)
     if _reads_residual(cfg) and cfg.token == "rtg" and cfg.d_in == mcfg.d_model:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import ModelConfig
+from dtjax.evaluate import evaluate
 from dtjax.model import forward, run_with_hooks
 from dtjax.sae.activations import model_actions
 from dtjax.sae.model import SAEConfig, SparseDictionary
@@ -142,8 +143,6 @@ def closed_loop(params: dict, model_cfg: ModelConfig, cfg: SAEConfig, variables:
                 target_rtgs=(-1.0, 0.0, 1.0), n_episodes: int = 500) -> dict:
     """Mean return (and goal / hit rates) at each target RTG, the model alone and with the dictionary
     spliced into every step; both on the same episodes (same key). Greedy actions, as dtjax.evaluate."""
-    from dtjax.evaluate import evaluate
-
     base = evaluate(params, model_cfg, env, env_params, key, target_rtgs, n_episodes)
     spliced = evaluate(params, model_cfg, env, env_params, key, target_rtgs, n_episodes,
                        interventions=splice(cfg, variables, params, model_cfg))

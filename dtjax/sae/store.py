@@ -81,7 +81,9 @@ def default_out(run: Run, name: str) -> Path:
     return run.sae_root / name
 
 
-def _paths(target: Path, out_dir: Path) -> dict:
+def recorded_paths(target: Path, out_dir: Path) -> dict:
+    """How config.json records a model or dataset: ``{"path": absolute, "relpath": relative to out_dir}``
+    (read back by `resolve_recorded`)."""
     target = Path(target).absolute()
     return {"path": str(target), "relpath": os.path.relpath(target, Path(out_dir).absolute())}
 

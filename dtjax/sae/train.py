@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from dtjax.config import ConfigBase, ConfigError
-from dtjax.sae.model import SAEConfig, init_sae, jumprelu, kth_largest, norm_stats, normalise_rows, step
+from dtjax.sae.model import SAEConfig, apply, init_sae, jumprelu, kth_largest, norm_stats, normalise_rows, step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +222,6 @@ def init_thresholds(variables: dict, cfg: SAEConfig, x: jax.Array) -> dict:
     The thresholds' straight-through gradient only sees pre-activations within ``bandwidth / 2`` of
     them, so thresholds started far from the pre-activations barely move in a short run.
     """
-    from dtjax.sae.model import apply
-
     pre = apply(variables, cfg, x, "pre_acts")
     q = jnp.quantile(pre, 1.0 - cfg.k / cfg.n_latents, axis=0)
     theta = jnp.maximum(q, cfg.init_threshold)

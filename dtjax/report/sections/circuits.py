@@ -179,7 +179,7 @@ def _circuit_compute(ctx: Context) -> dict:
                 continue
             res = C.prune_by_attribution(params, cfg, cl, co, sizes, ctx.v, ig_steps=ig)
             prune[f"{pair}: top-n by |{tag}|"] = (np.asarray(res["n_edges"]), np.asarray(res["faithfulness"]))
-    corr_kl = float(G._kl(C.forward(params, cfg, clean), C.forward(params, cfg, corr)))
+    corr_kl = float(G.last_token_kl(C.forward(params, cfg, clean), C.forward(params, cfg, corr)))
     if np.isfinite(acdc["faithfulness"]) and abs(float(acdc["faithfulness"]) - 1.0) > 0.2:
         notes = notes + [f"ACDC removes edges by the KL of the whole action distribution, not by the {ctx.direction} "
                          f"difference: its circuit keeps {float(acdc['faithfulness']):.2f} of that difference (a smaller "

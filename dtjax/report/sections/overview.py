@@ -7,6 +7,7 @@ import html
 import numpy as np
 
 from dtjax import plots
+from dtjax.evaluate import calibrate
 from dtjax.report.base import Context, Page, Section
 
 
@@ -35,8 +36,6 @@ def model_render(d: dict, page: Page) -> None:
 
 def _calibration(ctx: Context) -> tuple[dict, str]:
     """The run's saved calibration (``calibration.json``), else one run now in the model's env (memoised)."""
-    from dtjax.evaluate import calibrate
-
     def run():
         o = ctx.options
         calib = ctx.calibration()

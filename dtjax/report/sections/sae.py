@@ -23,18 +23,18 @@ import numpy as np
 
 from dtjax import analysis as A
 from dtjax import circuits as C
-from dtjax import plots
+from dtjax import plots, sae
 from dtjax import scenarios as S
 from dtjax.config import ModelConfig
 from dtjax.report.base import CHANNELS, Context, Page, ReportError, ReportOptions, Section, rounded
+from dtjax.sae import SAEError, store
+from dtjax.sae.activations import check_site
 
 N_VIEWS = 6  # top-activating views per latent card
 
 
 def _paths(opt: ReportOptions) -> list[Path]:
     """The dictionary directories named by ``sae_dirs`` (a folder of dictionaries expands to all)."""
-    from dtjax.sae import store
-
     out = []
     for p in opt.sae_dirs:
         found = store.find(p)
@@ -46,9 +46,6 @@ def _paths(opt: ReportOptions) -> list[Path]:
 
 def _open(ctx: Context, path: Path):
     """(dictionary, dataset path, notes) of one directory, checked against the report's model."""
-    from dtjax.sae import SAEError, store
-    from dtjax.sae.activations import check_site
-
     def load():
         notes = []
         try:
@@ -108,8 +105,6 @@ def _rank(lat: dict, n: int) -> tuple[list[int], list[int]]:
 
 def dictionary_data(ctx: Context, path: Path) -> dict:
     """One dictionary's plain data for the section (and its summary entry)."""
-    from dtjax import sae
-
     o = ctx.options
     d, dataset, notes = _open(ctx, path)
     sctx = sae.open_context(ctx.ckpt, dataset)
