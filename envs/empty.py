@@ -122,16 +122,7 @@ def observe(state: EnvState, size: int, obs_mode: str = "image") -> jax.Array:
     - "one_hot": (7, 7, 20) uint8, as ``OneHotPartialObsWrapper``.
     - "full": (size, size, 3) uint8, as ``FullyObsWrapper`` ([x, y], agent as (10, 0, dir)).
     """
-    if obs_mode == "full":
-        img = mg.encode_image(cell_type(jnp.asarray(mg.grid_coords(size)), size))
-        agent = jnp.stack([jnp.uint8(mg.AGENT_CODE[0]), jnp.uint8(mg.AGENT_CODE[1]), state.agent_dir.astype(jnp.uint8)])
-        return img.at[state.agent_pos[0], state.agent_pos[1]].set(agent)
-    world = state.agent_pos + jnp.asarray(mg.VIEW_OFFSETS)[state.agent_dir]  # (7, 7, 2)
-    types = cell_type(world, size)
-    types = types.at[mg.VIEW_SIZE // 2, mg.VIEW_SIZE - 1].set(EMPTY)  # the agent's own cell
-    if obs_mode == "one_hot":
-        return mg.encode_one_hot(types)
-    return mg.encode_image(types)
+    return mg.observe_grid(lambda xy: cell_type(xy, size), state.agent_pos, state.agent_dir, size, obs_mode)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,3 +60,25 @@ def encode_image(types: jnp.ndarray) -> jnp.ndarray:
 def encode_one_hot(types: jnp.ndarray) -> jnp.ndarray:
     """Cell types (...,) int -> OneHotPartialObsWrapper bits (..., 20) uint8."""
     return jnp.asarray(CELL_ONE_HOT)[types]
+
+
+def observe_grid(cell_type, agent_pos, agent_dir, size: int, obs_mode: str = "image") -> jnp.ndarray:
+    """An observation of a grid world whose cells ``cell_type(xy (..., 2)) -> types`` answers, the
+    agent at ``agent_pos`` facing ``agent_dir``; every family's ``observe`` (nothing is occluded:
+    the ported families see through walls).
+
+    - "image": (7, 7, 3) uint8, MiniGrid's ``obs["image"]``, indexed [view_x, view_y]; the agent
+      is at [3, 6] facing towards j = 0; cells off the grid read as walls; the agent's own cell
+      reads empty.
+    - "one_hot": (7, 7, 20) uint8, as ``OneHotPartialObsWrapper``.
+    - "full": (size, size, 3) uint8, as ``FullyObsWrapper`` ([x, y], agent as (10, 0, dir)).
+    """
+    if obs_mode == "full":
+        img = encode_image(cell_type(jnp.asarray(grid_coords(size))))
+        agent = jnp.stack([jnp.uint8(AGENT_CODE[0]), jnp.uint8(AGENT_CODE[1]), agent_dir.astype(jnp.uint8)])
+        return img.at[agent_pos[0], agent_pos[1]].set(agent)
+    world = agent_pos + jnp.asarray(VIEW_OFFSETS)[agent_dir]  # (7, 7, 2)
+    types = cell_type(world).at[VIEW_SIZE // 2, VIEW_SIZE - 1].set(EMPTY)  # the agent's own cell
+    if obs_mode == "one_hot":
+        return encode_one_hot(types)
+    return encode_image(types)
