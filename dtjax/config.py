@@ -94,13 +94,13 @@ ENV_OBS_MODES = ("image", "one_hot", "full")  # envs.make's obs_mode: 7x7 raw co
 class EnvConfig(ConfigBase):
     """The env a run collects its data in, trains against and is evaluated and analysed in.
 
-    Stored with every run (``env.json`` and inside ``config.json``) and returned by
-    ``dtjax.load(path, with_env=True)``. The original project's ``.pt`` files get the defaults
+    Stored with every run (inside the checkpoint's config; ``env.json`` too, for older readers)
+    and returned by ``dtjax.run.Run.open(path).env_cfg`` / ``dtjax.load(path, with_env=True)``. The original project's ``.pt`` files get the defaults
     below (its data setting; ``ReproduceOriginalPostShort.pt`` carries its own: max_steps 1000).
     """
 
     env_id: str = "MiniGrid-Dynamic-Obstacles-8x8-v0"
-    """any registered Dynamic Obstacles id (the original's)"""
+    """any registered env id, of any task family (envs.registered_envs); default: the original's"""
     max_steps: int = 300
     """episode length cap, as the original's data (MiniGrid's default is 4 * size**2)"""
     obs_mode: str = "image"
