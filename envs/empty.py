@@ -144,8 +144,8 @@ class Empty(GridEnv):
         super().__init__()
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {', '.join(OBS_MODES)}; got {obs_mode!r}")
-        if size < 3:
-            raise ValueError(f"size must be at least 3, got {size}")
+        if size < 4:  # below 4 the fixed start (1, 1) is the goal
+            raise ValueError(f"size must be at least 4, got {size}")
         self.size = int(size)
         self.random_start = bool(random_start)
         self.obs_mode = obs_mode

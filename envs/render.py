@@ -35,13 +35,14 @@ def _tile_masks(tile: int):
 def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
     """An RGB uint8 frame (size*tile, size*tile, 3) of one (unbatched) family ``EnvState``.
 
-    ``env`` is the env, or the grid size itself (then the family is the one whose ``EnvState``
-    ``state`` is); ``EnvParams`` does not carry the size. The cells come from the env's
-    ``grid(state)`` (cell types, [x, y]), so any family draws: walls, the goal, balls, the agent.
+    ``env`` is the env, or the grid size itself or anything with a ``.size`` (then the family is
+    the one whose ``EnvState`` ``state`` is); ``EnvParams`` does not carry the size. The cells
+    come from the env's ``grid(state)`` (cell types, [x, y]), so any family draws: walls, the
+    goal, balls, the agent.
     Rows of the frame are y, columns x (a picture, not MiniGrid's [x, y]).
     """
-    if not hasattr(env, "grid"):
-        env = _env_for_state(state, int(env))
+    if not hasattr(env, "grid"):  # a size, or anything with a .size
+        env = _env_for_state(state, int(getattr(env, "size", env)))
     size = int(env.size)
     types = np.asarray(env.grid(state))
     pos = np.asarray(state.agent_pos)

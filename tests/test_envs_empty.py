@@ -68,18 +68,17 @@ def stack_states(snaps: list) -> EnvState:
 
 @functools.cache
 def batched_phases(size: int):
-    """One jitted, vmapped call per grid size: the step and the three views of the new state."""
+    """One jitted, vmapped call per grid size (and batch length): the step, and the three views of
+    the state before it and of the new state."""
+
+    def views(state):
+        return tuple(empty.observe(state, size, m) for m in empty.OBS_MODES)
 
     def one(state, action, max_steps):
         st, r, term, trunc, info = empty.transition(state, action, max_steps, size)
-        return st, r, term, trunc, info["outcome"], tuple(empty.observe(st, size, m) for m in empty.OBS_MODES)
+        return st, r, term, trunc, info["outcome"], views(state), views(st)
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
-
-
-@functools.cache
-def batched_observe(size: int):
-    return jax.jit(jax.vmap(lambda s: tuple(empty.observe(s, size, m) for m in empty.OBS_MODES)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +112,8 @@ def test_overrides_and_errors():
         envs.make("MiniGrid-Empty-8x8-v0", max_steps=0)
     with pytest.raises(ValueError, match="obs_mode"):
         envs.make("MiniGrid-Empty-8x8-v0", obs_mode="rgb")
+    with pytest.raises(ValueError, match="size must be at least 4"):
+        envs.Empty(size=3)
     # the families do not leak into each other
     assert envs.task_of("MiniGrid-Dynamic-Obstacles-8x8-v0").family == "dynamic_obstacles"
     assert len(envs.registered_envs) == len(set(envs.registered_envs)) == 16
@@ -140,37 +141,43 @@ def _policy(kind: str, rng: np.random.Generator, py) -> int:
 
 
 def record(env_id: str, n_steps: int, seed: int) -> dict:
-    """``n_steps`` MiniGrid steps over whole episodes (policies seek, random7, seek, seek, random3 in turn):
-    the state before each step, the action and what MiniGrid returned, and the reset views."""
+    """Exactly ``n_steps`` MiniGrid steps, episode after episode (policies seek, random7, seek,
+    seek, random3 in turn; the last episode is cut): the state before each step with the three
+    views MiniGrid gave of it (the reset's, or the previous step's), the action, and what MiniGrid
+    returned. A fixed length lets the two ids of a size share one compile."""
     py = python_env(env_id)
     oh, full = OneHotPartialObsWrapper(py), FullyObsWrapper(py)
     rng = np.random.default_rng(seed)
-    rec = {k: [] for k in ("before", "action", "after", "reward", "term", "trunc", "image", "one_hot", "full", "reset_state", "reset_image", "reset_one_hot", "reset_full")}
+    fields = ("before", "action", "after", "reward", "term", "trunc", *empty.OBS_MODES, *(f"{m}_before" for m in empty.OBS_MODES))
+    rec = {k: [] for k in fields}
     kinds = ["seek", "random7", "seek", "seek", "random3"]
+
+    def views(obs):
+        return {"image": obs["image"], "one_hot": oh.observation(obs)["image"], "full": full.observation(obs)["image"]}
+
     ep = 0
     while len(rec["action"]) < n_steps:
-        obs, _ = py.reset(seed=seed * 100_000 + ep)
-        rec["reset_state"].append(snapshot(py))
-        rec["reset_image"].append(obs["image"])
-        rec["reset_one_hot"].append(oh.observation(obs)["image"])
-        rec["reset_full"].append(full.observation(obs)["image"])
+        seen = views(py.reset(seed=seed * 100_000 + ep)[0])
         kind = kinds[ep % len(kinds)]
         ep += 1
         while True:
             a = _policy(kind, rng, py)
             rec["before"].append(snapshot(py))
+            for mode, v in seen.items():
+                rec[f"{mode}_before"].append(v)
             obs, r, term, trunc, _ = py.step(a)
             assert obs["direction"] == py.agent_dir
+            seen = views(obs)
             rec["action"].append(a)
             rec["after"].append(snapshot(py))
             rec["reward"].append(r)
             rec["term"].append(term)
             rec["trunc"].append(trunc)
-            rec["image"].append(obs["image"])
-            rec["one_hot"].append(oh.observation(obs)["image"])
-            rec["full"].append(full.observation(obs)["image"])
+            for mode, v in seen.items():
+                rec[mode].append(v)
             if term or trunc:
                 break
+    rec = {k: v[:n_steps] for k, v in rec.items()}
     rec["max_steps"] = py.max_steps
     rec["size"] = py.width
     return rec
@@ -179,7 +186,7 @@ def record(env_id: str, n_steps: int, seed: int) -> dict:
 def check_lockstep(rec: dict) -> dict:
     """Our phases on MiniGrid's snapshots: every field equal (the reward to REWARD_RTOL)."""
     size = rec["size"]
-    st, r, term, trunc, outcome, views = batched_phases(size)(
+    st, r, term, trunc, outcome, views_before, views = batched_phases(size)(
         stack_states(rec["before"]), jnp.asarray(rec["action"], jnp.int32), rec["max_steps"])
     after = stack_states(rec["after"])
     for got, want in zip(jax.tree.leaves(st), jax.tree.leaves(after)):
@@ -188,19 +195,17 @@ def check_lockstep(rec: dict) -> dict:
     np.testing.assert_allclose(np.asarray(r, np.float64), want_r, rtol=REWARD_RTOL, atol=0)
     np.testing.assert_array_equal(np.asarray(term), rec["term"])
     np.testing.assert_array_equal(np.asarray(trunc), rec["trunc"])
-    for mode, view in zip(empty.OBS_MODES, views):
+    for mode, view, view_before in zip(empty.OBS_MODES, views, views_before):
         np.testing.assert_array_equal(np.asarray(view), np.stack(rec[mode]), err_msg=mode)
+        np.testing.assert_array_equal(np.asarray(view_before), np.stack(rec[f"{mode}_before"]), err_msg=f"{mode} before")
     # outcomes: goal where MiniGrid terminated, timeout where it only truncated, else running
     task = empty.TASK
     term_py, trunc_py = np.asarray(rec["term"]), np.asarray(rec["trunc"])
     want_outcome = np.where(term_py, task.outcome_code("goal"), np.where(trunc_py, task.outcome_code("timeout"), 0))
     np.testing.assert_array_equal(np.asarray(outcome), want_outcome)
-    reset_views = batched_observe(size)(stack_states(rec["reset_state"]))
-    for mode, view in zip(empty.OBS_MODES, reset_views):
-        np.testing.assert_array_equal(np.asarray(view), np.stack(rec[f"reset_{mode}"]), err_msg=f"reset {mode}")
     actions = np.asarray(rec["action"])
     return {
-        "steps": len(actions), "episodes": len(rec["reset_state"]), "goals": int(term_py.sum()),
+        "steps": len(actions), "episodes": sum(b[2] == 0 for b in rec["before"]), "goals": int(term_py.sum()),
         "truncations": int(trunc_py.sum()), "moves": int(sum(a[0] != b[0] for a, b in zip(rec["before"], rec["after"]))),
         "actions": np.bincount(actions, minlength=7).tolist(),
     }
@@ -240,15 +245,15 @@ def test_lockstep_transitions_match_minigrid_long(env_id):
 
 def test_lockstep_detects_a_wrong_step():
     """The comparison is not vacuous: a step that lets the agent walk into walls is caught."""
-    rec = record("MiniGrid-Empty-5x5-v0", 400, seed=99)
-    size = rec["size"]
+    n = LOCKSTEP_STEPS["MiniGrid-Empty-5x5-v0"]  # the length the 5x5 lock-step compiled for
+    rec = record("MiniGrid-Empty-5x5-v0", n, seed=99)
     st = stack_states(rec["before"])
-    fwd = st.agent_pos + jnp.asarray(envs.minigrid.DIR_TO_VEC)[st.agent_dir]
-    wrong = jnp.where((jnp.asarray(rec["action"]) == 2)[:, None], fwd, st.agent_pos)  # ignores walls
-    right = jax.vmap(lambda s, a: empty.transition(s, a, rec["max_steps"], size)[0].agent_pos)(st, jnp.asarray(rec["action"]))
+    ours = batched_phases(rec["size"])(st, jnp.asarray(rec["action"], jnp.int32), rec["max_steps"])[0]
     want = np.asarray(stack_states(rec["after"]).agent_pos)
-    assert (np.asarray(right) == want).all()
-    assert (np.asarray(wrong) != want).any(axis=-1).sum() > 10
+    assert (np.asarray(ours.agent_pos) == want).all()
+    pos, d = np.asarray(st.agent_pos), np.asarray(st.agent_dir)
+    wrong = np.where((np.asarray(rec["action"]) == 2)[:, None], pos + envs.minigrid.DIR_TO_VEC[d], pos)  # ignores walls
+    assert (wrong != want).any(axis=-1).sum() > 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +378,7 @@ def test_step_autoreset_and_final_observation():
         st, r, term, trunc, _ = empty.transition(state, action, max_steps, env.size)
         return st, r, term, trunc, empty.reset_state(k_reset, env.size, True), env.observe(st)
 
+    observe = jax.jit(jax.vmap(env.observe))
     rng = np.random.default_rng(0)
     seen = {"term": 0, "trunc": 0}
     for t in range(10):
@@ -388,7 +394,7 @@ def test_step_autoreset_and_final_observation():
         np.testing.assert_array_equal(np.asarray(term), np.asarray(term2))
         np.testing.assert_array_equal(np.asarray(trunc), np.asarray(trunc2))
         np.testing.assert_array_equal(np.asarray(info["final_observation"]), np.asarray(obs_st))
-        np.testing.assert_array_equal(np.asarray(obs), np.asarray(jax.vmap(env.observe)(nstate)))
+        np.testing.assert_array_equal(np.asarray(obs), np.asarray(observe(nstate)))
         assert (np.asarray(nstate.time)[done] == 0).all()
         seen["term"] += int(np.asarray(term).sum())
         seen["trunc"] += int(np.asarray(trunc).sum())
@@ -410,7 +416,7 @@ def _py_at(size: int, pos, d: int):
 
 @pytest.mark.parametrize("size", [5, 8, 16])
 def test_scenarios_match_their_captions(size):
-    env, params = envs.make(f"MiniGrid-Empty-{size}x{size}-v0")
+    env, _ = envs.make(f"MiniGrid-Empty-{size}x{size}-v0")
     task = env.task
     scen = {s.name: s for s in task.scenarios(env)}
     assert list(scen) == ["start", "goal_ahead", "wall_ahead", "goal_left", "goal_right", "facing_away"]
@@ -430,12 +436,14 @@ def test_scenarios_match_their_captions(size):
     assert cells("goal_left")["left"] == Goal.__name__ and cells("goal_left")["ahead"] == "NoneType"
     assert cells("goal_right")["right"] == Goal.__name__ and cells("goal_right")["ahead"] == "NoneType"
     assert cells("facing_away")["behind"] == Goal.__name__ and cells("facing_away")["ahead"] == "NoneType"
-    # forward from goal_ahead reaches the goal; from wall_ahead it stays put
+    # in MiniGrid, forward from goal_ahead reaches the goal; from wall_ahead it stays put
     fwd = task.action_index("forward")
-    _, s, r, term, info = env.step_env(None, scen["goal_ahead"].state, fwd, params)
-    assert bool(term) and int(info["outcome"]) == task.outcome_code("goal") and float(r) > 0
-    _, s, r, term, info = env.step_env(None, scen["wall_ahead"].state, fwd, params)
-    assert not bool(term) and (np.asarray(s.agent_pos) == np.asarray(scen["wall_ahead"].state.agent_pos)).all()
+    for name, reaches in (("goal_ahead", True), ("wall_ahead", False)):
+        s = scen[name].state
+        py = _py_at(size, np.asarray(s.agent_pos), int(s.agent_dir))
+        _, r, term, _, _ = py.step(fwd)
+        assert term == reaches and (r > 0) == reaches
+        assert (tuple(py.agent_pos) == tuple(np.asarray(s.agent_pos).tolist())) == (not reaches)
 
 
 def test_render_draws_empty_states():
