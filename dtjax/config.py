@@ -422,7 +422,7 @@ class TrainConfig(ConfigBase):
     eval_rtgs: tuple[float, ...] = (-1.0, 0.0, 1.0)
     """target RTGs evaluated"""
     calib_points: int = 21
-    """target RTGs in the calibration sweep over [-1, 1]"""
+    """target RTGs in the calibration sweep, evenly over the task's return range ([-1, 1] in Dynamic Obstacles)"""
     calib_se: float = 0.03
     """play each calibration point until its mean return has this standard error (0 = calib_episodes each)"""
     calib_min_episodes: int = 100

@@ -9,13 +9,51 @@ select, assembled here once for every family; both are jitted with the env as a 
 from __future__ import annotations
 
 import jax
-from gymnax.environments import environment
+import jax.numpy as jnp
+from gymnax.environments import environment, spaces
+
+from envs import minigrid as mg
 
 
 class GridEnv(environment.Environment):
     """Base of the MiniGrid ports: the family implements ``reset_env``, ``step_env`` (whose info
-    carries ``truncated``), ``observe`` and ``default_params``; ``EnvParams`` has
-    ``max_steps_in_episode``."""
+    carries ``truncated``), ``observe``, ``default_params``, ``task`` and ``static`` (its static
+    attributes, by which it hashes and compares), and sets ``ID_PREFIX`` (its ids' stem); it has
+    ``size``, ``random_start`` and ``obs_mode``; ``EnvParams`` has ``max_steps_in_episode``."""
+
+    ID_PREFIX = ""  # e.g. "MiniGrid-Empty-": the id is ID_PREFIX + [Random-] + SxS + -v0
+
+    @property
+    def static(self) -> tuple:
+        raise NotImplementedError
+
+    # gymnax hashes the env as a static argument of its jitted methods.
+    def __hash__(self):
+        return hash((type(self), self.static))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.static == other.static
+
+    @property
+    def name(self) -> str:
+        rnd = "Random-" if self.random_start else ""
+        return f"{self.ID_PREFIX}{rnd}{self.size}x{self.size}-v0"
+
+    @property
+    def num_actions(self) -> int:
+        return self.task.num_actions
+
+    def action_space(self, params=None) -> spaces.Discrete:
+        return spaces.Discrete(self.task.num_actions)
+
+    def observation_shape(self) -> tuple[int, ...]:
+        if self.obs_mode == "full":
+            return (self.size, self.size, 3)
+        return (mg.VIEW_SIZE, mg.VIEW_SIZE, mg.N_ONE_HOT if self.obs_mode == "one_hot" else 3)
+
+    def observation_space(self, params=None) -> spaces.Box:
+        high = 1 if self.obs_mode == "one_hot" else 10
+        return spaces.Box(0, high, self.observation_shape(), jnp.uint8)
 
     def is_truncated(self, state, params) -> jax.Array:
         return state.time >= params.max_steps_in_episode

@@ -222,6 +222,8 @@ class DynamicObstacles(GridEnv):
     ``step`` (auto-reset), ``reset`` and ``is_truncated`` come from `envs.base.GridEnv`.
     """
 
+    ID_PREFIX = "MiniGrid-Dynamic-Obstacles-"
+
     def __init__(self, size: int = 8, n_obstacles: int = 4, random_start: bool = False, obs_mode: str = "image"):
         super().__init__()
         if obs_mode not in OBS_MODES:
@@ -237,38 +239,13 @@ class DynamicObstacles(GridEnv):
         self.random_start = bool(random_start)
         self.obs_mode = obs_mode
 
-    # gymnax hashes the env as a static argument of its jitted methods.
-    def __hash__(self):
-        return hash((type(self), self.size, self.n_obstacles, self.random_start, self.obs_mode))
-
-    def __eq__(self, other):
-        return type(self) is type(other) and (self.size, self.n_obstacles, self.random_start, self.obs_mode) == (
-            other.size, other.n_obstacles, other.random_start, other.obs_mode)
-
     @property
-    def name(self) -> str:
-        rnd = "Random-" if self.random_start else ""
-        return f"MiniGrid-Dynamic-Obstacles-{rnd}{self.size}x{self.size}-v0"
+    def static(self) -> tuple:
+        return (self.size, self.n_obstacles, self.random_start, self.obs_mode)
 
     @property
     def default_params(self) -> EnvParams:
         return EnvParams(max_steps_in_episode=4 * self.size**2)
-
-    @property
-    def num_actions(self) -> int:
-        return TASK.num_actions
-
-    def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
-        return spaces.Discrete(3)
-
-    def observation_shape(self) -> tuple[int, ...]:
-        if self.obs_mode == "full":
-            return (self.size, self.size, 3)
-        return (mg.VIEW_SIZE, mg.VIEW_SIZE, mg.N_ONE_HOT if self.obs_mode == "one_hot" else 3)
-
-    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
-        high = 1 if self.obs_mode == "one_hot" else 10
-        return spaces.Box(0, high, self.observation_shape(), jnp.uint8)
 
     def state_space(self, params: EnvParams | None = None) -> spaces.Dict:
         return spaces.Dict(
