@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.stats import chi2_contingency
 
 from dtjax.data import store
 from dtjax.model import init_params
@@ -104,3 +105,19 @@ def tiny_sae(run, n_latents: int = 32, k: int = 4, name: str = "sae", hook: str 
         (path / "eval").mkdir()
         io.save_arrays_atomic(path / "eval" / "analysis.npz", sae.eval_arrays(a))
     return path
+
+
+def chi2_p(a_labels, b_labels) -> float:
+    """Chi-square homogeneity p-value of two samples of hashable outcomes. Outcomes seen fewer
+    than 10 times in both samples together are pooled into one column, so every expected count is
+    at least ~5 and the chi-square approximation holds."""
+    keys = sorted(set(a_labels) | set(b_labels))
+    idx = {k: i for i, k in enumerate(keys)}
+    table = np.zeros((2, len(keys)))
+    for row, labels in enumerate((a_labels, b_labels)):
+        for lab in labels:
+            table[row, idx[lab]] += 1
+    rare = table.sum(0) < 10
+    if rare.any():
+        table = np.concatenate([table[:, ~rare], table[:, rare].sum(1, keepdims=True)], axis=1)
+    return chi2_contingency(table)[1]

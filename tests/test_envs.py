@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from minigrid.envs.dynamicobstacles import DynamicObstaclesEnv
 from minigrid.wrappers import FullyObsWrapper, OneHotPartialObsWrapper
-from scipy.stats import chi2_contingency
 
 import envs
+from fixtures import chi2_p
 from envs.dynamic_obstacles import EnvState
 
 MG_IDS = [
@@ -248,22 +248,6 @@ def test_wrappers_one_hot_and_full_views():
 # ---------------------------------------------------------------------------------------------
 
 
-def _chi2_p(a_labels, b_labels) -> float:
-    """Chi-square homogeneity p-value of two samples of hashable outcomes. Outcomes seen fewer
-    than 10 times in both samples together are pooled into one column, so every expected count is
-    at least ~5 and the chi-square approximation holds."""
-    keys = sorted(set(a_labels) | set(b_labels))
-    idx = {k: i for i, k in enumerate(keys)}
-    table = np.zeros((2, len(keys)))
-    for row, labels in enumerate((a_labels, b_labels)):
-        for lab in labels:
-            table[row, idx[lab]] += 1
-    rare = table.sum(0) < 10
-    if rare.any():
-        table = np.concatenate([table[:, ~rare], table[:, rare].sum(1, keepdims=True)], axis=1)
-    return chi2_contingency(table)[1]
-
-
 def _python_resets(env_id: str, n: int, seed: int) -> list:
     py = python_env(env_id)
     py.reset(seed=seed)
@@ -289,7 +273,7 @@ def reset_placement_p(n: int, seed: int = 0) -> float:
     a = [x[2] for x in _python_resets(env_id, n, 123 + seed)]
     b = [x[2] for x in _jax_resets(env_id, n, 7 + seed)]
     assert len(set(a)) == len(set(b)) == 42
-    return _chi2_p(a, b)
+    return chi2_p(a, b)
 
 
 def random_start_ps(n: int, seed: int = 0) -> dict:
@@ -298,11 +282,11 @@ def random_start_ps(n: int, seed: int = 0) -> dict:
     ps = {}
     a, b = _python_resets("MiniGrid-Dynamic-Obstacles-Random-5x5-v0", n, 5 + seed), _jax_resets("MiniGrid-Dynamic-Obstacles-Random-5x5-v0", n, 9 + seed)
     assert len({(x[0], x[2][0]) for x in b}) == 8 * 7
-    ps["5x5 agent x ball0"] = _chi2_p([(x[0], x[2][0]) for x in a], [(x[0], x[2][0]) for x in b])
-    ps["5x5 dir"] = _chi2_p([x[1] for x in a], [x[1] for x in b])
+    ps["5x5 agent x ball0"] = chi2_p([(x[0], x[2][0]) for x in a], [(x[0], x[2][0]) for x in b])
+    ps["5x5 dir"] = chi2_p([x[1] for x in a], [x[1] for x in b])
     a, b = _python_resets("MiniGrid-Dynamic-Obstacles-Random-6x6-v0", n, 6 + seed), _jax_resets("MiniGrid-Dynamic-Obstacles-Random-6x6-v0", n, 10 + seed)
-    ps["6x6 agent x dir"] = _chi2_p([x[:2] for x in a], [x[:2] for x in b])
-    ps["6x6 ball1"] = _chi2_p([x[2][1] for x in a], [x[2][1] for x in b])
+    ps["6x6 agent x dir"] = chi2_p([x[:2] for x in a], [x[:2] for x in b])
+    ps["6x6 ball1"] = chi2_p([x[2][1] for x in a], [x[2][1] for x in b])
     return ps
 
 
@@ -367,11 +351,11 @@ def move_distribution_ps(n: int, seed: int = 0) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(11 + seed), n)
     moved = jax.jit(jax.vmap(lambda k: envs.move_obstacles(k, state.obstacles, state.agent_pos, 8)))(keys)
     b = [tuple(map(tuple, o)) for o in np.asarray(moved).tolist()]
-    ps = {"joint": _chi2_p(a, b)}
+    ps = {"joint": chi2_p(a, b)}
     for i in range(4):
-        ps[f"ball{i}"] = _chi2_p([x[i] for x in a], [x[i] for x in b])
+        ps[f"ball{i}"] = chi2_p([x[i] for x in a], [x[i] for x in b])
     wrong = jax.jit(jax.vmap(lambda k: _four_neighbour_moves(k, state.obstacles, state.agent_pos, 8)))(keys)
-    ps["negative control (4-neighbour)"] = _chi2_p(a, [tuple(map(tuple, o)) for o in np.asarray(wrong).tolist()])
+    ps["negative control (4-neighbour)"] = chi2_p(a, [tuple(map(tuple, o)) for o in np.asarray(wrong).tolist()])
     ps["outcomes"] = len(set(a) | set(b))
     return ps
 

@@ -22,9 +22,9 @@ import pytest
 from minigrid.core.world_object import Goal, Wall
 from minigrid.envs.empty import EmptyEnv
 from minigrid.wrappers import FullyObsWrapper, OneHotPartialObsWrapper
-from scipy.stats import chi2_contingency
 
 import envs
+from fixtures import chi2_p
 from envs import empty
 from envs.empty import EnvState
 
@@ -259,21 +259,6 @@ def test_lockstep_detects_a_wrong_step():
 # ---------------------------------------------------------------------------------------------
 # RESET DISTRIBUTION (chi-square homogeneity, Python vs JAX, and a negative control)
 # ---------------------------------------------------------------------------------------------
-
-
-def chi2_p(a_labels, b_labels) -> float:
-    """Chi-square homogeneity p-value of two samples of hashable outcomes; outcomes seen fewer
-    than 10 times in both samples together are pooled into one column (expected counts >= ~5)."""
-    keys = sorted(set(a_labels) | set(b_labels))
-    idx = {k: i for i, k in enumerate(keys)}
-    table = np.zeros((2, len(keys)))
-    for row, labels in enumerate((a_labels, b_labels)):
-        for lab in labels:
-            table[row, idx[lab]] += 1
-    rare = table.sum(0) < 10
-    if rare.any():
-        table = np.concatenate([table[:, ~rare], table[:, rare].sum(1, keepdims=True)], axis=1)
-    return chi2_contingency(table)[1]
 
 
 def python_resets(env_id: str, n: int, seed: int) -> list:
