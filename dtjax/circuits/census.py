@@ -61,6 +61,7 @@ import envs
 from dtjax import hooks as hooks_lib
 from dtjax.circuits.act_patching import component_name, components
 from dtjax.circuits.attribution import direct_logit_attribution
+from dtjax.circuits.graph import last_logit_metric
 from dtjax.circuits.core import Inputs, action_vector, run_with_cache, run_with_hooks
 from dtjax.config import EnvConfig, ModelConfig
 from envs.dynamic_obstacles import PARKED
@@ -112,10 +113,6 @@ def _add(x, arg):
     return x + arg
 
 
-def _metric(logits, v) -> jax.Array:
-    return (logits[:, -1] @ v).mean()
-
-
 def _site(c: tuple) -> tuple[str, int | None]:
     """The hook holding a component's output, and its head index (None for an MLP)."""
     return (f"blocks.{c[1]}.attn.hook_z", c[2]) if c[0] == "head" else (f"blocks.{c[1]}.hook_mlp_out", None)
@@ -131,17 +128,17 @@ def contrast_shares(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: In
     comps = components(cfg)
     lc, cache_c = run_with_cache(params, cfg, clean)
     lk, cache_k = run_with_cache(params, cfg, corrupted)
-    m_c, m_k = _metric(lc, v), _metric(lk, v)
+    m_c, m_k = last_logit_metric(lc, v), last_logit_metric(lk, v)
     d = m_c - m_k
     patch, ablate = [], []
     for c in comps:
         name, head = _site(c)
         h = None if head is None else jnp.int32(head)
         iv = {name: hooks_lib.Replace(mask=jnp.bool_(True), value=cache_c[name], head=h)}
-        patch.append((_metric(run_with_hooks(params, cfg, corrupted, iv), v) - m_k) / d)
+        patch.append((last_logit_metric(run_with_hooks(params, cfg, corrupted, iv), v) - m_k) / d)
         mean = jnp.concatenate([cache_c[name], cache_k[name]]).mean(0)  # (pos, ...) per position
         iv = {name: hooks_lib.Replace(mask=jnp.bool_(True), value=mean, head=h)}
-        d_abl = _metric(run_with_hooks(params, cfg, clean, iv), v) - _metric(run_with_hooks(params, cfg, corrupted, iv), v)
+        d_abl = last_logit_metric(run_with_hooks(params, cfg, clean, iv), v) - last_logit_metric(run_with_hooks(params, cfg, corrupted, iv), v)
         ablate.append(1.0 - d_abl / d)
     # the MLPs' own route: the embeddings' difference added to the MLP input (heads held at
     # corrupted), minus the same difference added after the MLP (the route that skips it)
@@ -152,8 +149,8 @@ def contrast_shares(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: In
             break
         before = {f"blocks.{l}.hook_resid_mid": hooks_lib.Apply(_add, d_embed)}
         after = {f"blocks.{l}.hook_resid_post": hooks_lib.Apply(_add, d_embed)}
-        own[f"L{l}_mlp"] = float((_metric(run_with_hooks(params, cfg, corrupted, before), v)
-                                  - _metric(run_with_hooks(params, cfg, corrupted, after), v)) / d)
+        own[f"L{l}_mlp"] = float((last_logit_metric(run_with_hooks(params, cfg, corrupted, before), v)
+                                  - last_logit_metric(run_with_hooks(params, cfg, corrupted, after), v)) / d)
     labels, dla_c = direct_logit_attribution(params, cfg, cache_c, v)
     _, dla_k = direct_logit_attribution(params, cfg, cache_k, v)
     diff = dict(zip(labels, np.asarray((dla_c - dla_k).mean(0) / d)))
