@@ -4,6 +4,10 @@
 multi-seed runs (``dtjax.census``): census.json, census.md, census.png in DIR (default
 RUN for one run, reports/census for several).
 
+``--probes`` adds the "probes" section (``dtjax.probes``): linear probes of ground-truth
+concepts at every hook and token with their baselines, and probe-directed steering in closed
+loop (summary.json keys ``probes`` and ``probe_interventions``).
+
 ``--sae SAE_DIR`` (repeatable, or a comma list; a folder of dictionaries such as RUN/sae counts
 as all of them) adds the "SAE features" section for those sparse dictionaries (``dtjax.sae``);
 with ``--serve`` the explorer shows their active latents at every step.
@@ -42,6 +46,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sae", action="append", default=[], metavar="SAE_DIR",
                         help="sparse dictionary directory of this model (repeatable or comma list): the SAE section, "
                              "and the explorer's active-latents panel")
+    parser.add_argument("--probes", action="store_true",
+                        help="add the probes section: linear probes of ground-truth concepts at every hook and token "
+                             "(with baselines) and probe-directed steering in closed loop")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--serve", action="store_true", help="start the interactive explorer instead of writing a report")
@@ -55,6 +62,8 @@ def main(argv=None) -> int:
         parser.error("give one of --ckpt PATH or --census RUN")
     if args.serve and args.ckpt is None:
         parser.error("--serve needs --ckpt PATH")
+    if args.probes and args.ckpt is None:
+        parser.error("--probes needs --ckpt PATH")
     if sae_dirs and args.ckpt is None:
         parser.error("--sae needs --ckpt PATH (the model the dictionaries belong to)")
     if args.episodes is not None and args.episodes < 1:
@@ -91,6 +100,8 @@ def main(argv=None) -> int:
         opt = opt.replace(closed_loop=False)
     if sae_dirs:
         opt = opt.replace(sae_dirs=sae_dirs)
+    if args.probes:
+        opt = opt.replace(probes=True)
     if args.sections:
         opt = opt.replace(sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()))
     out = args.out or Path("reports") / (args.ckpt.stem if args.ckpt.suffix == ".pt" else args.ckpt.absolute().name)

@@ -62,6 +62,7 @@ from dtjax import circuits as C
 from dtjax import scenarios as S
 from dtjax.config import EnvConfig, ModelConfig
 from dtjax.evaluate import env_step, push_step
+from dtjax.explorer import probes as explorer_probes
 from dtjax.explorer import sae as explorer_sae
 from dtjax.run import Run
 
@@ -236,6 +237,7 @@ class Model:
     mean_samples: int = MEAN_SAMPLES
     compile_s: float = 0.0
     saes: list = dataclasses.field(default_factory=list)  # explorer.sae.ExplorerSAE: the active-latents panel
+    probes: Any = None  # explorer.probes.ExplorerProbes, fitted on the first "probes" message
     _means: dict | None = dataclasses.field(default=None, repr=False)
     _lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -729,6 +731,32 @@ class Session:
                     "greedy": ctl["greedy"], **res, "seconds": time.perf_counter() - t0}
 
         return [{"type": "busy", "what": "closed_loop"}, Deferred(compute, "closed_loop")]
+
+    def _on_probes(self, msg) -> list:
+        """Linear probes (``explorer.probes``): fit them on the first message (deferred), then each
+        probe's readout at the step on screen with ``alpha`` x the chosen binary concept's direction
+        added at the chosen site; ``act: true`` also plays the steered model's greedy action."""
+        model, cfg = self.model, self.cfg
+        try:
+            site, concept, alpha = explorer_probes.parse(msg, model.probes)
+        except ValueError as e:
+            raise BadMessage(str(e)) from None
+        inputs = self.inputs()
+        if model.probes is None:
+            env, env_params, key = self.env, self.env_params, jax.random.fold_in(jax.random.PRNGKey(self.seed), 2_000_003)
+
+            def compute():
+                if model.probes is None:
+                    model.probes = explorer_probes.fit(model.params, cfg, env, env_params, key)
+                return {"type": "probes", "info": model.probes.describe(), "step": self.cursor,
+                        **explorer_probes.readout(model.probes, model.params, cfg, inputs, 0, None, 0.0)}
+
+            return [{"type": "busy", "what": "probes"}, Deferred(compute, "probes")]
+        reply = {"type": "probes", "info": model.probes.describe(), "step": self.cursor,
+                 **explorer_probes.readout(model.probes, model.params, cfg, inputs, site, concept, alpha)}
+        if msg.get("act") is True:
+            return [reply, *self._on_act({"action": reply["steered_action"]})]
+        return [reply]
 
     # -- corruptions for patching ----------------------------------------------------------
     def corruptions(self) -> dict[str, str]:

@@ -232,6 +232,13 @@ def concepts(env, roll: Rollouts, cells=CELLS, k: int = 3) -> dict[str, Concept]
     return out
 
 
+def host_rng(key) -> np.random.Generator:
+    """A numpy generator seeded by a JAX key: host-side draws of any size compile nothing."""
+    if jax.dtypes.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
 @dataclasses.dataclass(frozen=True)
 class ProbeData:
     """Played steps as probe inputs: ``window`` (N, K, ...) the model's contexts, ``labels`` (P, N)
@@ -260,19 +267,19 @@ def split(roll: Rollouts, cs: dict[str, Concept], key, n_train: int = 4096, n_te
     (padding rows repeat a step with every label -1), so shapes are static."""
     valid = np.asarray(roll.valid)
     B = valid.shape[0]
-    k_ep, k_tr, k_te = jax.random.split(key, 3)
-    perm = np.asarray(jax.random.permutation(k_ep, B))
+    rng = host_rng(key)
+    perm = rng.permutation(B)
     cut = max(1, min(B - 1, int(round(train_frac * B))))
     names = tuple(cs)
     labels = np.stack([cs[n].labels for n in names])  # (P, B, T)
 
-    def take(eps, n, k):
+    def take(eps, n):
         b, t = np.nonzero(valid)
         keep = np.isin(b, eps)
         b, t = b[keep], t[keep]
         if len(b) == 0:
             raise ValueError("no played steps to probe")
-        sel = np.asarray(jax.random.permutation(k, len(b)))[:n]
+        sel = rng.permutation(len(b))[:n]
         pad = n - len(sel)
         lab = labels[:, b[sel], t[sel]]
         if pad:
@@ -282,4 +289,4 @@ def split(roll: Rollouts, cs: dict[str, Concept], key, n_train: int = 4096, n_te
         win = jax.tree.map(lambda a: np.asarray(a)[bb, tt], roll.window)
         return ProbeData(window=win, labels=lab, names=names, classes=tuple(cs[n].classes for n in names), episode=bb)
 
-    return take(perm[:cut], int(n_train), k_tr), take(perm[cut:], int(n_test), k_te)
+    return take(perm[:cut], int(n_train)), take(perm[cut:], int(n_test))

@@ -29,7 +29,7 @@ import numpy as np
 from dtjax import hooks as hooks_lib
 from dtjax.config import ModelConfig
 from dtjax.evaluate import EvalResult, evaluate, evaluate_worlds
-from dtjax.probes.suite import check_site, token_pos
+from dtjax.probes.suite import ProbeTable, check_site, token_pos
 
 
 def add_at_position(x: jax.Array, arg: dict) -> jax.Array:
@@ -47,8 +47,11 @@ def add_direction(cfg: ModelConfig, hook: str, token: str, vec) -> dict:
 
 
 def separation(x: np.ndarray, y: np.ndarray, direction: np.ndarray) -> float:
-    """Mean projection of class 1 minus class 0 of features ``x`` (N, D) on unit ``direction``."""
+    """Mean projection of class 1 minus class 0 of features ``x`` (N, D) on unit ``direction``
+    (NaN when a class has no sample)."""
     x, y = np.asarray(x), np.asarray(y)
+    if not (np.any(y == 1) and np.any(y == 0)):
+        return float("nan")  # a class never seen: no separation to measure
     proj = x @ np.asarray(direction)
     return float(proj[y == 1].mean() - proj[y == 0].mean())
 
@@ -67,15 +70,22 @@ def changed(res: EvalResult, plain: EvalResult, target: str) -> tuple[np.ndarray
 
 
 def steer(params, cfg: ModelConfig, env, env_params, key, hook: str, token: str, direction, scale: float, alphas,
-          target: str, *, n_episodes: int = 1000, rtg: float = 0.9, n_random: int = 2, pool: int | None = None,
+          target, *, n_episodes: int = 1000, rtg: float = 0.9, n_random: int = 2, pool: int | None = None,
           random_key=None) -> dict:
     """The dose-response of adding ``alpha * scale * direction`` at ``hook``/``token``, against
     ``n_random`` random directions of the same norm, over ``n_episodes`` closed-loop episodes at
-    target RTG ``rtg`` (greedy). Returns plain data: ``alphas``, ``success`` (A,) and
+    target RTG ``rtg`` (greedy). ``target``: the outcome that counts as the targeted change, one
+    for every alpha or a list (one per alpha, e.g. "timeout" for alpha > 0, "hit" for alpha < 0).
+    Returns plain data: ``alphas``, ``targets``, ``success`` (A,) and
     ``control_success`` (A,) (the mean over the random directions; ``control_each`` (A, n_random)),
     ``outcome_rates`` {outcome: (A,)} of the probe worlds, ``plain_rates`` {outcome: float},
-    ``episodes`` (the eligible count), ``target``."""
+    ``episodes`` (A,) the eligible counts (plain episodes not already ending as the target)."""
     alphas = np.asarray(alphas, np.float32).reshape(-1)
+    targets = [target] * len(alphas) if isinstance(target, str) else list(target)
+    if len(targets) != len(alphas):
+        raise ValueError(f"one target per alpha: {len(targets)} targets for {len(alphas)} alphas")
+    for t in targets:
+        env.task.outcome_code(t)  # a one-line error for an outcome the task lacks
     d = np.asarray(direction, np.float32)
     d = d / np.linalg.norm(d)
     rand = random_directions(random_key if random_key is not None else jax.random.fold_in(key, 1), n_random, d.size)
@@ -87,11 +97,40 @@ def steer(params, cfg: ModelConfig, env, env_params, key, hook: str, token: str,
                                                       "pos": jnp.full((len(vecs),), ivs[full].arg["pos"])})}
     plain = evaluate(params, cfg, env, env_params, key, [rtg], n_episodes, pool=pool)
     res = evaluate_worlds(params, cfg, env, env_params, key, [rtg], n_episodes, worlds, pool=pool)
-    hit, eligible = changed(res, plain, target)
-    rate = hit.reshape(len(alphas), len(dirs), -1).sum(-1) / np.maximum(eligible.reshape(len(alphas), len(dirs), -1).sum(-1), 1)
-    outcomes = {o: res.ended(o).reshape(len(alphas), len(dirs), -1)[:, 0].mean(-1) for o in res.outcomes[1:]}
-    return {"alphas": alphas.tolist(), "success": rate[:, 0], "control_success": rate[:, 1:].mean(1),
+    n_dir = len(dirs)
+    rate = np.zeros((len(alphas), n_dir))
+    eligible_n = np.zeros(len(alphas), int)
+    for a, tgt in enumerate(targets):
+        hit, eligible = changed(res, plain, tgt)
+        w = slice(a * n_dir, (a + 1) * n_dir)
+        rate[a] = hit[w].reshape(n_dir, -1).sum(-1) / max(int(eligible[0].sum()), 1)
+        eligible_n[a] = int(eligible[0].sum())
+    probe_worlds = np.arange(len(alphas)) * n_dir
+    outcomes = {o: res.ended(o)[probe_worlds].reshape(len(alphas), -1).mean(-1) for o in res.outcomes[1:]}
+    return {"alphas": alphas.tolist(), "targets": targets, "success": rate[:, 0], "control_success": rate[:, 1:].mean(1),
             "control_each": rate[:, 1:], "outcome_rates": outcomes,
             "plain_rates": {o: float(plain.ended(o).mean()) for o in plain.outcomes[1:]},
-            "episodes": int(eligible[0].sum()), "n_episodes": int(n_episodes), "target": target, "scale": float(scale),
-            "hook": full, "token": token, "rtg": float(rtg)}
+            "episodes": eligible_n, "n_episodes": int(n_episodes), "scale": float(scale), "hook": full, "token": token,
+            "rtg": float(rtg)}
+
+
+def probe_direction(table: ProbeTable, concept: str, hook: str, token: str = "state") -> tuple[np.ndarray, float]:
+    """(unit direction (width,), scale) of a binary concept's probe at a site of a ``ProbeTable``:
+    the probe's positive direction in the hook's units, and the separation of the training
+    data's two classes along it (the unit of alpha)."""
+    probe = table.probe(concept, hook, token)
+    if int(np.asarray(probe.class_mask).sum()) != 2:
+        raise ValueError(f"{concept} is not a binary concept: steer along a binary one (e.g. blocked_ahead)")
+    d = np.array(probe.raw_direction(), np.float64)
+    d = d / np.linalg.norm(d)
+    s = table.sites.index((hooks_lib.act_name(hook), token))
+    return d.astype(np.float32), separation(table.train_features[s], table.train.labels_of(concept), d)
+
+
+def plan(task) -> tuple[str, str, str | None]:
+    """(concept, target of alpha > 0, target of alpha < 0 or None) of a task's default steering:
+    "blocked ahead" (a ball or a wall; "wall ahead" without balls) added should stop forward steps
+    (the episode times out); subtracted, send the agent into what blocks it (the task's first
+    failure, e.g. "hit"; None without one)."""
+    concept = "blocked_ahead" if "ball" in task.objects else "wall_ahead"
+    return concept, "timeout", (task.failures[0] if task.failures else None)

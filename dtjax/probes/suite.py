@@ -90,9 +90,10 @@ def raw_obs(window: Window) -> np.ndarray:
 def shuffled(labels: np.ndarray, key) -> np.ndarray:
     """``labels`` (P, N) with each row's valid entries permuted among themselves."""
     out = np.array(labels)
-    for p, k in enumerate(jax.random.split(key, labels.shape[0])):
+    rng = concepts_lib.host_rng(key)
+    for p in range(labels.shape[0]):
         v = np.flatnonzero(labels[p] >= 0)
-        out[p, v] = labels[p, v][np.asarray(jax.random.permutation(k, len(v)))]
+        out[p, v] = labels[p, v][rng.permutation(len(v))]
     return out
 
 

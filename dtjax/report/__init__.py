@@ -67,6 +67,7 @@ order  key                  module
 130    steering             circuits (coefficient scan at blocks.0.hook_resid_pre; closed loop)
 132-139                     reserved for more ``dtjax.circuits`` sections
 140+   SAE features (``analyse.py --sae SAE_DIR``)
+150    probes               probes (``analyse.py --probes``: linear probes, probe-directed steering)
 160+   multi-seed census (``analyse.py --census RUN``)
 ====== ==================== ===================================================================
 

@@ -63,6 +63,13 @@ class ReportOptions:
     sae_tokens: int = 65_536  # held-out tokens per token type for a dictionary's reconstruction metrics
     sae_analysis_tokens: int = 16_384  # of them: CE / KL spliced in, latent statistics and probes
     sae_latents: int = 6  # latents shown per ranking (by activation frequency, by |DLA|)
+    probes: bool = False  # the "probes" section (analyse.py --probes): linear probes and probe-directed steering
+    probe_episodes: int = 1024  # closed-loop episodes whose steps the probes are fitted and scored on
+    probe_train: int = 4096  # training steps per probe (from 70% of the episodes; the rest held out)
+    probe_test: int = 2048  # held-out steps per probe
+    steer_episodes: int = 1000  # closed-loop episodes per steering world (probe or random direction, alpha)
+    steer_alphas: tuple[float, ...] = (-2.0, -1.0, 0.5, 1.0, 2.0)  # in units of the class separation along the probe
+    steer_random: int = 2  # random directions of the same norm per alpha (the control)
 
     def replace(self, **changes: Any) -> "ReportOptions":
         return dataclasses.replace(self, **changes)
@@ -71,7 +78,8 @@ class ReportOptions:
     def quick() -> "ReportOptions":
         return ReportOptions(calib_rtgs=3, calib_episodes=4, ablation_rtgs=(-1.0, 1.0), ablation_episodes=4,
                              mean_samples=32, scan_points=21, circuit_batch=16, ig_steps=4, fast=True, sae_tokens=8192,
-                             sae_analysis_tokens=4096)
+                             sae_analysis_tokens=4096, probe_episodes=64, probe_train=512, probe_test=256,
+                             steer_episodes=16, steer_alphas=(-1.0, 1.0), steer_random=1)
 
 
 def _defined(ctx: "Context") -> str | None:

@@ -98,6 +98,7 @@ const HANDLERS = {
     buildControls(msg);
     $("sae-card").hidden = !(msg.saes && msg.saes.length);
     $("sae-latents").innerHTML = "";
+    $("probes-concept").innerHTML = ""; $("probes-site").innerHTML = ""; $("probes").innerHTML = "";  // a new model's probes
   },
   weights(msg) { S.weights = msg; S.weightsDirty = true; scheduleRender(); },
   step(msg) { onStep(msg); },
@@ -105,6 +106,7 @@ const HANDLERS = {
   busy(msg) { showMessage(`computing ${msg.what.replace("_", " ")} ...`, "info"); },
   patching(msg) { if (havePlotly()) drawPatching(msg); else showMessage("plotly.js has not loaded yet"); $("message").hidden = true; },
   closed_loop(msg) { drawClosedLoop(msg); $("message").hidden = true; },
+  probes(msg) { drawProbes(msg); $("message").hidden = true; },
   error(msg) {
     if (msg.seq in S.pendingActs) delete S.pendingActs[msg.seq];
     controlDone(msg.seq);
@@ -435,6 +437,32 @@ function drawSAE(p) {  // plain DOM: one table per dictionary (absent when the m
   }).join("");
 }
 
+function probesMessage(act = false) {  // the probes' readouts at this step, with the slider's push
+  const concept = $("probes-concept").value || null;
+  return { type: "probes", site: Number($("probes-site").value || 0), concept, alpha: Number($("probes-alpha").value), act };
+}
+
+function drawProbes(msg) {  // plain DOM: one row per concept, one column per site
+  const info = msg.info;
+  if (!$("probes-concept").options.length) {
+    options($("probes-concept"), [["", "(no push)"], ...info.binary.map((b) => [b, b])], "");
+    options($("probes-site"), info.sites.map((s, i) => [String(i), s]), "0");
+  }
+  const acts = S.init.actions;
+  const probs = (p) => p.map((x, i) => `${acts[i]} ${x.toFixed(2)}`).join(", ");
+  let html = `<table><tr><th>concept</th>${info.sites.map((s) => `<th>${s}</th>`).join("")}</tr>`;
+  msg.readouts.forEach((r, c) => {
+    html += `<tr data-testid="probe-row" data-concept="${r.concept}"><td>${r.concept}</td>` + r.pred.map((k, s) => {
+      const p = r.probs[s][r.classes.indexOf(k)];
+      return `<td title="held-out F1 ${fmt(info.f1[s][c])}">${k} <span class="sub">${p.toFixed(2)}</span></td>`;
+    }).join("") + "</tr>";
+  });
+  $("probes").innerHTML = html + "</table>";
+  $("probes-info").textContent = `step ${msg.step}: actions ${probs(msg.plain_probs)}` +
+    (msg.concept ? `; with ${msg.concept} x ${msg.alpha} at ${info.sites[msg.site]}: ${probs(msg.steered_probs)}` : "") +
+    ` (fitted in ${info.seconds} s)`;
+}
+
 function drawHistory(p) {
   const acts = S.init.actions;
   const cur = S.step ? S.step.step : 0;
@@ -545,6 +573,11 @@ function wire() {
   $("channels").onchange = () => send({ type: "set",
     channels: [...document.querySelectorAll("[data-testid=channels] input:checked")].map((el) => Number(el.value)) });
   $("closed-loop-run").onclick = () => send({ type: "closed_loop", episodes: Number($("closed-loop-episodes").value) });
+  $("probes-fit").onclick = () => send(probesMessage());
+  $("probes-alpha").oninput = (e) => { $("probes-alpha-value").textContent = e.target.value; send(probesMessage()); };
+  $("probes-concept").onchange = () => send(probesMessage());
+  $("probes-site").onchange = () => send(probesMessage());
+  $("probes-act").onclick = () => send(probesMessage(true));
   $("patch-run").onclick = () => send({ type: "patch", corruption: $("patch-corruption").value, hooks: $("patch-hooks").value });
   const goto = (i) => { if (S.step && i >= 0 && i < S.step.n_steps) send({ type: "goto", step: i }); };
   $("history-scrub").oninput = (e) => goto(Number(e.target.value));
