@@ -38,9 +38,8 @@ def main(argv=None) -> int:
     run = Run.open(args.checkpoint).require_model()
     cfg, params = run.model_cfg, run.params
     env, env_params = run.env_cfg.make()
-    key = jax.random.PRNGKey(args.seed)
     t0 = time.perf_counter()
-    tab = probe_table(params, cfg, env, env_params, jax.random.fold_in(key, 0))
+    tab = probe_table(params, cfg, env, env_params, jax.random.PRNGKey(args.seed))
     out = {"table_seconds": time.perf_counter() - t0, "rows": tab.rows, "sites": tab.sites, "concepts": tab.concepts,
            "f1": tab.f1, "steer": []}
     print(f"probe table: {out['table_seconds']:.0f} s", flush=True)
@@ -51,7 +50,7 @@ def main(argv=None) -> int:
     for hook in hooks:
         direction, scale = steer_lib.probe_direction(tab, concept, hook, "state")
         t = time.perf_counter()
-        r = steer_lib.steer(params, cfg, env, env_params, jax.random.fold_in(key, 1), hook, "state", direction, scale,
+        r = steer_lib.steer(params, cfg, env, env_params, jax.random.PRNGKey(args.seed + 1), hook, "state", direction, scale,
                             alphas, targets, n_episodes=args.episodes)
         r["seconds"] = time.perf_counter() - t
         print(f"{hook}: success {np.round(r['success'], 3)}, control {np.round(r['control_success'], 3)} "
