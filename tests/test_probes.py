@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fixtures import random_params
 
 import envs
 from envs import dynamic_obstacles as do
@@ -14,6 +13,7 @@ from envs import empty
 from dtjax import probes
 from dtjax.config import ModelConfig
 from dtjax.evaluate import Window, evaluate, evaluate_worlds
+from dtjax.model import init_params
 from dtjax.probes import ground_truth as gt
 from dtjax.probes import steer
 
@@ -159,23 +159,28 @@ def _tiny():
     return ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_timesteps=1, max_timestep=30)
 
 
+# test_evaluate's K = 3 model and env: the plain rollout's compilation is shared with its tests
+CTX = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_timesteps=3, max_timestep=30,
+                  init="transformer_lens")
+
+
 def test_alpha_zero_equals_a_plain_rollout():
-    cfg = _tiny()
-    params = random_params(cfg, seed=4)
-    env, env_params = envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0", max_steps=30)
-    key = jax.random.PRNGKey(5)
-    plain = evaluate(params, cfg, env, env_params, key, [0.9], 16, pool=8)
-    # two worlds in one rollout: alpha = 0, and a large push along the unembedding's "forward"
-    # direction (the residual stream reaches the logits through W_U: the push is live)
-    forward = np.asarray(params["W_U"][:, 2] - params["W_U"][:, :2].mean(1))
-    vecs = jnp.stack([jnp.zeros(16), 100.0 * forward / np.linalg.norm(forward)])
-    iv = steer.add_direction(cfg, "blocks.0.hook_resid_pre", "state", np.zeros(16))["blocks.0.hook_resid_pre"]
-    res = evaluate_worlds(params, cfg, env, env_params, key, [0.9], 16, pool=8,
-                          interventions={"blocks.0.hook_resid_pre": iv.replace(arg={"vec": vecs, "pos": jnp.array([1, 1])})})
+    env, env_params = envs.make("MiniGrid-Dynamic-Obstacles-Random-6x6-v0", max_steps=30)
+    params = init_params(jax.random.PRNGKey(0), CTX)
+    key, rtgs, n = jax.random.PRNGKey(1), [-1.0, 1.0], 8
+    plain = evaluate(params, CTX, env, env_params, key, rtgs, n)
+    # two worlds in one rollout: alpha = 0, and a large push along the unembedding's "left"
+    # direction at the current state token (position 3K - 2 = 7 of 3K = 9 tokens): the push is live
+    left = np.asarray(params["W_U"][:, 0] - params["W_U"][:, 1:].mean(1))
+    vecs = jnp.stack([jnp.zeros(16), 100.0 * left / np.linalg.norm(left)])
+    iv = steer.add_direction(CTX, "blocks.0.hook_resid_pre", "state", np.zeros(16))["blocks.0.hook_resid_pre"]
+    assert int(iv.arg["pos"]) == 7
+    res = evaluate_worlds(params, CTX, env, env_params, key, rtgs, n,
+                          {"blocks.0.hook_resid_pre": iv.replace(arg={"vec": vecs, "pos": jnp.array([7, 7])})})
     np.testing.assert_array_equal(res.outcome[0], plain.outcome)
     np.testing.assert_array_equal(res.lengths[0], plain.lengths)
     np.testing.assert_allclose(res.returns[0], plain.returns, rtol=1e-6)
-    assert np.all(res.ended("hit")[1])  # always forward: into a ball or the wall
+    assert not np.any(plain.timeout) and np.all(res.ended("timeout")[1])  # always turning: never ends before max_steps
 
 
 def test_add_direction_checks_its_site():
