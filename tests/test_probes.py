@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,3 +194,12 @@ def test_add_direction_checks_its_site():
     x = jnp.zeros((2, 2, 3))
     out = steer.add_at_position(x, {"vec": jnp.array([1.0, 2.0, 3.0]), "pos": jnp.int32(1)})
     np.testing.assert_array_equal(np.asarray(out), np.stack([np.zeros((2, 3)), np.broadcast_to([1, 2, 3], (2, 3))], 1))
+
+
+def test_a_familys_own_concepts_come_from_its_task(monkeypatch):
+    env, params = envs.make("MiniGrid-Dynamic-Obstacles-8x8-v0")
+    own = {"east_half": (("west", "east"), lambda state, obs: (state.agent_pos[0] >= 4).astype(jnp.int32))}
+    monkeypatch.setattr(type(env), "task", property(lambda self: dataclasses.replace(do.TASK, concepts=lambda e: own)))
+    roll = _hand_rollout(env, params, [do.make_state((2, 3), 0), do.make_state((5, 3), 0)], [2, 2], [0, 0])
+    c = gt.concepts(env, roll)["east_half"]
+    assert c.classes == ("west", "east") and c.labels.tolist() == [[0, 1]]
