@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import envs
-from dtjax.config import ConfigError, DataConfig, DataMixConfig, PPOConfig
+from dtjax import calibrate, evaluate, plots
+from dtjax.config import ConfigError, DataConfig, DataMixConfig, PPOConfig, TrainConfig
 from dtjax.data import collect, relabel, store
 from dtjax.data.dataset import device_arrays
 from dtjax.data.ppo import ActorCritic, make_rollout
@@ -101,6 +102,7 @@ TINY = DataConfig(
 )
 
 
+@pytest.mark.slow  # a PPO compile: ~80 s on a busy 2-core CPU
 def test_collect_records_behaviour_ids(tmp_path):
     env, params = envs.make(ENV_ID, max_steps=MAX_STEPS)
     col = collect.collect(TINY, env, params, jax.random.key(0), log=lambda m: None)
@@ -120,3 +122,44 @@ def test_collect_records_behaviour_ids(tmp_path):
         assert (a["action"][s:s + min(k, n)] == 0).all()
     # random episodes: param set -1 -> behaviour 0
     assert (beh[src == store.SOURCES.index("random")] == 0).all()
+
+
+def test_spearman_matches_scipy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, 21)
+    for y in (rng.normal(size=21), np.round(rng.normal(size=21), 0), np.where(x < 0, -1.0, x)):  # ties too
+        assert_close(evaluate.spearman(x, y), spearmanr(x, y).statistic)
+    assert evaluate.spearman(x, x ** 3) == pytest.approx(1.0)
+    assert np.isnan(evaluate.spearman(x, np.ones(21)))
+
+
+def fake_calibration(means):
+    x = np.linspace(-1, 1, len(means))
+    return {"rows": [{"target_rtg": float(t), "mean_return": float(m)} for t, m in zip(x, means)], "monotonic": True}
+
+
+def test_method_row_and_table(tmp_path):
+    x = np.linspace(-1, 1, 21)
+    perfect = np.minimum(x, 0.95)  # y = x up to the best return
+    step = np.where(x < 0, -1.0, 0.95)  # a switch at RTG 0
+    row = calibrate.method_row([fake_calibration(perfect), fake_calibration(step)], train_seconds=12.0)
+    err_step = np.abs(step - x)[:-1].mean()
+    assert_close(row["calibration_error_reachable"], [err_step / 2, err_step / 2])  # mean, sd of (0, err_step)
+    assert_close(row["return_low"][0], -1.0) and assert_close(row["return_high"][0], 0.95)
+    assert row["spearman"][0] < 1.0 and row["seeds"] == 2 and row["targets"] == [-1.0, 0.0, 1.0]
+    table = calibrate.format_table({"a": row})
+    assert "| a | 2 | 0." in table and table.count("\n") == 2
+    fig = plots.calibration_methods({"a": (x, perfect, 0 * x), "b": (x, step, 0.1 + 0 * x)})
+    assert len(fig.axes[0].lines) == 3  # two methods and the diagonal
+
+
+def test_method_configs():
+    base = TrainConfig()
+    cfg = calibrate.method_config(base, "wait_esper", tmp := "out")
+    assert cfg.data.mix.wait_frac > 0 and cfg.data.rtg_label == "group_mean" and cfg.run_name == "wait_esper"
+    assert cfg.checkpoint_dir == tmp and cfg.data.mix.final_frac == base.data.mix.final_frac
+    assert calibrate.method_config(base, "baseline", "o").data.mix.wait_frac == 0
+    with pytest.raises(ConfigError, match="unknown method"):
+        calibrate.method_config(base, "magic", "o")
