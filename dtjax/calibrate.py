@@ -25,11 +25,14 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dtjax import io, plots
-from dtjax.config import ConfigError, TrainConfig
-from dtjax.evaluate import spearman
+from dtjax.config import ConfigError, ModelConfig, TrainConfig
+from dtjax.evaluate import Window, spearman
+from dtjax.model import forward
 from dtjax.train import RunError, train_and_evaluate
 
 # method -> (config changes as "section.field" paths, where it comes from)
@@ -65,6 +68,29 @@ def method_config(base: TrainConfig, method: str, out: str | Path) -> TrainConfi
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     return with_changes(base, METHODS[method][0]).replace(run_name=method, checkpoint_dir=str(out))
+
+
+def gate_map(params: dict, cfg: ModelConfig, env, env_params, key: jax.Array, rtgs, timesteps, n_starts: int = 64) -> np.ndarray:
+    """Where the RTG gate sits: the policy at the env's start states (``n_starts`` resets) as the
+    target RTG and the timestep vary, everything else fixed (a one-step context, as at an
+    episode's first step).
+
+    Returns (len(timesteps), len(rtgs), n_actions): the mean action probabilities over the starts.
+    A model with a switch at RTG ~ 0 has the same column boundary at every timestep; one that has
+    learnt to wait moves its forward boundary to lower RTGs as time runs out (the goal pays
+    1 - 0.9 t / max_steps).
+    """
+    obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, n_starts), env_params)
+    r = jnp.asarray(rtgs, jnp.float32)
+    t = jnp.minimum(jnp.asarray(timesteps, jnp.int32), cfg.max_timestep)
+    grid_r = jnp.broadcast_to(r[None, :, None], (len(t), len(r), n_starts))
+    grid_t = jnp.broadcast_to(t[:, None, None], grid_r.shape)
+    o = jnp.broadcast_to(obs, grid_r.shape + obs.shape[1:])
+    w = Window.start(o, grid_r, grid_t, cfg.n_timesteps, cfg.n_actions)
+    flat = lambda x: x.reshape((-1,) + x.shape[3:])  # noqa: E731
+    logits = forward(params, cfg, flat(w.obs), flat(w.rtg), flat(w.timesteps), flat(w.actions) if cfg.n_timesteps > 1 else None)
+    probs = jax.nn.softmax(logits[:, -1], -1).reshape(grid_r.shape + (-1,))
+    return np.asarray(probs.mean(2))
 
 
 def seed_calibrations(run_dir: Path) -> list[dict]:

@@ -109,6 +109,28 @@ def calibration_methods(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
     return fig
 
 
+def gate_maps(maps: dict[str, np.ndarray], rtgs: np.ndarray, timesteps: np.ndarray, action: int = 2,
+              action_name: str = "forward", curve: tuple[np.ndarray, np.ndarray] | None = None):
+    """One panel per model: the probability of ``action`` over (timestep, target RTG).
+
+    ``maps``: name -> (len(timesteps), len(rtgs), n_actions) (``dtjax.calibrate.gate_map``);
+    ``curve``: an optional (timesteps, rtg) line drawn on every panel (e.g. the best return still
+    reachable)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.6), squeeze=False)
+    rtgs, timesteps = np.asarray(rtgs), np.asarray(timesteps)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        im = ax.imshow(np.asarray(m)[:, :, action].T, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                       extent=(timesteps[0], timesteps[-1], rtgs[0], rtgs[-1]))
+        if curve is not None:
+            ax.plot(curve[0], curve[1], "w--", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("timestep")
+        ax.set_ylabel("target RTG")
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"P({action_name}) at the start state")
+    return fig
+
+
 def dataset(lengths: np.ndarray, returns: np.ndarray, title: str = ""):
     """Return vs episode length scatter with marginal histograms (the original's
     ``plot_reward_over_time``); ``lengths``, ``returns`` (episodes,) from ``store.episode_index``."""

@@ -163,3 +163,21 @@ def test_method_configs():
     assert calibrate.method_config(base, "baseline", "o").data.mix.wait_frac == 0
     with pytest.raises(ConfigError, match="unknown method"):
         calibrate.method_config(base, "magic", "o")
+
+
+def test_gate_map_is_the_policy_at_the_start_states():
+    from fixtures import random_params
+
+    from dtjax.config import ModelConfig
+    from dtjax.model import forward
+
+    cfg = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=16, max_timestep=MAX_STEPS)
+    params = random_params(cfg, std=0.3)
+    env, env_params = envs.make(ENV_ID, max_steps=MAX_STEPS)
+    rtgs, ts = np.array([-1.0, 0.0, 0.5]), np.array([0, 7])
+    m = calibrate.gate_map(params, cfg, env, env_params, jax.random.key(0), rtgs, ts, n_starts=4)
+    assert m.shape == (2, 3, 3) and np.allclose(m.sum(-1), 1, rtol=1e-5)
+    obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(0), 4), env_params)
+    logits = forward(params, cfg, obs[:, None], jnp.full((4, 1), 0.5), jnp.full((4, 1), 7))
+    assert_close(m[1, 2], np.asarray(jax.nn.softmax(logits[:, -1], -1).mean(0)))
+    assert np.abs(m[0] - m[1]).max() > 1e-4  # the timestep reaches the policy
