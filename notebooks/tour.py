@@ -61,7 +61,7 @@ tiny_cfg = TrainConfig(
     run_name="tiny", checkpoint_dir=run_root.name, env=EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50),
     model=ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32, max_timestep=49),
     data=DataConfig(ppo=PPOConfig(total_timesteps=2048, num_envs=16, num_steps=32, num_minibatches=4, hidden=16,
-                                  update_epochs=1), mix=DataMixConfig(envs=16, final_frac=0.0, random_frac=0.0, wait_frac=0.0)),
+                                  update_epochs=1), mix=DataMixConfig(envs=16, final_frac=0.0, random_frac=0.0)),
     batch_size=16, num_steps=40, log_every=20, eval_every=0, ckpt_every=40, warmup_steps=5,
     eval_episodes=4, final_eval_episodes=4, calib_points=3, calib_episodes=4, calib_min_episodes=4)
 summary = train_and_evaluate(tiny_cfg, progress=False)

@@ -80,7 +80,7 @@ def test_recorded_data_is_a_valid_dataset(collected, tmp_path):
     store.save(tmp_path / "d", col.arrays, meta)  # validates shapes, ranges and episode structure
     arrays, m = store.load(tmp_path / "d", expect={"env_id": ENV_ID, "max_steps": MAX_STEPS})
     per = m["counts"]["per_source"]
-    assert set(per) == {"ppo", "final", "random", "branch", "snapshot", "wait"}
+    assert set(per) == {"ppo", "final", "random", "branch", "snapshot"}
     # every PPO transition of a complete episode is kept: at most one unfinished episode per env dropped
     assert FAST.ppo.total_timesteps - per["ppo"]["steps"] < FAST.ppo.num_envs * MAX_STEPS
     _, starts, lengths, _ = store.episode_index(arrays)
