@@ -126,7 +126,7 @@ def gate_maps(maps: dict[str, np.ndarray], rtgs: np.ndarray, timesteps: np.ndarr
             ax.plot(curve[0], curve[1], "w--", lw=1)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("timestep")
-        ax.set_ylabel("target RTG")
+    axes[0, 0].set_ylabel("target RTG")
     fig.colorbar(im, ax=axes[0].tolist(), label=f"P({action_name}) at the start state")
     return fig
 

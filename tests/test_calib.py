@@ -77,15 +77,15 @@ def test_wait_rollout_turns_in_place_then_acts():
     env, params = envs.make(ENV_ID, max_steps=MAX_STEPS)
     net = ActorCritic(n_actions=env.num_actions, hidden=8)
     p = net.init(jax.random.key(0), jnp.zeros((1, *env.observation_shape()), jnp.uint8))
-    E, T, W = 16, 200, 30
+    E, T, W = 8, 120, 20
     snaps = jax.tree.map(lambda x: x[None], p)
-    wait = jnp.where(jnp.arange(E) < 12, W, 0).astype(jnp.int32)
+    wait = jnp.where(jnp.arange(E) < 6, W, 0).astype(jnp.int32)
     rollout = jax.jit(make_rollout(env, params, net, E, T))
     rec = jax.device_get(rollout(jax.random.key(1), snaps, jnp.zeros(E, jnp.int32), jnp.zeros(E), jnp.zeros(E, jnp.int32), wait))
     t, draw, action = rec["state"].time, rec["draw"], rec["action"]
-    assert (draw[:, 12:] == 0).all() and (draw < W).all() and (draw >= 0).all()
+    assert (draw[:, 6:] == 0).all() and (draw < W).all() and (draw >= 0).all()
     waiting = t < draw
-    assert waiting.sum() > 200 and (action[waiting] == 0).all()  # turn left while waiting
+    assert waiting.sum() > 100 and (action[waiting] == 0).all()  # turn left while waiting
     # the draw is one value per episode: constant until the episode ends, and drawn afresh
     done = rec["terminated"] | rec["truncated"]
     same = draw[1:] == draw[:-1]
