@@ -84,6 +84,53 @@ def plot_calibration(calib: dict, path: str | os.PathLike, title: str = "Calibra
     save(calibration(calib, title), path, dpi=110)
 
 
+def calibration_methods(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str = "Calibration by method"):
+    """Achieved against target return of several methods on one axis, each the mean over its seeds
+    with a band of +-1 sd across seeds, and the diagonal.
+
+    ``curves``: method -> (targets (R,), mean achieved (R,), sd across seeds (R,)).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    lo, hi = -1.0, 1.0
+    for name, (x, mean, sd) in curves.items():
+        x, mean, sd = (np.asarray(v, np.float64) for v in (x, mean, sd))
+        (line,) = ax.plot(x, mean, "o-", ms=3.5, label=name)
+        ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.15)
+        lo, hi = min(lo, x.min()), max(hi, x.max())
+    ax.plot([lo, hi], [lo, hi], "-.", color="grey", label="y = x")
+    ax.set_xlabel("target RTG")
+    ax.set_ylabel("achieved return (mean over seeds ± sd)")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(-1.1, 1.1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gate_maps(maps: dict[str, np.ndarray], rtgs: np.ndarray, timesteps: np.ndarray, action: int = 2,
+              action_name: str = "forward", curve: tuple[np.ndarray, np.ndarray] | None = None):
+    """One panel per model: the probability of ``action`` over (timestep, target RTG).
+
+    ``maps``: name -> (len(timesteps), len(rtgs), n_actions) (``dtjax.calibrate.gate_map``);
+    ``curve``: an optional (timesteps, rtg) line drawn on every panel (e.g. the best return still
+    reachable)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.6), squeeze=False)
+    rtgs, timesteps = np.asarray(rtgs), np.asarray(timesteps)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        im = ax.imshow(np.asarray(m)[:, :, action].T, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                       extent=(timesteps[0], timesteps[-1], rtgs[0], rtgs[-1]))
+        if curve is not None:
+            ax.plot(curve[0], curve[1], "w--", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("timestep")
+    axes[0, 0].set_ylabel("target RTG")
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"P({action_name}) at the start state")
+    return fig
+
+
 def dataset(lengths: np.ndarray, returns: np.ndarray, title: str = ""):
     """Return vs episode length scatter with marginal histograms (the original's
     ``plot_reward_over_time``); ``lengths``, ``returns`` (episodes,) from ``store.episode_index``."""

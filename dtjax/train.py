@@ -379,7 +379,7 @@ def load_data(cfg: TrainConfig, roots: list[jax.Array], dirs: list[Path], mesh: 
         raise RunError(f"model.n_actions is {cfg.model.n_actions} but {cfg.env.env_id} has {env.num_actions} actions")
     if not per_seed_datasets(cfg):
         arrays, _ = prepare_dataset(cfg, env, env_params, jax.random.fold_in(roots[0], _KEY_DATA), run_dir_of(cfg), log=log)
-        data = jax.device_put(device_arrays(arrays, cfg.data.pct_traj), sharding.replicated(mesh))
+        data = jax.device_put(device_arrays(arrays, cfg.data.pct_traj, cfg.data.rtg_label), sharding.replicated(mesh))
         return data, [cfg.dataset or str(run_dir_of(cfg) / "dataset")] * cfg.num_seeds
     datas = []
     for k, d in enumerate(dirs):
@@ -387,7 +387,7 @@ def load_data(cfg: TrainConfig, roots: list[jax.Array], dirs: list[Path], mesh: 
         log(f"seed {k}: dataset")
         arrays, _ = prepare_dataset(cfg.replace(seed=cfg.seed + k), env, env_params,
                                     jax.random.fold_in(roots[k], _KEY_DATA), d, log=log)
-        datas.append(device_arrays(arrays, cfg.data.pct_traj))
+        datas.append(device_arrays(arrays, cfg.data.pct_traj, cfg.data.rtg_label))
     return jax.device_put(stack_datasets(datas), sharding.seed_sharding(mesh)), [str(d / "dataset") for d in dirs]
 
 

@@ -27,7 +27,8 @@ from dtjax import cli
 from dtjax.config import CollectConfig, ConfigError
 from dtjax.data import store
 
-PRESETS = {"default": {}, "original": {"final_frac": 0.0, "random_frac": 0.0, "branch_frac": 0.0, "snapshot_frac": 0.0}}
+PRESETS = {"default": {}, "original": {"final_frac": 0.0, "random_frac": 0.0, "branch_frac": 0.0, "snapshot_frac": 0.0,
+                                        "wait_frac": 0.0}}
 PROG = "python -m dtjax.data"
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import DataConfig
-from dtjax.data import store
+from dtjax.data import relabel, store
 from dtjax.data.ppo import make_rollout, make_train
 
 
@@ -38,10 +38,11 @@ class Collection(NamedTuple):
     network: Any  # the ActorCritic module
 
 
-def _episodes_env_major(rec: dict, source) -> dict[str, np.ndarray]:
+def _episodes_env_major(rec: dict, source, behaviour) -> dict[str, np.ndarray]:
     """(T, E, ...) time-major records -> complete (kept) episodes, env-major, flattened to (N, ...).
 
-    ``source``: an int, or (E,) ints (the policy of each env).
+    ``source``: an int, or (E,) ints (the policy of each env). ``behaviour``: (T, E) ints, the
+    behaviour that acted (see ``dtjax.data.relabel``).
     """
     rec = jax.tree.map(np.asarray, rec)
     done = rec["terminated"] | rec["truncated"]  # (T, E)
@@ -63,6 +64,7 @@ def _episodes_env_major(rec: dict, source) -> dict[str, np.ndarray]:
         "action": em(rec["action"]), "reward": em(rec["reward"]), "terminated": em(rec["terminated"]),
         "truncated": em(rec["truncated"]),
         "source": em(np.broadcast_to(np.asarray(source, np.int8), (T, E))),
+        "behaviour": em(np.asarray(behaviour, np.int32)),
     }
 
 
@@ -107,16 +109,19 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
     if mix.ppo_rollouts:
         # (U, T, E, ...) -> (U*T, E, ...): each env's timeline continues across updates
         rec = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out["transitions"])
-        parts.append(_episodes_env_major(rec, src["ppo"]))
+        update = np.repeat(np.arange(cfg.ppo.num_updates, dtype=np.int32), cfg.ppo.num_steps)  # behaviour: the PPO update
+        parts.append(_episodes_env_major(rec, src["ppo"], np.broadcast_to(update[:, None], rec["action"].shape)))
     del out["transitions"]
 
-    # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps)
+    # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps, wait steps)
     branch_steps = mix.branch_steps or 4 * env.size
+    wait_steps = mix.wait_steps or int(env_params.max_steps_in_episode)
     n_params = jax.tree.leaves(out["snapshots"])[0].shape[0]
     final = n_params - 1  # the last snapshot is the final policy
-    sources = [("final", mix.final_frac, final, mix.final_eps, 0), ("random", mix.random_frac, -1, 1.0, 0),
-               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps)]
-    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0) for i in range(final)]
+    sources = [("final", mix.final_frac, final, mix.final_eps, 0, 0), ("random", mix.random_frac, -1, 1.0, 0, 0),
+               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps, 0),
+               ("wait", mix.wait_frac, final, 0.0, 0, wait_steps)]
+    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0, 0) for i in range(final)]
     sources = [s for s in sources if s[1] > 0]
     t1 = time.time()
     mix_steps = 0
@@ -127,8 +132,10 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         per_env = lambda j: np.repeat([s[j] for s in sources], n_envs)  # noqa: E731
         rollout = jax.jit(make_rollout(env, env_params, network, E, T))
         rec = rollout(k_mix, out["snapshots"], jnp.asarray(per_env(2), jnp.int32), jnp.asarray(per_env(3), jnp.float32),
-                      jnp.asarray(per_env(4), jnp.int32))
-        parts.append(_episodes_env_major(rec, np.array([src[s[0]] for s in sources]).repeat(n_envs)))
+                      jnp.asarray(per_env(4), jnp.int32), jnp.asarray(per_env(5), jnp.int32))
+        # behaviour: the param set (+1; 0 = uniform random) and the episode's branch step or wait
+        behaviour = (per_env(2)[None, :] + 1) * relabel.DRAW_RANGE + np.asarray(rec["draw"])
+        parts.append(_episodes_env_major(rec, np.array([src[s[0]] for s in sources]).repeat(n_envs), behaviour))
         mix_steps = E * T
     t_mix = time.time() - t1
     parts = [p for p in parts if len(p["action"])]
@@ -144,6 +151,7 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         "ppo_final_mean_return": final_return,
         "ppo_mean_return_per_update": [None if np.isnan(x) else round(float(x), 4) for x in ppo_returns],
         "branch_steps": branch_steps,
+        "wait_steps": wait_steps,
     }
     return Collection(arrays, info, out["params"], network)
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dtjax.data import store
+from dtjax.data import relabel, store
 
 
 def returns_to_go(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -93,8 +93,11 @@ def select_top(returns: np.ndarray, lengths: np.ndarray, pct_traj: float) -> np.
     return np.sort(order[:n_keep])
 
 
-def device_arrays(arrays: dict[str, np.ndarray], pct_traj: float = 1.0) -> dict[str, jax.Array]:
+def device_arrays(arrays: dict[str, np.ndarray], pct_traj: float = 1.0, rtg_label: str = "realised") -> dict[str, jax.Array]:
     """Everything the jitted sampler needs, as device arrays (N = all steps, E = episodes).
+
+    ``rtg_label``: what each step's RTG says (``dtjax.data.relabel.RTG_LABELS``): the realised
+    return-to-go, or ESPER-style the mean return of the episode's behaviour group.
 
     Returns dict: agent_pos (N, 2), agent_dir (N,), obstacles (N, n, 2), time (N,), action (N,)
     int32; rtg (N,) float32; episode (N,), ep_start (E,), ep_len (E,) int32; valid_idx (M,) int32
@@ -112,7 +115,7 @@ def device_arrays(arrays: dict[str, np.ndarray], pct_traj: float = 1.0) -> dict[
         "obstacles": i32(arrays["obstacles"]),
         "time": i32(arrays["time"]),
         "action": i32(arrays["action"]),
-        "rtg": jnp.asarray(returns_to_go(arrays["reward"], done)),
+        "rtg": jnp.asarray(returns_to_go(arrays["reward"], done) + relabel.rtg_shift(arrays, rtg_label)),
         "episode": i32(ep),
         "ep_start": i32(starts),
         "ep_len": i32(lengths),

@@ -215,7 +215,7 @@ def make_train(cfg: PPOConfig, env, env_params):
 
 
 def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
-    """Build ``rollout(key, params, policy, eps, branch_steps) -> record``: many behaviour
+    """Build ``rollout(key, params, policy, eps, branch_steps, wait_steps=None) -> record``: many behaviour
     policies at once, one per env, in a single jittable scan (one compilation for a whole mix).
 
     Args (E = num_envs):
@@ -225,40 +225,52 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
       branch_steps: (E,) int32; if > 0, each episode of that env draws a branch step
         ``b ~ U{0, ..., branch_steps-1}`` at reset, follows its policy while ``time < b`` and acts
         uniformly at random from then on; 0 = never branch.
+      wait_steps: (E,) int32 or None; if > 0, each episode of that env draws a wait
+        ``w ~ U{0, ..., wait_steps-1}`` at reset and turns left in place (action 0, which never
+        ends an episode) while ``time < w``, then follows its policy: slower successes, returns
+        that fill [0, 1) (the goal reward falls with time); 0 / None = never wait.
 
     Returns ``record``, leaves time-major (num_steps, E, ...): ``state`` (acted in), ``action``,
-    ``reward``, ``terminated``, ``truncated``, and ``keep`` (the step is at or after its
-    episode's branch point; always True for envs that never branch). Envs auto-reset.
+    ``reward``, ``terminated``, ``truncated``, ``keep`` (the step is at or after its episode's
+    branch point; always True for envs that never branch) and ``draw`` (int32: the episode's
+    branch step or wait, 0 if neither: with the env's policy it names the behaviour that acted,
+    see ``dtjax.data.relabel``). Envs auto-reset.
     """
     vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     never = jnp.iinfo(jnp.int32).max
     env_idx = jnp.arange(num_envs)
 
-    def rollout(key, params, policy, eps, branch_steps):
+    def rollout(key, params, policy, eps, branch_steps, wait_steps=None):
+        wait_steps = jnp.zeros(num_envs, jnp.int32) if wait_steps is None else jnp.asarray(wait_steps, jnp.int32)
         k_reset, k_branch, k_run = jax.random.split(key, 3)
 
-        def draw_branch(k):
-            b = jax.random.randint(k, (num_envs,), 0, jnp.maximum(branch_steps, 1))
-            return jnp.where(branch_steps > 0, b, never)
+        def draw(k):  # (branch step, wait) of a fresh episode in each env
+            k_b, k_w = jax.random.split(k)
+            b = jax.random.randint(k_b, (num_envs,), 0, jnp.maximum(branch_steps, 1))
+            w = jax.random.randint(k_w, (num_envs,), 0, jnp.maximum(wait_steps, 1))
+            return jnp.where(branch_steps > 0, b, never), jnp.where(wait_steps > 0, w, 0)
 
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
 
         def step(carry, k):
-            obs, state, branch = carry
+            obs, state, (branch, wait) = carry
             k_pol, k_eps, k_rand, k_env, k_b = jax.random.split(k, 5)
             logits = jax.vmap(lambda p: network.apply(p, obs)[0])(params)  # (P, E, A): P is small
             sampled = jax.random.categorical(k_pol, logits[jnp.maximum(policy, 0), env_idx])
             rand = jax.random.randint(k_rand, (num_envs,), 0, env.num_actions)
             branched = state.time >= branch
             use_rand = (policy < 0) | (jax.random.uniform(k_eps, (num_envs,)) < eps) | branched
-            action = jnp.where(use_rand, rand, sampled)
+            action = jnp.where(state.time < wait, 0, jnp.where(use_rand, rand, sampled))
             nobs, nstate, reward, term, trunc, _ = vstep(jax.random.split(k_env, num_envs), state, action, env_params)
-            nbranch = jnp.where(term | trunc, draw_branch(k_b), branch)
+            fresh = draw(k_b)
+            ended = term | trunc
+            nbranch, nwait = jnp.where(ended, fresh[0], branch), jnp.where(ended, fresh[1], wait)
             keep = branched | (branch_steps <= 0)
-            rec = {"state": state, "action": action, "reward": reward, "terminated": term, "truncated": trunc, "keep": keep}
-            return (nobs, nstate, nbranch), rec
+            rec = {"state": state, "action": action, "reward": reward, "terminated": term, "truncated": trunc, "keep": keep,
+                   "draw": jnp.where(branch_steps > 0, branch, wait).astype(jnp.int32)}
+            return (nobs, nstate, (nbranch, nwait)), rec
 
-        _, rec = jax.lax.scan(step, (obs, state, draw_branch(k_branch)), jax.random.split(k_run, num_steps))
+        _, rec = jax.lax.scan(step, (obs, state, draw(k_branch)), jax.random.split(k_run, num_steps))
         return rec
 
     return rollout

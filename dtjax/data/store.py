@@ -17,6 +17,9 @@ Format (schema version 1)::
       truncated.npy      (N,)      bool    time limit on this step
       source.npy         (N,)      int8    index into SOURCES: the policy that acted
       obs.npy            (N, H, W, C) uint8  optional: the observations (metadata obs_mode)
+      behaviour.npy      (N,)      int32   optional: which behaviour acted, within its source (the
+                                           PPO update; a mix policy and its episode's wait or
+                                           branch step): ESPER-style groups, dtjax.data.relabel
 
 Rows are transitions grouped by episode: episodes are contiguous and complete (the last row of
 each has terminated or truncated set), so boundaries are implied, and within an episode
@@ -43,14 +46,14 @@ import numpy as np
 from dtjax import io
 
 SCHEMA_VERSION = 1
-SOURCES = ("ppo", "random", "final", "snapshot", "branch")
+SOURCES = ("ppo", "random", "final", "snapshot", "branch", "wait")
 # name -> (dtype on disk, ndim)
 FIELDS = {
     "agent_pos": (np.int8, 2), "agent_dir": (np.int8, 1), "obstacles": (np.int8, 3), "time": (np.int16, 1),
     "action": (np.int8, 1), "reward": (np.float32, 1), "terminated": (np.bool_, 1), "truncated": (np.bool_, 1),
     "source": (np.int8, 1),
 }
-OPTIONAL = {"obs": (np.uint8, 4)}
+OPTIONAL = {"obs": (np.uint8, 4), "behaviour": (np.int32, 1)}
 N_ACTIONS = 3
 
 

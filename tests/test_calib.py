@@ -1,0 +1,183 @@
+"""Return conditioning (issue 20): ESPER-style group-mean RTG labels, wait rollouts, behaviour ids."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from dtjax import calibrate, evaluate, plots
+from dtjax.config import ConfigError, DataConfig, DataMixConfig, PPOConfig, TrainConfig
+from dtjax.data import collect, relabel, store
+from dtjax.data.dataset import device_arrays
+from dtjax.data.ppo import ActorCritic, make_rollout
+from fixtures import random_dataset
+from tolerance import assert_close
+
+ENV_ID, MAX_STEPS = "MiniGrid-Dynamic-Obstacles-5x5-v0", 50
+
+
+def hand_made(seed=0, n_episodes=60):
+    """A random dataset whose episodes carry one of 4 behaviour ids (in 2 sources)."""
+    rng = np.random.default_rng(seed)
+    arrays, meta = random_dataset(rng, n_episodes, max_len=12)
+    ep, starts, lengths, _ = store.episode_index(arrays)
+    arrays["source"] = np.repeat(rng.integers(0, 2, n_episodes), lengths).astype(np.int8)
+    arrays["behaviour"] = np.repeat(rng.integers(0, 2, n_episodes), lengths).astype(np.int32)
+    return arrays, meta
+
+
+def test_group_mean_labels_equal_each_groups_mean_return():
+    arrays, _ = hand_made()
+    ep, starts, lengths, returns = store.episode_index(arrays)
+    rtg = np.asarray(device_arrays(arrays, rtg_label="group_mean")["rtg"])
+    src, beh = arrays["source"][starts], arrays["behaviour"][starts]
+    checked = 0
+    for s in range(2):
+        for b in range(2):
+            m = (src == s) & (beh == b)
+            if not m.any():
+                continue
+            steps = np.isin(ep, np.flatnonzero(m))
+            # terminal-only rewards: every step of every episode of the group is labelled the group's mean return
+            assert_close(rtg[steps], np.full(steps.sum(), returns[m].mean()))
+            checked += 1
+    assert checked == 4
+    # the realised label is each episode's own return, and differs from the group mean somewhere
+    real = np.asarray(device_arrays(arrays)["rtg"])
+    assert_close(real, returns[ep])
+    assert np.abs(real - rtg).max() > 0.1
+
+
+def test_group_mean_keeps_rewards_within_an_episode():
+    """With rewards before the end, a step's label is its realised RTG shifted by its episode's
+    (group mean - return): differences between steps of an episode survive the relabelling."""
+    arrays, _ = hand_made(1)
+    ep, starts, _, _ = store.episode_index(arrays)
+    arrays["reward"] = arrays["reward"] + np.float32(0.01) * (np.arange(len(ep)) % 3)
+    real = np.asarray(device_arrays(arrays)["rtg"])
+    grp = np.asarray(device_arrays(arrays, rtg_label="group_mean")["rtg"])
+    d = grp - real
+    assert_close(d, d[starts][ep])  # one shift per episode
+    _, _, _, returns = store.episode_index(arrays)
+    assert_close(grp[starts], relabel.group_means(returns, relabel.episode_groups(arrays)))
+
+
+def test_group_mean_needs_behaviour_ids():
+    arrays, _ = random_dataset(np.random.default_rng(0), 10)
+    with pytest.raises(store.DatasetError, match="behaviour"):
+        device_arrays(arrays, rtg_label="group_mean")
+    with pytest.raises(ConfigError, match="rtg_label"):
+        DataConfig(rtg_label="median")
+    with pytest.raises(ConfigError, match="wait_frac"):
+        DataMixConfig(wait_frac=-0.1)
+
+
+def test_wait_rollout_turns_in_place_then_acts():
+    env, params = envs.make(ENV_ID, max_steps=MAX_STEPS)
+    net = ActorCritic(n_actions=env.num_actions, hidden=8)
+    p = net.init(jax.random.key(0), jnp.zeros((1, *env.observation_shape()), jnp.uint8))
+    E, T, W = 8, 120, 20
+    snaps = jax.tree.map(lambda x: x[None], p)
+    wait = jnp.where(jnp.arange(E) < 6, W, 0).astype(jnp.int32)
+    rollout = jax.jit(make_rollout(env, params, net, E, T))
+    rec = jax.device_get(rollout(jax.random.key(1), snaps, jnp.zeros(E, jnp.int32), jnp.zeros(E), jnp.zeros(E, jnp.int32), wait))
+    t, draw, action = rec["state"].time, rec["draw"], rec["action"]
+    assert (draw[:, 6:] == 0).all() and (draw < W).all() and (draw >= 0).all()
+    waiting = t < draw
+    assert waiting.sum() > 100 and (action[waiting] == 0).all()  # turn left while waiting
+    # the draw is one value per episode: constant until the episode ends, and drawn afresh
+    done = rec["terminated"] | rec["truncated"]
+    same = draw[1:] == draw[:-1]
+    assert same[~done[:-1]].all() and not same[done[:-1]].all()
+    # nothing ends an episode while it waits; a goal after a wait w pays at most 1 - 0.9 (w + 1) / max_steps
+    assert not done[waiting].any()
+    goal = rec["reward"] > 0
+    assert (rec["reward"][goal] <= 1 - 0.9 * (draw[goal] + 1) / MAX_STEPS + 1e-6).all()
+
+
+TINY = DataConfig(
+    ppo=PPOConfig(total_timesteps=32 * 16 * 6, num_envs=32, num_steps=16, num_minibatches=2, n_snapshots=2),
+    mix=DataMixConfig(final_frac=0.2, random_frac=0.2, wait_frac=0.6, envs=24),
+)
+
+
+@pytest.mark.slow  # a PPO compile: ~80 s on a busy 2-core CPU
+def test_collect_records_behaviour_ids(tmp_path):
+    env, params = envs.make(ENV_ID, max_steps=MAX_STEPS)
+    col = collect.collect(TINY, env, params, jax.random.key(0), log=lambda m: None)
+    store.save(tmp_path / "d", col.arrays, collect.dataset_metadata(TINY, env, params, ENV_ID, 0))
+    a, meta = store.load(tmp_path / "d")
+    assert "wait" in meta["counts"]["per_source"]
+    _, starts, lengths, _ = store.episode_index(a)
+    src, beh = a["source"][starts], a["behaviour"][starts]
+    ppo, wait = src == store.SOURCES.index("ppo"), src == store.SOURCES.index("wait")
+    # PPO episodes: the update their first step was played in (updates run in order within an env)
+    assert beh[ppo].min() == 0 and beh[ppo].max() <= TINY.ppo.num_updates - 1 and len(np.unique(beh[ppo])) > 1
+    # wait episodes: the final policy (param set n_snapshots - 1) and the wait, which the leading turns show
+    assert (beh[wait] // relabel.DRAW_RANGE == TINY.ppo.n_snapshots).all()
+    w = beh[wait] % relabel.DRAW_RANGE
+    assert w.max() > MAX_STEPS // 2 and (w < MAX_STEPS).all()
+    for s, n, k in zip(starts[wait][:20], lengths[wait][:20], w[:20]):
+        assert (a["action"][s:s + min(k, n)] == 0).all()
+    # random episodes: param set -1 -> behaviour 0
+    assert (beh[src == store.SOURCES.index("random")] == 0).all()
+
+
+def test_spearman_matches_scipy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, 21)
+    for y in (rng.normal(size=21), np.round(rng.normal(size=21), 0), np.where(x < 0, -1.0, x)):  # ties too
+        assert_close(evaluate.spearman(x, y), spearmanr(x, y).statistic)
+    assert evaluate.spearman(x, x ** 3) == pytest.approx(1.0)
+    assert np.isnan(evaluate.spearman(x, np.ones(21)))
+
+
+def fake_calibration(means):
+    x = np.linspace(-1, 1, len(means))
+    return {"rows": [{"target_rtg": float(t), "mean_return": float(m)} for t, m in zip(x, means)], "monotonic": True}
+
+
+def test_method_row_and_table(tmp_path):
+    x = np.linspace(-1, 1, 21)
+    perfect = np.minimum(x, 0.95)  # y = x up to the best return
+    step = np.where(x < 0, -1.0, 0.95)  # a switch at RTG 0
+    row = calibrate.method_row([fake_calibration(perfect), fake_calibration(step)], train_seconds=12.0)
+    err_step = np.abs(step - x)[:-1].mean()
+    assert_close(row["calibration_error_reachable"], [err_step / 2, err_step / 2])  # mean, sd of (0, err_step)
+    assert_close(row["return_low"][0], -1.0) and assert_close(row["return_high"][0], 0.95)
+    assert row["spearman"][0] < 1.0 and row["seeds"] == 2 and row["targets"] == [-1.0, 0.0, 1.0]
+    table = calibrate.format_table({"a": row})
+    assert "| a | 2 | 0." in table and table.count("\n") == 2
+    fig = plots.calibration_methods({"a": (x, perfect, 0 * x), "b": (x, step, 0.1 + 0 * x)})
+    assert len(fig.axes[0].lines) == 3  # two methods and the diagonal
+
+
+def test_method_configs():
+    base = TrainConfig()
+    cfg = calibrate.method_config(base, "wait_esper", tmp := "out")
+    assert cfg.data.mix.wait_frac > 0 and cfg.data.rtg_label == "group_mean" and cfg.run_name == "wait_esper"
+    assert cfg.checkpoint_dir == tmp and cfg.data.mix.final_frac == base.data.mix.final_frac
+    assert calibrate.method_config(base, "baseline", "o").data.mix.wait_frac == 0
+    with pytest.raises(ConfigError, match="unknown method"):
+        calibrate.method_config(base, "magic", "o")
+
+
+def test_gate_map_is_the_policy_at_the_start_states():
+    from fixtures import random_params
+
+    from dtjax.config import ModelConfig
+    from dtjax.model import forward
+
+    cfg = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=16, max_timestep=MAX_STEPS)
+    params = random_params(cfg, std=0.3)
+    env, env_params = envs.make(ENV_ID, max_steps=MAX_STEPS)
+    rtgs, ts = np.array([-1.0, 0.0, 0.5]), np.array([0, 7])
+    m = calibrate.gate_map(params, cfg, env, env_params, jax.random.key(0), rtgs, ts, n_starts=4)
+    assert m.shape == (2, 3, 3) and np.allclose(m.sum(-1), 1, rtol=1e-5)
+    obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(0), 4), env_params)
+    logits = forward(params, cfg, obs[:, None], jnp.full((4, 1), 0.5), jnp.full((4, 1), 7))
+    assert_close(m[1, 2], np.asarray(jax.nn.softmax(logits[:, -1], -1).mean(0)))
+    assert np.abs(m[0] - m[1]).max() > 1e-4  # the timestep reaches the policy
