@@ -7,6 +7,7 @@ on 64 real 9-timestep contexts of MiniGrid-MemoryS7FixedStart-v0 and every activ
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -15,11 +16,13 @@ import numpy as np
 import pytest
 
 import dtjax
+import envs
 from dtjax import hooks
 from dtjax.circuits.core import Inputs
-from dtjax.config import ConfigError, ModelConfig
-from dtjax.evaluate import Window
+from dtjax.config import ConfigError, EnvConfig, ModelConfig
+from dtjax.evaluate import Window, env_step, evaluate, push_step
 from dtjax.model import MLP, forward, init_params, param_specs, run_with_cache
+from envs.memory import make_state
 from tolerance import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +217,72 @@ def test_pad_rtg_initial_reproduces_the_originals_windows(memory):
     assert float(np.abs(last_logits(zero) - ref["logits_last"][first]).max()) > 1e-3
     with pytest.raises(ValueError, match="pad_rtg"):
         Window.start(obs[:, -1], rtg[:, -1], ts[:, -1], 9, 7, "unseen")
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-loop behaviour in the dtjax env (memory-reference.md §6: the original's evaluate_dt_agent)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_greedy_behaviour_follows_the_rtg_in_every_fixed_start_layout(memory):
+    """``dtjax.evaluate`` in MiniGrid-MemoryS7FixedStart-v0 (the .pt's own env): at RTG 1 the
+    optimal 6 steps to the matching object in all 4 layouts, at RTG 0 6 steps to the wrong one."""
+    cfg, params, _ = memory
+    _, _, env_cfg = dtjax.load(PT, with_env=True)
+    assert env_cfg == EnvConfig("MiniGrid-MemoryS7FixedStart-v0", max_steps=1000, obs_mode="one_hot")
+    env, env_params = env_cfg.make()
+    key, n = jax.random.PRNGKey(0), 8
+    # the layouts evaluate resets episode i to (fold_in of its reset key): all 4 are played
+    k_reset, _ = jax.random.split(key)
+    _, s0 = jax.vmap(env.reset, in_axes=(0, None))(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_reset, jnp.arange(n)),
+                                                    env_params)
+    assert len(set(zip(np.asarray(s0.instruction).tolist(), np.asarray(s0.top).tolist()))) == 4
+    res = evaluate(params, cfg, env, env_params, key, [1.0, 0.0], n, pool=8)
+    outcomes = np.asarray(env.task.outcomes)[np.asarray(res.outcome)]
+    assert (outcomes[0] == "success").all() and (outcomes[1] == "wrong").all(), outcomes
+    np.testing.assert_array_equal(np.asarray(res.lengths), 6)
+    assert_close(res.returns[0], np.full(n, 1 - 0.9 * 6 / 1000))
+    np.testing.assert_array_equal(np.asarray(res.returns[1]), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "env"))
+def _greedy_successes(params, cfg, env, env_params, states, rtg):
+    """Greedy episodes from ``states`` (batch), as the original's ``evaluate_dt_agent``: argmax at
+    the last state token, the window padded by ``cfg.pad_rtg``, RTG minus each reward; bool (batch,)."""
+    b = states.time.shape[0]
+    w0 = Window.start(jax.vmap(env.observe)(states), jnp.full((b,), rtg), states.time, cfg.n_timesteps, cfg.n_actions,
+                      cfg.pad_rtg)
+
+    def body(c):
+        w, st, done, won = c
+        logits = forward(params, cfg, w.obs, w.rtg, w.timesteps, w.actions[:, :-1])[:, -1]
+        action = jnp.argmax(logits, -1).astype(jnp.int32)
+        obs, st_new, reward, term, trunc, info = jax.vmap(functools.partial(env_step, env), in_axes=(None, 0, 0, None))(
+            jax.random.PRNGKey(0), st, action, env_params)
+        w = push_step(w, action, cfg.n_actions, obs=obs, rtg=w.rtg[:, -1] - reward,
+                      timesteps=jnp.minimum(st_new.time, cfg.max_timestep))
+        st = jax.tree.map(lambda new, old: jnp.where(done.reshape((-1,) + (1,) * (new.ndim - 1)), old, new), st_new, st)
+        won = won | (~done & (info["outcome"] == env.task.outcomes.index("success")))
+        return w, st, done | term | trunc, won
+
+    c0 = (w0, states, jnp.zeros((b,), bool), jnp.zeros((b,), bool))
+    return jax.lax.while_loop(lambda c: ~c[2].all(), body, c0)[3]
+
+
+@pytest.mark.slow
+def test_random_direction_success_as_measured_in_the_reference(memory):
+    """MiniGrid-MemoryS7RandomDirection-v0 (never trained on), the layouts of reset seeds 0-199
+    (the original's draws: np.random.default_rng(seed).integers for x, direction, instruction,
+    end objects): success 0.815 at RTG 1 and 0.295 at RTG 0, as the reference measured."""
+    cfg, params, _ = memory
+    env, env_params = envs.make("MiniGrid-MemoryS7RandomDirection-v0", max_steps=1000, obs_mode="one_hot")
+    layouts = []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        x, d, instruction, ends = (int(rng.integers(1, 5)), int(rng.integers(0, 4)), int(rng.integers(0, 2)),
+                                   int(rng.integers(0, 2)))
+        layouts.append(make_state((x, 3), d, instruction, 1 - ends))  # ends draw 0 = (ball, key) top-bottom
+    states = jax.tree.map(lambda *xs: jnp.stack(xs), *layouts)
+    wins = [int(_greedy_successes(params, cfg, env, env_params, states, jnp.float32(r)).sum()) for r in (1.0, 0.0)]
+    print(f"RandomDirection successes of 200 at RTG 1 / 0: {wins}")
+    assert wins == [163, 59]  # 0.815, 0.295
