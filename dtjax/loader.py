@@ -248,9 +248,15 @@ def load_original(path: str | Path) -> tuple[ModelConfig, dict, dict]:
             raise
         raise LoadError(f"{path}: malformed Decision Transformer state dict ({type(e).__name__}: {str(e)[:100]})") from e
     if "model_config" in extra and isinstance(extra["model_config"], dict):
-        n_ctx = extra["model_config"].get("n_ctx")
+        mc = extra["model_config"]
+        n_ctx = mc.get("n_ctx")
         if n_ctx and n_ctx != cfg.pos_rows:
             raise LoadError(f"{path}: embedded model_config n_ctx {n_ctx} disagrees with W_pos rows {cfg.pos_rows}")
+        inferred = {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp,
+                    "gated_mlp": cfg.mlp == "gated"}
+        for k, v in inferred.items():
+            if k in mc and mc[k] != v and not (k == "d_mlp" and cfg.attn_only):
+                raise LoadError(f"{path}: embedded model_config {k} {mc[k]!r} disagrees with the state dict ({v!r})")
     return cfg, params, extra
 
 

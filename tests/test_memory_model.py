@@ -17,10 +17,11 @@ import pytest
 
 import dtjax
 import envs
-from dtjax import hooks
+from dtjax import hooks, loader
 from dtjax.circuits.core import Inputs
 from dtjax.config import ConfigError, EnvConfig, ModelConfig
 from dtjax.evaluate import Window, env_step, evaluate, push_step
+from dtjax.loader import LoadError
 from dtjax.model import MLP, forward, init_params, param_specs, run_with_cache
 from envs.memory import make_state
 from tolerance import assert_close
@@ -57,6 +58,18 @@ def test_memory_checkpoint_imports_with_its_architecture(memory):
     assert set(params) == {"W_state", "W_rtg", "W_action", "W_time", "W_pos", "W_U", "b_U", "blocks_0", "blocks_1",
                            "ln_final"}
     assert jax.tree.structure(params) == jax.tree.structure(jax.eval_shape(init_params, jax.random.PRNGKey(0), cfg))
+
+
+def test_embedded_model_config_must_agree_with_the_state_dict(monkeypatch):
+    """The .pt's JSON model_config (gated_mlp, n_ctx, ...) is checked against what the shapes say."""
+    obj = loader.read_pt(PT)
+    no_gate = {k: v for k, v in obj["model_state_dict"].items() if not k.endswith("mlp.W_gate")}
+    monkeypatch.setattr(loader, "read_pt", lambda path: {**obj, "model_state_dict": no_gate})
+    with pytest.raises(LoadError, match="gated_mlp True disagrees"):
+        loader.load_original(PT)
+    monkeypatch.setattr(loader, "read_pt", lambda path: {"model_state_dict": no_gate})  # no JSON configs
+    cfg, params, _ = loader.load_original(PT)
+    assert cfg.mlp == "standard" and "W_gate" not in params["blocks_0"]["mlp"]
 
 
 def test_logits_match_transformerlens_on_all_64_contexts(memory):
