@@ -13,6 +13,8 @@ contributions plus ``b_U @ v`` sum exactly to the logit along ``v``. With LayerN
 ``apply_ln_to_stack``): each component is centred and divided by that scale, and the LN bias
 becomes one more constant component. Only the *direct* path is attributed: a component's effect
 through later layers (e.g. the state embedding through attention) belongs to those layers.
+``mlp_out`` is read from the cache, so it is exact for a standard and a gated MLP alike
+(``ModelConfig.mlp``).
 """
 
 from __future__ import annotations
