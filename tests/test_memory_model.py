@@ -175,9 +175,9 @@ def test_gated_config_params_and_hooks():
     # W_gate is drawn last, so a standard model's draws (tests/data/init_params_v0_1.json) do not move
     order = [k for k in specs if k[-1] in ("W_in", "W_out", "W_gate")]
     assert order == [("blocks_0", "mlp", "W_in"), ("blocks_0", "mlp", "W_out"), ("blocks_0", "mlp", "W_gate")]
-    params = init_params(jax.random.PRNGKey(0), GATED)
+    assert specs[("blocks_0", "mlp", "W_gate")][1] == specs[("blocks_0", "mlp", "W_in")][1]  # drawn as W_in
+    params = jax.eval_shape(init_params, jax.random.PRNGKey(0), GATED)
     assert params["blocks_0"]["mlp"]["W_gate"].shape == (8, 16)
-    assert float(jnp.std(params["blocks_0"]["mlp"]["W_gate"])) > 0
     std = GATED.replace(mlp="standard")
     names = hooks.hook_names(GATED)
     assert "blocks.0.mlp.hook_pre_linear" in names and "blocks.0.mlp.hook_pre_linear" not in hooks.hook_names(std)
@@ -237,9 +237,51 @@ def test_pad_rtg_initial_reproduces_the_originals_windows(memory):
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "env"))
+def _greedy_episodes(params, cfg, env, env_params, states, rtg):
+    """Greedy episodes from ``states`` (batch) at initial RTGs ``rtg`` (batch,), as the original's
+    ``evaluate_dt_agent`` (and ``dtjax.evaluate``): argmax at the last state token, the window
+    padded by ``cfg.pad_rtg``, RTG minus each reward. Returns (outcome, length) (batch,) int32."""
+    b = states.time.shape[0]
+    w0 = Window.start(jax.vmap(env.observe)(states), rtg, states.time, cfg.n_timesteps, cfg.n_actions, cfg.pad_rtg)
+
+    def body(c):
+        w, st, t, outcome, length = c
+        done = outcome > 0
+        logits = forward(params, cfg, w.obs, w.rtg, w.timesteps, w.actions[:, :-1])[:, -1]
+        action = jnp.argmax(logits, -1).astype(jnp.int32)
+        obs, st_new, reward, term, trunc, info = jax.vmap(functools.partial(env_step, env), in_axes=(None, 0, 0, None))(
+            jax.random.PRNGKey(0), st, action, env_params)
+        w = push_step(w, action, cfg.n_actions, obs=obs, rtg=w.rtg[:, -1] - reward,
+                      timesteps=jnp.minimum(st_new.time, cfg.max_timestep))
+        st = jax.tree.map(lambda new, old: jnp.where(done.reshape((-1,) + (1,) * (new.ndim - 1)), old, new), st_new, st)
+        ends = ~done & (term | trunc)
+        return (w, st, t + 1, jnp.where(ends, info["outcome"], outcome), jnp.where(ends, t + 1, length))
+
+    zeros = jnp.zeros((b,), jnp.int32)
+    out = jax.lax.while_loop(lambda c: (c[3] == 0).any(), body, (w0, states, jnp.int32(0), zeros, zeros))
+    return out[3], out[4]
+
+
 def test_greedy_behaviour_follows_the_rtg_in_every_fixed_start_layout(memory):
-    """``dtjax.evaluate`` in MiniGrid-MemoryS7FixedStart-v0 (the .pt's own env): at RTG 1 the
-    optimal 6 steps to the matching object in all 4 layouts, at RTG 0 6 steps to the wrong one."""
+    """Closed loop in the dtjax env (MiniGrid-MemoryS7FixedStart-v0, max_steps 1000), each of the
+    4 layouts: at RTG 1 the optimal 6 steps to the matching object, at RTG 0 6 steps to the wrong
+    one (memory-reference.md §6; through ``dtjax.evaluate`` itself: the slow test below)."""
+    cfg, params, _ = memory
+    env, env_params = envs.make("MiniGrid-MemoryS7FixedStart-v0", max_steps=1000, obs_mode="one_hot")
+    layouts = [make_state((1, 3), 0, instruction, top) for instruction in (0, 1) for top in (0, 1)]
+    states = jax.tree.map(lambda *xs: jnp.stack(xs), *(layouts * 2))
+    rtg = jnp.repeat(jnp.asarray([1.0, 0.0], jnp.float32), 4)
+    outcome, length = _greedy_episodes(params, cfg, env, env_params, states, rtg)
+    names = [env.task.outcomes[i] for i in np.asarray(outcome)]
+    assert names == ["success"] * 4 + ["wrong"] * 4
+    np.testing.assert_array_equal(np.asarray(length), 6)
+
+
+@pytest.mark.slow
+def test_dtjax_evaluate_reproduces_the_originals_behaviour(memory):
+    """The same through ``dtjax.evaluate`` in the .pt's own env (padding by ``cfg.pad_rtg``, the
+    window's current action slot trimmed for its 26 positions), on random FixedStart layouts."""
     cfg, params, _ = memory
     _, _, env_cfg = dtjax.load(PT, with_env=True)
     assert env_cfg == EnvConfig("MiniGrid-MemoryS7FixedStart-v0", max_steps=1000, obs_mode="one_hot")
@@ -258,30 +300,6 @@ def test_greedy_behaviour_follows_the_rtg_in_every_fixed_start_layout(memory):
     np.testing.assert_array_equal(np.asarray(res.returns[1]), 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "env"))
-def _greedy_successes(params, cfg, env, env_params, states, rtg):
-    """Greedy episodes from ``states`` (batch), as the original's ``evaluate_dt_agent``: argmax at
-    the last state token, the window padded by ``cfg.pad_rtg``, RTG minus each reward; bool (batch,)."""
-    b = states.time.shape[0]
-    w0 = Window.start(jax.vmap(env.observe)(states), jnp.full((b,), rtg), states.time, cfg.n_timesteps, cfg.n_actions,
-                      cfg.pad_rtg)
-
-    def body(c):
-        w, st, done, won = c
-        logits = forward(params, cfg, w.obs, w.rtg, w.timesteps, w.actions[:, :-1])[:, -1]
-        action = jnp.argmax(logits, -1).astype(jnp.int32)
-        obs, st_new, reward, term, trunc, info = jax.vmap(functools.partial(env_step, env), in_axes=(None, 0, 0, None))(
-            jax.random.PRNGKey(0), st, action, env_params)
-        w = push_step(w, action, cfg.n_actions, obs=obs, rtg=w.rtg[:, -1] - reward,
-                      timesteps=jnp.minimum(st_new.time, cfg.max_timestep))
-        st = jax.tree.map(lambda new, old: jnp.where(done.reshape((-1,) + (1,) * (new.ndim - 1)), old, new), st_new, st)
-        won = won | (~done & (info["outcome"] == env.task.outcomes.index("success")))
-        return w, st, done | term | trunc, won
-
-    c0 = (w0, states, jnp.zeros((b,), bool), jnp.zeros((b,), bool))
-    return jax.lax.while_loop(lambda c: ~c[2].all(), body, c0)[3]
-
-
 @pytest.mark.slow
 def test_random_direction_success_as_measured_in_the_reference(memory):
     """MiniGrid-MemoryS7RandomDirection-v0 (never trained on), the layouts of reset seeds 0-199
@@ -296,6 +314,8 @@ def test_random_direction_success_as_measured_in_the_reference(memory):
                                    int(rng.integers(0, 2)))
         layouts.append(make_state((x, 3), d, instruction, 1 - ends))  # ends draw 0 = (ball, key) top-bottom
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *layouts)
-    wins = [int(_greedy_successes(params, cfg, env, env_params, states, jnp.float32(r)).sum()) for r in (1.0, 0.0)]
+    success = env.task.outcomes.index("success")
+    wins = [int((_greedy_episodes(params, cfg, env, env_params, states, jnp.full((200,), r))[0] == success).sum())
+            for r in (1.0, 0.0)]
     print(f"RandomDirection successes of 200 at RTG 1 / 0: {wins}")
     assert wins == [163, 59]  # 0.815, 0.295
