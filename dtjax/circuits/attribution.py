@@ -13,6 +13,8 @@ contributions plus ``b_U @ v`` sum exactly to the logit along ``v``. With LayerN
 ``apply_ln_to_stack``): each component is centred and divided by that scale, and the LN bias
 becomes one more constant component. Only the *direct* path is attributed: a component's effect
 through later layers (e.g. the state embedding through attention) belongs to those layers.
+``mlp_out`` is read from the cache, so it is exact for a standard and a gated MLP alike
+(``ModelConfig.mlp``).
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def rtg_scan(params: dict, cfg: ModelConfig, inputs: Inputs, rtgs: jax.Array, di
     v = action_vector(direction, cfg.n_actions)
 
     def one(r):
-        logits, cache = run_with_cache(params, cfg, inputs.with_rtg(r[None], cfg.n_actions))
+        logits, cache = run_with_cache(params, cfg, inputs.with_rtg(r[None], cfg.n_actions, cfg.pad_rtg))
         _, per_action = decompose_logits(params, cfg, cache, pos)
         pat = jnp.stack([cache[f"blocks.{l}.attn.hook_pattern"][0] for l in range(cfg.n_layers)])
         sc = jnp.stack([cache[f"blocks.{l}.attn.hook_attn_scores"][0] for l in range(cfg.n_layers)])

@@ -9,6 +9,7 @@ products stay factored through d_head, so the cost is d_head x d_head Gram matri
 d_model x d_model products. For independent random matrices ||L R||_F^2 is about
 ||L||_F^2 ||R||_F^2 / d_model, so a score is about 1/sqrt(d_model) by chance (0.088 for d_model
 128, as the untrained model's scores are): compare with that, or with an untrained model.
+Attention weights only: MLPs (standard or gated) take no part.
 """
 
 from __future__ import annotations

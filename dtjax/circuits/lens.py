@@ -14,7 +14,8 @@ the real final LayerNorm, its statistics recomputed for each (``apply_ln=True``,
 ``recompute_ln`` for the unembed: what the model would output if it stopped there), while the
 layer outputs are centred and divided by the cached final scale (``ln_final.hook_scale``, TL's
 ``apply_ln_to_stack``) so that they still add up; the LN weight is then folded into the
-direction and its bias is a constant, like ``b_U``.
+direction and its bias is a constant, like ``b_U``. Every stack is read from the cache
+(``hook_mlp_out`` for an MLP), so a gated MLP (``ModelConfig.mlp``) needs nothing different.
 """
 
 from __future__ import annotations

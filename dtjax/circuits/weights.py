@@ -13,7 +13,8 @@ These are exact for layer 0 of a model without LayerNorm, for the parts of the t
 name: the real score adds the time/positional embeddings, the biases and the 1/sqrt(d_head)
 scale (``qk_circuit(..., scale=True)`` applies it; the original's maps do not), and the real
 output is weighted by the attention pattern. Maps over observation features are reshaped to
-(C, 7, 7) in [c, x, y] order; show them with ``imshow(m.T)``.
+(C, 7, 7) in [c, x, y] order; show them with ``imshow(m.T)``. Attention and embedding weights
+only: no circuit here passes through an MLP, standard or gated (``ModelConfig.mlp``).
 
 ``FactoredMatrix`` keeps ``A @ B`` factored, like TransformerLens's: its SVD costs two small SVDs
 and one k x k SVD instead of an SVD of the d_model x d_model product.

@@ -165,8 +165,8 @@ def encode_all(variables: dict, cfg: SAEConfig, x: jax.Array, chunk: int = 8192)
 def residual_directions(params: dict, model_cfg: ModelConfig, cfg: SAEConfig, dec: np.ndarray) -> np.ndarray | None:
     """Decoder rows (L, d_out) in model units as residual-stream directions (L, d_model), or None."""
     suffix = cfg.hook.split(".", 2)[2] if cfg.hook.startswith("blocks.") else cfg.hook
-    if suffix == "mlp.hook_pre":
-        return None  # through a ReLU: no direct linear path
+    if suffix in ("mlp.hook_pre", "mlp.hook_pre_linear"):
+        return None  # through a ReLU (or a gated MLP's product): no direct linear path
     if suffix == "mlp.hook_post":
         return dec @ np.asarray(params[f"blocks_{acts.layer_of(cfg.hook)}"]["mlp"]["W_out"])
     return dec
