@@ -101,7 +101,7 @@ def cell_type(xy: jax.Array, state: EnvState, size: int) -> jax.Array:
     at (e+1, h-2) (top), (e+1, h+2) (bottom) and ``obj_pos`` (the instruction, unless carried).
     """
     x, y = xy[..., 0], xy[..., 1]
-    h, e = size // 2, state.hallway_end
+    h, e = size // 2, state.hallway_end  # size may be traced (only "full" views need it static)
     wall = (
         (x <= 0) | (y <= 0) | (x >= size - 1) | (y >= size - 1)
         | ((x >= 1) & (x <= 4) & ((y == h - 2) | (y == h + 2)))
@@ -162,7 +162,7 @@ def transition(state: EnvState, action: jax.Array, max_steps, size: int, fork: b
     """The step: (state', reward, terminated, truncated, info), as ``MemoryEnv.step``.
 
     ``MiniGridEnv.step``: left/right turn; forward moves onto an empty cell (walls and objects
-    block); with ``fork`` (static), pickup takes the instruction object in front if nothing is
+    block); with ``fork`` (a bool, static or traced), pickup takes the instruction object in front if nothing is
     carried, and drop puts the carried object on the empty cell in front; without it (MiniGrid's
     own ids) pickup is toggle and, nothing being carried, drop, toggle and done only spend the
     step (as does any action outside 0..6). Then the position: on the success cell reward
@@ -177,11 +177,10 @@ def transition(state: EnvState, action: jax.Array, max_steps, size: int, fork: b
     agent_dir = jnp.where(action == 0, (state.agent_dir - 1) % 4, jnp.where(action == 1, (state.agent_dir + 1) % 4, state.agent_dir))
     agent_pos = jnp.where((action == 2) & (front == EMPTY), fwd, state.agent_pos)
     obj_pos, carrying = state.obj_pos, state.carrying
-    if fork:
-        pick = (action == 3) & ~carrying & _is(fwd, obj_pos)
-        drop = (action == 4) & carrying & (front == EMPTY)
-        obj_pos = jnp.where(pick, jnp.asarray(CARRIED_POS, jnp.int32), jnp.where(drop, fwd, obj_pos))
-        carrying = (carrying | pick) & ~drop
+    pick = fork & (action == 3) & ~carrying & _is(fwd, obj_pos)
+    drop = fork & (action == 4) & carrying & (front == EMPTY)
+    obj_pos = jnp.where(pick, jnp.asarray(CARRIED_POS, jnp.int32), jnp.where(drop, fwd, obj_pos))
+    carrying = (carrying | pick) & ~drop
     new_state = state.replace(agent_pos=agent_pos, agent_dir=agent_dir.astype(jnp.int32), time=time, obj_pos=obj_pos,
                               carrying=carrying)
     success_cell, failure_cell = end_cells(state, size)
@@ -282,6 +281,10 @@ class Memory(GridEnv):
     def grid(self, state: EnvState) -> jax.Array:
         """Cell types (size, size), indexed [x, y] (the carried object is not on the grid)."""
         return cell_type(jnp.asarray(mg.grid_coords(self.size)), state, self.size)
+
+    def carried(self, state: EnvState) -> jax.Array:
+        """The cell type the agent carries (KEY or GREEN_BALL), EMPTY when none (drawn on its cell)."""
+        return jnp.where(state.carrying, KEY + state.instruction, EMPTY)
 
     def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
         state = reset_state(key, self.size, self.start, self.random_length)
