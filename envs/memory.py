@@ -155,6 +155,17 @@ def visibility_table(size: int) -> np.ndarray:
 _process_vis_batch = jax.jit(jax.vmap(mg.process_vis))
 
 
+@functools.cache
+def view_table(size: int) -> np.ndarray:
+    """The static part of every view, (hallway end - 4, x, y, dir, 7, 7) int8 cell types: WALL or
+    EMPTY where `visibility_table` sees the cell, else UNSEEN (`observe` then puts the objects)."""
+    ends = np.arange(4, size - 2)
+    e, x, y, d = np.meshgrid(ends, np.arange(size), np.arange(size), np.arange(4), indexing="ij")
+    world = np.stack([x, y], -1)[..., None, None, :] + mg.VIEW_OFFSETS[d]  # (E, S, S, 4, 7, 7, 2)
+    wall = is_wall(world[..., 0], world[..., 1], size, e[..., None, None])
+    return np.where(visibility_table(size), np.where(wall, mg.WALL, mg.EMPTY), mg.UNSEEN).astype(np.int8)
+
+
 def make_state(agent_pos, agent_dir: int, instruction: int, top: int, size: int = 7, time: int = 0,
                hallway_end: int | None = None, obj_pos=None, carrying: bool = False) -> EnvState:
     """An ``EnvState``: the agent at ``agent_pos`` facing ``agent_dir`` (0=E 1=S 2=W 3=N), the
@@ -242,18 +253,30 @@ def observe(state: EnvState, size: int, obs_mode: str = "image") -> jax.Array:
 
     - "image": (7, 7, 3) uint8, MiniGrid's ``obs["image"]``, indexed [view_x, view_y]; the agent
       is at [3, 6] facing towards j = 0; cells off the grid read as walls; cells hidden behind
-      walls (`envs.minigrid.process_vis`, looked up in `visibility_table`) read unseen (0, 0, 0);
-      the agent's own cell shows the carried object, else empty.
+      walls (`envs.minigrid.process_vis`) read unseen (0, 0, 0); the agent's own cell shows the
+      carried object, else empty. The walls and what is hidden are looked up (`view_table`),
+      then the three objects are put where they are seen.
     - "one_hot": (7, 7, 20) uint8, as ``OneHotPartialObsWrapper``.
     - "full": (size, size, 3) uint8, as ``FullyObsWrapper`` ([x, y], agent as (10, 0, dir)).
     """
     carried = jnp.where(state.carrying, KEY + state.instruction, EMPTY)
     if obs_mode == "full":
         return mg.observe_grid(lambda xy: cell_type(xy, state, size), state.agent_pos, state.agent_dir, size, obs_mode)
-    x, y = state.agent_pos[0], state.agent_pos[1]
-    visible = jnp.asarray(visibility_table(size))[state.hallway_end - 4, x, y, state.agent_dir]
-    return mg.observe_grid(lambda xy: cell_type(xy, state, size), state.agent_pos, state.agent_dir, size, obs_mode,
-                           visible=visible, carried=carried)
+    pos, d, h, e = state.agent_pos, state.agent_dir, size // 2, state.hallway_end
+    types = jnp.asarray(view_table(size))[e - 4, pos[0], pos[1], d].astype(jnp.int32)
+    f = jnp.asarray(mg.DIR_TO_VEC)[d]
+    right = jnp.stack([-f[1], f[0]])
+    objects = ((jnp.stack([e + 1, jnp.int32(h - 2)]), KEY + state.top, True),
+               (jnp.stack([e + 1, jnp.int32(h + 2)]), KEY + 1 - state.top, True),
+               (state.obj_pos, KEY + state.instruction, ~state.carrying))
+    for cell, kind, present in objects:  # the world cell -> view [i, j] (VIEW_OFFSETS inverted)
+        rel = cell - pos
+        i, j = mg.VIEW_SIZE // 2 + rel @ right, mg.VIEW_SIZE - 1 - rel @ f
+        inside = present & (i >= 0) & (i < mg.VIEW_SIZE) & (j >= 0) & (j < mg.VIEW_SIZE)
+        i, j = jnp.clip(i, 0, mg.VIEW_SIZE - 1), jnp.clip(j, 0, mg.VIEW_SIZE - 1)
+        types = types.at[i, j].set(jnp.where(inside & (types[i, j] != mg.UNSEEN), kind, types[i, j]))
+    types = types.at[mg.VIEW_SIZE // 2, mg.VIEW_SIZE - 1].set(carried)  # the agent's own cell
+    return mg.encode_one_hot(types) if obs_mode == "one_hot" else mg.encode_image(types)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,14 +108,13 @@ def process_vis(clear: jnp.ndarray) -> jnp.ndarray:
 
 
 def observe_grid(cell_type, agent_pos, agent_dir, size: int, obs_mode: str = "image", occlude: bool = False,
-                 visible=None, carried=EMPTY) -> jnp.ndarray:
+                 carried=EMPTY) -> jnp.ndarray:
     """An observation of a grid world whose cells ``cell_type(xy (..., 2)) -> types`` answers, the
     agent at ``agent_pos`` facing ``agent_dir``; every family's ``observe``.
 
     ``occlude`` (static): walls block sight as MiniGrid's ``see_through_walls=False`` does
     (`process_vis`; hidden cells read unseen); Dynamic Obstacles and Empty see through walls
-    (False). ``visible``: the (7, 7) visibility mask when the family already knows it (Memory
-    looks it up), instead of ``occlude``. ``carried``: the cell type the agent's own view cell shows (MiniGrid puts the carried
+    (False); Memory looks its masks up (`envs.memory.view_table`). ``carried``: the cell type the agent's own view cell shows (MiniGrid puts the carried
     object there; ``EMPTY`` when it carries nothing).
 
     - "image": (7, 7, 3) uint8, MiniGrid's ``obs["image"]``, indexed [view_x, view_y]; the agent
@@ -130,10 +129,8 @@ def observe_grid(cell_type, agent_pos, agent_dir, size: int, obs_mode: str = "im
         return img.at[agent_pos[0], agent_pos[1]].set(agent)
     world = agent_pos + jnp.asarray(VIEW_OFFSETS)[agent_dir]  # (7, 7, 2)
     types = cell_type(world)
-    if occlude and visible is None:
-        visible = process_vis(types != WALL)
-    if visible is not None:
-        types = jnp.where(visible, types, UNSEEN)
+    if occlude:
+        types = jnp.where(process_vis(types != WALL), types, UNSEEN)
     types = types.at[VIEW_SIZE // 2, VIEW_SIZE - 1].set(carried)  # the agent's own cell
     if obs_mode == "one_hot":
         return encode_one_hot(types)

@@ -501,6 +501,10 @@ def test_reference_start_view():
     state = memory.make_state((1, 3), 0, 0, 0)
     view = jax.jit(memory.observe, static_argnums=(1, 2))(state, 7, "image")
     np.testing.assert_array_equal(np.asarray(view)[..., 0], want)
+    # the same view through the generic occluding observer (process_vis each call, no table)
+    generic = jax.jit(lambda s: mg.observe_grid(lambda xy: memory.cell_type(xy, s, 7), s.agent_pos, s.agent_dir, 7,
+                                                occlude=True))(state)
+    np.testing.assert_array_equal(np.asarray(generic), np.asarray(view))
 
 
 def test_render_draws_objects_and_the_carried_one():
