@@ -4,6 +4,7 @@ what each function computes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -15,6 +16,7 @@ import dtjax
 from dtjax import hooks
 from dtjax.circuits import memory as M
 from dtjax.circuits.core import run_with_hooks
+from dtjax.report import ReportOptions, build_report
 from tolerance import assert_close
 
 PT = Path(__file__).resolve().parents[1] / "checkpoints" / "original" / "MemoryGatedMLP.pt"
@@ -210,3 +212,18 @@ def test_preprocessing_and_cosines_by_hand():
     items = [(5, 0, 0), (6, 0, 0), (5, 1, 0)]
     assert M.cosine_categories(items).tolist() == [[3, 2, 1], [2, 3, 0], [1, 0, 3]]
     assert M.item_index(6, 2, 6) == 6 * 49 + 2 * 7 + 6 and M.item_label(6, 2, 6) == "ball (2,6)"
+
+
+@pytest.mark.slow
+def test_report_sections_write_the_summary_keys(tmp_path):
+    """analyse.py's two Memory sections on MemoryGatedMLP.pt: the summary keys and values."""
+    build_report(PT, tmp_path, ReportOptions(strict=True, closed_loop=False,
+                                             sections=("memory_features", "memory_adversaries")), log=lambda m: None)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    np.testing.assert_allclose(s["memory.pca.instruction.explained"], [0.7561, 0.0834], atol=TOL)
+    rows = s["memory.adversaries"]
+    assert len(rows) == 40 and set(rows[0]) == {"instruction", "targets", "rtg", "edit", "restored"}
+    for r in rows:
+        if r["edit"].startswith("complement"):
+            want = RESTORED[(r["instruction"], r["targets"])][r["rtg"]][list(M.EDITS).index(r["edit"]) - 2]
+            assert abs(r["restored"] - want) <= TOL, r
