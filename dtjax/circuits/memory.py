@@ -354,10 +354,9 @@ def decision_attention(params: dict, cfg: ModelConfig, inputs: Inputs) -> jax.Ar
     return jnp.stack([cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1] for layer in range(cfg.n_layers)])
 
 
-@functools.cache
-def adversary_labels() -> list[tuple[str, str]]:
+def adversary_labels() -> tuple[tuple[str, str], ...]:
     """(instruction, targets) label of each of `LAYOUTS`, e.g. ("key", "key-ball")."""
-    return [layout_label(*lay) for lay in LAYOUTS]
+    return tuple(layout_label(*lay) for lay in LAYOUTS)
 
 
 def layout_names() -> list[str]:
