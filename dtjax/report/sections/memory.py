@@ -34,6 +34,19 @@ def features_compute(ctx: Context) -> dict:
     top = np.argsort(norms.ravel())[::-1][:6]
     largest = [[M.item_label(*np.unravel_index(i, norms.shape)), float(norms.ravel()[i])] for i in top]
     out = {"largest": largest, "median": float(np.median(norms)), "norms": norms[[M.KEY_CH, M.BALL_CH]]}
+    cats = M.cosine_categories(M.key_ball_items())
+    rows = []
+    for writeup in (False, True):
+        cos, n, labels = M.key_ball_cosines(params, writeup)
+        cos, keep = np.asarray(cos), np.asarray(n) >= 0.8
+        pairs = keep[:, None] & keep[None, :] & ~np.eye(len(keep), dtype=bool)
+        rows.append(["write-up preprocessing" if writeup else "raw", int(keep.sum()),
+                     *[float(cos[(cats == k) & pairs].mean()) if ((cats == k) & pairs).any() else float("nan")
+                       for k in (2, 1, 0)],
+                     float(cos[labels.index("key (1,2)"), labels.index("ball (5,2)")])])
+        if writeup:
+            out["cosines"], out["cosine_labels"] = cos, labels
+    out["cosine_rows"] = rows
     summary = {}
     for name, cells in (("instruction", M.INSTRUCTION_CELLS), ("target", M.TARGET_CELLS)):
         p, labels = M.subset_pca(params, cells)
@@ -49,6 +62,13 @@ def features_render(d: dict, page: Page) -> None:
               f"{d['median']:.3f}. The largest: " + ", ".join(f"{lab} {v:.2f}" for lab, v in d["largest"]) + ".")
     page.figure(plots.maps_grid(d["norms"][None], ["norm"], ["key", "ball"], "embedding norms (x right, y down)"),
                 "Embedding norm of the key and ball items per view cell.")
+    page.table(["embeddings", "items with norm >= 0.8", "same position, other object", "same object, other position",
+                "other object and position", "key (1,2) . ball (5,2)"], d["cosine_rows"],
+               "Mean pairwise cosine of the key/ball embeddings by category (items with norm >= 0.8, the write-up's "
+               "Fig. 7 filter), raw and after the write-up's preprocessing (each item's mean component removed, each "
+               "d_model dimension scaled to unit norm over the 980 items).")
+    page.figure(plots.cosine_square(d["cosines"], d["cosine_labels"], "key/ball embedding cosines (write-up preprocessing)"),
+                "Cosine similarity of the 98 key/ball embeddings in flatten order (key (0,0), key (0,1), ...).")
     for name, what in (("instruction", "key/ball at (4,2), (2,6), (0,5), (4,3)"),
                        ("target", "key/ball at (1,6), (5,6), (1,2), (5,2)")):
         f = d[name]
