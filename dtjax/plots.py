@@ -329,6 +329,20 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], max
     return fig
 
 
+def cosine_square(matrix: np.ndarray, labels: Sequence[str], title: str):
+    """A large square similarity matrix (n, n) in [-1, 1], RdBu, every label at a small size
+    (the MemoryDT write-up's key/ball cosine heatmap)."""
+    plt = _plt()
+    mat = np.asarray(matrix, np.float64)
+    fig, ax = plt.subplots(figsize=(9, 8))
+    im = ax.imshow(mat, cmap="RdBu", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, fontsize=3.5, rotation=90)
+    ax.set_yticks(range(len(labels)), labels, fontsize=3.5)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
 # CIRCUITS (dtjax.report.sections.circuits) ---------------------------------------------------
 
 _KIND_COLOURS = (("component", "tab:blue"), ("residual", "tab:green"), ("attention", "tab:red"))
