@@ -45,6 +45,12 @@ METHODS: dict[str, tuple[dict, str]] = {
              "data coverage: + wait rollouts (turn in place for w ~ U{0..max_steps-1} steps, then the final policy)"),
     "wait_esper": ({"data.mix.wait_frac": 0.3, "data.rtg_label": "group_mean"},
                    "wait rollouts and ESPER-style group-mean labels together"),
+    "wait_hazard": ({"data.mix.wait_frac": 0.3, "data.mix.hazard_frac": 0.2, "data.rtg_label": "hazard_mean"},
+                    "wait rollouts + hazard rollouts (random play after a wait near the time limit) labelled "
+                    "with each wait's mean return (ESPER-style, only there)"),
+    "wait_hazard20": ({"data.mix.wait_frac": 0.3, "data.mix.hazard_frac": 0.3, "data.mix.hazard_window": 20,
+                       "data.rtg_label": "hazard_mean"},
+                      "wait_hazard with the waits in the last 20 steps (crash rates that fill (0, 1) more evenly)"),
 }
 
 

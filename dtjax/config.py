@@ -293,7 +293,7 @@ class PPOConfig(ConfigBase):
         return self.total_timesteps // (self.num_envs * self.num_steps)
 
 
-RTG_LABELS = ("realised", "group_mean")  # DataConfig.rtg_label: what a step's RTG says (dtjax.data.relabel)
+RTG_LABELS = ("realised", "group_mean", "hazard_mean")  # DataConfig.rtg_label: what a step's RTG says (dtjax.data.relabel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,18 +342,26 @@ class DataMixConfig(ConfigBase):
     off by default for now (docs/findings.md §12)"""
     wait_steps: int = 0
     """longest wait of the wait rollouts; 0 = the env's max_steps"""
+    hazard_frac: float = 0.0
+    """uniform random play after turning in place for w ~ U{max_steps - hazard_window .. max_steps - 1}
+    steps: a crash with a probability that grows with the time left, else a timeout (return 0); with
+    rtg_label "hazard_mean" each wait's episodes are labelled their mean return, so targets in (-1, 0)
+    have a behaviour that meets them in expectation (ESPER)"""
+    hazard_window: int = 60
+    """the hazard rollouts' waits span the last hazard_window steps of an episode"""
     envs: int = 256
     """parallel envs of the extra rollouts (the rollout length follows from the steps)"""
 
     def validate(self) -> None:
-        for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac", "wait_frac"):
+        for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac", "wait_frac", "hazard_frac"):
             _check(getattr(self, n) >= 0, f"data.mix.{n} must be >= 0, got {getattr(self, n)}")
         for n in ("final_eps", "snapshot_eps"):
             _check(0 <= getattr(self, n) <= 1, f"data.mix.{n} must be in [0, 1], got {getattr(self, n)}")
         _check(self.branch_steps >= 0, f"data.mix.branch_steps must be >= 0, got {self.branch_steps}")
         _check(0 <= self.wait_steps < 2**16, f"data.mix.wait_steps must be in [0, 65535], got {self.wait_steps}")
+        _check(1 <= self.hazard_window < 2**16, f"data.mix.hazard_window must be in [1, 65535], got {self.hazard_window}")
         _check(self.envs >= 1, f"data.mix.envs must be >= 1, got {self.envs}")
-        _check(self.ppo_rollouts or self.final_frac + self.random_frac + self.branch_frac + self.snapshot_frac + self.wait_frac > 0,
+        _check(self.ppo_rollouts or self.final_frac + self.random_frac + self.branch_frac + self.snapshot_frac + self.wait_frac + self.hazard_frac > 0,
                "data.mix selects no rollouts at all (ppo_rollouts false and every fraction 0)")
 
 
@@ -372,7 +380,8 @@ class DataConfig(ConfigBase):
     """probability a window ends at its episode's last step (original: 0.1)"""
     rtg_label: str = "realised"
     """each step's RTG: "realised" (the episode's return-to-go, as the original) or "group_mean"
-    (ESPER-style: the mean return of the behaviour that acted, free of the env's luck; dtjax.data.relabel)"""
+    (ESPER-style: the mean return of the behaviour that acted, free of the env's luck; dtjax.data.relabel)
+    or "hazard_mean" (group means for the hazard rollouts only, realised labels elsewhere)"""
 
     def validate(self) -> None:
         _check(self.rtg_label in RTG_LABELS, f"data.rtg_label must be one of {', '.join(RTG_LABELS)}, got {self.rtg_label!r}")

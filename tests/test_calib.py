@@ -63,6 +63,25 @@ def test_group_mean_keeps_rewards_within_an_episode():
     assert_close(grp[starts], relabel.group_means(returns, relabel.episode_groups(arrays)))
 
 
+def test_hazard_mean_relabels_only_the_hazard_source():
+    arrays, _ = hand_made(2, n_episodes=80)
+    ep, starts, lengths, returns = store.episode_index(arrays)
+    hazard = store.SOURCES.index("hazard")
+    arrays["source"] = np.where(arrays["source"] == 1, hazard, arrays["source"]).astype(np.int8)
+    rtg = np.asarray(device_arrays(arrays, rtg_label="hazard_mean")["rtg"])
+    real = np.asarray(device_arrays(arrays)["rtg"])
+    grp = np.asarray(device_arrays(arrays, rtg_label="group_mean")["rtg"])
+    is_h = arrays["source"] == hazard
+    assert 0 < is_h.mean() < 1
+    assert_close(rtg[~is_h], real[~is_h])  # realised labels elsewhere
+    assert_close(rtg[is_h], grp[is_h])  # group means (group = the wait) in the hazard source
+    beh = arrays["behaviour"][starts]
+    for b in (0, 1):
+        m = (arrays["source"][starts] == hazard) & (beh == b)
+        assert_close(rtg[starts][m], np.full(m.sum(), returns[m].mean()))
+    assert np.abs(rtg[is_h] - real[is_h]).max() > 0.1
+
+
 def test_group_mean_needs_behaviour_ids():
     arrays, _ = random_dataset(np.random.default_rng(0), 10)
     with pytest.raises(store.DatasetError, match="behaviour"):
@@ -71,6 +90,8 @@ def test_group_mean_needs_behaviour_ids():
         DataConfig(rtg_label="median")
     with pytest.raises(ConfigError, match="wait_frac"):
         DataMixConfig(wait_frac=-0.1)
+    with pytest.raises(ConfigError, match="hazard_window"):
+        DataMixConfig(hazard_window=0)
 
 
 def test_wait_rollout_turns_in_place_then_acts():
@@ -81,7 +102,8 @@ def test_wait_rollout_turns_in_place_then_acts():
     snaps = jax.tree.map(lambda x: x[None], p)
     wait = jnp.where(jnp.arange(E) < 6, W, 0).astype(jnp.int32)
     rollout = jax.jit(make_rollout(env, params, net, E, T))
-    rec = jax.device_get(rollout(jax.random.key(1), snaps, jnp.zeros(E, jnp.int32), jnp.zeros(E), jnp.zeros(E, jnp.int32), wait))
+    rec = jax.device_get(rollout(jax.random.key(1), snaps, jnp.zeros(E, jnp.int32), jnp.zeros(E), jnp.zeros(E, jnp.int32), wait,
+                                 jnp.zeros(E, jnp.int32)))  # wait_from 0 (given: one compilation for both calls)
     t, draw, action = rec["state"].time, rec["draw"], rec["action"]
     assert (draw[:, 6:] == 0).all() and (draw < W).all() and (draw >= 0).all()
     waiting = t < draw
@@ -94,6 +116,12 @@ def test_wait_rollout_turns_in_place_then_acts():
     assert not done[waiting].any()
     goal = rec["reward"] > 0
     assert (rec["reward"][goal] <= 1 - 0.9 * (draw[goal] + 1) / MAX_STEPS + 1e-6).all()
+    # hazard rollouts: uniform random play after a wait drawn in [wait_from, wait_steps)
+    rec = jax.device_get(rollout(jax.random.key(2), snaps, jnp.full(E, -1, jnp.int32), jnp.ones(E), jnp.zeros(E, jnp.int32),
+                                 jnp.full(E, MAX_STEPS, jnp.int32), jnp.full(E, MAX_STEPS - 10, jnp.int32)))
+    t, draw, action = rec["state"].time, rec["draw"], rec["action"]
+    assert (draw >= MAX_STEPS - 10).all() and (draw < MAX_STEPS).all() and len(np.unique(draw)) > 5
+    assert (action[t < draw] == 0).all() and (action[t >= draw] != 0).any()
 
 
 TINY = DataConfig(

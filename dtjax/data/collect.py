@@ -113,15 +113,17 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         parts.append(_episodes_env_major(rec, src["ppo"], np.broadcast_to(update[:, None], rec["action"].shape)))
     del out["transitions"]
 
-    # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps, wait steps)
+    # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps, wait steps, shortest wait)
     branch_steps = mix.branch_steps or 4 * env.size
     wait_steps = mix.wait_steps or int(env_params.max_steps_in_episode)
     n_params = jax.tree.leaves(out["snapshots"])[0].shape[0]
     final = n_params - 1  # the last snapshot is the final policy
-    sources = [("final", mix.final_frac, final, mix.final_eps, 0, 0), ("random", mix.random_frac, -1, 1.0, 0, 0),
-               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps, 0),
-               ("wait", mix.wait_frac, final, 0.0, 0, wait_steps)]
-    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0, 0) for i in range(final)]
+    max_steps = int(env_params.max_steps_in_episode)
+    sources = [("final", mix.final_frac, final, mix.final_eps, 0, 0, 0), ("random", mix.random_frac, -1, 1.0, 0, 0, 0),
+               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps, 0, 0),
+               ("wait", mix.wait_frac, final, 0.0, 0, wait_steps, 0),
+               ("hazard", mix.hazard_frac, -1, 1.0, 0, max_steps, max(0, max_steps - mix.hazard_window))]
+    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0, 0, 0) for i in range(final)]
     sources = [s for s in sources if s[1] > 0]
     t1 = time.time()
     mix_steps = 0
@@ -132,7 +134,7 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         per_env = lambda j: np.repeat([s[j] for s in sources], n_envs)  # noqa: E731
         rollout = jax.jit(make_rollout(env, env_params, network, E, T))
         rec = rollout(k_mix, out["snapshots"], jnp.asarray(per_env(2), jnp.int32), jnp.asarray(per_env(3), jnp.float32),
-                      jnp.asarray(per_env(4), jnp.int32), jnp.asarray(per_env(5), jnp.int32))
+                      jnp.asarray(per_env(4), jnp.int32), jnp.asarray(per_env(5), jnp.int32), jnp.asarray(per_env(6), jnp.int32))
         # behaviour: the param set (+1; 0 = uniform random) and the episode's branch step or wait
         behaviour = (per_env(2)[None, :] + 1) * relabel.DRAW_RANGE + np.asarray(rec["draw"])
         parts.append(_episodes_env_major(rec, np.array([src[s[0]] for s in sources]).repeat(n_envs), behaviour))

@@ -229,6 +229,8 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
         ``w ~ U{0, ..., wait_steps-1}`` at reset and turns left in place (action 0, which never
         ends an episode) while ``time < w``, then follows its policy: slower successes, returns
         that fill [0, 1) (the goal reward falls with time); 0 / None = never wait.
+      wait_from: (E,) int32 or None: the shortest wait, ``w ~ U{wait_from, ..., wait_steps-1}``
+        (None = 0).
 
     Returns ``record``, leaves time-major (num_steps, E, ...): ``state`` (acted in), ``action``,
     ``reward``, ``terminated``, ``truncated``, ``keep`` (the step is at or after its episode's
@@ -240,14 +242,15 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
     never = jnp.iinfo(jnp.int32).max
     env_idx = jnp.arange(num_envs)
 
-    def rollout(key, params, policy, eps, branch_steps, wait_steps=None):
+    def rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None):
         wait_steps = jnp.zeros(num_envs, jnp.int32) if wait_steps is None else jnp.asarray(wait_steps, jnp.int32)
+        wait_from = jnp.zeros(num_envs, jnp.int32) if wait_from is None else jnp.asarray(wait_from, jnp.int32)
         k_reset, k_branch, k_run = jax.random.split(key, 3)
 
         def draw(k):  # (branch step, wait) of a fresh episode in each env
             k_b, k_w = jax.random.split(k)
             b = jax.random.randint(k_b, (num_envs,), 0, jnp.maximum(branch_steps, 1))
-            w = jax.random.randint(k_w, (num_envs,), 0, jnp.maximum(wait_steps, 1))
+            w = jax.random.randint(k_w, (num_envs,), wait_from, jnp.maximum(wait_steps, wait_from + 1))
             return jnp.where(branch_steps > 0, b, never), jnp.where(wait_steps > 0, w, 0)
 
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)

@@ -17,6 +17,10 @@ copy at a target of -0.5 (Paster et al. 2022, "You Can't Count on Luck", ESPER).
   labelled the group's mean return, an estimate of the behaviour's expected return. ESPER learns
   its clusters with an adversarial objective; here the behaviours are known, so the groups are
   exact.
+- ``"hazard_mean"``: group means for the ``hazard`` rollouts only (uniform random play after a
+  wait near the time limit; group = the wait), realised labels elsewhere. Their mean returns
+  fill (-1, 0): a target of -0.5 asks for "the wait after which random play crashes half the
+  time", a behaviour a greedy DT can reproduce, unlike a mixture with random actions.
 
 Everything is vectorised NumPy over the whole dataset, run once before training.
 """
@@ -62,5 +66,8 @@ def rtg_shift(arrays: dict[str, np.ndarray], label: str = "realised") -> np.ndar
         raise ValueError(f"rtg_label must be one of {', '.join(RTG_LABELS)}, got {label!r}")
     if label == "realised":
         return np.zeros(len(arrays["reward"]), np.float32)
-    ep, _, _, returns = store.episode_index(arrays)
-    return (group_means(returns, episode_groups(arrays)) - returns)[ep].astype(np.float32)
+    ep, starts, _, returns = store.episode_index(arrays)
+    shift = group_means(returns, episode_groups(arrays)) - returns
+    if label == "hazard_mean":
+        shift = np.where(np.asarray(arrays["source"])[starts] == store.SOURCES.index("hazard"), shift, 0.0)
+    return shift[ep].astype(np.float32)
