@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dtjax.scenarios",),
     ("dtjax.analysis",),
     ("dtjax.sae",),
-    ("dtjax.census", "dtjax.report", "dtjax.explorer"),
+    ("dtjax.census", "dtjax.report", "dtjax.explorer", "dtjax.dynamics"),
     (SCRIPTS,),
 ]
 OPTIONAL = {"dtjax.io", "dtjax.run", "dtjax.census"}  # planned: may not exist yet
