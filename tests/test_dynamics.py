@@ -164,3 +164,19 @@ def test_write_dynamics_writes_the_page_and_the_numbers(kept):
     assert np.shape(d["metrics"]["calibration_error"]) == (2, 3) and len(d["commit"]) == 2
     for c, row in zip(d["commit"], d["classes"]):
         assert c["step"] == d["steps"][commit_index(row)] and c["class"] == row[-1]
+
+
+def test_analyse_dynamics_of_a_run_without_checkpoints_is_a_one_line_error(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import analyse
+
+    pt = root / "checkpoints" / "original" / "demo_model_overnight_training.pt"
+    assert analyse.main(["--dynamics", str(pt), "--out", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no training checkpoints" in err
+    with pytest.raises(SystemExit):
+        analyse.main(["--dynamics", str(pt), "--census", str(pt)])
