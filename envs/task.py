@@ -52,6 +52,10 @@ class Task:
       pairs: ``{pair name: (clean scenario, corrupted scenario)}`` for patching.
       presets: config overrides of a run in this family, as nested dicts keyed like
         ``TrainConfig`` (``{"model": {...}, "data": {...}, ...}``); ``{}`` = dtjax's defaults.
+      concepts: optional, the family's own probe concepts (``dtjax.probes``, beside the generic
+        ones every family gets): ``concepts(env) -> {name: (class names, fn)}`` with
+        ``fn(state, obs) -> int32`` the class of one (non-batched) state, ``-1`` if undefined;
+        ``None``: none.
     """
 
     family: str
@@ -68,6 +72,8 @@ class Task:
     scenarios: Callable[[Any], tuple[Scenario, ...]] = dataclasses.field(compare=False)
     pairs: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict, compare=False)
     presets: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    concepts: Callable[[Any], Mapping[str, tuple[tuple[str, ...], Callable]]] | None = dataclasses.field(
+        default=None, compare=False)
 
     def __post_init__(self):
         if self.outcomes[0] != "running" or self.outcomes[-1] != "timeout":

@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dtjax.circuits",),
     ("dtjax.scenarios",),
     ("dtjax.analysis",),
+    ("dtjax.probes",),  # concepts, linear probes, probe-directed steering (dtjax.sae scores latents with its auroc)
     ("dtjax.sae",),
     ("dtjax.census", "dtjax.report", "dtjax.explorer", "dtjax.dynamics"),
     (SCRIPTS,),

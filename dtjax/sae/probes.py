@@ -21,12 +21,17 @@ A latent "recovers" a probe when its activation, used as a score, separates the 
 positives from its negatives with AUROC >= ``THRESHOLD`` (0.9). Probes with fewer than
 ``MIN_COUNT`` positives or negatives in the evaluation set are not scored. AUROC is computed
 from mid-ranks (ties, most of all the many zeros of a sparse latent, count half), the
-Mann-Whitney statistic: AUROC = (sum of positive ranks - P(P+1)/2) / (P N).
+Mann-Whitney statistic: AUROC = (sum of positive ranks - P(P+1)/2) / (P N); ``auroc`` and
+``midranks`` are ``dtjax.probes``' (re-exported here).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from dtjax.probes.linear import auroc, midranks  # the one rank-based AUROC (dtjax.probes)
+
+__all__ = ["auroc", "match", "midranks", "object_codes", "probe_labels"]
 
 THRESHOLD = 0.9
 MIN_COUNT = 20
@@ -91,53 +96,6 @@ def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int,
         add(f"goal_dist={lo}" if lo == hi else (f"goal_dist>={lo}" if hi > 100 else f"goal_dist={lo}-{hi}"),
             "goal_dist", (dist >= lo) & (dist <= hi))
     return names, fams, np.stack(cols, 1)
-
-
-def midranks(v: np.ndarray) -> np.ndarray:
-    """1-based ranks of v (M,), ties sharing their mean rank; fast when most entries are 0 and none < 0."""
-    v = np.asarray(v)
-    if v.size and v.min() >= 0:
-        nz = np.flatnonzero(v > 0)
-        n0 = v.size - nz.size
-        r = np.full(v.size, (n0 + 1) / 2.0)
-        if nz.size:
-            r[nz] = n0 + _midranks_dense(v[nz])
-        return r
-    return _midranks_dense(v)
-
-
-def _midranks_dense(v):
-    order = np.argsort(v, kind="stable")
-    sv = v[order]
-    first = np.r_[True, sv[1:] != sv[:-1]]
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], v.size]
-    group = np.cumsum(first) - 1
-    r = np.empty(v.size)
-    r[order] = ((starts + ends - 1) / 2.0 + 1.0)[group]
-    return r
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray, block: int = 128) -> np.ndarray:
-    """AUROC (n_scores, P) of each score column (M, n_scores) for each binary label column (M, P).
-
-    NaN where a label has no positives or no negatives.
-    """
-    scores, labels = np.asarray(scores, np.float32), np.asarray(labels, bool)
-    m = scores.shape[0]
-    n_pos = labels.sum(0).astype(np.float64)
-    n_neg = m - n_pos
-    Y = labels.astype(np.float64)
-    out = np.empty((scores.shape[1], labels.shape[1]))
-    centre = (m + 1) / 2.0  # ranks centred for a better-conditioned product
-    for i in range(0, scores.shape[1], block):
-        R = np.stack([midranks(scores[:, j]) for j in range(i, min(i + block, scores.shape[1]))], 1) - centre
-        pos_rank_sum = Y.T @ R + n_pos[:, None] * centre  # (P, b)
-        out[i: i + R.shape[1]] = ((pos_rank_sum - n_pos[:, None] * (n_pos[:, None] + 1) / 2)
-                                  / np.maximum(n_pos[:, None] * n_neg[:, None], 1)).T
-    with np.errstate(invalid="ignore"):
-        out[:, (n_pos == 0) | (n_neg == 0)] = np.nan
-    return out.astype(np.float32)
 
 
 def match(auc: np.ndarray, labels: np.ndarray, names: list[str], families: list[str],
