@@ -12,7 +12,12 @@ per seed and checkpoint:
 - ACDC on the veto pair (the census's ball-ahead vs clear states at RTG +1): circuit size (edges
   kept at KL threshold ``tau``) and faithfulness (``dtjax.circuits.graph.acdc_arrays``);
 - calibration in closed loop: the mean return at ``calib_points`` target RTGs over the task's
-  return range, ``calib_episodes`` each, and the calibration error (mean |return - target|).
+  return range, ``calib_episodes`` each, and the calibration error (mean |return - target|);
+- probe F1 of key concepts (``dtjax.probes``; ``ball_ahead``, ``goal_direction``,
+  ``collision_within_3`` by default): one fixed probe set (episodes played by the first seed's
+  last checkpoint, split by episode into training and held-out steps), the features of every
+  model at the last layer's ``hook_resid_post`` on the state token, and a softmax probe fitted
+  per (model, concept), all in one ``probes.fit_many``; held-out macro-F1.
 
 The structural metrics are one jitted ``vmap`` over every (seed, checkpoint) model at once; the
 closed loop is one vmapped rollout of the seeds per checkpoint (``evaluate_seeds``: a rollout
@@ -34,6 +39,7 @@ later within the same span, never earlier.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -43,12 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax import io, plots
+from dtjax import probes as probes_lib
 from dtjax.circuits.census import census_arrays, census_class, census_probes, share_labels
 from dtjax.circuits.core import action_vector
 from dtjax.circuits.graph import acdc_arrays
 from dtjax.config import EnvConfig, ModelConfig
 from dtjax.evaluate import calibration_stats, evaluate_seeds
 from dtjax.loader import LoadError
+from dtjax.model import run_with_cache
 from dtjax.report import Page
 from dtjax.run import Run
 
@@ -62,7 +70,13 @@ class DynamicsOptions:
     acdc_tau: float = 0.003
     """ACDC's KL threshold (the report's default)"""
     seed: int = 0
-    """the key of the calibration episodes (the same episodes for every model)"""
+    """the key of the calibration episodes (the same episodes for every model) and of the probe set"""
+    probe_concepts: tuple[str, ...] = ("ball_ahead", "goal_direction", "collision_within_3")
+    """concepts (``dtjax.probes.concepts``) whose probe F1 is tracked; () = none"""
+    probe_episodes: int = 256
+    """episodes of the probe set (played once, by the first seed's last checkpoint)"""
+    probe_train: int = 2048
+    """training steps of each probe (held out: half as many, from other episodes)"""
 
     def replace(self, **kw) -> DynamicsOptions:
         return dataclasses.replace(self, **kw)
@@ -159,6 +173,47 @@ def closed_loop(params: dict, cfg: ModelConfig, env_cfg: EnvConfig, opts: Dynami
     return {"targets": targets, "returns": returns, "calibration_error": err, "goal_at_high": goal}
 
 
+def probe_set(params: dict, cfg: ModelConfig, env_cfg: EnvConfig, opts: DynamicsOptions):
+    """(train, test) ``probes.ProbeData`` of ``opts.probe_concepts``: episodes of the model
+    ``params`` (sampled at target RTGs -1 and +1), split by episode."""
+    env, env_params = env_cfg.make()
+    key = jax.random.fold_in(jax.random.PRNGKey(opts.seed), 1)
+    roll = probes_lib.collect(jax.tree.map(jnp.asarray, params), cfg, env, env_params, key,
+                              n_episodes=opts.probe_episodes, rtgs=(-1.0, 1.0))
+    cs = probes_lib.concepts(env, roll)
+    missing = [c for c in opts.probe_concepts if c not in cs]
+    if missing:
+        raise ValueError(f"unknown probe concept(s) {', '.join(missing)}; concepts: {', '.join(cs)}")
+    return probes_lib.split(roll, {c: cs[c] for c in opts.probe_concepts}, jax.random.fold_in(key, 1),
+                            n_train=opts.probe_train, n_test=opts.probe_train // 2)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _state_features(params, cfg: ModelConfig, obs, rtg, timesteps, actions):
+    """(models, N, d_model): the last layer's resid_post at the state token of every stacked model."""
+    name = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+    pos = probes_lib.token_pos(cfg, "state")
+    return jax.vmap(lambda p: run_with_cache(p, cfg, obs, rtg, timesteps, actions, names=(name,))[1][name][:, pos])(params)
+
+
+def probe_f1(params: dict, cfg: ModelConfig, train, test) -> np.ndarray:
+    """Held-out macro-F1 (leading axes of ``params``..., concepts) of a probe per model and
+    concept on the probe set (``probe_set``): features of all models at once, one ``fit_many``."""
+    lead = np.shape(params["W_U"])[: _lead_ndim(params, cfg)]
+    flat = jax.tree.map(lambda x: jnp.asarray(x).reshape((-1,) + x.shape[len(lead):]), params)
+
+    def feats(d):
+        w = d.window
+        return _state_features(flat, cfg, jnp.asarray(w.obs), jnp.asarray(w.rtg), jnp.asarray(w.timesteps),
+                               jnp.asarray(w.actions) if cfg.n_timesteps > 1 else None)
+
+    probe = probes_lib.fit_many(feats(train), train.labels, train.n_classes)
+    proba = np.asarray(probes_lib.predict_proba_many(probe, feats(test)))  # (H, P, N, C)
+    f1 = np.array([[probes_lib.metrics(proba[h, p][:, :train.n_classes[p]], test.labels[p])["f1"]
+                    for p in range(len(train.names))] for h in range(proba.shape[0])])
+    return f1.reshape(lead + (len(train.names),))
+
+
 # ---------------------------------------------------------------------------------------------
 # THE FRONT END
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +237,13 @@ def dynamics(run: str | Path, opts: DynamicsOptions = DynamicsOptions(),
     cl = closed_loop(params, cfg, env_cfg, opts)
     t_loop = time.time() - t
     log(f"dynamics: calibration in {t_loop:.1f} s")
+    t = time.time()
+    f1 = np.zeros((len(models), len(steps), 0))
+    if opts.probe_concepts:
+        train, test = probe_set(jax.tree.map(lambda x: x[0, -1], params), cfg, env_cfg, opts)
+        f1 = probe_f1(params, cfg, train, test)
+    t_probe = time.time() - t
+    log(f"dynamics: probes in {t_probe:.1f} s")
     labels = share_labels(cfg)
     S, C = len(models), len(steps)
     cls = [[census_class(labels, m["veto_carry"][s, c], m["gate_carry"][s, c], m["attn_to_rtg"][s, c]) for c in range(C)]
@@ -198,13 +260,14 @@ def dynamics(run: str | Path, opts: DynamicsOptions = DynamicsOptions(),
         "attn_to_rtg": m["attn_to_rtg"], "attn_to_rtg_min": m["attn_to_rtg"].reshape(S, C, -1).min(-1),
         "acdc_edges": m["acdc_edges"], "acdc_faithfulness": m["acdc_faithfulness"], "acdc_kl": m["acdc_kl"],
         "calib_returns": cl["returns"], "calibration_error": cl["calibration_error"], "goal_at_high": cl["goal_at_high"],
+        **{f"probe_f1_{c}": f1[:, :, i] for i, c in enumerate(opts.probe_concepts)},
     }
     return io.jsonable({
         "run": str(run), "seeds": [x.root.name for x in models], "steps": steps, "labels": labels,
         "calib_targets": cl["targets"], "options": dataclasses.asdict(opts), "metrics": metrics,
         "classes": names, "head_circuit": [[k["head_circuit"] for k in row] for row in cls],
         "saturated": [[k["saturated"] for k in row] for row in cls], "commit": commits,
-        "seconds": {"load": t_load, "census_acdc": t_struct, "calibration": t_loop, "total": time.time() - t0},
+        "seconds": {"load": t_load, "census_acdc": t_struct, "calibration": t_loop, "probes": t_probe, "total": time.time() - t0},
     })
 
 
@@ -227,6 +290,8 @@ def render(d: dict) -> str:
     page.text(f"{len(d['seeds'])} seed(s) x {len(steps)} kept checkpoints (steps {steps[0]}..{steps[-1]}); one line per "
               "seed, its commit step a dot (the first checkpoint from which its census class never changes).")
     series = {title: np.asarray(d["metrics"][k], np.float64) for k, title in CURVES.items()}
+    series.update({f"probe F1: {k[len('probe_f1_'):]} (resid_post, state)": np.asarray(v, np.float64)
+                   for k, v in d["metrics"].items() if k.startswith("probe_f1_")})
     page.figure(plots.dynamics_curves(steps, series, commit), "Per-seed curves over the kept checkpoints.")
     shares = {}
     for contrast in ("veto", "gate"):
@@ -244,7 +309,7 @@ def render(d: dict) -> str:
     page.table(["seed", "final class", "head circuit", "commit step", "class changes", "final calib. error"], rows)
     sec = d["seconds"]
     page.note(f"computed in {sec['total']:.0f} s (load {sec['load']:.0f}, census + ACDC {sec['census_acdc']:.0f}, "
-              f"calibration {sec['calibration']:.0f}); {d['options']}")
+              f"calibration {sec['calibration']:.0f}, probes {sec['probes']:.0f}); {d['options']}")
     return page.render()
 
 
