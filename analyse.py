@@ -8,6 +8,11 @@ RUN for one run, reports/census for several).
 concepts at every hook and token with their baselines, and probe-directed steering in closed
 loop (summary.json keys ``probes`` and ``probe_interventions``).
 
+``python analyse.py --dynamics RUN [--out DIR] [--episodes N]``: the training dynamics of a run
+trained with ``--keep_every`` (``dtjax.dynamics``): census, attention, ACDC and calibration at
+every kept checkpoint of every seed, and the step each seed commits to its circuit;
+dynamics.json and dynamics.html in DIR (default reports/dynamics_<run>).
+
 ``--sae SAE_DIR`` (repeatable, or a comma list; a folder of dictionaries such as RUN/sae counts
 as all of them) adds the "SAE features" section for those sparse dictionaries (``dtjax.sae``);
 with ``--serve`` the explorer shows their active latents at every step.
@@ -34,6 +39,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="dtjax checkpoint directory or original .pt file")
     parser.add_argument("--census", type=Path, nargs="+", metavar="RUN", help="census of the seeds of runs (train.py --num_seeds)")
+    parser.add_argument("--dynamics", type=Path, metavar="RUN",
+                        help="training dynamics of a run's kept checkpoints (train.py --keep_every)")
     parser.add_argument("--out", type=Path, help="output directory (default reports/<checkpoint name>)")
     parser.add_argument("--fast", action="store_true", help="few episodes and samples: a smoke-test report")
     parser.add_argument("--direction", default="",
@@ -58,8 +65,8 @@ def main(argv=None) -> int:
                         help="directory of run directories and .pt files the explorer can switch to")
     args = parser.parse_args(argv)
     sae_dirs = tuple(p.strip() for arg in args.sae for p in arg.split(",") if p.strip())
-    if (args.ckpt is None) == (args.census is None):
-        parser.error("give one of --ckpt PATH or --census RUN")
+    if sum(x is not None for x in (args.ckpt, args.census, args.dynamics)) != 1:
+        parser.error("give one of --ckpt PATH, --census RUN or --dynamics RUN")
     if args.serve and args.ckpt is None:
         parser.error("--serve needs --ckpt PATH")
     if args.probes and args.ckpt is None:
@@ -83,6 +90,19 @@ def main(argv=None) -> int:
     from dtjax.loader import LoadError  # lazy: CLI start-up (jax)
     from dtjax.report import ReportError, ReportOptions, build_report  # lazy: CLI start-up (jax, matplotlib)
 
+    if args.dynamics:
+        from dtjax.dynamics import DynamicsOptions, write_dynamics  # lazy: CLI start-up (jax, matplotlib)
+
+        opts = DynamicsOptions(seed=args.seed)
+        if args.episodes is not None:
+            opts = opts.replace(calib_episodes=args.episodes)
+        try:
+            print(write_dynamics(args.dynamics, args.out, opts,
+                                 log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))))
+        except (LoadError, ConfigError, ValueError, OSError) as e:
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 1
+        return 0
     if args.census:
         from dtjax.census import write_census  # lazy: CLI start-up (jax, matplotlib)
 

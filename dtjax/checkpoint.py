@@ -10,7 +10,9 @@ Layout of a run directory (``checkpoints/<run>/``)::
     summary.json         the final evaluation and calibration summary
     dataset/             the dataset trained on (``dtjax.data.store``), unless it was given
     ckpt/<step>/         orbax steps: items ``params``, ``train_state`` (the optimizer state) and
-                         ``config``; the step is the directory's name
+                         ``config``; the step is the directory's name. The last ``keep_checkpoints``
+                         are kept, and with ``keep_every`` every multiple of it and step 0 too
+                         (``step_dirs`` lists them; ``dtjax.dynamics`` reads them)
     seed_<k>/            with ``num_seeds`` > 1: one such run directory per seed (the dataset
                          shared in the parent unless ``seed_datasets``)
 
@@ -45,10 +47,15 @@ class CheckpointError(ValueError):
     """A checkpoint path that does not exist or cannot be read; the message is one line."""
 
 
-def manager(run_dir: str | os.PathLike, max_to_keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
-    """An orbax CheckpointManager over ``run_dir/ckpt`` keeping the last ``max_to_keep`` steps."""
+def manager(run_dir: str | os.PathLike, max_to_keep: int = 3, create: bool = True,
+            keep_every: int = 0) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager over ``run_dir/ckpt`` keeping the last ``max_to_keep`` steps and,
+    with ``keep_every`` > 0, every step that is a multiple of it (step 0 included) for good."""
     path = Path(run_dir).absolute() / CKPT_DIR
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+    policy = ocp.checkpoint_managers.LatestN(max_to_keep)
+    if keep_every:
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([policy, ocp.checkpoint_managers.EveryNSteps(keep_every)])
+    opts = ocp.CheckpointManagerOptions(preservation_policy=policy, create=create)
     return ocp.CheckpointManager(path, options=opts)
 
 
@@ -100,11 +107,18 @@ def find_step_dir(path: Path) -> Path:
         raise CheckpointError(f"not a dtjax checkpoint directory: {path}")
     if is_step_dir(path):
         return path
-    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit() and is_step_dir(p))
+    steps = step_dirs(path)
     if not steps:
         raise CheckpointError(f"no dtjax checkpoint steps found in {path}")
-    return ckpt / str(steps[-1])
+    return steps[-1]
+
+
+def step_dirs(path: Path) -> list[Path]:
+    """Every complete step directory of a run dir or its ckpt dir, in step order ([] if none)."""
+    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
+    if not ckpt.is_dir():
+        return []
+    return sorted((p for p in ckpt.iterdir() if p.name.isdigit() and is_step_dir(p)), key=lambda p: int(p.name))
 
 
 def is_step_dir(path: Path) -> bool:

@@ -477,7 +477,10 @@ class TrainConfig(ConfigBase):
     ckpt_every: int = 2_500
     """steps between checkpoints"""
     keep_checkpoints: int = 3
-    """orbax max_to_keep"""
+    """orbax max_to_keep: the latest steps kept (besides the keep_every ones)"""
+    keep_every: int = 0
+    """also save and keep forever every checkpoint whose step is a multiple of this, and step 0 (the init):
+    the checkpoints of a training-dynamics analysis (analyse.py --dynamics); a multiple of log_every; 0 = off"""
     wandb_project: str = ""
     """log to Weights & Biases too when set and wandb is installed"""
 
@@ -498,6 +501,8 @@ class TrainConfig(ConfigBase):
             _check(getattr(self, n) >= 1, f"{n} must be >= 1, got {getattr(self, n)}")
         _check(self.num_steps % self.log_every == 0, f"num_steps ({self.num_steps}) must be a multiple of log_every ({self.log_every})")
         _check(self.ckpt_every % self.log_every == 0, f"ckpt_every ({self.ckpt_every}) must be a multiple of log_every ({self.log_every})")
+        _check(self.keep_every >= 0 and self.keep_every % self.log_every == 0,
+               f"keep_every ({self.keep_every}) must be 0 or a multiple of log_every ({self.log_every})")
         _check(self.eval_every % self.log_every == 0, f"eval_every ({self.eval_every}) must be a multiple of log_every ({self.log_every})")
         _check(len(self.eval_rtgs) >= 1, "eval_rtgs must not be empty")
         _check(self.calib_se >= 0, f"calib_se must be >= 0 (0 = a fixed calib_episodes per point), got {self.calib_se}")

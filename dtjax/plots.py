@@ -624,3 +624,59 @@ def census_shares(results: dict[str, dict]):
     axes[0][0].set_ylabel("share of the ball-ahead veto\n(forward − right) carried")
     fig.tight_layout()
     return fig
+
+
+def dynamics_curves(steps: np.ndarray, series: dict[str, np.ndarray], commit_steps: np.ndarray | None = None,
+                    title: str = ""):
+    """Training dynamics: one panel per metric (``series``: name -> (seeds, checkpoints)), one line
+    per seed over the checkpoint ``steps``, each seed's commit step (``dtjax.dynamics``) marked
+    as a dot on its line (``commit_steps`` (seeds,))."""
+    plt = _plt()
+    n = len(series)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    steps = np.asarray(steps)
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for ax, (name, y) in zip(axes.flat, series.items()):
+        y = np.asarray(y, np.float64)
+        for s in range(y.shape[0]):
+            ax.plot(steps, y[s], "-", lw=1, color=colours[s % 20], alpha=0.85)
+            if commit_steps is not None:
+                i = int(np.searchsorted(steps, commit_steps[s]))
+                ax.plot(steps[i], y[s, i], "o", ms=3, color=colours[s % 20])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def class_timeline(steps: np.ndarray, classes: np.ndarray, names: Sequence[str], commit_steps: np.ndarray | None = None,
+                   seed_labels: Sequence[str] | None = None, title: str = ""):
+    """A class per seed (rows) and checkpoint (columns): ``classes`` (seeds, checkpoints) indexes
+    ``names``; each seed's commit step outlined in black."""
+    plt = _plt()
+    classes = np.asarray(classes)
+    S, C = classes.shape
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * C + 3.5), 0.28 * S + 1.6))
+    cmap = plt.get_cmap("tab10", max(len(names), 1))
+    ax.imshow(classes, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, aspect="auto", interpolation="nearest")
+    if commit_steps is not None:
+        for s in range(S):
+            i = int(np.searchsorted(np.asarray(steps), commit_steps[s]))
+            ax.add_patch(plt.Rectangle((i - 0.5, s - 0.5), 1, 1, fill=False, lw=1.5, ec="k"))
+    ticks = np.unique(np.linspace(0, C - 1, min(C, 11)).astype(int))
+    ax.set_xticks(ticks, [str(int(steps[i])) for i in ticks], fontsize=7)
+    ax.set_yticks(range(S), seed_labels if seed_labels is not None else [str(s) for s in range(S)], fontsize=7)
+    ax.set_xlabel("step")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(len(names))]
+    ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

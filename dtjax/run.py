@@ -13,6 +13,8 @@ per fact; see ``dtjax.checkpoint`` for the layout):
 - the step: the step directory's name. The params: that step's ``params`` item, read on first use.
 - the dataset: the run's own ``dataset/``, else its parent's (the dataset a ``num_seeds`` run's
   seeds share), else the config's ``dataset`` path if it still exists.
+- the kept checkpoint steps (``steps``; ``at_step(step)`` opens one: the training dynamics of
+  ``dtjax.dynamics``).
 - the seeds (``seed_k/`` of a ``--num_seeds`` run), the sparse dictionaries under ``sae/`` (paths;
   ``dtjax.sae.store.load`` reads one), ``calibration.json`` and ``summary.json``.
 
@@ -216,6 +218,25 @@ class Run:
     def models(self) -> list[Path]:
         """The model paths of this run: its seeds' directories, or the run itself."""
         return [Path(self.path) / s.name for s in self.seeds] or [Path(self.path)]
+
+    # Kept checkpoints ----------------------------------------------------------------------
+
+    @property
+    def steps(self) -> list[int]:
+        """The checkpoint steps kept in the run, ascending (``TrainConfig.keep_every``: step 0 and
+        every multiple of it, besides the latest ``keep_checkpoints``); for a multi-seed root, the
+        steps every seed has; [] for a ``.pt``."""
+        if self.kind == "seeds":
+            per_seed = [{int(d.name) for d in ckpt_lib.step_dirs(s)} for s in self.seeds]
+            return sorted(set.intersection(*per_seed)) if per_seed else []
+        return [int(d.name) for d in ckpt_lib.step_dirs(self.root)] if self.kind == "run" else []
+
+    def at_step(self, step: int) -> Run:
+        """This run's model at checkpoint ``step`` (one of ``steps``), opened."""
+        self.require_model()
+        if step not in self.steps:
+            raise LoadError(f"{self.path} has no checkpoint at step {step} (kept: {self.steps})")
+        return Run.open(self.root / ckpt_lib.CKPT_DIR / str(step))
 
     # Data ----------------------------------------------------------------------------------
 

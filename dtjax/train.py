@@ -35,7 +35,8 @@ Sharding: one model splits its batch over every device; N models split the seed 
 Evaluation: ``dtjax.evaluate`` at the target RTGs every ``eval_every`` steps; calibration over
 ``calib_points`` target RTGs at the end, each played until its mean return has standard error
 ``calib_se``. All evaluations of a run share one compiled rollout (``evaluate.Capacity``);
-N seeds are one vmapped rollout. Checkpoints: orbax, every ``ckpt_every`` steps and at the end.
+N seeds are one vmapped rollout. Checkpoints: orbax, every ``ckpt_every`` steps and at the end;
+with ``keep_every`` also at step 0 and every multiple of it, kept for good (``dtjax.dynamics``).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def chunk_spec(cfg: TrainConfig) -> TrainConfig:
         final_eval_episodes=d.final_eval_episodes, eval_rtgs=d.eval_rtgs, calib_points=d.calib_points,
         calib_se=d.calib_se, calib_min_episodes=d.calib_min_episodes, calib_episodes=d.calib_episodes,
         eval_pool=d.eval_pool, num_seeds=1, seed_datasets=False, ckpt_every=cfg.log_every,
-        keep_checkpoints=d.keep_checkpoints, wandb_project=d.wandb_project)
+        keep_checkpoints=d.keep_checkpoints, keep_every=d.keep_every, wandb_project=d.wandb_project)
 
 
 @functools.lru_cache(maxsize=16)
@@ -431,8 +432,8 @@ def train_loop(cfg: TrainConfig, chunk, params, opt_state, step: int, data, samp
     """Run chunks from ``step`` to ``cfg.num_steps``; returns ``(params, opt_state, seconds)``.
 
     After each chunk every seed's metrics line is written (with ``evaluate_at(step, params)``'s
-    rows every ``eval_every`` steps) and checkpoints are saved every ``ckpt_every`` steps and at
-    the end. ``seconds``: training and in-loop evaluation time."""
+    rows every ``eval_every`` steps) and checkpoints are saved every ``ckpt_every`` (and
+    ``keep_every``) steps and at the end. ``seconds``: training and in-loop evaluation time."""
     from tqdm.auto import tqdm  # saves CLI start-up (tqdm.auto probes for notebooks)
 
     n = cfg.num_seeds
@@ -461,7 +462,7 @@ def train_loop(cfg: TrainConfig, chunk, params, opt_state, step: int, data, samp
             post["R@+1"] = f"{np.mean([e.get('eval/return@+1', float('nan')) for e in last_eval]):.3f}"
         bar.set_postfix(post)
         bar.update(cfg.log_every)
-        if step % cfg.ckpt_every == 0 or step >= cfg.num_steps:
+        if step % cfg.ckpt_every == 0 or step >= cfg.num_steps or (cfg.keep_every and step % cfg.keep_every == 0):
             save(step, params, opt_state)
     bar.close()
     return params, opt_state, {"train": t_train, "eval_during_training": t_eval}
@@ -541,8 +542,11 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
     cfgs = write_seed_configs(cfg, dirs, datasets)
 
     # MODEL AND OPTIMIZER
-    mgrs = [ckpt_lib.manager(d, max_to_keep=cfg.keep_checkpoints) for d in dirs]
+    mgrs = [ckpt_lib.manager(d, max_to_keep=cfg.keep_checkpoints, keep_every=cfg.keep_every) for d in dirs]
     params, opt_state, step = init_or_restore(cfg, roots, mgrs, mesh, resume)
+    save = functools.partial(save_checkpoints, mgrs, cfgs=cfgs)
+    if cfg.keep_every and not any(m.all_steps() for m in mgrs):
+        save(0, params, opt_state)  # the initialisation: where a training-dynamics curve starts
 
     # TRAIN
     writers = [_MetricsWriter(d / "metrics.jsonl", _read_metrics(d / "metrics.jsonl", step), c, name)
@@ -560,7 +564,6 @@ def train_and_evaluate(cfg: TrainConfig, *, resume: bool = False, progress: bool
     chunk = compiled_chunk(chunk_spec(cfg), not per_seed_datasets(cfg), mesh)
     sample_keys = jax.device_put(jnp.stack([jax.random.fold_in(r, _KEY_SAMPLE) for r in roots]),
                                  sharding.seed_sharding(mesh))
-    save = functools.partial(save_checkpoints, mgrs, cfgs=cfgs)
     params, opt_state, seconds = train_loop(cfg, chunk, params, opt_state, step, data, sample_keys, evaluate_at,
                                             writers, save, progress)
     for m in mgrs:

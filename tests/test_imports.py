@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dtjax.analysis",),
     ("dtjax.probes",),  # concepts, linear probes, probe-directed steering (dtjax.sae scores latents with its auroc)
     ("dtjax.sae",),
-    ("dtjax.census", "dtjax.report", "dtjax.explorer", "dtjax.calibrate"),
+    ("dtjax.census", "dtjax.report", "dtjax.explorer", "dtjax.calibrate", "dtjax.dynamics"),
     (SCRIPTS,),
 ]
 OPTIONAL = {"dtjax.io", "dtjax.run", "dtjax.census"}  # planned: may not exist yet

@@ -215,3 +215,81 @@ def census_counts(rows: list[dict]) -> dict:
 
     return {"models": len(rows), "veto": tally("veto"), "gate": tally("gate"),
             "saturated": sum(r["saturated"] for r in rows), "head_circuit": sum(r["head_circuit"] for r in rows)}
+
+
+# ---------------------------------------------------------------------------------------------
+# THE SAME CLASSIFICATION AS ARRAYS: jittable, vmappable over a leading axis of params (seeds,
+# checkpoints), for the training dynamics (``dtjax.dynamics``)
+# ---------------------------------------------------------------------------------------------
+
+
+def share_labels(cfg: ModelConfig) -> list[str]:
+    """The labels of ``carry_shares``' entries: every head, every MLP, then ``direct``."""
+    return [component_name(c) for c in components(cfg)] + ["direct"]
+
+
+def carry_shares(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(effect, carry)``: ``contrast_shares``' effect ``m(clean) - m(corrupted)`` and its ``carry``
+    shares ((n_components + 1,), labels ``share_labels``) as arrays of one traceable computation
+    (a head's patching share, an MLP's own share, the direct path's DLA share; see the module doc).
+    ``v``: the (n_actions,) logit direction."""
+    lc, cache_c = run_with_cache(params, cfg, clean)
+    lk, cache_k = run_with_cache(params, cfg, corrupted)
+    m_k = last_logit_metric(lk, v)
+    d = last_logit_metric(lc, v) - m_k
+    d_embed = (cache_c["hook_embed"] + cache_c["hook_pos_embed"]) - (cache_k["hook_embed"] + cache_k["hook_pos_embed"])
+    carry = []
+    for c in components(cfg):
+        if c[0] == "head":
+            name, head = _site(c)
+            iv = {name: hooks_lib.Replace(mask=jnp.bool_(True), value=cache_c[name], head=jnp.int32(head))}
+            carry.append((last_logit_metric(run_with_hooks(params, cfg, corrupted, iv), v) - m_k) / d)
+        else:
+            before = {f"blocks.{c[1]}.hook_resid_mid": hooks_lib.Apply(_add, d_embed)}
+            after = {f"blocks.{c[1]}.hook_resid_post": hooks_lib.Apply(_add, d_embed)}
+            carry.append((last_logit_metric(run_with_hooks(params, cfg, corrupted, before), v)
+                          - last_logit_metric(run_with_hooks(params, cfg, corrupted, after), v)) / d)
+    labels, dla_c = direct_logit_attribution(params, cfg, cache_c, v)
+    _, dla_k = direct_logit_attribution(params, cfg, cache_k, v)
+    embed = jnp.asarray([lab.startswith("embed_") for lab in labels])
+    carry.append(jnp.sum(jnp.where(embed, (dla_c - dla_k).mean(0), 0.0)) / d)
+    return d, jnp.stack(carry)
+
+
+def rtg_attention(params: dict, cfg: ModelConfig, inputs: Inputs) -> jax.Array:
+    """``attention_to_rtg`` as a traceable array: (n_layers, n_heads) mean attention of the last
+    state token to its own RTG token."""
+    K = cfg.n_timesteps
+    q, k = 3 * (K - 1) + 1, 3 * (K - 1)
+    _, cache = run_with_cache(params, cfg, inputs, names=[("pattern", l) for l in range(cfg.n_layers)])
+    return jnp.stack([cache[f"blocks.{l}.attn.hook_pattern"][:, :, q, k].mean(0) for l in range(cfg.n_layers)])
+
+
+def census_probes(cfg: ModelConfig, env_cfg: EnvConfig, *, rtg_high: float = 1.0, rtg_low: float = -1.0,
+                  timestep: int = 0) -> dict[str, Inputs]:
+    """``mechanism``'s four probe batches: ``ball_hi``, ``ball_lo``, ``clear_hi``, ``clear_lo``."""
+    ball_s, clear_s = probe_states(env_cfg)
+    return {f"{n}_{h}": probe_inputs(cfg, env_cfg, s, r, timestep) for n, s in (("ball", ball_s), ("clear", clear_s))
+            for h, r in (("hi", rtg_high), ("lo", rtg_low))}
+
+
+def census_arrays(params: dict, cfg: ModelConfig, probes: dict[str, Inputs], v: jax.Array) -> dict[str, jax.Array]:
+    """``mechanism``'s numbers for one model as arrays (traceable; vmap it over stacked params):
+    ``{contrast}_effect`` () and ``{contrast}_carry`` (n_components + 1,) for the three contrasts,
+    and ``attn_to_rtg`` (n_layers, n_heads). ``probes``: ``census_probes``; ``v``: the direction.
+    ``census_class`` turns them into ``mechanism``'s carriers."""
+    pairs = {"veto": ("ball_hi", "clear_hi"), "gate": ("ball_hi", "ball_lo"), "drive": ("clear_hi", "clear_lo")}
+    out = {}
+    for name, (a, b) in pairs.items():
+        out[f"{name}_effect"], out[f"{name}_carry"] = carry_shares(params, cfg, probes[a], probes[b], v)
+    out["attn_to_rtg"] = rtg_attention(params, cfg, Inputs.concat([probes[k] for k in ("ball_hi", "ball_lo", "clear_hi",
+                                                                                       "clear_lo")]))
+    return out
+
+
+def census_class(labels: list[str], veto_carry, gate_carry, attn_to_rtg) -> dict:
+    """``mechanism``'s classification from ``census_arrays`` of one model: ``carriers`` (veto, gate:
+    the label of the largest carry share), ``head_circuit`` (both the same head) and ``saturated``."""
+    veto, gate = labels[int(np.argmax(veto_carry))], labels[int(np.argmax(gate_carry))]
+    return {"carriers": {"veto": veto, "gate": gate}, "head_circuit": bool("H" in veto and gate == veto),
+            "saturated": bool(np.min(attn_to_rtg) >= SATURATED)}

@@ -526,6 +526,21 @@ def acdc(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, tau: 
             "steps": steps, **res}
 
 
+def acdc_arrays(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, tau, v: jax.Array) -> dict:
+    """``acdc``'s circuit as arrays of one traceable computation (jit it; vmap it over stacked
+    params): ``kept`` (n_senders, n_receivers) bool, ``n_edges`` kept, the circuit's
+    ``faithfulness`` and ``kl``. ``v``: the (n_actions,) direction. No search log or labels
+    (``inputs_graph(cfg, clean)`` names the edges)."""
+    g = inputs_graph(cfg, clean)
+    corr_logits, patch = sender_outputs(params, cfg, corrupted)
+    ref = _full_graph(params, cfg, clean, patch)
+    removed, *_ = _acdc_scan(params, cfg, clean, patch, ref, jnp.float32(tau))
+    kept = jnp.asarray(g.allowed) & ~removed
+    m, kl = _circuit_eval(params, cfg, clean, patch, ref, kept, v)
+    m_clean, m_corr = last_logit_metric(ref, v), last_logit_metric(corr_logits, v)
+    return {"kept": kept, "n_edges": kept.sum(), "faithfulness": (m - m_corr) / _normaliser(m_clean, m_corr), "kl": kl}
+
+
 def prune_by_attribution(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, n_edges,
                          direction: Any = "forward-right", ig_steps: int = 0) -> dict:
     """Circuits of the top-n edges by |EAP score| (noising mode, Syed et al. 2023), for each n.
