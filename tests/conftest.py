@@ -7,6 +7,12 @@ suite's time; with a shared on-disk cache each distinct program compiles once pe
 directory is ``$JAX_COMPILATION_CACHE_DIR`` when set (kept between sessions), else a temporary
 directory made by the xdist controller (or the only process), shared with the workers and the
 subprocesses through that environment variable, and removed at the end.
+
+The order: with ``-n 2 --dist loadfile`` each file runs whole on one worker, and xdist hands out
+files in queue order (by default the files with the most tests first, whatever they cost). A long
+file handed out last leaves the other worker idle at the end, so the files in ``LONGEST_FIRST``
+(the longest measured, longest first) go out first and the many short files fill in behind them
+(longest-processing-time-first scheduling); the other files keep their collection order.
 """
 
 import os
@@ -18,6 +24,12 @@ import pytest
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWNED = "DTJAX_TEST_OWNS_JAX_CACHE"  # set where this session made the directory (and removes it)
+# The longest files, longest first (summed --durations of a 2-worker run); a file not listed (or
+# renamed) only loses its head start. Re-rank when a file's total passes ~60 s.
+LONGEST_FIRST = (
+    "test_report_shapes.py", "test_circuits_patching.py", "test_envs.py", "test_seeds.py", "test_train.py",
+    "test_circuits.py", "test_sae.py", "test_model.py", "test_report.py", "test_analysis.py",
+)
 
 
 def pytest_addoption(parser):
@@ -31,6 +43,8 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if hasattr(config.option, "loadscopereorder"):  # xdist installed: queue files in our order (below)
+        config.option.loadscopereorder = False
 
 
 def pytest_unconfigure(config):
@@ -39,6 +53,8 @@ def pytest_unconfigure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order in a file
     if config.getoption("--runslow"):
         return
     skip_slow = pytest.mark.skip(reason="slow: run with --runslow")

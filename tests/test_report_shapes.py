@@ -32,8 +32,10 @@ import pytest
 from dtjax import analysis as A
 from dtjax import scenarios
 from dtjax.config import EnvConfig, ModelConfig
+from dtjax.data import store
 from dtjax.model import init_params
 from dtjax.report import Context, Page, ReportOptions, all_sections, run_sections
+from fixtures import random_dataset
 from tolerance import MAX_CONDITIONING, assert_close, assert_normalised_close, conditioning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,22 +267,24 @@ SLOW_TRAINED = {"l2_one_hot_linear_k2"}  # --runslow (each analyse.py --fast run
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Tiny runs of train_and_evaluate on the 5x5 env, trained when first asked for (a later one
-    trains on the first's data): ``trained(name)`` is the run directory."""
+    """Tiny runs of train_and_evaluate on the 5x5 env, trained when first asked for on one random
+    dataset (``fixtures.random_dataset``: the PPO collection, its own compile, is
+    tests/test_train.py's and tests/test_ppo.py's to check): ``trained(name)`` is the run directory."""
     sys.path.insert(0, str(ROOT / "tests"))
     from test_train import tiny_cfg
 
     from dtjax.train import train_and_evaluate
 
     tmp = tmp_path_factory.mktemp("trained")
+    dataset = tmp / "dataset"
+    store.save(dataset, *random_dataset(np.random.default_rng(0), 300, size=5, n_obstacles=2, max_steps=50))
     runs = {}
 
     def get(name):
         if name not in runs:
             model = TRAINED[name]
             base = tiny_cfg(tmp)
-            dataset = str(next(iter(runs.values())) / "dataset") if runs else ""
-            cfg = tiny_cfg(tmp, run_name=name, dataset=dataset, model=base.model.replace(**model),
+            cfg = tiny_cfg(tmp, run_name=name, dataset=str(dataset), model=base.model.replace(**model),
                            env=base.env.replace(obs_mode=model.get("obs_mode", "image")), num_steps=20, eval_every=0)
             runs[name] = Path(train_and_evaluate(cfg, progress=False)["run_dir"])
         return runs[name]
