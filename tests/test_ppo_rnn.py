@@ -1,6 +1,7 @@
 """dtjax.data.ppo_rnn: the GRU's carry resets at episode starts (in the network and in rollouts),
-a few updates on a tiny config record a valid dataset, snapshots, sampling temperature, and the
-store keeping a family's own state fields."""
+a few updates on a tiny Memory config record a valid dataset (Memory's own state fields, 7 actions,
+K = 9 windows regenerated exactly), snapshots, sampling temperature, and the store keeping a
+family's own state fields. The tests that compile the PPO or Memory rollouts are ``slow``."""
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +11,10 @@ import pytest
 import envs
 from dtjax.config import ConfigError, DataConfig, DataMixConfig, PPOConfig
 from dtjax.data import collect, ppo_rnn, store
-from dtjax.data.dataset import SampleConfig, device_arrays, sample_batch
+from dtjax.data.dataset import SampleConfig, device_arrays, env_state, sample_batch, windows
 from tolerance import assert_close
 
-ENV_ID, MAX_STEPS = "MiniGrid-Empty-5x5-v0", 12  # short episodes: several per env in a rollout
+ENV_ID, MAX_STEPS = "MiniGrid-MemoryS7FixedStart-v0", 12  # short episodes: several per env in a rollout
 TINY = DataConfig(
     ppo=PPOConfig(arch="gru", total_timesteps=16 * 24 * 3, num_envs=16, num_steps=24, num_minibatches=2, hidden=16,
                   n_snapshots=2, lr=3e-3),
@@ -61,6 +62,7 @@ def test_gru_carry_resets_at_episode_starts():
     assert np.abs(np.asarray(cont_logits[4:, 0] - fresh_logits[:, 0])).max() > 1e-4  # without resets: another output
 
 
+@pytest.mark.slow  # compiles the GRU PPO and Memory rollouts (~80 s of CPU together)
 def test_final_rollouts_replay_episode_by_episode(collected):
     """The mix's final-policy rollouts (greedy here) act as the network run on each episode alone,
     from a zero carry: the rollout resets the carry at every episode start. The negative control
@@ -68,9 +70,8 @@ def test_final_rollouts_replay_episode_by_episode(collected):
     env, _, col = collected
     a = col.arrays
     rows = np.flatnonzero(a["source"] == store.SOURCES.index("final"))
-    state = type(env.reset(jax.random.key(0))[1])(agent_pos=a["agent_pos"][rows], agent_dir=a["agent_dir"][rows],
-                                                   time=a["time"][rows])
-    obs = jax.vmap(env.observe)(jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), state))[:, None]  # (N, 1, ...)
+    state = env_state(env, device_arrays({k: v[rows] for k, v in a.items()}))
+    obs = jax.vmap(env.observe)(state)[:, None]  # (N, 1, ...)
     done = (a["terminated"] | a["truncated"])[rows]
     first = np.concatenate([[True], done[:-1]])[:, None]
     net, h = col.network, col.network.initial_state(1)
@@ -86,6 +87,7 @@ def test_final_rollouts_replay_episode_by_episode(collected):
     assert np.abs(logits_cont[later] - logits[later]).max() > 1e-3  # a carry across episodes would act otherwise
 
 
+@pytest.mark.slow  # compiles the GRU PPO and Memory rollouts (~80 s of CPU together)
 def test_tiny_run_records_a_valid_dataset(collected, tmp_path):
     env, env_params, col = collected
     a = col.arrays
@@ -95,12 +97,25 @@ def test_tiny_run_records_a_valid_dataset(collected, tmp_path):
     arrays, m = store.load(tmp_path / "d", expect={"env_id": ENV_ID, "max_steps": MAX_STEPS})
     assert set(m["counts"]["per_source"]) == {"ppo", "final", "random", "tempered"}
     assert TINY.ppo.total_timesteps - m["counts"]["per_source"]["ppo"]["steps"] < TINY.ppo.num_envs * MAX_STEPS
-    assert m["state_fields"] == {}  # Empty's state is agent_pos, agent_dir, time: the standard fields
+    # Memory's own state (its objects, what is carried) is kept beside the standard fields
+    assert m["state_fields"] == {"instruction": "int16", "top": "int16", "obj_pos": "int16", "carrying": "bool",
+                                 "hallway_end": "int16"}
+    assert set(np.unique(arrays["instruction"])) == {0, 1} and set(np.unique(arrays["top"])) == {0, 1}
     assert len(col.info["ppo_mean_return_per_update"]) == TINY.ppo.num_updates
-    batch = sample_batch(jax.random.key(0), device_arrays(arrays), 32, env=env, cfg=SampleConfig(3, MAX_STEPS))
-    assert batch["obs"].shape == (32, 3) + env.observation_shape() and batch["mask"][:, -1].all()
+    # the sampler regenerates each window's views from the stored states exactly
+    K = 9
+    data = device_arrays(arrays)
+    batch = sample_batch(jax.random.key(0), data, 32, env=env, cfg=SampleConfig(K, MAX_STEPS, n_actions=7))
+    assert batch["obs"].shape == (32, K) + env.observation_shape() and batch["mask"][:, -1].all()
+    assert (np.asarray(batch["actions"])[~np.asarray(batch["mask"])] == 7).all()  # padding action = n_actions
+    si = jnp.asarray(np.random.default_rng(0).integers(0, len(arrays["action"]), 16))
+    win = windows(data, si, env=env, cfg=SampleConfig(K, MAX_STEPS, n_actions=7))
+    first_real = np.asarray(win["mask"]).argmax(1)  # the window's first real step is row si
+    want = jax.vmap(env.observe)(env_state(env, {k: v[si] for k, v in data.items()}))
+    np.testing.assert_array_equal(np.asarray(win["obs"])[np.arange(16), first_real], np.asarray(want))
 
 
+@pytest.mark.slow  # compiles the GRU PPO and Memory rollouts (~80 s of CPU together)
 def test_snapshots_end_with_the_final_policy(collected):
     *_, col = collected
     leaves, snaps = jax.tree.leaves(col.params), jax.tree.leaves(col.snapshots)
@@ -111,24 +126,25 @@ def test_snapshots_end_with_the_final_policy(collected):
     np.testing.assert_array_equal(ppo_rnn.snapshot_updates(TINY.ppo), [0, TINY.ppo.num_updates - 1])
 
 
+@pytest.mark.slow  # compiles the GRU PPO and Memory rollouts (~80 s of CPU together)
 def test_rollout_samples_at_the_temperature():
-    """A policy whose logits are (0, 0, 3) everywhere acts with softmax(logits / T) at each
+    """A policy whose logits are (0, 0, 3, 0, ...) everywhere acts with softmax(logits / T) at each
     temperature T (4 standard errors), i.e. the tempered source holds the original's T5 choices."""
     env, env_params = envs.make(ENV_ID, max_steps=MAX_STEPS)
-    net = ppo_rnn.ActorCriticRNN(n_actions=3, hidden=4)
+    net = ppo_rnn.ActorCriticRNN(n_actions=env.num_actions, hidden=4)
     E, T = 64, 50
     params = net.init(jax.random.key(0), net.initial_state(E), jnp.zeros((1, E) + env.observation_shape(), jnp.uint8),
                       jnp.zeros((1, E), bool))
     head = params["params"]["Dense_2"]  # the logits layer
-    params = {"params": {**params["params"], "Dense_2": {"kernel": jnp.zeros_like(head["kernel"]),
-                                                         "bias": jnp.array([0.0, 0.0, 3.0])}}}
+    bias = jnp.zeros(env.num_actions).at[2].set(3.0)
+    params = {"params": {**params["params"], "Dense_2": {"kernel": jnp.zeros_like(head["kernel"]), "bias": bias}}}
     temps = np.repeat([1.0, 5.0], E // 2).astype(np.float32)
     rollout = jax.jit(ppo_rnn.make_rollout(env, env_params, net, E, T))
     rec = rollout(jax.random.key(1), jax.tree.map(lambda x: x[None], params), jnp.zeros(E, jnp.int32), jnp.zeros(E),
                   jnp.zeros(E, jnp.int32), jnp.asarray(temps))
     forward = np.asarray(rec["action"]) == 2  # (T, E)
     for temp, cols in ((1.0, slice(0, E // 2)), (5.0, slice(E // 2, E))):
-        p = np.exp(3 / temp) / (2 + np.exp(3 / temp))
+        p = np.exp(3 / temp) / (env.num_actions - 1 + np.exp(3 / temp))
         n = forward[:, cols].size
         assert abs(forward[:, cols].mean() - p) < 4 * np.sqrt(p * (1 - p) / n), (temp, forward[:, cols].mean(), p)
 

@@ -54,8 +54,8 @@ class ScannedGRU(nn.Module):
 
 
 class ActorCriticRNN(nn.Module):
-    """Embedding (Dense + ReLU) -> GRU -> separate actor and critic heads (Dense + ReLU -> out),
-    orthogonal init as PureJaxRL (actor output gain 0.01, critic 1).
+    """Embedding (Dense + ReLU) -> GRU -> separate actor and critic heads (Dense + ReLU -> out) on
+    the GRU's output and the embedding, orthogonal init as PureJaxRL (actor output gain 0.01, critic 1).
 
     ``__call__(h (E, H), obs (T, E, *obs_shape), resets (T, E) bool)`` -> ``(h' (E, H), logits
     (T, E, n_actions), value (T, E))``. ``initial_state(E)`` is the zero carry.
@@ -70,6 +70,10 @@ class ActorCriticRNN(nn.Module):
         x = obs.reshape(obs.shape[:2] + (-1,)).astype(jnp.float32)
         x = nn.relu(nn.Dense(self.hidden, kernel_init=orth(np.sqrt(2)))(x))
         h, y = ScannedGRU(self.hidden)(h, (x, resets))
+        # The heads see the GRU's output and, beside it, this step's embedding: Memory's decision
+        # is an XOR of the remembered object and the layout seen now, which the heads' ReLU layer
+        # can form from the two (without the skip, the GRU must pass the view through as well).
+        y = jnp.concatenate([y, x], -1)
         a = nn.relu(nn.Dense(self.hidden, kernel_init=orth(2.0))(y))
         logits = nn.Dense(self.n_actions, kernel_init=orth(0.01))(a)
         v = nn.relu(nn.Dense(self.hidden, kernel_init=orth(2.0))(y))
