@@ -66,29 +66,28 @@ def encode_one_hot(types: jnp.ndarray) -> jnp.ndarray:
     return jnp.asarray(CELL_ONE_HOT)[types]
 
 
-def _sweep_rows(mask_row, clear):
-    """One row of `process_vis`: the left-to-right then right-to-left passes over ``mask_row``
-    (7,) bool given which cells let sight through (``clear``); returns (row, marks on the row above).
+_ROW = (1 << VIEW_SIZE) - 1  # a view row as 7 bits, bit i = column i
+_BITS = 1 << np.arange(VIEW_SIZE, dtype=np.int32)
+
+
+def _sweep_row(seed, clear):
+    """One row of `process_vis` on 7-bit masks (bit i = cell i): the left-to-right then
+    right-to-left passes from the visible cells ``seed`` given the cells that let sight through
+    (``clear``); returns (the row's visible cells, the marks on the row above).
 
     Left to right, a visible clear cell i < 6 marks i+1 (so visibility runs right until a wall,
     which is marked but stops it); right to left, a visible clear cell i > 0 marks i-1. Each
-    processed visible clear cell marks the cells above it and above its pass's next cell.
+    processed visible clear cell marks the cell above it and the one above its pass's next cell.
     """
-    n = mask_row.shape[0]
-    idx = np.arange(n)
-    blocked = (~clear).astype(jnp.int32)
-    # Left to right: v[i] = any k <= i with m[k] and clear[k..i-1] (no wall strictly between).
-    before = jnp.cumsum(blocked) - blocked  # walls among cells 0..i-1
-    reach = (idx[None, :] <= idx[:, None]) & (before[None, :] == before[:, None])
-    v = jnp.any(reach & mask_row[None, :], axis=1)
-    # Right to left: w[i] = any k >= i with v[k] and clear[i+1..k].
-    upto = jnp.cumsum(blocked)  # walls among cells 0..i
-    reach = (idx[None, :] >= idx[:, None]) & (upto[None, :] == upto[:, None])
-    w = jnp.any(reach & v[None, :], axis=1)
-    a = (v & clear).at[n - 1].set(False)  # left-to-right pass processes i = 0..n-2
-    b = (w & clear).at[0].set(False)  # right-to-left pass processes i = n-1..1
-    up = a | jnp.roll(a, 1).at[0].set(False) | b | jnp.roll(b, -1).at[n - 1].set(False)
-    return w, up
+    v = seed
+    for _ in range(VIEW_SIZE - 1):
+        v = v | (((v & clear) << 1) & _ROW)
+    w = v
+    for _ in range(VIEW_SIZE - 1):
+        w = w | ((w & clear) >> 1)
+    a = v & clear & (_ROW >> 1)  # the left-to-right pass processes i = 0..5
+    b = w & clear & (_ROW - 1)  # the right-to-left pass processes i = 6..1
+    return w, (a | (a << 1) | b | (b >> 1)) & _ROW
 
 
 def process_vis(clear: jnp.ndarray) -> jnp.ndarray:
@@ -96,26 +95,27 @@ def process_vis(clear: jnp.ndarray) -> jnp.ndarray:
 
     ``clear`` (7, 7) bool, [i, j]: the cells that do not block sight (``see_behind``: everything
     but walls, cells off the grid included as walls). Returns the visibility mask (7, 7) bool: the
-    agent's cell [3, 6] is visible; rows are swept from j = 6 up to 0, each by `_sweep_rows`,
-    whose marks on the row above seed the next row.
+    agent's cell [3, 6] is visible; rows are swept from j = 6 up to 0, each by `_sweep_row` on
+    the row as 7 bits, whose marks on the row above seed the next row.
     """
-    rows = []
-    seed = jnp.zeros((VIEW_SIZE,), bool).at[VIEW_SIZE // 2].set(True)
+    bits = jnp.asarray(_BITS)
+    clear_rows = jnp.sum(jnp.where(clear, bits[:, None], 0), axis=0)  # (7,) one int per row j
+    rows = [None] * VIEW_SIZE
+    seed = jnp.int32(1 << (VIEW_SIZE // 2))
     for j in reversed(range(VIEW_SIZE)):
-        row, up = _sweep_rows(seed, clear[:, j])
-        rows.append(row)
-        seed = up
-    return jnp.stack(rows[::-1], axis=1)
+        rows[j], seed = _sweep_row(seed, clear_rows[j])
+    return (jnp.stack(rows)[None, :] & bits[:, None]) != 0
 
 
 def observe_grid(cell_type, agent_pos, agent_dir, size: int, obs_mode: str = "image", occlude: bool = False,
-                 carried=EMPTY) -> jnp.ndarray:
+                 visible=None, carried=EMPTY) -> jnp.ndarray:
     """An observation of a grid world whose cells ``cell_type(xy (..., 2)) -> types`` answers, the
     agent at ``agent_pos`` facing ``agent_dir``; every family's ``observe``.
 
     ``occlude`` (static): walls block sight as MiniGrid's ``see_through_walls=False`` does
     (`process_vis`; hidden cells read unseen); Dynamic Obstacles and Empty see through walls
-    (False). ``carried``: the cell type the agent's own view cell shows (MiniGrid puts the carried
+    (False). ``visible``: the (7, 7) visibility mask when the family already knows it (Memory
+    looks it up), instead of ``occlude``. ``carried``: the cell type the agent's own view cell shows (MiniGrid puts the carried
     object there; ``EMPTY`` when it carries nothing).
 
     - "image": (7, 7, 3) uint8, MiniGrid's ``obs["image"]``, indexed [view_x, view_y]; the agent
@@ -130,8 +130,10 @@ def observe_grid(cell_type, agent_pos, agent_dir, size: int, obs_mode: str = "im
         return img.at[agent_pos[0], agent_pos[1]].set(agent)
     world = agent_pos + jnp.asarray(VIEW_OFFSETS)[agent_dir]  # (7, 7, 2)
     types = cell_type(world)
-    if occlude:
-        types = jnp.where(process_vis(types != WALL), types, UNSEEN)
+    if occlude and visible is None:
+        visible = process_vis(types != WALL)
+    if visible is not None:
+        types = jnp.where(visible, types, UNSEEN)
     types = types.at[VIEW_SIZE // 2, VIEW_SIZE - 1].set(carried)  # the agent's own cell
     if obs_mode == "one_hot":
         return encode_one_hot(types)

@@ -1,8 +1,9 @@
 """Rendering outside jit: an RGB frame of a state, and episodes written as GIFs.
 
-A small numpy tile renderer in MiniGrid's palette (grey walls, green goal, blue balls, a red
-triangle for the agent, its 7x7 view highlighted), so reports can show what the agent saw. It asks
-the env for the cells (``env.grid(state)``), so it draws any family.
+A small numpy tile renderer in MiniGrid's palette (grey walls, green goal, blue balls, green keys
+and balls, a red triangle for the agent with what it carries, its 7x7 view highlighted), so
+reports can show what the agent saw. It asks the env for the cells (``env.grid(state)``) and, if
+the env has one, for the carried object (``env.carried(state)``), so it draws any family.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _COLORS = {
     "wall": (100, 100, 100),
     "goal": (0, 255, 0),
     "ball": (0, 0, 255),
+    "green": (0, 255, 0),
     "agent": (255, 0, 0),
 }
 
@@ -29,7 +31,19 @@ def _tile_masks(tile: int):
     circle = (xx - 0.5) ** 2 + (yy - 0.5) ** 2 <= 0.31**2
     # Agent triangle pointing east (+x); rotated per direction below.
     tri = (xx >= 0.12) & (xx <= 0.88) & (np.abs(yy - 0.5) <= 0.5 * (0.88 - xx) / 0.76 * 0.76)
-    return circle, tri
+    # MiniGrid's key: a ring on top, a shaft, two teeth.
+    ring = (xx - 0.56) ** 2 + (yy - 0.28) ** 2
+    key = ((ring <= 0.19**2) & (ring > 0.064**2)) | ((xx >= 0.50) & (xx <= 0.63) & (yy >= 0.31) & (yy <= 0.88))
+    key |= (xx >= 0.38) & (xx < 0.50) & (((yy >= 0.59) & (yy <= 0.66)) | ((yy >= 0.81) & (yy <= 0.88)))
+    return circle, tri, key
+
+
+def _shrink(mask: np.ndarray) -> np.ndarray:
+    """``mask`` at half size in the tile's lower-right quarter (a carried object on the agent's cell)."""
+    n = mask.shape[0]
+    out = np.zeros_like(mask)
+    out[n - n // 2:, n - n // 2:] = mask[::2, ::2][: n // 2, : n // 2]
+    return out
 
 
 def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
@@ -38,7 +52,7 @@ def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
     ``env`` is the env, or the grid size itself or anything with a ``.size`` (then the family is
     the one whose ``EnvState`` ``state`` is); ``EnvParams`` does not carry the size. The cells
     come from the env's ``grid(state)`` (cell types, [x, y]), so any family draws: walls, the
-    goal, balls, the agent.
+    goal, balls, keys, the agent (and, small on its cell, what ``env.carried(state)`` says it carries).
     Rows of the frame are y, columns x (a picture, not MiniGrid's [x, y]).
     """
     if not hasattr(env, "grid"):  # a size, or anything with a .size
@@ -47,8 +61,10 @@ def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
     types = np.asarray(env.grid(state))
     pos = np.asarray(state.agent_pos)
     d = int(state.agent_dir)
+    carried = int(env.carried(state)) if hasattr(env, "carried") else mg.EMPTY
     img = np.zeros((size * tile, size * tile, 3), np.uint8)
-    circle, tri = _tile_masks(tile)
+    circle, tri, key = _tile_masks(tile)
+    shapes = {mg.BALL: (circle, _COLORS["ball"]), mg.GREEN_BALL: (circle, _COLORS["green"]), mg.KEY: (key, _COLORS["green"])}
     view = set()
     if highlight:
         offs = mg.VIEW_OFFSETS[d].reshape(-1, 2) + pos
@@ -61,10 +77,14 @@ def render(state, env, highlight: bool = True, tile: int = TILE) -> np.ndarray:
                 t[:] = _COLORS["wall"]
             elif types[x, y] == mg.GOAL:
                 t[:] = _COLORS["goal"]
-            elif types[x, y] == mg.BALL:
-                t[circle] = _COLORS["ball"]
+            elif types[x, y] in shapes:
+                mask, color = shapes[types[x, y]]
+                t[mask] = color
             if (x, y) == tuple(pos):
                 t[np.rot90(tri, k=-d)] = _COLORS["agent"]
+                if carried in shapes:
+                    mask, color = shapes[carried]
+                    t[_shrink(mask)] = color
             if (x, y) in view:
                 t[:] = np.clip(t.astype(np.int32) + 76, 0, 255).astype(np.uint8) if not wall else t
             t[0, :] = _COLORS["grid"]
