@@ -451,7 +451,23 @@ TASK = Task(
     return_range=(0.0, 1.0),
     scenarios=scenarios,
     pairs=_pairs(),
-    presets={},
+    # A run as the original's MemoryDT (reference doc section 6): data at max_steps 50 from a
+    # recurrent PPO's final policy sampled at temperature 1 and 5 (1:2, as its T1 10k / T5 20k
+    # steps per env), one-hot views, a 9-step context, LayerNorm, 2 layers of 4 heads; evaluated at
+    # RTG 0 (the wrong object) and 1. Measured in docs/data.md.
+    presets={
+        "env": {"max_steps": 50, "obs_mode": "one_hot"},
+        "model": {"obs_mode": "one_hot", "n_actions": 7, "n_timesteps": 9, "max_timestep": 50, "layer_norm": True,
+                  "n_layers": 2, "n_heads": 4, "d_head": 32},
+        "data": {
+            "ppo": {"arch": "gru", "total_timesteps": 500_000, "num_envs": 64, "num_steps": 64, "num_minibatches": 4,
+                    "lr": 1e-3, "ent_coef": 0.2, "ent_coef_end": 0.0, "n_snapshots": 2},
+            "mix": {"ppo_rollouts": False, "final_frac": 0.32, "tempered_frac": 0.64, "tempered_temp": 5.0,
+                    "random_frac": 0.0, "envs": 256},
+        },
+        "num_steps": 4_000, "warmup_steps": 400, "log_every": 500, "eval_every": 1_000, "ckpt_every": 1_000,
+        "eval_rtgs": [0.0, 1.0], "calib_points": 11,
+    },
 )
 
 # id -> constructor kwargs: the original's fork (size 7, max_steps 1000) and MiniGrid 3.2's own ids.

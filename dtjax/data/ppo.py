@@ -215,8 +215,22 @@ def make_train(cfg: PPOConfig, env, env_params):
 
 
 def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
-    """Build ``rollout(key, params, policy, eps, branch_steps, wait_steps=None) -> record``: many behaviour
+    """The MLP policy's mix rollout: ``mix_rollout`` with ``network.apply`` on each step's observation."""
+
+    def act(params, carry, obs, first):
+        return carry, jax.vmap(lambda p: network.apply(p, obs)[0])(params)  # (P, E, A): P is small
+
+    return mix_rollout(env, env_params, act, lambda params: (), num_envs, num_steps)
+
+
+def mix_rollout(env, env_params, act, init_carry, num_envs: int, num_steps: int):
+    """Build ``rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None, temperature=None)
+    -> record``: many behaviour
     policies at once, one per env, in a single jittable scan (one compilation for a whole mix).
+
+    The policy is ``act(params, carry, obs, first) -> (carry, logits (P, E, A))`` for all P param
+    sets at once (``first``: (E,) bool, the step starts an episode), its carry starting as
+    ``init_carry(params)``: ``()`` for the MLP, the GRU's hidden states for ``dtjax.data.ppo_rnn``.
 
     Args (E = num_envs):
       params: a stack of P param sets (leaves with a leading P axis), e.g. PPO snapshots.
@@ -231,6 +245,7 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
         that fill [0, 1) (the goal reward falls with time); 0 / None = never wait.
       wait_from: (E,) int32 or None: the shortest wait, ``w ~ U{wait_from, ..., wait_steps-1}``
         (None = 0).
+      temperature: (E,) float32 dividing the logits before sampling; None = 1 (the policy itself).
 
     Returns ``record``, leaves time-major (num_steps, E, ...): ``state`` (acted in), ``action``,
     ``reward``, ``terminated``, ``truncated``, ``keep`` (the step is at or after its episode's
@@ -242,9 +257,10 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
     never = jnp.iinfo(jnp.int32).max
     env_idx = jnp.arange(num_envs)
 
-    def rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None):
+    def rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None, temperature=None):
         wait_steps = jnp.zeros(num_envs, jnp.int32) if wait_steps is None else jnp.asarray(wait_steps, jnp.int32)
         wait_from = jnp.zeros(num_envs, jnp.int32) if wait_from is None else jnp.asarray(wait_from, jnp.int32)
+        temperature = jnp.ones((num_envs,), jnp.float32) if temperature is None else temperature
         k_reset, k_branch, k_run = jax.random.split(key, 3)
 
         def draw(k):  # (branch step, wait) of a fresh episode in each env
@@ -256,10 +272,10 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
 
         def step(carry, k):
-            obs, state, (branch, wait) = carry
+            obs, state, pcarry, first, (branch, wait) = carry
             k_pol, k_eps, k_rand, k_env, k_b = jax.random.split(k, 5)
-            logits = jax.vmap(lambda p: network.apply(p, obs)[0])(params)  # (P, E, A): P is small
-            sampled = jax.random.categorical(k_pol, logits[jnp.maximum(policy, 0), env_idx])
+            pcarry, logits = act(params, pcarry, obs, first)
+            sampled = jax.random.categorical(k_pol, logits[jnp.maximum(policy, 0), env_idx] / temperature[:, None])
             rand = jax.random.randint(k_rand, (num_envs,), 0, env.num_actions)
             branched = state.time >= branch
             use_rand = (policy < 0) | (jax.random.uniform(k_eps, (num_envs,)) < eps) | branched
@@ -271,9 +287,10 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
             keep = branched | (branch_steps <= 0)
             rec = {"state": state, "action": action, "reward": reward, "terminated": term, "truncated": trunc, "keep": keep,
                    "draw": jnp.where(branch_steps > 0, branch, wait).astype(jnp.int32)}
-            return (nobs, nstate, (nbranch, nwait)), rec
+            return (nobs, nstate, pcarry, ended, (nbranch, nwait)), rec
 
-        _, rec = jax.lax.scan(step, (obs, state, draw(k_branch)), jax.random.split(k_run, num_steps))
+        init = (obs, state, init_carry(params), jnp.ones((num_envs,), bool), draw(k_branch))
+        _, rec = jax.lax.scan(step, init, jax.random.split(k_run, num_steps))
         return rec
 
     return rollout
