@@ -67,6 +67,13 @@ def token_labels(n_timesteps: int, n_tok: int | None = None) -> list[str]:
     return out[: 3 * n_timesteps - 1 if n_tok is None else n_tok]
 
 
+def context_labels(n_timesteps: int, n_tok: int | None = None) -> list[str]:
+    """The tokens numbered as the original app labels MemoryDT's 26: ``["R1", "s1", "a1", ...,
+    "R9", "s9"]`` for 9 timesteps (3K-1 tokens by default); a new episode's first frame is s_K."""
+    out = [f"{x}{k + 1}" for k in range(n_timesteps) for x in ("R", "s", "a")]
+    return out[: 3 * n_timesteps - 1 if n_tok is None else n_tok]
+
+
 def dla_labels(cfg: ModelConfig, inputs: Inputs) -> list[str]:
     """Labels of ``state_panels(...)["dla"]``'s component axis (the last state token)."""
     return C.component_labels(cfg, C.state_pos(inputs.n_timesteps), logits=True)

@@ -143,6 +143,36 @@ def view_objects(obs: jax.Array) -> jax.Array:
     return obs[..., :11].argmax(-1).astype(jnp.int32) if obs.shape[-1] == mg.N_ONE_HOT else obs[..., 0].astype(jnp.int32)
 
 
+IDX_TO_OBJECT = {i: name for name, i in mg.OBJECT_TO_IDX.items()}
+IDX_TO_COLOR = {i: name for name, i in mg.COLOR_TO_IDX.items()}
+AGENT_VIEW_CELL = (mg.VIEW_SIZE // 2, mg.VIEW_SIZE - 1)  # [x, y] of the agent in its own view
+
+
+def grid_cells(env, state) -> np.ndarray | None:
+    """(size, size, 2) int [x, y]: MiniGrid (object, colour) code of every cell of ``state``
+    (``env.grid``'s cell types through ``envs.minigrid.CELL_CODES``; the agent is not a cell)."""
+    if not hasattr(env, "grid"):
+        return None
+    types = np.asarray(_grid(env, jax.tree.map(jnp.asarray, state)))
+    return mg.CELL_CODES[types][..., :2].astype(np.int32)
+
+
+def carried(obs: np.ndarray) -> dict | None:
+    """The object the agent carries, as its observation shows it (MiniGrid draws a carried object
+    on the agent's own view cell (3, 6): Memory's fork; empty in every other family): ``{"object",
+    "colour"}`` names, or None."""
+    obs = np.asarray(obs)
+    cell = obs[AGENT_VIEW_CELL]
+    if obs.shape[-1] == mg.N_ONE_HOT:
+        n_obj, n_col = len(mg.OBJECT_TO_IDX), len(mg.COLOR_TO_IDX)
+        obj, col = int(cell[:n_obj].argmax()), int(cell[n_obj:n_obj + n_col].argmax())
+    else:
+        obj, col = int(cell[0]), int(cell[1])
+    if obj in (mg.OBJECT_TO_IDX["unseen"], mg.OBJECT_TO_IDX["empty"]):
+        return None
+    return {"object": IDX_TO_OBJECT.get(obj, str(obj)), "colour": IDX_TO_COLOR.get(col, str(col))}
+
+
 def _panels(params, cfg: ModelConfig, means: dict, window: Window, ctrl: Controls, sae_cfgs: tuple = (),
             sae_arrays: tuple = ()) -> dict:
     inp = model_inputs(window, ctrl, cfg)
@@ -205,6 +235,11 @@ def explore_step(params, cfg: ModelConfig, env, env_params, means: dict, state: 
 @functools.partial(jax.jit, static_argnames=("env",))
 def _observe(env, state):
     return env.observe(state)
+
+
+@functools.partial(jax.jit, static_argnames=("env",))
+def _grid(env, state):
+    return env.grid(state)
 
 
 def episode_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -792,7 +827,8 @@ class Session:
             "scenarios": {n: sc.caption for n, sc in S.task_scenarios(env_cfg).items()},
             "corruptions": self.corruptions(), "task": self.task_message(), "actions": list(self.task.action_names),
             "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-            "tokens": A.token_labels(cfg.n_timesteps), "dla_labels": A.dla_labels(cfg, self.inputs()),
+            "tokens": A.token_labels(cfg.n_timesteps), "context_tokens": A.context_labels(cfg.n_timesteps),
+            "dla_labels": A.dla_labels(cfg, self.inputs()),
             "ablation_labels": A.ablation_labels(cfg), "channels": channel_names(cfg.obs_mode),
             "notes": shape_notes(cfg), "controls": self.control_values(), "n_scan": N_SCAN,
             "saes": [s.describe() for s in self.model.saes], "sae_top": explorer_sae.TOP,
@@ -837,7 +873,9 @@ class Session:
             "type": "step", "step": self.cursor, "n_steps": len(self.history), "timestep": cur.time,
             "model_timestep": int(p["timestep_token"]), "status": cur.outcome, "wall": cur.wall, "details": cur.details,
             "return": cur.cumrew, "reward": cur.reward, "rtg": float(p["rtg_token"]),
-            "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls},
+            "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls,
+                     "cells": grid_cells(self.env, st)},
+            "carrying": carried(cur.obs), "context": self.context(),
             "view": np.asarray(p["view"]).T, "probs": p["probs"], "logits": p["logits"],
             "ablated": ablated, "ablated_probs": p["ablated_probs"] if ablated else None, "ablate": self.ctl["ablate"],
             "kind": self.ctl["kind"],
@@ -857,6 +895,21 @@ class Session:
             "history": hist, "controls": self.control_values(), "sae": self.sae_latents(p["sae"]),
         }
         return [step, pan]
+
+    def context(self, i: int | None = None) -> list[dict]:
+        """The context window at step ``i`` (default on screen) as the page shows it: per timestep,
+        oldest first, the state token's label (``analysis.context_labels``: s1 ... sK, the current
+        frame sK), whether it is padding, the env's step count, the action taken there (None at
+        padding and at the current step), its view's object codes [y][x] and the carried object."""
+        w = self.window(i)
+        labels = A.context_labels(self.cfg.n_timesteps, 3 * self.cfg.n_timesteps)[1::3]
+        obs = np.asarray(w.obs)
+        views = obs[..., :len(mg.OBJECT_TO_IDX)].argmax(-1) if obs.shape[-1] == mg.N_ONE_HOT else obs[..., 0]
+        names = self.task.action_names
+        k = self.cfg.n_timesteps
+        return [{"token": labels[j], "valid": bool(w.valid[j]), "t": int(w.time[j]),
+                 "action": names[int(w.actions[j])] if w.valid[j] and j < k - 1 else None,
+                 "view": views[j].T, "carrying": carried(w.obs[j]) if w.valid[j] else None} for j in range(k)]
 
     def sae_latents(self, found: list[dict]) -> list[dict]:
         """The ``panels`` reply's ``sae`` entry: per dictionary its active latents among the top ones
