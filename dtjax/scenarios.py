@@ -23,7 +23,7 @@ closed-loop evaluation pad an episode's start (``Inputs.left_pad``).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -86,9 +86,14 @@ def observe_states(states: envs.EnvState, obs_mode: str = "image", env_id: str =
 
 
 def scenario_history(scenario: Scenario) -> tuple[int, ...]:
-    """The actions a scenario's window replays from its ``state`` (``Scenario.actions``: a family
-    whose scenarios need a history, such as Memory's; ``()`` for a state seen at an episode's start)."""
+    """The actions a scenario's window replays (``Scenario.actions``: taken from a reset state of
+    the same episode to reach its ``state``, for a family whose model needs the history, such as
+    Memory's; ``()`` for a state seen on its own or at an episode's start)."""
     return tuple(int(a) for a in getattr(scenario, "actions", ()) or ())
+
+
+def _stack(states: list) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *states)
 
 
 def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0, obs_mode: str | None = None,
@@ -103,10 +108,12 @@ def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0,
     timesteps as training and evaluation pad an episode's first step (``Inputs.left_pad``), with
     ``pad_action`` (default: the task's number of actions, the model's padding action).
 
-    A scenario with a history (``scenario_history``: actions taken from its ``state``) is the
-    window closed-loop evaluation would hold after playing them in the env (``replay_windows``):
-    its last K observations, actions and timesteps (the env's step count, plus ``timestep``),
-    the current RTG ``rtg`` and the earlier ones higher by the rewards received since.
+    A scenario with a history (``scenario_history``) is the window closed-loop evaluation would
+    hold after playing its actions in the env from its episode's reset state: its last K
+    observations, actions and timesteps (the env's step count, plus ``timestep``), the current
+    RTG ``rtg`` and the earlier ones higher by the rewards received since. That reset state is
+    the task's scenario without a history, at time 0, from which the actions reach exactly the
+    scenario's ``state`` (``replay_windows``; none is a ``ValueError``).
     """
     env = _env_cfg(env, obs_mode, env_id)
     known = task_scenarios(env)
@@ -120,20 +127,50 @@ def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0,
         obs = observe_states(states, env=env)
         inp = Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
         return names, inp if n_timesteps == 1 else inp.left_pad(n_timesteps, pad)
-    length = max(map(len, histories))
-    acts = np.full((n, length), pad, np.int32)
-    for i, h in enumerate(histories):
-        acts[i, :len(h)] = h
-    win = replay_windows(jenv, jparams, states, jnp.asarray(acts), jnp.asarray([len(h) for h in histories]),
-                         int(n_timesteps), pad)
+    win = history_windows(jenv, jparams, [known[nm] for nm in names], list(known.values()), int(n_timesteps), pad)
     inp = Inputs(obs=win.obs, rtg=win.rtg, timesteps=win.timesteps + jnp.int32(timestep),
                  actions=win.actions[:, :-1] if n_timesteps > 1 else None)
     return names, inp.with_rtg(rtg, pad)
 
 
+def history_windows(env, env_params, chosen: list[Scenario], candidates: list[Scenario], K: int, pad_action: int) -> Window:
+    """(n, K, ...) windows of the ``chosen`` scenarios: each one's history replayed from the reset
+    state among ``candidates`` (no history, time 0) that it reaches exactly (a scenario without a
+    history starts and ends at its own state)."""
+    starts = [c for c in candidates if not scenario_history(c) and int(c.state.time) == 0]
+    rows, acts, lengths = [], [], []
+    length = max(1, max(len(scenario_history(sc)) for sc in chosen))
+    for sc in chosen:
+        h = scenario_history(sc)
+        for st in ([sc] if not h else starts):
+            rows.append(st.state)
+            acts.append(list(h) + [pad_action] * (length - len(h)))
+            lengths.append(len(h))
+    win, final = replay_windows(env, env_params, _stack(rows), jnp.asarray(acts, jnp.int32), jnp.asarray(lengths, jnp.int32),
+                                K, pad_action)
+    final = jax.device_get(final)
+    pick, i = [], 0
+    for sc in chosen:
+        if not scenario_history(sc):
+            pick.append(i)
+            i += 1
+            continue
+        target = jax.device_get(sc.state)
+        hit = [j for j in range(len(starts))
+               if all(np.array_equal(np.asarray(a)[i + j], np.asarray(b)) for a, b in zip(jax.tree.leaves(final),
+                                                                                         jax.tree.leaves(target)))]
+        if not hit:
+            raise ValueError(f"scenario {sc.name!r}: no reset state among the task's scenarios reaches its state by its actions")
+        pick.append(i + hit[0])
+        i += len(starts)
+    return jax.tree.map(lambda x: x[jnp.asarray(pick)], win)
+
+
 @functools.partial(jax.jit, static_argnames=("env", "K", "pad_action"))
-def replay_windows(env, env_params, states, actions: jax.Array, lengths: jax.Array, K: int, pad_action: int) -> Window:
-    """The (n, K, ...) context windows after playing ``actions[i, :lengths[i]]`` from ``states[i]``.
+def replay_windows(env, env_params, states, actions: jax.Array, lengths: jax.Array, K: int,
+                   pad_action: int) -> tuple[Window, Any]:
+    """The (n, K, ...) context windows after playing ``actions[i, :lengths[i]]`` from ``states[i]``,
+    and the (n,) states reached.
 
     ``states``: a batched env state (n,); ``actions`` (n, T) int32 (entries past a row's length
     are ignored). Each window starts as ``Window.start`` at the state and moves by ``push_step``
@@ -152,8 +189,8 @@ def replay_windows(env, env_params, states, actions: jax.Array, lengths: jax.Arr
             keep = i < length
             return jax.tree.map(lambda new, old: jnp.where(keep, new, old), (nxt, moved, ret + reward), (st, w, ret)), None
 
-        (_, w, _), _ = jax.lax.scan(step, (state, w0, jnp.float32(0)), (jnp.arange(acts.shape[0]), acts))
-        return w
+        (final, w, _), _ = jax.lax.scan(step, (state, w0, jnp.float32(0)), (jnp.arange(acts.shape[0]), acts))
+        return w, final
 
     return jax.vmap(one)(states, actions, lengths)
 

@@ -30,7 +30,7 @@ import numpy as np
 
 THRESHOLD = 0.9
 MIN_COUNT = 20
-OBJECTS = {"empty": 1, "wall": 2, "ball": 6, "goal": 8}  # MiniGrid object codes
+OBJECTS = {"empty": 1, "wall": 2, "key": 5, "ball": 6, "goal": 8}  # MiniGrid object codes
 DIRS = ("E", "S", "W", "N")
 FRONT = (3, 5)
 ADJACENT = ((2, 6), (4, 6), (3, 5), (2, 5), (4, 5))  # left, right, front, front-left, front-right

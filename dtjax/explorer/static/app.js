@@ -481,11 +481,17 @@ function drawSAE(p) {  // plain DOM: one table per dictionary (absent when the m
   }).join("");
 }
 
+// An action's initial (L, R, F), or its first two letters where initials collide (drop, done: Dr, Do)
+function actionInitial(acts, a) {
+  const first = (s) => s[0].toUpperCase();
+  return acts.filter((b) => first(b) === first(acts[a])).length > 1 ? first(acts[a]) + acts[a][1] : first(acts[a]);
+}
+
 function drawHistory(p) {
   const acts = S.init.actions;
   const cur = S.step ? S.step.step : 0;
   $("history-list").innerHTML = p.history.map((h, i) => {
-    const a = h.action === null ? "" : ` ${acts[h.action][0].toUpperCase()}`;
+    const a = h.action === null ? "" : ` ${actionInitial(acts, h.action)}`;
     return `<span data-step="${i}" class="${i === cur ? "cur " : ""}${h.outcome === "running" ? "" : h.outcome}"` +
       ` title="t=${h.t} reward ${h.reward}">${h.t}${a}</span>`;
   }).join("");

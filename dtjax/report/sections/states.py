@@ -53,7 +53,8 @@ def scenarios_render(d: dict, page: Page) -> None:
     colour = {"wall": "grey", "key": "yellow", "ball": "blue", "goal": "green"}  # scenarios.render_view's palette
     legend = ", ".join(f"{colour[o]} {o}" for o in d.get("objects", colour) if o in colour)
     page.figure(plots.views(d["views"], d["names"]), f"The scenarios' 7x7 views ({legend}, red agent).")
-    short = [f"P({a[0].upper()})" for a in d["actions"]]  # P(L), P(R), P(F)
+    initials = [a[0].upper() for a in d["actions"]]
+    short = [f"P({i})" if initials.count(i) == 1 else f"P({a})" for i, a in zip(initials, d["actions"])]  # P(L), P(R), P(F)
     page.table(["scenario", "caption", f"{short[0]} @{d['rtg']}", *short[1:], f"{short[0]} @-1", *short[1:]],
                [[n, d["captions"][i], *map(float, d["probs"][i]), *map(float, d["probs_neg"][i])]
                 for i, n in enumerate(d["names"])],
