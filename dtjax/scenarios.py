@@ -137,6 +137,27 @@ def history_windows(env, env_params, chosen: list[Scenario], candidates: list[Sc
     """(n, K, ...) windows of the ``chosen`` scenarios: each one's history replayed from the reset
     state among ``candidates`` (no history, time 0) that it reaches exactly (a scenario without a
     history starts and ends at its own state)."""
+    return _replays(env, env_params, chosen, candidates, K, pad_action)[0]
+
+
+def scenario_start(name: str, env: EnvConfig | None = None) -> tuple[Any, tuple[int, ...]]:
+    """(the reset state a scenario's history starts from, its actions): what a front end plays to
+    reach scenario ``name`` with its history (the explorer); a scenario without a history is its
+    own start with no actions."""
+    known = task_scenarios(env)
+    if name not in known:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+    sc = known[name]
+    if not scenario_history(sc):
+        return sc.state, ()
+    jenv, jparams = (env or EnvConfig()).make()
+    _, start = _replays(jenv, jparams, [sc], list(known.values()), 1, jenv.num_actions)
+    return start[0].state, scenario_history(sc)
+
+
+def _replays(env, env_params, chosen: list[Scenario], candidates: list[Scenario], K: int,
+             pad_action: int) -> tuple[Window, list[Scenario]]:
+    """``history_windows`` and the start scenario of each chosen one."""
     starts = [c for c in candidates if not scenario_history(c) and int(c.state.time) == 0]
     rows, acts, lengths = [], [], []
     length = max(1, max(len(scenario_history(sc)) for sc in chosen))
@@ -148,22 +169,22 @@ def history_windows(env, env_params, chosen: list[Scenario], candidates: list[Sc
             lengths.append(len(h))
     win, final = replay_windows(env, env_params, _stack(rows), jnp.asarray(acts, jnp.int32), jnp.asarray(lengths, jnp.int32),
                                 K, pad_action)
-    final = jax.device_get(final)
-    pick, i = [], 0
+    final = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(final))]
+    pick, found, i = [], [], 0
     for sc in chosen:
         if not scenario_history(sc):
             pick.append(i)
+            found.append(sc)
             i += 1
             continue
-        target = jax.device_get(sc.state)
-        hit = [j for j in range(len(starts))
-               if all(np.array_equal(np.asarray(a)[i + j], np.asarray(b)) for a, b in zip(jax.tree.leaves(final),
-                                                                                         jax.tree.leaves(target)))]
+        target = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(sc.state))]
+        hit = [j for j in range(len(starts)) if all(np.array_equal(a[i + j], b) for a, b in zip(final, target))]
         if not hit:
             raise ValueError(f"scenario {sc.name!r}: no reset state among the task's scenarios reaches its state by its actions")
         pick.append(i + hit[0])
+        found.append(starts[hit[0]])
         i += len(starts)
-    return jax.tree.map(lambda x: x[jnp.asarray(pick)], win)
+    return jax.tree.map(lambda x: x[jnp.asarray(pick)], win), found
 
 
 @functools.partial(jax.jit, static_argnames=("env", "K", "pad_action"))

@@ -552,6 +552,11 @@ class Session:
     def _on_act(self, msg) -> list:
         a = msg.get("action")
         action = MODEL_ACTS if a == "model" else _action(a, self.task.action_names)
+        return self.update(self._act(action))
+
+    def _act(self, action: int) -> dict:
+        """Act at the step on screen (an env action or ``MODEL_ACTS``): the new step appended to the
+        history (an old future dropped) and shown; returns its panels."""
         cur = self.history[self.cursor]
         if cur.outcome != "running":
             raise BadMessage(f"the episode has ended ({cur.outcome}): reset, or step back through the history")
@@ -565,7 +570,7 @@ class Session:
                                  reward=reward, outcome=outcome,
                                  details={d: bool(v) for d, v in out["details"].items()}))
         self.cursor = len(self.history) - 1
-        return self.update(out["panels"])
+        return out["panels"]
 
     def _on_reset(self, msg) -> list:
         seed = _int(msg.get("seed", self.seed), "seed", 0, 2**31 - 1)
@@ -580,15 +585,20 @@ class Session:
         return replies + self.update()
 
     def _on_scenario(self, msg) -> list:
+        """A hand-made state; one with a history (Memory's) is played from its reset state with its
+        actions (``scenarios.scenario_start``), so the history and the context window are the episode's."""
         name = msg.get("name")
         known = S.task_scenarios(self.env_cfg)
         if name not in known:
             raise BadMessage(f"unknown scenario {name!r}; scenarios: {', '.join(known)}")
-        state = jax.tree.map(np.asarray, known[name].state)
+        start, actions = S.scenario_start(name, self.env_cfg)
+        state = jax.tree.map(np.asarray, start)
         if self.balls:  # Dynamic Obstacles' scenarios park unused balls on the wall (0, 0): re-park them
             parked = np.all(state.obstacles == np.asarray(DO_PARKED), -1)
             state = state.replace(obstacles=np.where(parked[:, None], np.asarray(PARK, np.int32), state.obstacles))
         self._start(state, _observe(self.env, state))
+        for a in actions:
+            self._act(int(a))
         return self.update()
 
     def _on_edit(self, msg) -> list:
@@ -605,15 +615,21 @@ class Session:
             x, y = (_int(c, "cell coordinate") for c in cell)
             if not (0 <= x < size and 0 <= y < size):
                 raise BadMessage(f"cell ({x}, {y}) is off the {size}x{size} grid")
-            if x in (0, size - 1) or y in (0, size - 1):
+            code = self.cell_object(state, x, y)
+            if code == mg.OBJECT_TO_IDX["wall"]:
                 raise BadMessage(f"cell ({x}, {y}) is a wall")
-            if (x, y) == (size - 2, size - 2):
+            if code == mg.OBJECT_TO_IDX["goal"]:
                 raise BadMessage(f"cell ({x}, {y}) is the goal")
+        if self.task.family == "memory" and op in self.task.editable:
+            state = self._edit_memory(state, op, cell and (x, y))
+            del self.history[self.cursor + 1:]
+            cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
+            return self.update()
         obst = np.asarray(state.obstacles).copy() if self.balls else np.zeros((0, 2), np.int32)
         agent = tuple(int(v) for v in state.agent_pos)
         if op == "ball":
             if "ball" not in self.task.editable:
-                raise BadMessage(f"edit ball is not defined for this task ({self.task.family}: no balls)")
+                raise BadMessage(self._no_balls("edit ball"))
             if cell is None:
                 raise BadMessage("edit ball needs a cell [x, y]")
             if (x, y) == agent:
@@ -631,16 +647,67 @@ class Session:
             if cell is not None:
                 if np.all(obst == (x, y), -1).any():
                     raise BadMessage(f"cell ({x}, {y}) holds a ball")
+                if self.cell_object(state, x, y) != mg.OBJECT_TO_IDX["empty"]:
+                    raise BadMessage(f"cell ({x}, {y}) holds a {IDX_TO_OBJECT[self.cell_object(state, x, y)]}")
                 state = state.replace(agent_pos=np.asarray((x, y), np.int32))
             if "dir" in msg:
                 state = state.replace(agent_dir=np.int32(_int(msg["dir"], "dir", 0, 3)))
             elif cell is None:
                 raise BadMessage("edit agent needs a cell [x, y] or a dir (0=E 1=S 2=W 3=N)")
         else:
-            raise BadMessage(f"unknown edit op {op!r}; ops: ball, agent")
+            raise BadMessage(f"unknown edit op {op!r}; ops: {', '.join(self.edit_ops())}")
         del self.history[self.cursor + 1:]
         cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
         return self.update()
+
+    def _no_balls(self, what: str) -> str:
+        """The one line that refuses a ball edit or corruption in a task without balls to avoid."""
+        try:
+            S.require_balls(self.task, what)
+        except ValueError as e:
+            return str(e)
+        return f"{what} is not defined for this task"
+
+    def edit_ops(self) -> list[str]:
+        """The grid edits of this task (the ``edit`` message's ops): each editable object but
+        "empty" (a ball toggles: a click adds or removes it), Memory's "empty" too (take the
+        instruction object away), and "agent"."""
+        return [o for o in self.task.editable if o != "empty" or self.task.family == "memory"] + ["agent"]
+
+    def cell_object(self, state, x: int, y: int) -> int:
+        """The MiniGrid object code of world cell (x, y) of ``state`` (``grid_cells``)."""
+        cells = grid_cells(self.env, state)
+        return int(cells[x, y, 0]) if cells is not None else mg.OBJECT_TO_IDX["empty"]
+
+    def _edit_memory(self, state, op: str, cell) -> Any:
+        """Memory's edits (``Task.editable``: key, ball, empty): painting a key or a ball onto an end
+        object sets the kinds of both ends (they are one of each), onto the start-room object (the
+        instruction) sets its kind, onto free floor moves the instruction object there as that kind;
+        "empty" on the instruction object takes it into the agent's hands (the fork, which can
+        carry; drop puts it down again)."""
+        if cell is None:
+            raise BadMessage(f"edit {op} needs a cell [x, y]")
+        x, y = cell
+        kinds = ("key", "ball")
+        h, e = self.env.size // 2, int(state.hallway_end)
+        agent = tuple(int(v) for v in state.agent_pos)
+        on_instr = not bool(state.carrying) and (x, y) == tuple(int(v) for v in state.obj_pos)
+        if op == "empty":
+            if on_instr:
+                if not getattr(self.env, "fork", True):
+                    raise BadMessage("this env cannot carry (MiniGrid's own Memory turns pickup into toggle)")
+                return state.replace(carrying=np.bool_(True), obj_pos=np.asarray((-1, -1), np.int32))
+            raise BadMessage(f"cell ({x}, {y}) holds no object that can be taken away (the end objects stay)")
+        kind = np.int32(kinds.index(op))
+        if (x, y) == (e + 1, h - 2):
+            return state.replace(top=kind)
+        if (x, y) == (e + 1, h + 2):
+            return state.replace(top=np.int32(1 - kind))
+        if on_instr:
+            return state.replace(instruction=kind)
+        if (x, y) == agent:
+            raise BadMessage(f"cell ({x}, {y}) holds the agent")
+        return state.replace(instruction=kind, obj_pos=np.asarray((x, y), np.int32), carrying=np.bool_(False))
 
     def _on_set(self, msg) -> list:
         ctl = dict(self.ctl)
@@ -730,7 +797,7 @@ class Session:
         kind = msg.get("corruption", "rtg")
         if kind not in self.corruptions():
             if kind == "ball":
-                raise BadMessage(f"corruption ball is not defined for this task ({self.task.family}: no balls)")
+                raise BadMessage(self._no_balls("corruption ball"))
             raise BadMessage(f"unknown corruption {kind!r}; corruptions: {', '.join(self.corruptions())}")
         hooks = msg.get("hooks", "main")
         if hooks not in ("main", "all"):
@@ -784,7 +851,7 @@ class Session:
             return clean, clean.replace(rtg=-clean.rtg), f"RTG {r:+.2f} -> {-r:+.2f}"
         cur = self.history[self.cursor]
         if kind == "ball" and not self.balls:
-            raise BadMessage(f"corruption ball is not defined for this task ({self.task.family}: no balls)")
+            raise BadMessage(self._no_balls("corruption ball"))
         if kind == "front":
             empty = mg.CELL_ONE_HOT[mg.EMPTY] if self.cfg.obs_mode == "one_hot" else mg.CELL_CODES[mg.EMPTY]
             obs = np.asarray(clean.obs).copy()
@@ -841,7 +908,10 @@ class Session:
         return {"family": t.family, "actions": list(t.action_names), "action_keys": list(t.action_keys),
                 "objects": list(t.objects), "editable": list(t.editable), "outcomes": list(t.outcomes),
                 "success": t.success, "failures": list(t.failures), "details": list(t.details),
-                "direction": list(t.direction)}
+                "direction": list(t.direction), "edit_ops": self.edit_ops(),
+                "edit_labels": {o: ("click adds / removes a ball" if self.balls else f"click paints a {o}") if o != "empty" and o != "agent"
+                                else "click takes an object away" if o == "empty" else "click moves the agent"
+                                for o in self.edit_ops()}}
 
     def control_values(self) -> dict:
         c = dict(self.ctl)

@@ -511,8 +511,8 @@ function buildTask(task) {  // the action buttons, keys and grid-edit modes the 
     const k = task.action_keys[i];
     return `<button data-testid="act-${a}" data-action="${a}"${k ? ` title="${k}"` : ""}>${k && KEY_GLYPHS[k] ? KEY_GLYPHS[k] + " " : ""}${a}</button>`;
   }).join(" ");
-  const modes = task.editable.filter((o) => o !== "empty").map((o) => [o, `click adds / removes a ${o}`]);
-  options($("edit-mode"), [...modes, ["agent", "click moves the agent"]], modes.length ? modes[0][0] : "agent");
+  const modes = task.edit_ops.map((o) => [o, task.edit_labels[o]]);
+  options($("edit-mode"), modes, modes[0][0]);
   const keys = task.actions.map((a, i) => task.action_keys[i] ? `${task.action_keys[i].replace("Arrow", "")} ${a}` : "").filter(Boolean);
   $("keys-help").textContent = `Keys: ${keys.join(", ")}, m model acts, [ and ] step through the history.`;
 }
