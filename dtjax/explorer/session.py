@@ -157,6 +157,15 @@ def grid_cells(env, state) -> np.ndarray | None:
     return mg.CELL_CODES[types][..., :2].astype(np.int32)
 
 
+def view_colours(obs: np.ndarray) -> np.ndarray:
+    """MiniGrid colour code (7, 7) [x, y] of each view cell (raw codes or one-hot), numpy."""
+    obs = np.asarray(obs)
+    if obs.shape[-1] == mg.N_ONE_HOT:
+        n_obj = len(mg.OBJECT_TO_IDX)
+        return obs[..., n_obj:n_obj + len(mg.COLOR_TO_IDX)].argmax(-1)
+    return obs[..., 1]
+
+
 def carried(obs: np.ndarray) -> dict | None:
     """The object the agent carries, as its observation shows it (MiniGrid draws a carried object
     on the agent's own view cell (3, 6): Memory's fork; empty in every other family): ``{"object",
@@ -672,7 +681,8 @@ class Session:
         """The grid edits of this task (the ``edit`` message's ops): each editable object but
         "empty" (a ball toggles: a click adds or removes it), Memory's "empty" too (take the
         instruction object away), and "agent"."""
-        return [o for o in self.task.editable if o != "empty" or self.task.family == "memory"] + ["agent"]
+        memory = self.task.family == "memory"
+        return [o for o in self.task.editable if o != "empty"] + (["empty"] if memory else []) + ["agent"]
 
     def cell_object(self, state, x: int, y: int) -> int:
         """The MiniGrid object code of world cell (x, y) of ``state`` (``grid_cells``)."""
@@ -946,7 +956,7 @@ class Session:
             "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls,
                      "cells": grid_cells(self.env, st)},
             "carrying": carried(cur.obs), "context": self.context(),
-            "view": np.asarray(p["view"]).T, "probs": p["probs"], "logits": p["logits"],
+            "view": np.asarray(p["view"]).T, "view_colours": view_colours(cur.obs).T, "probs": p["probs"], "logits": p["logits"],
             "ablated": ablated, "ablated_probs": p["ablated_probs"] if ablated else None, "ablate": self.ctl["ablate"],
             "kind": self.ctl["kind"],
             "action": None if self.cursor == 0 else self.history[self.cursor - 1].action,

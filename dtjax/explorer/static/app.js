@@ -129,7 +129,7 @@ function onStep(msg) {
   }
   S.stepSeq = msg.seq ?? 0;
   drawFrame(msg.grid, msg.carrying);
-  drawView(msg.view, msg.carrying);
+  drawView(msg.view, msg.carrying, msg.view_colours);
   drawContext(msg.context);
   $("status").textContent = msg.status;
   $("outcome-detail").textContent = outcomeDetail(msg);
@@ -240,22 +240,24 @@ function drawFrame(grid, carrying) {
   svg.classList.add("editable");
 }
 
-function viewSvg(view, px, carrying) {  // view[y][x] object codes, the agent at (3, 6) facing up
+// view[y][x] object codes (colours[y][x] their MiniGrid colour codes, if known), the agent at (3, 6) facing up
+function viewSvg(view, px, carrying, colours) {
   let html = "";
   for (let y = 0; y < 7; y++) for (let x = 0; x < 7; x++) {
     const code = view[y][x];
     if (code === OBJ.ball || code === OBJ.key) {
+      const c = colours ? MG_RGB[MG_COLOR_NAMES[colours[y][x]]] : code === OBJ.ball ? COLORS.ball : OBJ_COLOR[OBJ.key];
       html += `<rect class="cell" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="#000"/>` +
-        objectGlyph(code, (x + 0.5) * px, (y + 0.5) * px, px, code === OBJ.ball ? COLORS.ball : OBJ_COLOR[OBJ.key]);
+        objectGlyph(code, (x + 0.5) * px, (y + 0.5) * px, px, c);
     } else html += `<rect class="cell" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="${OBJ_COLOR[code] || "#888"}"/>`;
   }
   html += agentTriangle(3.5 * px, 6.5 * px, px, 3);
-  if (carrying) html += objectGlyph(OBJ[carrying.object], 3.5 * px, 6.5 * px, 0.5 * px, "#fff");
+  if (carrying) html += objectGlyph(OBJ[carrying.object], 3.5 * px, 6.5 * px, 0.5 * px, MG_RGB[carrying.colour] || "#fff");
   return html;
 }
 
-function drawView(view, carrying) {
-  $("view").innerHTML = viewSvg(view, 22, carrying);
+function drawView(view, carrying, colours) {
+  $("view").innerHTML = viewSvg(view, 22, carrying, colours);
   $("view").setAttribute("data-view", view.map((r) => r.join("")).join("/"));
   $("carrying").textContent = carrying ? `${carrying.colour} ${carrying.object}` : "nothing";
 }
