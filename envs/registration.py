@@ -11,10 +11,10 @@ from __future__ import annotations
 import numbers
 from typing import Any, NamedTuple
 
-from envs import dynamic_obstacles, empty
+from envs import dynamic_obstacles, empty, memory
 from envs.task import Task
 
-FAMILIES = (dynamic_obstacles, empty)  # the Dynamic Obstacles ids first (dtjax's default family)
+FAMILIES = (dynamic_obstacles, empty, memory)  # the Dynamic Obstacles ids first (dtjax's default family)
 
 
 class EnvSpec(NamedTuple):

@@ -24,11 +24,18 @@ RUNNING = 0  # info["outcome"] of a step that ends nothing, in every family
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """A hand-made situation: a (non-batched) env state, a caption, and the family's tags."""
+    """A hand-made situation: a (non-batched) env state, a caption, and the family's tags.
+
+    ``actions``: for a task whose model needs the history (Memory), the actions taken from a
+    reset state of the same episode (its layout, time 0) to reach ``state``, so a front end
+    replays them to build the context window; ``()`` (the default) when the state alone is the
+    scenario (Dynamic Obstacles, Empty) or it is a reset state.
+    """
 
     name: str
     state: Any  # the family's EnvState, one episode
     caption: str
+    actions: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,7 +116,7 @@ def test_overrides_and_errors():
         envs.Empty(size=3)
     # the families do not leak into each other
     assert envs.task_of("MiniGrid-Dynamic-Obstacles-8x8-v0").family == "dynamic_obstacles"
-    assert len(envs.registered_envs) == len(set(envs.registered_envs)) == 16
+    assert len(envs.registered_envs) == len(set(envs.registered_envs)) == 24  # 8 Dynamic Obstacles + 8 Empty + 8 Memory ids
 
 
 # ---------------------------------------------------------------------------------------------
