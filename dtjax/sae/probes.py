@@ -45,13 +45,13 @@ def object_codes(obs: np.ndarray) -> np.ndarray:
 
 
 def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int,
-                 objects: tuple[str, ...] = tuple(OBJECTS)) -> tuple[list[str], list[str], np.ndarray]:
+                 objects: tuple[str, ...] = ("empty", "wall", "ball", "goal")) -> tuple[list[str], list[str], np.ndarray]:
     """(names, families, labels (M, P) bool) of every probe on M tokens.
 
     ``obs`` (M, 7, 7, C) views; ``rtg`` (M,) the RTG token's value; ``timestep`` (M,);
     ``agent_pos`` (M, 2) world (x, y); ``agent_dir`` (M,) 0=E 1=S 2=W 3=N; ``size`` the grid;
-    ``objects``: the task's objects (``env.task.objects``): the cell probes, and the ball probes
-    only where the task has balls.
+    ``objects``: the task's objects (``env.task.objects``; default Dynamic Obstacles'): the cell
+    probes (Memory's key too), and the ball probes only where the task has balls.
     """
     unknown = [o for o in objects if o not in OBJECTS]
     if unknown:
