@@ -147,6 +147,8 @@ def _lift_env(d: dict, legacy: tuple[str, ...], obs_mode: str | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 OBS_CHANNELS = {"image": 3, "one_hot": 20}  # raw MiniGrid codes, or OneHotPartialObsWrapper bits
+MLP_KINDS = ("standard", "gated")  # ModelConfig.mlp
+PAD_RTGS = ("zero", "initial")  # ModelConfig.pad_rtg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +173,9 @@ class ModelConfig(ConfigBase):
     """TransformerLens-style LN before attention/MLP/unembed (original: off)"""
     attn_only: bool = False
     """drop the MLPs"""
+    mlp: str = "standard"
+    """"standard": relu(x W_in + b_in) W_out + b_out; "gated": TransformerLens's gated_mlp,
+    (relu(x W_gate) * (x W_in) + b_in) W_out + b_out, b_in after the product (the original's MemoryDT)"""
     obs_mode: str = "image"
     """"image": raw (7,7,3) codes as floats (original); "one_hot": (7,7,20)"""
     time_embedding: str = "learned"
@@ -178,7 +183,12 @@ class ModelConfig(ConfigBase):
     n_actions: int = 3
     """left, right, forward; index n_actions is the padding action"""
     n_ctx: int = 0
-    """W_pos rows (see pos_rows); 0 = 3 * n_timesteps. The originals: 3 (R,s,a) or 2 (R,s)"""
+    """W_pos rows (see pos_rows); 0 = 3 * n_timesteps. The originals: 3 (R,s,a), 2 (R,s), 26 (MemoryDT: R1 s1 a1 ... R9 s9)"""
+    pad_rtg: str = "zero"
+    """RTG of the padded timesteps before an episode's first step (K > 1; padded timesteps are
+    otherwise zero observation, timestep 0, padding action n_actions): "zero" (dtjax: training
+    windows and evaluation alike) or "initial" (the episode's first RTG, as the original's
+    evaluation and app pad, `initialize_padding_inputs`; set by dtjax.load for its K > 1 models)"""
     init: str = "normal"
     """"normal": N(0, init_std) GPT-2 style; "transformer_lens": the original's init"""
     init_std: float = 0.02
@@ -196,6 +206,8 @@ class ModelConfig(ConfigBase):
         _check(self.init in ("normal", "transformer_lens"), f"model.init must be 'normal' or 'transformer_lens', got {self.init!r}")
         _check(self.attn_only or self.d_mlp >= 1, f"model.d_mlp must be >= 1 unless attn_only, got {self.d_mlp}")
         _check(self.obs_mode in OBS_CHANNELS, f"model.obs_mode must be one of {', '.join(OBS_CHANNELS)}, got {self.obs_mode!r}")
+        _check(self.mlp in MLP_KINDS, f"model.mlp must be one of {', '.join(MLP_KINDS)}, got {self.mlp!r}")
+        _check(self.pad_rtg in PAD_RTGS, f"model.pad_rtg must be one of {', '.join(PAD_RTGS)}, got {self.pad_rtg!r}")
         _check(self.time_embedding in ("learned", "linear"), f"model.time_embedding must be 'learned' or 'linear', got {self.time_embedding!r}")
         _check(self.n_ctx == 0 or self.n_ctx >= 3 * self.n_timesteps - 1,
                f"model.n_ctx ({self.n_ctx}) is too small for {self.n_timesteps} timesteps (needs >= {3 * self.n_timesteps - 1})")

@@ -151,7 +151,9 @@ class Window:
     obs (..., K, *obs_shape); rtg (..., K) float32; timesteps (..., K) int32; actions (..., K)
     int32: the action taken at each timestep, the padding action at padded slots and at the current
     (last) one, whose action is not chosen yet. Padded slots (an episode's start) hold a zero
-    observation, RTG 0 and timestep 0, as ``dtjax.data.dataset`` pads training windows.
+    observation, timestep 0 and RTG 0, as ``dtjax.data.dataset`` pads training windows, or the
+    episode's initial RTG for a model with ``ModelConfig.pad_rtg == "initial"`` (the original's
+    evaluation windows; docs/architecture.md, "Padding").
     """
 
     obs: jax.Array
@@ -160,13 +162,17 @@ class Window:
     actions: jax.Array
 
     @classmethod
-    def start(cls, obs, rtg, timestep, n_timesteps: int, pad_action: int) -> "Window":
+    def start(cls, obs, rtg, timestep, n_timesteps: int, pad_action: int, pad_rtg: str = "zero") -> "Window":
         """The window at an episode's first step: K - 1 padding timesteps, then (obs, rtg, timestep).
-        ``rtg`` (...) gives the batch shape; ``obs`` (..., *obs_shape); ``timestep`` broadcasts."""
+        ``rtg`` (...) gives the batch shape; ``obs`` (..., *obs_shape); ``timestep`` broadcasts.
+        ``pad_rtg``: the padded timesteps' RTG, "zero" or "initial" (``rtg``), as ``ModelConfig.pad_rtg``."""
+        if pad_rtg not in ("zero", "initial"):
+            raise ValueError(f"pad_rtg must be 'zero' or 'initial', got {pad_rtg!r}")
         obs = jnp.asarray(obs)
         batch = jnp.shape(rtg)
+        rtg_pad = jnp.asarray(rtg, jnp.float32)[..., None] if pad_rtg == "initial" else jnp.float32(0.0)
         pad = cls(obs=jnp.zeros(batch + (n_timesteps,) + obs.shape[len(batch):], obs.dtype),
-                  rtg=jnp.zeros(batch + (n_timesteps,), jnp.float32), timesteps=jnp.zeros(batch + (n_timesteps,), jnp.int32),
+                  rtg=jnp.broadcast_to(rtg_pad, batch + (n_timesteps,)), timesteps=jnp.zeros(batch + (n_timesteps,), jnp.int32),
                   actions=jnp.full(batch + (n_timesteps,), pad_action, jnp.int32))
         return push_step(pad, pad_action, pad_action, obs=obs, rtg=rtg, timesteps=timestep)
 
@@ -197,6 +203,8 @@ def push_step(window, action, pad_action: int, **newest):
 
 def _policy_logits(params, cfg: ModelConfig, hist: Window, interventions):
     actions = hist.actions if cfg.n_timesteps > 1 else None
+    if actions is not None and cfg.pos_rows < 3 * cfg.n_timesteps:
+        actions = actions[:, :-1]  # a model of 3K - 1 positions (the original's MemoryDT) never reads the last slot
     if interventions:
         logits = run_with_hooks(params, cfg, hist.obs, hist.rtg, hist.timesteps, actions, interventions=interventions)
     else:
@@ -244,7 +252,7 @@ def _rollout_core(params, cfg, env, env_params, key, target_rtgs, n_rtg, n_episo
     window = P * R  # enough queue entries to find P open ones while any target is open
 
     def fresh_hist(obs0, rtg0):
-        return Window.start(obs0, rtg0, 0, K, pad_action)
+        return Window.start(obs0, rtg0, 0, K, pad_action, cfg.pad_rtg)
 
     def refill(c):
         """Give every idle slot the next queue entry of a target still open (or leave it idle)."""

@@ -64,7 +64,9 @@ def _row(scope, axes, width, kind="component", head_axis=None, pos_axis=1) -> Ho
 # Every hook, by suffix (a block hook's name without ``blocks.L.``), in forward order. Notes:
 # hook_action_embed has K or K-1 timesteps and is absent when no action token is fed; ln*.hook_scale
 # only with layer_norm; hook_resid_mid, ln2 and mlp.* are absent when attn_only; attn.hook_result is
-# each head's output before summing; hook_logits is read at the state tokens.
+# each head's output before summing; hook_logits is read at the state tokens. A gated MLP (TL's
+# gated_mlp) has hook_pre = x W_gate (the ReLU's input, as in TL), hook_pre_linear = x W_in (only
+# there) and hook_post = relu(hook_pre) * hook_pre_linear + b_in.
 HOOKS: dict[str, HookInfo] = {
     "hook_state_embed": _row("embed", "batch timestep d_model", "d_model"),
     "hook_rtg_embed": _row("embed", "batch timestep d_model", "d_model"),
@@ -85,6 +87,7 @@ HOOKS: dict[str, HookInfo] = {
     "hook_resid_mid": _row("block", "batch pos d_model", "d_model", "residual"),
     "ln2.hook_scale": _row("block", "batch pos 1", None),
     "mlp.hook_pre": _row("block", "batch pos d_mlp", "d_mlp"),
+    "mlp.hook_pre_linear": _row("block", "batch pos d_mlp", "d_mlp"),
     "mlp.hook_post": _row("block", "batch pos d_mlp", "d_mlp"),
     "hook_mlp_out": _row("block", "batch pos d_model", "d_model"),
     "hook_resid_post": _row("block", "batch pos d_model", "d_model", "residual"),
@@ -105,7 +108,7 @@ _SHORT = {
     "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "q": "attn.hook_q", "k": "attn.hook_k",
     "v": "attn.hook_v", "z": "attn.hook_z", "result": "attn.hook_result", "attn_scores": "attn.hook_attn_scores",
     "scores": "attn.hook_attn_scores", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
-    "pre": "mlp.hook_pre", "post": "mlp.hook_post", "scale1": "ln1.hook_scale", "scale2": "ln2.hook_scale",
+    "pre": "mlp.hook_pre", "pre_linear": "mlp.hook_pre_linear", "post": "mlp.hook_post", "scale1": "ln1.hook_scale", "scale2": "ln2.hook_scale",
 }
 _GLOBAL_SHORT = {
     "embed": "hook_embed", "pos_embed": "hook_pos_embed", "state_embed": "hook_state_embed",
@@ -144,14 +147,17 @@ def act_name(name: str | tuple, layer: int | None = None) -> str:
     return f"blocks.{int(layer)}.{suffix}"
 
 
-def all_hook_names(n_layers: int, layer_norm: bool = False, attn_only: bool = False) -> list[str]:
-    """Every name a full cache of a model of this shape holds (with an action token fed)."""
+def all_hook_names(n_layers: int, layer_norm: bool = False, attn_only: bool = False, gated: bool = False) -> list[str]:
+    """Every name a full cache of a model of this shape holds (with an action token fed);
+    ``gated``: a gated MLP (``ModelConfig.mlp == "gated"``), which adds ``mlp.hook_pre_linear``."""
     names = list(EMBED_HOOKS)
     for layer in range(n_layers):
         for h in BLOCK_HOOKS:
             if h.startswith("ln") and not layer_norm:
                 continue
             if attn_only and (h.startswith(("mlp.", "ln2.")) or h in ("hook_mlp_out", "hook_resid_mid")):
+                continue
+            if h == "mlp.hook_pre_linear" and not gated:
                 continue
             names.append(f"blocks.{layer}.{h}")
     if layer_norm:
@@ -163,7 +169,7 @@ def all_hook_names(n_layers: int, layer_norm: bool = False, attn_only: bool = Fa
 def hook_names(cfg, with_actions: bool = True) -> list[str]:
     """Every hook a forward pass of a model with ModelConfig ``cfg`` reaches (in forward order);
     without an action token fed (``with_actions=False``) there is no ``hook_action_embed``."""
-    names = all_hook_names(cfg.n_layers, cfg.layer_norm, cfg.attn_only)
+    names = all_hook_names(cfg.n_layers, cfg.layer_norm, cfg.attn_only, cfg.mlp == "gated")
     return names if with_actions else [n for n in names if n != "hook_action_embed"]
 
 

@@ -10,8 +10,14 @@ tensors, storages): any other global in the pickle is refused, so no pickled cod
 
 Supported originals (DecisionTransformerInterpretability): plain state dicts
 (`demo_model*.pt`), and dicts with `model_state_dict` plus JSON configs
-(`ReproduceOriginalPostShort.pt`, whose keys are renamed). The architecture is inferred from
-shapes as the original's `load_decision_transformer` did.
+(`ReproduceOriginalPostShort.pt`, whose keys are renamed; `MemoryGatedMLP.pt`, the MemoryDT
+variant: 2 layers, LayerNorm, gated MLP, 7 actions, 9 timesteps). The architecture is inferred
+from shapes as the original's `load_decision_transformer` did: n_timesteps K from the W_pos rows
+(n_ctx = 3K - 1 or 3K: R1 s1 a1 ... RK sK [aK]), a gated MLP from `mlp.W_gate`, LayerNorm from
+`ln1.w`. A model with K > 1 gets ``pad_rtg="initial"``: the original evaluated (and its app ran)
+such models on windows whose padded timesteps hold the episode's initial RTG (with zero
+observations, timestep 0 and the padding action, as dtjax pads), so ``dtjax.evaluate`` then
+reproduces the original's behaviour (docs/architecture.md, "Padding").
 
 The env a `.pt` model belongs to (`dtjax.load(path, with_env=True)`): its embedded
 `environment_config` (env_id, max_steps) if it has one, else MiniGrid-Dynamic-Obstacles-8x8-v0 with max_steps = the model's max_timestep (its learned time
@@ -163,13 +169,17 @@ def _original_to_dtjax(sd: dict, path: Path) -> tuple[ModelConfig, dict]:
     n_heads, d_model, d_head = sd[b0 + "attn.W_Q"].shape
     layer_norm = (b0 + "ln1.w") in sd
     attn_only = (b0 + "mlp.W_in") not in sd
+    gated = (b0 + "mlp.W_gate") in sd
+    n_ctx = sd["transformer.pos_embed.W_pos"].shape[0]
+    n_timesteps = max(1, (n_ctx + 1) // 3)  # 2 (R, s) or 3 (R, s, a) -> 1; 3K - 1 (last action dropped) -> K
     try:
         cfg = ModelConfig(
             n_layers=len(layers), d_model=d_model, n_heads=n_heads, d_head=d_head,
-            d_mlp=0 if attn_only else sd[b0 + "mlp.W_in"].shape[1], n_timesteps=1,
+            d_mlp=0 if attn_only else sd[b0 + "mlp.W_in"].shape[1], n_timesteps=n_timesteps,
             max_timestep=(time_w.shape[0] - 1) if not linear_time else 1000, layer_norm=layer_norm, attn_only=attn_only,
-            obs_mode=obs_mode, time_embedding="linear" if linear_time else "learned",
-            n_actions=sd["predict_actions.weight"].shape[0], n_ctx=sd["transformer.pos_embed.W_pos"].shape[0],
+            mlp="gated" if gated else "standard", obs_mode=obs_mode, time_embedding="linear" if linear_time else "learned",
+            n_actions=sd["predict_actions.weight"].shape[0], n_ctx=n_ctx,
+            pad_rtg="initial" if n_timesteps > 1 else "zero",  # the original's evaluation windows (module docstring)
             init="transformer_lens",  # how the original initialised them, if the config is reused
         )
     except ConfigError as e:
@@ -189,7 +199,8 @@ def _original_to_dtjax(sd: dict, path: Path) -> tuple[ModelConfig, dict]:
         pre = f"transformer.blocks.{layer}."
         block = {"attn": {n: f32(sd[pre + "attn." + n]) for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}}
         if not attn_only:
-            block["mlp"] = {n: f32(sd[pre + "mlp." + n]) for n in ("W_in", "b_in", "W_out", "b_out")}
+            block["mlp"] = {n: f32(sd[pre + "mlp." + n]) for n in ("W_in", "b_in", "W_out", "b_out")
+                            + (("W_gate",) if gated else ())}
         if layer_norm:
             block["ln1"] = {"w": f32(sd[pre + "ln1.w"]), "b": f32(sd[pre + "ln1.b"])}
             if not attn_only:

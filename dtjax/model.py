@@ -11,6 +11,8 @@ block stack (TL @ 25b9e076, `components.py`: Attention, MLP, LayerNorm):
     tau       = W_time[t]  or  t * W_time[0]          (learned table or linear)
     x         = tokens + W_pos[:n]
     block     = x + attn(ln1(x));  x + mlp(ln2(x))    (causal; masked scores set to -1e5)
+    mlp(h)    = relu(h W_in + b_in) W_out + b_out, or gated (cfg.mlp, TL's gated_mlp, the
+                original's MemoryDT): (relu(h W_gate) * (h W_in) + b_in) W_out + b_out
     logits_t  = ln_final(x)[state token t] @ W_U + b_U
 
 ``DecisionTransformer(cfg)`` is a ``flax.linen.Module`` whose ``variables["params"]`` is the
@@ -112,6 +114,8 @@ def param_specs(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[tuple[int, ...]
             for name, shape, init in (("W_in", (d, cfg.d_mlp), normal(std)), ("b_in", (cfg.d_mlp,), zeros),
                                       ("W_out", (cfg.d_mlp, d), normal(resid_std)), ("b_out", (d,), zeros)):
                 specs[(b, "mlp", name)] = (shape, init)
+            if cfg.mlp == "gated":  # drawn after the others, so a standard MLP's draws are unchanged
+                specs[(b, "mlp", "W_gate")] = ((d, cfg.d_mlp), normal(std))
         for ln_name in ("ln1",) + (() if cfg.attn_only else ("ln2",)):
             if cfg.layer_norm:
                 specs.update({(b, ln_name, k): v for k, v in ln.items()})
@@ -227,12 +231,22 @@ class Attention(_Hooked):
 
 
 class MLP(_Hooked):
-    """ReLU MLP: W_in (d_model, d_mlp), W_out (d_mlp, d_model)."""
+    """ReLU MLP: W_in (d_model, d_mlp), W_out (d_mlp, d_model).
+
+    ``cfg.mlp == "gated"``: TransformerLens's gated MLP (``components/mlps/gated_mlp.py``) with
+    W_gate (d_model, d_mlp): hook_pre = x W_gate, hook_pre_linear = x W_in, hook_post =
+    relu(hook_pre) * hook_pre_linear + b_in -- b_in is added *after* the product, as TL does.
+    """
 
     @nn.compact
     def __call__(self, x, ivs):
-        pre = self.hook("hook_pre", x @ self.p("W_in") + self.p("b_in"), ivs)
-        post = self.hook("hook_post", jax.nn.relu(pre), ivs)
+        if self.cfg.mlp == "gated":
+            pre = self.hook("hook_pre", x @ self.p("W_gate"), ivs)
+            linear = self.hook("hook_pre_linear", x @ self.p("W_in"), ivs)
+            post = self.hook("hook_post", jax.nn.relu(pre) * linear + self.p("b_in"), ivs)
+        else:
+            pre = self.hook("hook_pre", x @ self.p("W_in") + self.p("b_in"), ivs)
+            post = self.hook("hook_post", jax.nn.relu(pre), ivs)
         return post @ self.p("W_out") + self.p("b_out")
 
 

@@ -164,7 +164,7 @@ def _patch_sweep(params, cfg, corrupted, value, v, name, n_pos, n_heads):
 
 def patchable_hooks(cfg: ModelConfig, cache: dict) -> list[str]:
     """Hook names of a cache that activation patching sweeps (all but the logits), in forward order."""
-    order = hooks_lib.all_hook_names(cfg.n_layers, cfg.layer_norm, cfg.attn_only)
+    order = hooks_lib.hook_names(cfg)
     rank = {n: i for i, n in enumerate(order)}
     return sorted((n for n in cache if n != "hook_logits"), key=lambda n: rank.get(n, len(rank)))
 

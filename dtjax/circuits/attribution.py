@@ -160,7 +160,7 @@ def rtg_scan(params: dict, cfg: ModelConfig, inputs: Inputs, rtgs: jax.Array, di
     v = action_vector(direction, cfg.n_actions)
 
     def one(r):
-        logits, cache = run_with_cache(params, cfg, inputs.with_rtg(r[None], cfg.n_actions))
+        logits, cache = run_with_cache(params, cfg, inputs.with_rtg(r[None], cfg.n_actions, cfg.pad_rtg))
         _, per_action = decompose_logits(params, cfg, cache, pos)
         pat = jnp.stack([cache[f"blocks.{l}.attn.hook_pattern"][0] for l in range(cfg.n_layers)])
         sc = jnp.stack([cache[f"blocks.{l}.attn.hook_attn_scores"][0] for l in range(cfg.n_layers)])

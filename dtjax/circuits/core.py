@@ -50,10 +50,11 @@ class Inputs:
     def concat(parts: list["Inputs"]) -> "Inputs":
         return jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *parts)
 
-    def left_pad(self, n_timesteps: int, pad_action: int = 3) -> "Inputs":
+    def left_pad(self, n_timesteps: int, pad_action: int = 3, pad_rtg: str = "zero") -> "Inputs":
         """``n_timesteps`` of context, the real ones right-aligned after padding timesteps, as
         training windows and closed-loop evaluation pad the start of an episode: zero observation,
-        RTG 0, timestep 0, the padding action; actions (batch, n_timesteps - 1) (None for 1).
+        RTG 0 (``pad_rtg="initial"``: the first real RTG, ``ModelConfig.pad_rtg``), timestep 0, the
+        padding action; actions (batch, n_timesteps - 1) (None for 1).
         """
         k = self.n_timesteps
         if k > n_timesteps:
@@ -67,20 +68,25 @@ class Inputs:
         acts = self.actions if self.actions is not None else jnp.zeros((b, 0), jnp.int32)
         acts = jnp.concatenate([acts, jnp.full((b, k - 1 - acts.shape[1]), pad_action, jnp.int32)], 1)[:, : k - 1]
         acts = lpad(acts, pad_action) if n_timesteps > 1 else None
-        return Inputs(obs=lpad(self.obs), rtg=lpad(self.rtg), timesteps=lpad(self.timesteps), actions=acts)
+        rtg = jnp.asarray(self.rtg, jnp.float32)
+        rtg_pad = jnp.broadcast_to(rtg[:, :1], (b, pad)) if pad_rtg == "initial" else jnp.zeros((b, pad), jnp.float32)
+        return Inputs(obs=lpad(self.obs), rtg=jnp.concatenate([rtg_pad, rtg], 1), timesteps=lpad(self.timesteps),
+                      actions=acts)
 
-    def with_rtg(self, rtg, pad_action: int = 3) -> "Inputs":
+    def with_rtg(self, rtg, pad_action: int = 3, pad_rtg: str = "zero") -> "Inputs":
         """Shift every RTG of each row so that its last (current) RTG is ``rtg`` (batch,) or ().
 
         Rewards between timesteps (RTG differences) are preserved; for K = 1 this just sets it.
         Padding timesteps keep their RTG 0 (the model never saw padding with another RTG): those
         before the last that are padding by the convention of ``left_pad``, training windows and
         closed-loop evaluation (action ``pad_action``, RTG 0, timestep 0, zero observation).
+        ``pad_rtg="initial"`` (``ModelConfig.pad_rtg``): padding holds the episode's initial RTG,
+        so it shifts with the real timesteps.
         """
         r = jnp.asarray(self.rtg, jnp.float32)
         new = r - r[:, -1:] + jnp.reshape(jnp.asarray(rtg, jnp.float32), (-1, 1))
         k = self.n_timesteps
-        if self.actions is not None and k > 1:
+        if self.actions is not None and k > 1 and pad_rtg == "zero":
             obs = jnp.asarray(self.obs)[:, : k - 1]
             pad = ((jnp.asarray(self.actions)[:, : k - 1] == pad_action) & (r[:, : k - 1] == 0)
                    & (jnp.asarray(self.timesteps)[:, : k - 1] == 0) & ~jnp.any(obs != 0, axis=tuple(range(2, obs.ndim))))
