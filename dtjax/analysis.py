@@ -144,7 +144,7 @@ def reference_inputs(key: jax.Array, n: int, cfg: ModelConfig, env_cfg, rtg: flo
     step's action slot padded). ``circuits.ablation_means`` of them cover the closed loop's 3K
     positions and, trimmed, a scenario's 3K - 1."""
     return S.sample_inputs(key, n, rtg=rtg, env=env_cfg, n_timesteps=cfg.n_timesteps,
-                           pad_action=cfg.n_actions)
+                           pad_action=cfg.n_actions, pad_rtg=cfg.pad_rtg)
 
 
 def ablation_panel(params: dict, cfg: ModelConfig, inputs: Inputs, kind: str = "zero", means: dict | None = None) -> dict:

@@ -98,7 +98,7 @@ def _stack(states: list) -> Any:
 
 def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0, obs_mode: str | None = None,
                     env_id: str | None = None, env: EnvConfig | None = None, n_timesteps: int = 1,
-                    pad_action: int | None = None) -> tuple[list[str], Inputs]:
+                    pad_action: int | None = None, pad_rtg: str = "zero") -> tuple[list[str], Inputs]:
     """(names, Inputs of batch n): each scenario at target RTG ``rtg`` and ``timestep``.
 
     ``env``: the EnvConfig to build them in (default: 8x8, image); ``obs_mode`` / ``env_id``
@@ -106,7 +106,8 @@ def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0,
     tokens are (R, s): the action token is not fed because it cannot affect the prediction (causal
     mask). ``n_timesteps`` > 1 (a model with a longer context) left-pads each scenario to that many
     timesteps as training and evaluation pad an episode's first step (``Inputs.left_pad``), with
-    ``pad_action`` (default: the task's number of actions, the model's padding action).
+    ``pad_action`` (default: the task's number of actions, the model's padding action) and
+    padding RTG ``pad_rtg`` (``ModelConfig.pad_rtg``: 0, or the episode's initial RTG).
 
     A scenario with a history (``scenario_history``) is the window closed-loop evaluation would
     hold after playing its actions in the env from its episode's reset state: its last K
@@ -126,18 +127,19 @@ def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0,
     if not any(histories):  # every scenario is an episode's first step
         obs = observe_states(states, env=env)
         inp = Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
-        return names, inp if n_timesteps == 1 else inp.left_pad(n_timesteps, pad)
-    win = history_windows(jenv, jparams, [known[nm] for nm in names], list(known.values()), int(n_timesteps), pad)
+        return names, inp if n_timesteps == 1 else inp.left_pad(n_timesteps, pad, pad_rtg)
+    win = history_windows(jenv, jparams, [known[nm] for nm in names], list(known.values()), int(n_timesteps), pad, pad_rtg)
     inp = Inputs(obs=win.obs, rtg=win.rtg, timesteps=win.timesteps + jnp.int32(timestep),
                  actions=win.actions[:, :-1] if n_timesteps > 1 else None)
-    return names, inp.with_rtg(rtg, pad)
+    return names, inp.with_rtg(rtg, pad, pad_rtg)
 
 
-def history_windows(env, env_params, chosen: list[Scenario], candidates: list[Scenario], K: int, pad_action: int) -> Window:
+def history_windows(env, env_params, chosen: list[Scenario], candidates: list[Scenario], K: int, pad_action: int,
+                    pad_rtg: str = "zero") -> Window:
     """(n, K, ...) windows of the ``chosen`` scenarios: each one's history replayed from the reset
     state among ``candidates`` (no history, time 0) that it reaches exactly (a scenario without a
     history starts and ends at its own state)."""
-    return _replays(env, env_params, chosen, candidates, K, pad_action)[0]
+    return _replays(env, env_params, chosen, candidates, K, pad_action, pad_rtg)[0]
 
 
 def scenario_start(name: str, env: EnvConfig | None = None) -> tuple[Any, tuple[int, ...]]:
@@ -156,7 +158,7 @@ def scenario_start(name: str, env: EnvConfig | None = None) -> tuple[Any, tuple[
 
 
 def _replays(env, env_params, chosen: list[Scenario], candidates: list[Scenario], K: int,
-             pad_action: int) -> tuple[Window, list[Scenario]]:
+             pad_action: int, pad_rtg: str = "zero") -> tuple[Window, list[Scenario]]:
     """``history_windows`` and the start scenario of each chosen one."""
     starts = [c for c in candidates if not scenario_history(c) and int(c.state.time) == 0]
     rows, acts, lengths = [], [], []
@@ -168,7 +170,7 @@ def _replays(env, env_params, chosen: list[Scenario], candidates: list[Scenario]
             acts.append(list(h) + [pad_action] * (length - len(h)))
             lengths.append(len(h))
     win, final = replay_windows(env, env_params, _stack(rows), jnp.asarray(acts, jnp.int32), jnp.asarray(lengths, jnp.int32),
-                                K, pad_action)
+                                K, pad_action, pad_rtg)
     final = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(final))]
     pick, found, i = [], [], 0
     for sc in chosen:
@@ -187,9 +189,9 @@ def _replays(env, env_params, chosen: list[Scenario], candidates: list[Scenario]
     return jax.tree.map(lambda x: x[jnp.asarray(pick)], win), found
 
 
-@functools.partial(jax.jit, static_argnames=("env", "K", "pad_action"))
+@functools.partial(jax.jit, static_argnames=("env", "K", "pad_action", "pad_rtg"))
 def replay_windows(env, env_params, states, actions: jax.Array, lengths: jax.Array, K: int,
-                   pad_action: int) -> tuple[Window, Any]:
+                   pad_action: int, pad_rtg: str = "zero") -> tuple[Window, Any]:
     """The (n, K, ...) context windows after playing ``actions[i, :lengths[i]]`` from ``states[i]``,
     and the (n,) states reached.
 
@@ -200,7 +202,7 @@ def replay_windows(env, env_params, states, actions: jax.Array, lengths: jax.Arr
     rewards received so far (``Inputs.with_rtg`` then sets the current one).
     """
     def one(state, acts, length):
-        w0 = Window.start(env.observe(state, env_params), jnp.float32(0), state.time, K, pad_action)
+        w0 = Window.start(env.observe(state, env_params), jnp.float32(0), state.time, K, pad_action, pad_rtg)
 
         def step(carry, x):
             i, a = x
@@ -218,7 +220,8 @@ def replay_windows(env, env_params, states, actions: jax.Array, lengths: jax.Arr
 
 def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None = None, max_steps: int | None = None,
                   policy: Callable | None = None, n_envs: int = 16, env_id: str | None = None,
-                  env: EnvConfig | None = None, n_timesteps: int = 1, pad_action: int | None = None) -> Inputs:
+                  env: EnvConfig | None = None, n_timesteps: int = 1, pad_action: int | None = None,
+                  pad_rtg: str = "zero") -> Inputs:
     """``n`` Inputs drawn from real rollouts: the window a policy sees at each visited step.
 
     Runs ``n_envs`` vmapped episodes (auto-reset) of ``env`` (default 8x8, max_steps 300; the
@@ -233,21 +236,23 @@ def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None
     (n, K) are the actions taken before each step and the current step's slot holds
     ``pad_action`` (3K tokens, so dataset means such as ``circuits.ablation_means`` cover the
     closed loop's positions and, trimmed, a scenario's 3K - 1). K = 1: one step, no action token.
-    ``pad_action`` defaults to the task's number of actions (the model's padding action).
+    ``pad_action`` defaults to the task's number of actions (the model's padding action);
+    ``pad_rtg`` is the padded timesteps' RTG (``ModelConfig.pad_rtg``: 0, or the episode's initial).
     """
     env_cfg = _env_cfg(env, obs_mode, env_id, max_steps)
     env, env_params = env_cfg.make()
     if int(n_timesteps) < 1:
         raise ValueError(f"n_timesteps must be >= 1, got {n_timesteps}")
     pad = env.num_actions if pad_action is None else int(pad_action)
-    win = _rollout_windows(key, env, env_params, jnp.float32(rtg), n_envs, -(-n // n_envs), int(n_timesteps), pad, policy)
+    win = _rollout_windows(key, env, env_params, jnp.float32(rtg), n_envs, -(-n // n_envs), int(n_timesteps), pad, policy,
+                           pad_rtg)
     win = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], win)  # (steps, n_envs, ...) -> (n, ...)
     return Inputs(obs=win.obs, rtg=win.rtg, timesteps=jnp.minimum(win.timesteps, env_cfg.max_steps).astype(jnp.int32),
                   actions=win.actions if n_timesteps > 1 else None)
 
 
-@functools.partial(jax.jit, static_argnames=("env", "n_envs", "steps", "K", "pad_action", "policy"))
-def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, policy) -> Window:
+@functools.partial(jax.jit, static_argnames=("env", "n_envs", "steps", "K", "pad_action", "policy", "pad_rtg"))
+def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, policy, pad_rtg="zero") -> Window:
     """(steps, n_envs, K, ...) context windows of ``sample_inputs``, at target RTG ``rtg``."""
     k_reset, k_run = jax.random.split(key)
     obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), env_params)
@@ -265,10 +270,10 @@ def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, po
         nxt = push_step(window, action, pad_action, obs=obs, rtg=rtgs, timesteps=state.time)
         done = term | trunc  # auto-reset: obs and state are the next episode's first step
         new = jax.tree.map(lambda f, x: jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), f, x),
-                           Window.start(obs, rtgs, state.time, K, pad_action), nxt)
+                           Window.start(obs, rtgs, state.time, K, pad_action, pad_rtg), nxt)
         return (obs, state, new), window
 
-    first = Window.start(obs0, rtgs, state0.time, K, pad_action)
+    first = Window.start(obs0, rtgs, state0.time, K, pad_action, pad_rtg)
     _, windows = jax.lax.scan(step, (obs0, state0, first), jax.random.split(k_run, steps))
     return windows
 
@@ -333,20 +338,24 @@ def current_window(inputs: Inputs) -> Inputs:
     return inputs.replace(actions=inputs.actions[:, :-1])
 
 
-def rtg_pair(states: Inputs, rtg: float = 0.9, corrupted_rtg: float = -1.0, pad_action: int = 3) -> tuple[Inputs, Inputs]:
+def rtg_pair(states: Inputs, rtg: float = 0.9, corrupted_rtg: float = -1.0, pad_action: int = 3,
+             pad_rtg: str = "zero") -> tuple[Inputs, Inputs]:
     """The same states at target RTG ``rtg`` (clean) and ``corrupted_rtg`` (corrupted): the RTG
     conditioning (``Inputs.with_rtg``: earlier RTGs of a window keep their differences; padding
-    timesteps, those with action ``pad_action`` (the model's ``n_actions``), keep RTG 0)."""
+    timesteps, those with action ``pad_action`` (the model's ``n_actions``), keep RTG 0, or move
+    with the rest for ``pad_rtg="initial"``)."""
     states = current_window(states)
     b = states.batch
-    return states.with_rtg(jnp.full((b,), rtg), pad_action), states.with_rtg(jnp.full((b,), corrupted_rtg), pad_action)
+    return (states.with_rtg(jnp.full((b,), rtg), pad_action, pad_rtg),
+            states.with_rtg(jnp.full((b,), corrupted_rtg), pad_action, pad_rtg))
 
 
-def ball_pair(states: Inputs, n: int | None = None, rtg: float = 0.9, pad_action: int = 3) -> tuple[Inputs, Inputs]:
+def ball_pair(states: Inputs, n: int | None = None, rtg: float = 0.9, pad_action: int = 3,
+              pad_rtg: str = "zero") -> tuple[Inputs, Inputs]:
     """The states with a ball in the cell ahead (clean; the first ``n`` of them) and the same
     states with that cell emptied (corrupted), at RTG ``rtg``: the obstacle-avoidance behaviour.
     The batch may be smaller than ``n``, or 0 when no state has a ball ahead."""
     states = current_window(states)
     idx = np.flatnonzero(np.asarray(front_is_ball(states.obs[:, -1])))[:n]
-    clean = states.take(jnp.asarray(idx, jnp.int32)).with_rtg(jnp.full((len(idx),), rtg), pad_action)
+    clean = states.take(jnp.asarray(idx, jnp.int32)).with_rtg(jnp.full((len(idx),), rtg), pad_action, pad_rtg)
     return clean, empty_front(clean)

@@ -124,8 +124,10 @@ class Controls:
 
 def model_inputs(window: Window, ctrl: Controls, cfg: ModelConfig) -> C.Inputs:
     """``circuits.Inputs`` (batch 1) of a window: RTG = target - reward so far, timestep = step
-    count + adjustment, padding (RTG 0, timestep 0) where not valid; K-1 action tokens."""
-    rtg = jnp.where(window.valid, ctrl.rtg - window.cumrew, 0.0).astype(jnp.float32)
+    count + adjustment, padding (RTG 0, or the target for ``cfg.pad_rtg == "initial"``; timestep 0)
+    where not valid; K-1 action tokens."""
+    pad_rtg = ctrl.rtg if cfg.pad_rtg == "initial" else 0.0  # the episode's initial RTG is the target
+    rtg = jnp.where(window.valid, ctrl.rtg - window.cumrew, pad_rtg).astype(jnp.float32)
     ts = jnp.where(window.valid, window.time + ctrl.t_adjust, 0).astype(jnp.int32)
     actions = jnp.asarray(window.actions)[None, :-1] if cfg.n_timesteps > 1 else None
     return C.Inputs(obs=jnp.asarray(window.obs)[None], rtg=rtg[None], timesteps=ts[None], actions=actions)

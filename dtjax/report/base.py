@@ -170,7 +170,8 @@ class Context:
         options'), with the model's context (left-padded for K > 1)."""
         rtg = self.options.rtg if rtg is None else rtg
         return self.memo(f"scenarios@{rtg}", lambda: S.scenario_inputs(
-            list(S.task_scenarios(self.env_cfg)), rtg=rtg, env=self.env_cfg, n_timesteps=self.cfg.n_timesteps))
+            list(S.task_scenarios(self.env_cfg)), rtg=rtg, env=self.env_cfg, n_timesteps=self.cfg.n_timesteps,
+            pad_action=self.cfg.n_actions, pad_rtg=self.cfg.pad_rtg))
 
     def scenario_panels(self, rtg: float | None = None) -> dict:
         """``analysis.state_panels`` of the scenarios (numpy arrays)."""

@@ -53,7 +53,7 @@ def circuit_pairs(ctx: Context) -> tuple[dict, list[str]]:
         notes = []
         n = min(o.circuit_batch, base.batch)
         if S.has_balls(ctx.task):  # the ball pair is a fact of a task with balls (Dynamic Obstacles)
-            ball_clean, ball_corr = S.ball_pair(base, None, o.rtg, ctx.cfg.n_actions)
+            ball_clean, ball_corr = S.ball_pair(base, None, o.rtg, ctx.cfg.n_actions, ctx.cfg.pad_rtg)
         else:
             ball_clean = ball_corr = base.take(jnp.arange(0))
             why = "its balls are not obstacles" if "ball" in ctx.task.objects else "no balls"
@@ -62,7 +62,7 @@ def circuit_pairs(ctx: Context) -> tuple[dict, list[str]]:
             n = min(n, ball_clean.batch)
         elif S.has_balls(ctx.task):
             notes.append(f"No ball pair: none of the {base.batch} sampled states has a ball in the cell ahead.")
-        pairs = {"rtg": S.rtg_pair(base.take(jnp.arange(n)), o.rtg, -1.0, ctx.cfg.n_actions)}
+        pairs = {"rtg": S.rtg_pair(base.take(jnp.arange(n)), o.rtg, -1.0, ctx.cfg.n_actions, ctx.cfg.pad_rtg)}
         if ball_clean.batch:
             pairs["ball"] = (ball_clean.take(jnp.arange(n)), ball_corr.take(jnp.arange(n)))
         return pairs, notes
