@@ -268,18 +268,19 @@ def closed_loop_panel(params: dict, cfg: ModelConfig, env, env_params, key: jax.
     """``n_episodes`` closed-loop episodes at target ``rtg`` without and with the ablation set
     (``dtjax.evaluate.evaluate_worlds``: both worlds run the same episodes in one vmapped rollout).
 
-    Returns ``labels`` (["clean", "ablated"]) and (2,) arrays ``mean_return``, ``goal_rate``,
-    ``hit_rate``, ``timeout_rate``, ``mean_length``.
+    Returns ``labels`` (["clean", "ablated"]) and (2,) arrays ``mean_return``, ``mean_length``
+    and ``{outcome}_rate`` for each of the task's outcomes but "running" (Dynamic Obstacles:
+    ``goal_rate``, ``hit_rate``, ``timeout_rate``; Memory: ``success_rate``, ``wrong_rate``, ...).
     """
     values = ablation_values(means, use_mean)
     both = jax.tree.map(lambda m: jnp.stack([jnp.zeros_like(m), jnp.asarray(m)]), masks)  # world 0 clean, 1 ablated
     ivs = jax.vmap(lambda m: C.ablation_interventions(cfg, m, "mean", values))(both)
     res = evaluate_worlds(params, cfg, env, env_params, key, [rtg], n_episodes, ivs, greedy=greedy,
                           temperature=temperature)
-    out = np.stack([x.reshape(2, -1).mean(-1) for x in (res.returns, res.goal, res.hit, res.timeout, res.lengths)])
-    out = out.astype(np.float64)
-    return {"labels": ["clean", "ablated"], "mean_return": out[0], "goal_rate": out[1],
-            "hit_rate": out[2], "timeout_rate": out[3], "mean_length": out[4]}
+    mean = lambda x: np.asarray(x, np.float64).reshape(2, -1).mean(-1)  # noqa: E731
+    outcome = np.asarray(res.outcome)
+    rates = {f"{o}_rate": mean(outcome == i) for i, o in enumerate(env.task.outcomes) if i > 0}
+    return {"labels": ["clean", "ablated"], "mean_return": mean(res.returns), **rates, "mean_length": mean(res.lengths)}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

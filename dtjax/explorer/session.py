@@ -20,7 +20,8 @@ activation patching (``analysis.patching_panel``) and closed-loop episodes
 (``analysis.closed_loop_panel``) run on request, off the key-press path (``Deferred``).
 
 Context (K timesteps), as ``dtjax.evaluate`` builds it: the last K steps of the episode,
-left-padded with a zero observation, RTG 0, timestep 0 and the padding action; the RTG token of
+left-padded with a zero observation, RTG 0 (the target for a model with ``pad_rtg="initial"``,
+the original MemoryDT), timestep 0 and the padding action; the RTG token of
 step j is the target minus the rewards collected before it; the timestep token is the env's step
 count plus the timestep adjustment.
 
