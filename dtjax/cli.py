@@ -148,22 +148,50 @@ def parse(cls: type[T], argv: list[str] | None, prog: str, default: T | None = N
     return out
 
 
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, nested dicts merged key by key (neither is modified)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_config(env_id: str, overrides: dict | None = None) -> TrainConfig:
+    """The TrainConfig of a run in ``env_id``: dtjax's defaults, then the task family's presets
+    (``envs.task_of(env_id).presets``, e.g. Memory's recurrent PPO data, one-hot views and a
+    9-step context), then ``overrides`` (a TrainConfig dict as a ``--config`` file holds it:
+    only the fields it sets replace the presets'), with
+    ``env.env_id`` set. A family without presets gets the defaults. ``ConfigError`` on bad values."""
+    from envs.registration import REGISTRY, task_of  # noqa: PLC0415  # lazy: CLI start-up (envs pulls in jax)
+
+    presets = dict(task_of(env_id).presets) if env_id in REGISTRY else {}  # an unknown id: EnvConfig says so
+    d = merge(merge(presets, overrides or {}), {"env": {"env_id": env_id}})
+    return TrainConfig.from_dict(d)
+
+
 def parse_train_args(argv: list[str] | None = None, prog: str = "train.py") -> TrainArgs:
-    """``python train.py``'s command line: ``--config FILE`` (when given) is read first and is
-    the base the other flags override; ``--model.obs_mode`` alone sets ``env.obs_mode`` too (the
-    DT reads what the env shows); ``--resume RUN`` names the run."""
+    """``python train.py``'s command line: the env's task presets (``preset_config``: the env of
+    ``--env.env_id``, else of the config file, else the default) are the base; ``--config FILE``
+    (when given) is laid over them; the other flags override both. ``--model.obs_mode`` alone
+    sets ``env.obs_mode`` too (the DT reads what the env shows); ``--resume RUN`` names the run."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    base = TrainConfig()
     path = _flag_value(argv, "--config")
+    raw: dict = {}
     if path is not None and not any(a in ("-h", "--help") for a in argv):
         try:
-            base = TrainConfig.from_json(Path(path).read_text())
+            raw = json.loads(Path(path).read_text())
         except FileNotFoundError:
             _error(prog, f"config file not found: {path}")
         except json.JSONDecodeError as e:
             _error(prog, f"config file {path} is not valid JSON: {e.msg} (line {e.lineno})")
-        except ConfigError as e:
-            _error(prog, f"config file {path}: {e}")
+        if not isinstance(raw, dict):
+            _error(prog, f"config file {path} is not a JSON object")
+    file_env = raw.get("env") if isinstance(raw.get("env"), dict) else {}
+    env_id = _flag_value(argv, "--env.env_id") or file_env.get("env_id") or raw.get("env_id") or TrainConfig().env.env_id
+    try:
+        base = preset_config(env_id, raw)  # the file's own settings only: the presets fill the rest
+    except (ConfigError, TypeError) as e:
+        _error(prog, f"config file {path}: {e}" if raw else f"presets of {env_id}: {e}")
     obs_mode = _flag_value(argv, "--model.obs_mode")
     if obs_mode is not None and _flag_value(argv, "--env.obs_mode") is None:
         argv += ["--env.obs_mode", obs_mode]

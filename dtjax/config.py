@@ -231,6 +231,9 @@ class ModelConfig(ConfigBase):
 # ---------------------------------------------------------------------------------------------
 
 
+PPO_ARCHS = ("mlp", "gru")  # PPOConfig.arch: dtjax.data.ppo, dtjax.data.ppo_rnn
+
+
 @dataclasses.dataclass(frozen=True)
 class PPOConfig(ConfigBase):
     """The behaviour policy: PPO with an MLP actor-critic (64-64 tanh), PureJaxRL style.
@@ -273,13 +276,21 @@ class PPOConfig(ConfigBase):
     num_minibatches: int = 8
     """minibatches per epoch"""
     hidden: int = 64
-    """MLP width (original: 64)"""
+    """MLP width (original: 64); with arch "gru", the width of the embedding, the GRU and the heads"""
     n_snapshots: int = 4
     """policy snapshots saved during training (for epsilon rollouts)"""
+    arch: str = "mlp"
+    """"mlp": separate actor and critic MLPs (Markov tasks); "gru": a recurrent actor-critic
+    (dtjax.data.ppo_rnn, PureJaxRL's ppo_rnn) for tasks that need memory (Memory: the object seen
+    at the start decides the turn at the junction); minibatches are then whole env sequences"""
 
     def validate(self) -> None:
         for n in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "hidden"):
             _check(getattr(self, n) >= 1, f"ppo.{n} must be >= 1, got {getattr(self, n)}")
+        _check(self.arch in PPO_ARCHS, f"ppo.arch must be one of {', '.join(PPO_ARCHS)}, got {self.arch!r}")
+        _check(self.arch != "gru" or self.num_envs % self.num_minibatches == 0,
+               f"ppo.num_envs ({self.num_envs}) must be divisible by ppo.num_minibatches ({self.num_minibatches}) with arch gru "
+               "(minibatches are whole env sequences)")
         _check((self.num_envs * self.num_steps) % self.num_minibatches == 0,
                f"ppo.num_envs * ppo.num_steps ({self.num_envs * self.num_steps}) must be divisible by ppo.num_minibatches ({self.num_minibatches})")
         _check(self.total_timesteps >= self.num_envs * self.num_steps,
@@ -329,17 +340,26 @@ class DataMixConfig(ConfigBase):
     """earlier PPO snapshots with snapshot_eps, split evenly between them"""
     snapshot_eps: float = 0.1
     """epsilon of the snapshot rollouts"""
+    final_temp: float = 1.0
+    """softmax temperature of the final-policy rollouts (logits / temp; 1 = the policy itself)"""
+    tempered_frac: float = 0.0
+    """final policy sampled at tempered_temp: the original's Memory data (--temp 20000 5) held
+    right and wrong choices at the junction this way"""
+    tempered_temp: float = 5.0
+    """temperature of the tempered rollouts (original: 5)"""
     envs: int = 256
     """parallel envs of the extra rollouts (the rollout length follows from the steps)"""
 
     def validate(self) -> None:
-        for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac"):
+        for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac", "tempered_frac"):
             _check(getattr(self, n) >= 0, f"data.mix.{n} must be >= 0, got {getattr(self, n)}")
+        for n in ("final_temp", "tempered_temp"):
+            _check(getattr(self, n) > 0, f"data.mix.{n} must be > 0, got {getattr(self, n)}")
         for n in ("final_eps", "snapshot_eps"):
             _check(0 <= getattr(self, n) <= 1, f"data.mix.{n} must be in [0, 1], got {getattr(self, n)}")
         _check(self.branch_steps >= 0, f"data.mix.branch_steps must be >= 0, got {self.branch_steps}")
         _check(self.envs >= 1, f"data.mix.envs must be >= 1, got {self.envs}")
-        _check(self.ppo_rollouts or self.final_frac + self.random_frac + self.branch_frac + self.snapshot_frac > 0,
+        _check(self.ppo_rollouts or self.final_frac + self.random_frac + self.branch_frac + self.snapshot_frac + self.tempered_frac > 0,
                "data.mix selects no rollouts at all (ppo_rollouts false and every fraction 0)")
 
 

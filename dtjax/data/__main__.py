@@ -144,8 +144,9 @@ def observations(arrays, cfg, chunk: int = 65536):
     out = np.empty((n,) + env.observation_shape(), np.uint8)
     for i in range(0, n, chunk):
         j = min(n, i + chunk)
+        names = ("agent_pos", "agent_dir", "obstacles", "time", *store.state_fields(arrays))
         st = env_state(env, {k: jnp.asarray(np.pad(arrays[k][i:j], [(0, chunk - (j - i))] + [(0, 0)] * (arrays[k].ndim - 1)),
-                                            jnp.int32) for k in ("agent_pos", "agent_dir", "obstacles", "time")})
+                                            bool if arrays[k].dtype == np.bool_ else jnp.int32) for k in names})
         out[i:j] = np.asarray(observe(st))[: j - i]
     return out
 

@@ -17,6 +17,7 @@ Branch episodes (DataMixConfig) are recorded from their branch point, so they st
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -27,21 +28,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import DataConfig
-from dtjax.data import store
-from dtjax.data.ppo import make_rollout, make_train
+from dtjax.data import ppo, ppo_rnn, store
+
+TRAINERS = {"mlp": ppo, "gru": ppo_rnn}  # PPOConfig.arch -> the module with make_train / make_rollout
 
 
 class Collection(NamedTuple):
     arrays: dict[str, np.ndarray]  # store-ready (see dtjax.data.store)
     info: dict[str, Any]  # JSON-able: timings, PPO returns per update, final policy return
     params: Any  # final PPO params
-    network: Any  # the ActorCritic module
+    network: Any  # the ActorCritic (or ActorCriticRNN) module
+    snapshots: Any = None  # PPOConfig.n_snapshots param sets on a leading axis, the last the final params
 
 
 def _episodes_env_major(rec: dict, source) -> dict[str, np.ndarray]:
     """(T, E, ...) time-major records -> complete (kept) episodes, env-major, flattened to (N, ...).
 
-    ``source``: an int, or (E,) ints (the policy of each env).
+    ``source``: an int, or (E,) ints (the policy of each env). Every field of the family's env
+    state is kept (``agent_pos``, ``agent_dir``, ``time``, and ``obstacles`` (N, 0, 2) for a family
+    without balls, plus its own fields, e.g. Memory's objects: see ``store.STATE_FIELDS``).
     """
     rec = jax.tree.map(np.asarray, rec)
     done = rec["terminated"] | rec["truncated"]  # (T, E)
@@ -54,12 +59,11 @@ def _episodes_env_major(rec: dict, source) -> dict[str, np.ndarray]:
     def em(x):  # (T, E, ...) -> (E*T, ...) env-major, then the kept steps
         return np.swapaxes(x, 0, 1).reshape((E * T,) + x.shape[2:])[keep]
 
-    st = rec["state"]
-    time = em(st.time)
+    st = {f.name: em(getattr(rec["state"], f.name)) for f in dataclasses.fields(rec["state"])}
     # a family without balls (Empty) stores (N, 0, 2) obstacles: the store's format is the same for every family
-    obst = em(st.obstacles) if hasattr(st, "obstacles") else np.zeros((len(time), 0, 2), np.int32)
+    st.setdefault("obstacles", np.zeros((len(st["time"]), 0, 2), np.int32))
     return {
-        "agent_pos": em(st.agent_pos), "agent_dir": em(st.agent_dir), "obstacles": obst, "time": time,
+        **st,
         "action": em(rec["action"]), "reward": em(rec["reward"]), "terminated": em(rec["terminated"]),
         "truncated": em(rec["truncated"]),
         "source": em(np.broadcast_to(np.asarray(source, np.int8), (T, E))),
@@ -94,8 +98,9 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
     mix = cfg.mix
     k_ppo, k_mix = jax.random.split(key)
     src = {name: i for i, name in enumerate(store.SOURCES)}
+    trainer = TRAINERS[cfg.ppo.arch]
     t0 = time.time()
-    train, network = make_train(cfg.ppo, env, env_params)
+    train, network = trainer.make_train(cfg.ppo, env, env_params)
     out = jax.block_until_ready(jax.jit(train)(k_ppo))
     t_ppo = time.time() - t0
     ppo_returns = np.asarray(out["metrics"]["mean_return"])
@@ -110,13 +115,14 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         parts.append(_episodes_env_major(rec, src["ppo"]))
     del out["transitions"]
 
-    # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps)
+    # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps, temperature)
     branch_steps = mix.branch_steps or 4 * env.size
     n_params = jax.tree.leaves(out["snapshots"])[0].shape[0]
     final = n_params - 1  # the last snapshot is the final policy
-    sources = [("final", mix.final_frac, final, mix.final_eps, 0), ("random", mix.random_frac, -1, 1.0, 0),
-               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps)]
-    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0) for i in range(final)]
+    sources = [("final", mix.final_frac, final, mix.final_eps, 0, mix.final_temp), ("random", mix.random_frac, -1, 1.0, 0, 1.0),
+               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps, mix.final_temp),
+               ("tempered", mix.tempered_frac, final, mix.final_eps, 0, mix.tempered_temp)]
+    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0, 1.0) for i in range(final)]
     sources = [s for s in sources if s[1] > 0]
     t1 = time.time()
     mix_steps = 0
@@ -125,9 +131,9 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         n_envs = allocate_envs([s[1] for s in sources], max(mix.envs, len(sources)))
         E, T = sum(n_envs), max(1, math.ceil(total / sum(n_envs)))
         per_env = lambda j: np.repeat([s[j] for s in sources], n_envs)  # noqa: E731
-        rollout = jax.jit(make_rollout(env, env_params, network, E, T))
+        rollout = jax.jit(trainer.make_rollout(env, env_params, network, E, T))
         rec = rollout(k_mix, out["snapshots"], jnp.asarray(per_env(2), jnp.int32), jnp.asarray(per_env(3), jnp.float32),
-                      jnp.asarray(per_env(4), jnp.int32))
+                      jnp.asarray(per_env(4), jnp.int32), jnp.asarray(per_env(5), jnp.float32))
         parts.append(_episodes_env_major(rec, np.array([src[s[0]] for s in sources]).repeat(n_envs)))
         mix_steps = E * T
     t_mix = time.time() - t1
@@ -145,7 +151,7 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         "ppo_mean_return_per_update": [None if np.isnan(x) else round(float(x), 4) for x in ppo_returns],
         "branch_steps": branch_steps,
     }
-    return Collection(arrays, info, out["params"], network)
+    return Collection(arrays, info, out["params"], network, out["snapshots"])
 
 
 def dataset_metadata(cfg: DataConfig, env, env_params, env_id: str, seed: int) -> dict:
@@ -155,6 +161,7 @@ def dataset_metadata(cfg: DataConfig, env, env_params, env_id: str, seed: int) -
         "max_steps": int(env_params.max_steps_in_episode),
         "size": int(env.size),
         "n_obstacles": int(getattr(env, "n_obstacles", 0)),
+        "n_actions": int(env.num_actions),
         "obs_mode": env.obs_mode,
         "seed": int(seed),
         "data_config": cfg.to_dict(),

@@ -98,7 +98,8 @@ def device_arrays(arrays: dict[str, np.ndarray], pct_traj: float = 1.0) -> dict[
 
     Returns dict: agent_pos (N, 2), agent_dir (N,), obstacles (N, n, 2), time (N,), action (N,)
     int32; rtg (N,) float32; episode (N,), ep_start (E,), ep_len (E,) int32; valid_idx (M,) int32
-    (the steps of the episodes kept by ``pct_traj``); and obs (N, H, W, C) uint8 if stored.
+    (the steps of the episodes kept by ``pct_traj``); obs (N, H, W, C) uint8 if stored; and the
+    family's other state fields (``store.state_fields``: int32, or bool).
     """
     ep, starts, lengths, returns = store.episode_index(arrays)
     done = np.asarray(arrays["terminated"]) | np.asarray(arrays["truncated"])
@@ -118,6 +119,8 @@ def device_arrays(arrays: dict[str, np.ndarray], pct_traj: float = 1.0) -> dict[
         "ep_len": i32(lengths),
         "valid_idx": i32(valid_idx),
     }
+    for name, dtype in store.state_fields(arrays).items():
+        out[name] = jnp.asarray(arrays[name]) if dtype == "bool" else i32(arrays[name])
     if "obs" in arrays:
         out["obs"] = jnp.asarray(np.asarray(arrays["obs"], np.uint8))
     return out
@@ -137,10 +140,18 @@ def draw_starts(key: jax.Array, data: dict, batch_size: int, K: int, prob_go_fro
     return jnp.where(go_end, start + jnp.maximum(0, length - K), idx)
 
 
+def state_class(env):
+    """The env's own state class (its family's ``EnvState``)."""
+    return type(jax.eval_shape(env.reset_env, jax.random.PRNGKey(0), env.default_params)[1])
+
+
 def env_state(env, fields: dict):
     """The env's own state (its family's ``EnvState``) from stored fields: the ones it has (a
-    family without balls has no ``obstacles``)."""
-    cls = type(jax.eval_shape(env.reset_env, jax.random.PRNGKey(0), env.default_params)[1])
+    family without balls has no ``obstacles``; Memory has its objects)."""
+    cls = state_class(env)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in fields]
+    if missing:
+        raise ValueError(f"the dataset lacks the state field(s) {', '.join(missing)} of {env.name}: collected in another family?")
     return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -158,7 +169,8 @@ def windows(data: dict, si: jax.Array, *, env, cfg: SampleConfig) -> dict[str, j
         if obs.shape[2:] != tuple(env.observation_shape()):
             raise ValueError(f"stored obs have shape {obs.shape[2:]}, the env observes {env.observation_shape()}")
     else:
-        states = env_state(env, {k: data[k][gi] for k in ("agent_pos", "agent_dir", "obstacles", "time")})
+        names = [f.name for f in dataclasses.fields(state_class(env))]
+        states = env_state(env, {k: data[k][gi] for k in names if k in data})
         obs = jax.vmap(jax.vmap(env.observe))(states)
     obs = jnp.where(valid.reshape(valid.shape + (1,) * (obs.ndim - 2)), obs, 0).astype(jnp.uint8)
     return {

@@ -215,7 +215,7 @@ def make_train(cfg: PPOConfig, env, env_params):
 
 
 def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
-    """Build ``rollout(key, params, policy, eps, branch_steps) -> record``: many behaviour
+    """Build ``rollout(key, params, policy, eps, branch_steps, temperature=None) -> record``: many behaviour
     policies at once, one per env, in a single jittable scan (one compilation for a whole mix).
 
     Args (E = num_envs):
@@ -225,6 +225,7 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
       branch_steps: (E,) int32; if > 0, each episode of that env draws a branch step
         ``b ~ U{0, ..., branch_steps-1}`` at reset, follows its policy while ``time < b`` and acts
         uniformly at random from then on; 0 = never branch.
+      temperature: (E,) float32 dividing the logits before sampling; None = 1 (the policy itself).
 
     Returns ``record``, leaves time-major (num_steps, E, ...): ``state`` (acted in), ``action``,
     ``reward``, ``terminated``, ``truncated``, and ``keep`` (the step is at or after its
@@ -234,7 +235,8 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
     never = jnp.iinfo(jnp.int32).max
     env_idx = jnp.arange(num_envs)
 
-    def rollout(key, params, policy, eps, branch_steps):
+    def rollout(key, params, policy, eps, branch_steps, temperature=None):
+        temperature = jnp.ones((num_envs,), jnp.float32) if temperature is None else temperature
         k_reset, k_branch, k_run = jax.random.split(key, 3)
 
         def draw_branch(k):
@@ -247,7 +249,7 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
             obs, state, branch = carry
             k_pol, k_eps, k_rand, k_env, k_b = jax.random.split(k, 5)
             logits = jax.vmap(lambda p: network.apply(p, obs)[0])(params)  # (P, E, A): P is small
-            sampled = jax.random.categorical(k_pol, logits[jnp.maximum(policy, 0), env_idx])
+            sampled = jax.random.categorical(k_pol, logits[jnp.maximum(policy, 0), env_idx] / temperature[:, None])
             rand = jax.random.randint(k_rand, (num_envs,), 0, env.num_actions)
             branched = state.time >= branch
             use_rand = (policy < 0) | (jax.random.uniform(k_eps, (num_envs,)) < eps) | branched

@@ -17,13 +17,20 @@ Format (schema version 1)::
       truncated.npy      (N,)      bool    time limit on this step
       source.npy         (N,)      int8    index into SOURCES: the policy that acted
       obs.npy            (N, H, W, C) uint8  optional: the observations (metadata obs_mode)
+      <field>.npy        (N, ...)  int16 or bool  the family's other state fields (Memory: its
+                         objects and what the agent carries), listed in metadata
+                         ``state_fields`` {name: dtype}; none for Dynamic Obstacles and Empty
+
+``metadata.json`` may also say ``n_actions`` (the family's; actions are checked against it,
+default 3). A dataset without ``state_fields`` or ``n_actions`` (older dtjax) reads as before.
 
 Rows are transitions grouped by episode: episodes are contiguous and complete (the last row of
 each has terminated or truncated set), so boundaries are implied, and within an episode
 ``time`` rises by one per row. Most episodes start at time 0; branch episodes (see
 DataMixConfig) start where they were recorded. Observations need not be stored:
-``env.observe(EnvState(agent_pos, agent_dir, obstacles, time))`` regenerates them exactly, in
-any obs mode (147 bytes/step for "image", 980 for "one_hot", against ~17 bytes of state).
+``env.observe(EnvState(agent_pos, agent_dir, obstacles, time, <state_fields>))`` (the fields the
+family's ``EnvState`` has) regenerates them exactly, in any obs mode (147 bytes/step for
+"image", 980 for "one_hot", against ~17 bytes of state).
 
 Writes go to a hidden sibling ``.<name>.tmp-<pid>-<rand>`` (``dtjax.io.atomic_dir``), every file is fsynced, and the
 directory is renamed into place only when complete (then the parent is fsynced), so a crash
@@ -43,7 +50,7 @@ import numpy as np
 from dtjax import io
 
 SCHEMA_VERSION = 1
-SOURCES = ("ppo", "random", "final", "snapshot", "branch")
+SOURCES = ("ppo", "random", "final", "snapshot", "branch", "tempered")  # append only: stored as indices
 # name -> (dtype on disk, ndim)
 FIELDS = {
     "agent_pos": (np.int8, 2), "agent_dir": (np.int8, 1), "obstacles": (np.int8, 3), "time": (np.int16, 1),
@@ -51,7 +58,24 @@ FIELDS = {
     "source": (np.int8, 1),
 }
 OPTIONAL = {"obs": (np.uint8, 4)}
-N_ACTIONS = 3
+N_ACTIONS = 3  # actions of a dataset whose metadata has no n_actions (Dynamic Obstacles, Empty)
+STATE_DTYPES = {"bool": np.bool_, "int16": np.int16}  # a state field's dtype on disk
+
+
+def state_fields(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """The family's extra state fields among ``arrays`` (neither FIELDS nor OPTIONAL): name -> dtype on disk."""
+    out = {}
+    for name, a in arrays.items():
+        if name in FIELDS or name in OPTIONAL:
+            continue
+        a = np.asarray(a)
+        if a.dtype == np.bool_:
+            out[name] = "bool"
+        elif np.issubdtype(a.dtype, np.integer) and (a.size == 0 or (a.min() >= -(2**15) and a.max() < 2**15)):
+            out[name] = "int16"
+        else:
+            raise DatasetError(f"state field {name!r} must be bool or small integers, got {a.dtype}")
+    return out
 
 
 class DatasetError(ValueError):
@@ -65,15 +89,20 @@ def _exists(path: Path) -> DatasetError:
 def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict) -> Path:
     """Write a dataset directory atomically; refuses to overwrite an existing path.
 
-    ``arrays``: every FIELDS entry, plus optionally ``obs``. ``metadata``: JSON-able dict (at
-    least env_id and max_steps); ``schema_version``, ``counts`` and ``created`` are added.
+    ``arrays``: every FIELDS entry, plus optionally ``obs``, plus the family's other state fields
+    (any other name: bool or small integers, recorded in ``state_fields``). ``metadata``:
+    JSON-able dict (at least env_id and max_steps); ``schema_version``, ``state_fields``,
+    ``counts`` and ``created`` are added.
     """
     path = Path(path)
     if path.exists():
         raise _exists(path)
+    extra = state_fields(arrays)
+    metadata = {**metadata, "state_fields": extra}
     _check_arrays(arrays, str(path), metadata)
     with io.atomic_dir(path, _exists) as tmp:
-        names = {**FIELDS, **{k: v for k, v in OPTIONAL.items() if k in arrays}}
+        names = {**FIELDS, **{k: v for k, v in OPTIONAL.items() if k in arrays},
+                 **{k: (STATE_DTYPES[d], None) for k, d in extra.items()}}
         for name, (dtype, _) in names.items():
             with open(tmp / f"{name}.npy", "wb") as f:
                 np.save(f, np.ascontiguousarray(arrays[name], dtype=dtype))
@@ -108,8 +137,11 @@ def load(path: str | os.PathLike, expect: dict | None = None, mmap: bool = False
     missing = [k for k in ("env_id", "max_steps", "counts") if k not in meta]
     if missing:
         raise DatasetError(f"{path}: metadata.json lacks {', '.join(missing)}")
+    extra = meta.get("state_fields") or {}
+    if not isinstance(extra, dict) or any(d not in STATE_DTYPES or k in FIELDS or k in OPTIONAL for k, d in extra.items()):
+        raise DatasetError(f"{path}: metadata.json has a malformed state_fields {extra!r}")
     arrays = {}
-    for name, (dtype, _) in {**FIELDS, **OPTIONAL}.items():
+    for name, (dtype, _) in {**FIELDS, **OPTIONAL, **{k: (STATE_DTYPES[d], None) for k, d in extra.items()}}.items():
         f = path / f"{name}.npy"
         if not f.exists():
             if name in OPTIONAL:
@@ -142,6 +174,10 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str, meta: dict | None =
         a = np.asarray(arrays[name])
         if a.ndim != ndim or len(a) != n:
             raise DatasetError(f"{where}: {name} has shape {a.shape}, expected {ndim} dims and {n} rows")
+    for name in state_fields(arrays):
+        a = np.asarray(arrays[name])
+        if a.ndim < 1 or len(a) != n:
+            raise DatasetError(f"{where}: state field {name} has shape {a.shape}, expected {n} rows")
     if n == 0:
         raise DatasetError(f"{where}: the dataset is empty")
     meta = meta or {}
@@ -152,7 +188,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str, meta: dict | None =
         raise DatasetError(f"{where}: obstacles has {obst.shape[1]} balls, metadata says {meta['n_obstacles']}")
     size = meta.get("size")
     hi = size if size is not None else 128
-    for name, lo_, hi_ in (("action", 0, N_ACTIONS), ("agent_dir", 0, 4), ("agent_pos", 0, hi), ("obstacles", 0, hi),
+    n_actions = meta.get("n_actions", N_ACTIONS)
+    for name, lo_, hi_ in (("action", 0, n_actions), ("agent_dir", 0, 4), ("agent_pos", 0, hi), ("obstacles", 0, hi),
                            ("source", 0, len(SOURCES))):
         a = np.asarray(arrays[name])
         if a.size and (a.min() < lo_ or a.max() >= hi_):  # obstacles are (N, 0, 2) in a family without balls
@@ -197,10 +234,14 @@ def counts(arrays: dict[str, np.ndarray]) -> dict:
 
 
 def outcomes(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per episode (goal (E,) bool, hit (E,) bool); neither = timeout (architecture.md)."""
+    """Per episode (goal (E,) bool, hit (E,) bool); neither = timeout (architecture.md).
+
+    goal: the last reward is positive; hit: the episode terminated otherwise, i.e. a failure of
+    the task (Dynamic Obstacles: a crash, reward -1; Memory: the wrong object, reward 0)."""
     _, starts, lengths, _ = episode_index(arrays)
-    last_reward = np.asarray(arrays["reward"])[starts + lengths - 1]
-    return last_reward > 0, last_reward <= -1
+    last = starts + lengths - 1
+    goal = np.asarray(arrays["reward"])[last] > 0
+    return goal, np.asarray(arrays["terminated"])[last] & ~goal
 
 
 def summary(arrays: dict[str, np.ndarray], bins: int = 10) -> dict:
