@@ -142,9 +142,11 @@ def reference_inputs(key: jax.Array, n: int, cfg: ModelConfig, env_cfg, rtg: flo
     ``cfg.n_timesteps`` steps from random-policy rollouts of ``env_cfg`` (an ``EnvConfig``), as
     closed-loop evaluation builds them (``scenarios.sample_inputs``: 3K tokens, the current
     step's action slot padded). ``circuits.ablation_means`` of them cover the closed loop's 3K
-    positions and, trimmed, a scenario's 3K - 1."""
-    return S.sample_inputs(key, n, rtg=rtg, env=env_cfg, n_timesteps=cfg.n_timesteps,
-                           pad_action=cfg.n_actions, pad_rtg=cfg.pad_rtg)
+    positions and, trimmed, a scenario's 3K - 1. A model of 3K - 1 positions (the original
+    MemoryDT's 26) is never fed the current action slot: its reference is trimmed to 3K - 1."""
+    ref = S.sample_inputs(key, n, rtg=rtg, env=env_cfg, n_timesteps=cfg.n_timesteps,
+                          pad_action=cfg.n_actions, pad_rtg=cfg.pad_rtg)
+    return S.current_window(ref) if cfg.pos_rows < 3 * cfg.n_timesteps else ref
 
 
 def ablation_panel(params: dict, cfg: ModelConfig, inputs: Inputs, kind: str = "zero", means: dict | None = None) -> dict:

@@ -292,7 +292,8 @@ class Model:
         k = self.cfg.n_timesteps
         dummy = C.Inputs(obs=np.zeros((1, k) + self.cfg.obs_shape, np.uint8), rtg=np.zeros((1, k), np.float32),
                          timesteps=np.zeros((1, k), np.int32),
-                         actions=None if k == 1 else np.full((1, k), self.cfg.n_actions, np.int32))
+                         actions=None if k == 1 else np.full((1, k if self.cfg.pos_rows >= 3 * k else k - 1),
+                                                             self.cfg.n_actions, np.int32))
         shapes = jax.eval_shape(lambda p, i: C.ablation_means(p, self.cfg, i), self.params, dummy)
         self.zero_means = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
