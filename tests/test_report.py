@@ -50,14 +50,17 @@ def test_report_is_self_contained_with_every_section(fast_report):
     out, s = fast_report
     page = (out / "report.html").read_text()
     keys = [sec.key for sec in all_sections()]
-    assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "state_encoder", "embeddings", "qk", "ov",
+    assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "context_attention", "state_encoder",
+                    "embeddings", "qk", "ov",
                     "svd", "ablation", "patching", "attribution", "path_patching", "circuit_discovery", "logit_lens",
                     "composition", "steering", "sae"]
     keys.remove("sae")  # opt-in: analyse.py --sae DIR (tests/test_report_sae.py)
     for anchor in keys:
         assert f'id="{anchor}"' in page and f'href="#{anchor}"' in page
     assert list(s["sections"]) == keys, s["sections"]
-    assert all(v["status"] == "ok" for k, v in s["sections"].items() if k != "composition"), s["sections"]
+    assert all(v["status"] == "ok" for k, v in s["sections"].items() if k not in ("composition", "context_attention")), \
+        s["sections"]
+    assert s["sections"]["context_attention"]["status"] == "undefined"  # one timestep: no context to attend over
     assert s["sections"]["composition"]["status"] == "undefined" and "n_layers >= 2" in s["sections"]["composition"]["note"]
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) >= 19
     assert "<img src=\"http" not in page and sorted(p.name for p in out.iterdir()) == ["report.html", "summary.json"]
