@@ -67,6 +67,13 @@ def token_labels(n_timesteps: int, n_tok: int | None = None) -> list[str]:
     return out[: 3 * n_timesteps - 1 if n_tok is None else n_tok]
 
 
+def context_labels(n_timesteps: int, n_tok: int | None = None) -> list[str]:
+    """The tokens numbered as the original app labels MemoryDT's 26: ``["R1", "s1", "a1", ...,
+    "R9", "s9"]`` for 9 timesteps (3K-1 tokens by default); a new episode's first frame is s_K."""
+    out = [f"{x}{k + 1}" for k in range(n_timesteps) for x in ("R", "s", "a")]
+    return out[: 3 * n_timesteps - 1 if n_tok is None else n_tok]
+
+
 def dla_labels(cfg: ModelConfig, inputs: Inputs) -> list[str]:
     """Labels of ``state_panels(...)["dla"]``'s component axis (the last state token)."""
     return C.component_labels(cfg, C.state_pos(inputs.n_timesteps), logits=True)
@@ -135,9 +142,11 @@ def reference_inputs(key: jax.Array, n: int, cfg: ModelConfig, env_cfg, rtg: flo
     ``cfg.n_timesteps`` steps from random-policy rollouts of ``env_cfg`` (an ``EnvConfig``), as
     closed-loop evaluation builds them (``scenarios.sample_inputs``: 3K tokens, the current
     step's action slot padded). ``circuits.ablation_means`` of them cover the closed loop's 3K
-    positions and, trimmed, a scenario's 3K - 1."""
-    return S.sample_inputs(key, n, rtg=rtg, env=env_cfg, n_timesteps=cfg.n_timesteps,
-                           pad_action=cfg.n_actions)
+    positions and, trimmed, a scenario's 3K - 1. A model of 3K - 1 positions (the original
+    MemoryDT's 26) is never fed the current action slot: its reference is trimmed to 3K - 1."""
+    ref = S.sample_inputs(key, n, rtg=rtg, env=env_cfg, n_timesteps=cfg.n_timesteps,
+                          pad_action=cfg.n_actions, pad_rtg=cfg.pad_rtg)
+    return S.current_window(ref) if cfg.pos_rows < 3 * cfg.n_timesteps else ref
 
 
 def ablation_panel(params: dict, cfg: ModelConfig, inputs: Inputs, kind: str = "zero", means: dict | None = None) -> dict:
@@ -261,18 +270,19 @@ def closed_loop_panel(params: dict, cfg: ModelConfig, env, env_params, key: jax.
     """``n_episodes`` closed-loop episodes at target ``rtg`` without and with the ablation set
     (``dtjax.evaluate.evaluate_worlds``: both worlds run the same episodes in one vmapped rollout).
 
-    Returns ``labels`` (["clean", "ablated"]) and (2,) arrays ``mean_return``, ``goal_rate``,
-    ``hit_rate``, ``timeout_rate``, ``mean_length``.
+    Returns ``labels`` (["clean", "ablated"]) and (2,) arrays ``mean_return``, ``mean_length``
+    and ``{outcome}_rate`` for each of the task's outcomes but "running" (Dynamic Obstacles:
+    ``goal_rate``, ``hit_rate``, ``timeout_rate``; Memory: ``success_rate``, ``wrong_rate``, ...).
     """
     values = ablation_values(means, use_mean)
     both = jax.tree.map(lambda m: jnp.stack([jnp.zeros_like(m), jnp.asarray(m)]), masks)  # world 0 clean, 1 ablated
     ivs = jax.vmap(lambda m: C.ablation_interventions(cfg, m, "mean", values))(both)
     res = evaluate_worlds(params, cfg, env, env_params, key, [rtg], n_episodes, ivs, greedy=greedy,
                           temperature=temperature)
-    out = np.stack([x.reshape(2, -1).mean(-1) for x in (res.returns, res.goal, res.hit, res.timeout, res.lengths)])
-    out = out.astype(np.float64)
-    return {"labels": ["clean", "ablated"], "mean_return": out[0], "goal_rate": out[1],
-            "hit_rate": out[2], "timeout_rate": out[3], "mean_length": out[4]}
+    mean = lambda x: np.asarray(x, np.float64).reshape(2, -1).mean(-1)  # noqa: E731
+    outcome = np.asarray(res.outcome)
+    rates = {f"{o}_rate": mean(outcome == i) for i, o in enumerate(env.task.outcomes) if i > 0}
+    return {"labels": ["clean", "ablated"], "mean_return": mean(res.returns), **rates, "mean_length": mean(res.lengths)}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

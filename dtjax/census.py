@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from dtjax import io, plots
+from dtjax import scenarios as S
 from dtjax.circuits.census import census_counts, mechanism
 from dtjax.config import EnvConfig, ModelConfig
 from dtjax.run import Run
@@ -58,6 +59,9 @@ def census(run: str | Path | list, log: Callable[[str], object] = lambda msg: No
     for p in paths:
         log(f"census: {p}")
         cfg, params, env_cfg, calib = read_model(p)
+        # its questions (the ball-ahead veto and its RTG gate) are a task with balls to avoid's:
+        # any other (Empty, Memory) is a one-line "not defined for this task"
+        S.require_balls(env_cfg.make()[0].task, "the census (the ball-ahead veto and its RTG gate)")
         rows.append({"model": str(p), "config": {"n_layers": cfg.n_layers, "obs_mode": cfg.obs_mode,
                                                  "n_timesteps": cfg.n_timesteps},
                      **mechanism(params, cfg, env_cfg, **kw), "calibration": calibration_summary(calib)})

@@ -23,7 +23,7 @@ closed-loop evaluation pad an episode's start (``Inputs.left_pad``).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -85,28 +85,143 @@ def observe_states(states: envs.EnvState, obs_mode: str = "image", env_id: str =
     return jax.vmap(lambda s: jenv.observe(s, jparams))(states)
 
 
+def scenario_history(scenario: Scenario) -> tuple[int, ...]:
+    """The actions a scenario's window replays (``Scenario.actions``: taken from a reset state of
+    the same episode to reach its ``state``, for a family whose model needs the history, such as
+    Memory's; ``()`` for a state seen on its own or at an episode's start)."""
+    return tuple(int(a) for a in getattr(scenario, "actions", ()) or ())
+
+
+def _stack(states: list) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *states)
+
+
 def scenario_inputs(names=None, rtg: float | jax.Array = 0.9, timestep: int = 0, obs_mode: str | None = None,
-                    env_id: str | None = None, env: EnvConfig | None = None, n_timesteps: int = 1) -> tuple[list[str], Inputs]:
+                    env_id: str | None = None, env: EnvConfig | None = None, n_timesteps: int = 1,
+                    pad_action: int | None = None, pad_rtg: str = "zero") -> tuple[list[str], Inputs]:
     """(names, Inputs of batch n): each scenario at target RTG ``rtg`` and ``timestep``.
 
     ``env``: the EnvConfig to build them in (default: 8x8, image); ``obs_mode`` / ``env_id``
     override its fields. ``rtg`` may be an (n,) array (one per scenario). With one timestep the
     tokens are (R, s): the action token is not fed because it cannot affect the prediction (causal
     mask). ``n_timesteps`` > 1 (a model with a longer context) left-pads each scenario to that many
-    timesteps as training and evaluation pad an episode's first step (``Inputs.left_pad``).
+    timesteps as training and evaluation pad an episode's first step (``Inputs.left_pad``), with
+    ``pad_action`` (default: the task's number of actions, the model's padding action) and
+    padding RTG ``pad_rtg`` (``ModelConfig.pad_rtg``: 0, or the episode's initial RTG).
+
+    A scenario with a history (``scenario_history``) is the window closed-loop evaluation would
+    hold after playing its actions in the env from its episode's reset state: its last K
+    observations, actions and timesteps (the env's step count, plus ``timestep``), the current
+    RTG ``rtg`` and the earlier ones higher by the rewards received since. That reset state is
+    the task's scenario without a history, at time 0, from which the actions reach exactly the
+    scenario's ``state`` (``replay_windows``; none is a ``ValueError``).
     """
     env = _env_cfg(env, obs_mode, env_id)
+    known = task_scenarios(env)
     names, states = scenario_states(names, env)
-    obs = observe_states(states, env=env)
     n = len(names)
     rtg = jnp.broadcast_to(jnp.asarray(rtg, jnp.float32), (n,))
-    inp = Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
-    return names, inp if n_timesteps == 1 else inp.left_pad(n_timesteps)
+    jenv, jparams = env.make()
+    pad = jenv.num_actions if pad_action is None else int(pad_action)
+    histories = [scenario_history(known[nm]) for nm in names]
+    if not any(histories):  # every scenario is an episode's first step
+        obs = observe_states(states, env=env)
+        inp = Inputs(obs=obs[:, None], rtg=rtg[:, None], timesteps=jnp.full((n, 1), timestep, jnp.int32))
+        return names, inp if n_timesteps == 1 else inp.left_pad(n_timesteps, pad, pad_rtg)
+    win = history_windows(jenv, jparams, [known[nm] for nm in names], list(known.values()), int(n_timesteps), pad, pad_rtg)
+    inp = Inputs(obs=win.obs, rtg=win.rtg, timesteps=win.timesteps + jnp.int32(timestep),
+                 actions=win.actions[:, :-1] if n_timesteps > 1 else None)
+    return names, inp.with_rtg(rtg, pad, pad_rtg)
+
+
+def history_windows(env, env_params, chosen: list[Scenario], candidates: list[Scenario], K: int, pad_action: int,
+                    pad_rtg: str = "zero") -> Window:
+    """(n, K, ...) windows of the ``chosen`` scenarios: each one's history replayed from the reset
+    state among ``candidates`` (no history, time 0) that it reaches exactly (a scenario without a
+    history starts and ends at its own state)."""
+    return _replays(env, env_params, chosen, candidates, K, pad_action, pad_rtg)[0]
+
+
+def scenario_start(name: str, env: EnvConfig | None = None) -> tuple[Any, tuple[int, ...]]:
+    """(the reset state a scenario's history starts from, its actions): what a front end plays to
+    reach scenario ``name`` with its history (the explorer); a scenario without a history is its
+    own start with no actions."""
+    known = task_scenarios(env)
+    if name not in known:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+    sc = known[name]
+    if not scenario_history(sc):
+        return sc.state, ()
+    jenv, jparams = (env or EnvConfig()).make()
+    _, start = _replays(jenv, jparams, [sc], list(known.values()), 1, jenv.num_actions)
+    return start[0].state, scenario_history(sc)
+
+
+def _replays(env, env_params, chosen: list[Scenario], candidates: list[Scenario], K: int,
+             pad_action: int, pad_rtg: str = "zero") -> tuple[Window, list[Scenario]]:
+    """``history_windows`` and the start scenario of each chosen one."""
+    starts = [c for c in candidates if not scenario_history(c) and int(c.state.time) == 0]
+    rows, acts, lengths = [], [], []
+    length = max(1, max(len(scenario_history(sc)) for sc in chosen))
+    for sc in chosen:
+        h = scenario_history(sc)
+        for st in ([sc] if not h else starts):
+            rows.append(st.state)
+            acts.append(list(h) + [pad_action] * (length - len(h)))
+            lengths.append(len(h))
+    win, final = replay_windows(env, env_params, _stack(rows), jnp.asarray(acts, jnp.int32), jnp.asarray(lengths, jnp.int32),
+                                K, pad_action, pad_rtg)
+    final = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(final))]
+    pick, found, i = [], [], 0
+    for sc in chosen:
+        if not scenario_history(sc):
+            pick.append(i)
+            found.append(sc)
+            i += 1
+            continue
+        target = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(sc.state))]
+        hit = [j for j in range(len(starts)) if all(np.array_equal(a[i + j], b) for a, b in zip(final, target))]
+        if not hit:
+            raise ValueError(f"scenario {sc.name!r}: no reset state among the task's scenarios reaches its state by its actions")
+        pick.append(i + hit[0])
+        found.append(starts[hit[0]])
+        i += len(starts)
+    return jax.tree.map(lambda x: x[jnp.asarray(pick)], win), found
+
+
+@functools.partial(jax.jit, static_argnames=("env", "K", "pad_action", "pad_rtg"))
+def replay_windows(env, env_params, states, actions: jax.Array, lengths: jax.Array, K: int,
+                   pad_action: int, pad_rtg: str = "zero") -> tuple[Window, Any]:
+    """The (n, K, ...) context windows after playing ``actions[i, :lengths[i]]`` from ``states[i]``,
+    and the (n,) states reached.
+
+    ``states``: a batched env state (n,); ``actions`` (n, T) int32 (entries past a row's length
+    are ignored). Each window starts as ``Window.start`` at the state and moves by ``push_step``
+    after each action, as ``dtjax.evaluate`` moves it (the env's own ``step_env``, step keys
+    ``fold_in(PRNGKey(0), i)``: a deterministic family ignores them); its RTGs are minus the
+    rewards received so far (``Inputs.with_rtg`` then sets the current one).
+    """
+    def one(state, acts, length):
+        w0 = Window.start(env.observe(state, env_params), jnp.float32(0), state.time, K, pad_action, pad_rtg)
+
+        def step(carry, x):
+            i, a = x
+            st, w, ret = carry
+            obs, nxt, reward, _, _ = env.step_env(jax.random.fold_in(jax.random.PRNGKey(0), i), st, a, env_params)
+            moved = push_step(w, a, pad_action, obs=obs, rtg=-(ret + reward), timesteps=nxt.time)
+            keep = i < length
+            return jax.tree.map(lambda new, old: jnp.where(keep, new, old), (nxt, moved, ret + reward), (st, w, ret)), None
+
+        (final, w, _), _ = jax.lax.scan(step, (state, w0, jnp.float32(0)), (jnp.arange(acts.shape[0]), acts))
+        return w, final
+
+    return jax.vmap(one)(states, actions, lengths)
 
 
 def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None = None, max_steps: int | None = None,
                   policy: Callable | None = None, n_envs: int = 16, env_id: str | None = None,
-                  env: EnvConfig | None = None, n_timesteps: int = 1, pad_action: int = 3) -> Inputs:
+                  env: EnvConfig | None = None, n_timesteps: int = 1, pad_action: int | None = None,
+                  pad_rtg: str = "zero") -> Inputs:
     """``n`` Inputs drawn from real rollouts: the window a policy sees at each visited step.
 
     Runs ``n_envs`` vmapped episodes (auto-reset) of ``env`` (default 8x8, max_steps 300; the
@@ -121,20 +236,23 @@ def sample_inputs(key: jax.Array, n: int, rtg: float = 0.9, obs_mode: str | None
     (n, K) are the actions taken before each step and the current step's slot holds
     ``pad_action`` (3K tokens, so dataset means such as ``circuits.ablation_means`` cover the
     closed loop's positions and, trimmed, a scenario's 3K - 1). K = 1: one step, no action token.
+    ``pad_action`` defaults to the task's number of actions (the model's padding action);
+    ``pad_rtg`` is the padded timesteps' RTG (``ModelConfig.pad_rtg``: 0, or the episode's initial).
     """
     env_cfg = _env_cfg(env, obs_mode, env_id, max_steps)
     env, env_params = env_cfg.make()
     if int(n_timesteps) < 1:
         raise ValueError(f"n_timesteps must be >= 1, got {n_timesteps}")
-    win = _rollout_windows(key, env, env_params, jnp.float32(rtg), n_envs, -(-n // n_envs), int(n_timesteps),
-                           int(pad_action), policy)
+    pad = env.num_actions if pad_action is None else int(pad_action)
+    win = _rollout_windows(key, env, env_params, jnp.float32(rtg), n_envs, -(-n // n_envs), int(n_timesteps), pad, policy,
+                           pad_rtg)
     win = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], win)  # (steps, n_envs, ...) -> (n, ...)
     return Inputs(obs=win.obs, rtg=win.rtg, timesteps=jnp.minimum(win.timesteps, env_cfg.max_steps).astype(jnp.int32),
                   actions=win.actions if n_timesteps > 1 else None)
 
 
-@functools.partial(jax.jit, static_argnames=("env", "n_envs", "steps", "K", "pad_action", "policy"))
-def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, policy) -> Window:
+@functools.partial(jax.jit, static_argnames=("env", "n_envs", "steps", "K", "pad_action", "policy", "pad_rtg"))
+def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, policy, pad_rtg="zero") -> Window:
     """(steps, n_envs, K, ...) context windows of ``sample_inputs``, at target RTG ``rtg``."""
     k_reset, k_run = jax.random.split(key)
     obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), env_params)
@@ -152,10 +270,10 @@ def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, po
         nxt = push_step(window, action, pad_action, obs=obs, rtg=rtgs, timesteps=state.time)
         done = term | trunc  # auto-reset: obs and state are the next episode's first step
         new = jax.tree.map(lambda f, x: jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), f, x),
-                           Window.start(obs, rtgs, state.time, K, pad_action), nxt)
+                           Window.start(obs, rtgs, state.time, K, pad_action, pad_rtg), nxt)
         return (obs, state, new), window
 
-    first = Window.start(obs0, rtgs, state0.time, K, pad_action)
+    first = Window.start(obs0, rtgs, state0.time, K, pad_action, pad_rtg)
     _, windows = jax.lax.scan(step, (obs0, state0, first), jax.random.split(k_run, steps))
     return windows
 
@@ -163,11 +281,13 @@ def _rollout_windows(key, env, env_params, rtg, n_envs, steps, K, pad_action, po
 def render_view(obs: np.ndarray) -> np.ndarray:
     """A small RGB picture (7, 7, 3) float of a raw (7, 7, 3) or one-hot (7, 7, 20) view, rows = view y.
 
-    Empty black, wall grey, ball blue, goal green; the agent's cell (3, 6) red.
+    Empty black, wall grey, key yellow, ball blue, goal green; the agent's cell (3, 6) red (a
+    carried object shows there in the observation, Memory's fork: it is drawn as a smaller inset
+    by the front ends that show it, here the agent wins).
     """
     obs = np.asarray(obs)
     obj = obs[..., :11].argmax(-1) if obs.shape[-1] == 20 else obs[..., 0]
-    colours = {1: (0.05, 0.05, 0.05), 2: (0.5, 0.5, 0.5), 6: (0.2, 0.4, 1.0), 8: (0.1, 0.8, 0.2)}
+    colours = {1: (0.05, 0.05, 0.05), 2: (0.5, 0.5, 0.5), 5: (0.95, 0.8, 0.1), 6: (0.2, 0.4, 1.0), 8: (0.1, 0.8, 0.2)}
     img = np.zeros((7, 7, 3))
     for code, rgb in colours.items():
         img[obj == code] = rgb
@@ -181,14 +301,17 @@ FRONT = (3, 5)  # the view cell in front of the agent, [x, y]
 
 
 def has_balls(task: Task) -> bool:
-    """Whether ``task`` has balls: the ball helpers below are defined for it."""
-    return "ball" in task.objects
+    """Whether ``task`` has balls to avoid (balls that can be hit, Dynamic Obstacles'): the ball
+    helpers below, the census and the explorer's ball edits are defined for it. Memory's ball is
+    an object to remember and walk to, not an obstacle: these are not defined for it."""
+    return "ball" in task.objects and "hit" in task.outcomes
 
 
 def require_balls(task: Task, what: str) -> None:
-    """A one-line error when ``what`` (a ball analysis) is asked of a task without balls."""
+    """A one-line error when ``what`` (a ball analysis) is asked of a task without balls to avoid."""
     if not has_balls(task):
-        raise ValueError(f"{what} is not defined for this task ({task.family}: no balls)")
+        why = "its balls are not obstacles" if "ball" in task.objects else "no balls"
+        raise ValueError(f"{what} is not defined for this task ({task.family}: {why})")
 
 
 def front_is_ball(obs: jax.Array) -> jax.Array:
@@ -215,19 +338,24 @@ def current_window(inputs: Inputs) -> Inputs:
     return inputs.replace(actions=inputs.actions[:, :-1])
 
 
-def rtg_pair(states: Inputs, rtg: float = 0.9, corrupted_rtg: float = -1.0) -> tuple[Inputs, Inputs]:
+def rtg_pair(states: Inputs, rtg: float = 0.9, corrupted_rtg: float = -1.0, pad_action: int = 3,
+             pad_rtg: str = "zero") -> tuple[Inputs, Inputs]:
     """The same states at target RTG ``rtg`` (clean) and ``corrupted_rtg`` (corrupted): the RTG
-    conditioning (``Inputs.with_rtg``: earlier RTGs of a window keep their differences)."""
+    conditioning (``Inputs.with_rtg``: earlier RTGs of a window keep their differences; padding
+    timesteps, those with action ``pad_action`` (the model's ``n_actions``), keep RTG 0, or move
+    with the rest for ``pad_rtg="initial"``)."""
     states = current_window(states)
     b = states.batch
-    return states.with_rtg(jnp.full((b,), rtg)), states.with_rtg(jnp.full((b,), corrupted_rtg))
+    return (states.with_rtg(jnp.full((b,), rtg), pad_action, pad_rtg),
+            states.with_rtg(jnp.full((b,), corrupted_rtg), pad_action, pad_rtg))
 
 
-def ball_pair(states: Inputs, n: int | None = None, rtg: float = 0.9) -> tuple[Inputs, Inputs]:
+def ball_pair(states: Inputs, n: int | None = None, rtg: float = 0.9, pad_action: int = 3,
+              pad_rtg: str = "zero") -> tuple[Inputs, Inputs]:
     """The states with a ball in the cell ahead (clean; the first ``n`` of them) and the same
     states with that cell emptied (corrupted), at RTG ``rtg``: the obstacle-avoidance behaviour.
     The batch may be smaller than ``n``, or 0 when no state has a ball ahead."""
     states = current_window(states)
     idx = np.flatnonzero(np.asarray(front_is_ball(states.obs[:, -1])))[:n]
-    clean = states.take(jnp.asarray(idx, jnp.int32)).with_rtg(jnp.full((len(idx),), rtg))
+    clean = states.take(jnp.asarray(idx, jnp.int32)).with_rtg(jnp.full((len(idx),), rtg), pad_action, pad_rtg)
     return clean, empty_front(clean)

@@ -313,9 +313,9 @@ def test_probe_labels_on_scenarios():
                                     np.asarray(states.agent_pos), np.asarray(states.agent_dir), 8, ("empty", "wall", "goal"))
     assert not any("ball" in n for n in p2) and set(p2) == {n for n in pnames if "ball" not in n}
     np.testing.assert_array_equal(l2, labels[:, [pnames.index(n) for n in p2]])
-    with pytest.raises(ValueError, match="no probe for object 'key'"):
+    with pytest.raises(ValueError, match="no probe for object 'lava'"):
         probes.probe_labels(obs, np.zeros(4), np.zeros(4), np.asarray(states.agent_pos), np.asarray(states.agent_dir), 8,
-                            ("empty", "key"))
+                            ("empty", "lava"))
 
 
 # ---------------------------------------------------------------------------------------------

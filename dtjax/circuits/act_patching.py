@@ -131,7 +131,8 @@ def ablate_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Arr
 
     Every world runs the same episodes (same key). Returns ``labels`` (["none", ...]),
     ``target_rtg`` (R,), and (world, R) arrays ``mean_return``, ``goal_rate``, ``hit_rate``,
-    ``timeout_rate``. The worlds are one vmapped rollout (``evaluate_worlds``): one compile, and
+    ``timeout_rate`` (and ``{outcome}_rate`` for each other outcome of the task: Memory's
+    ``success_rate``, ``wrong_rate``). The worlds are one vmapped rollout (``evaluate_worlds``): one compile, and
     world ``w`` is ``evaluate`` with that world's interventions.
     """
     comps = components(cfg) if comps is None else comps
@@ -140,6 +141,7 @@ def ablate_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Arr
     ivs = jax.vmap(lambda m: ablation_interventions(cfg, m, kind, means))(masks)
     res = evaluate_worlds(params, cfg, env, env_params, key, target_rtgs, n_episodes, ivs)
     return {"labels": ["none"] + [component_name(c) for c in comps], "target_rtg": np.asarray(target_rtgs, np.float32),
+            **{f"{o}_rate": (np.asarray(res.outcome) == i).mean(-1) for i, o in enumerate(res.outcomes) if i > 0},
             "mean_return": res.returns.mean(-1), "goal_rate": res.goal.mean(-1), "hit_rate": res.hit.mean(-1),
             "timeout_rate": res.timeout.mean(-1)}
 

@@ -183,7 +183,8 @@ def steer_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Arra
     model holds 3K tokens, the current action slot being padding). Every coefficient runs the same episodes (same ``key``) and
     compiles once: the coefficients are the world axis of one
     vmapped rollout (``evaluate_worlds``). Returns ``coeff`` (n,), ``target_rtg`` (R,) and
-    (n, R) arrays ``mean_return``, ``goal_rate``, ``hit_rate``, ``timeout_rate``.
+    (n, R) arrays ``mean_return``, ``goal_rate``, ``hit_rate``, ``timeout_rate`` and
+    ``{outcome}_rate`` for each other outcome of the env's task (Memory: ``success_rate``, ``wrong_rate``).
     """
     name = hooks_lib.act_name(hook)
     coeffs = np.asarray(coeffs, np.float32).reshape(-1)
@@ -192,5 +193,6 @@ def steer_returns(params: dict, cfg: ModelConfig, env, env_params, key: jax.Arra
     ivs = {name: hooks_lib.Apply(_add_scaled, (jnp.asarray(coeffs), jnp.broadcast_to(vec, (len(coeffs),) + vec.shape)))}
     res = evaluate_worlds(params, cfg, env, env_params, key, target_rtgs, n_episodes, ivs)
     return {"coeff": coeffs, "target_rtg": np.asarray(target_rtgs, np.float32).reshape(-1),
+            **{f"{o}_rate": (np.asarray(res.outcome) == i).mean(-1) for i, o in enumerate(res.outcomes) if i > 0},
             "mean_return": res.returns.mean(-1), "goal_rate": res.goal.mean(-1), "hit_rate": res.hit.mean(-1),
             "timeout_rate": res.timeout.mean(-1)}

@@ -20,7 +20,8 @@ activation patching (``analysis.patching_panel``) and closed-loop episodes
 (``analysis.closed_loop_panel``) run on request, off the key-press path (``Deferred``).
 
 Context (K timesteps), as ``dtjax.evaluate`` builds it: the last K steps of the episode,
-left-padded with a zero observation, RTG 0, timestep 0 and the padding action; the RTG token of
+left-padded with a zero observation, RTG 0 (the target for a model with ``pad_rtg="initial"``,
+the original MemoryDT), timestep 0 and the padding action; the RTG token of
 step j is the target minus the rewards collected before it; the timestep token is the env's step
 count plus the timestep adjustment.
 
@@ -125,8 +126,10 @@ class Controls:
 
 def model_inputs(window: Window, ctrl: Controls, cfg: ModelConfig) -> C.Inputs:
     """``circuits.Inputs`` (batch 1) of a window: RTG = target - reward so far, timestep = step
-    count + adjustment, padding (RTG 0, timestep 0) where not valid; K-1 action tokens."""
-    rtg = jnp.where(window.valid, ctrl.rtg - window.cumrew, 0.0).astype(jnp.float32)
+    count + adjustment, padding (RTG 0, or the target for ``cfg.pad_rtg == "initial"``; timestep 0)
+    where not valid; K-1 action tokens."""
+    pad_rtg = ctrl.rtg if cfg.pad_rtg == "initial" else 0.0  # the episode's initial RTG is the target
+    rtg = jnp.where(window.valid, ctrl.rtg - window.cumrew, pad_rtg).astype(jnp.float32)
     ts = jnp.where(window.valid, window.time + ctrl.t_adjust, 0).astype(jnp.int32)
     actions = jnp.asarray(window.actions)[None, :-1] if cfg.n_timesteps > 1 else None
     return C.Inputs(obs=jnp.asarray(window.obs)[None], rtg=rtg[None], timesteps=ts[None], actions=actions)
@@ -142,6 +145,45 @@ def view_objects(obs: jax.Array) -> jax.Array:
     """MiniGrid object index (7, 7) [x, y] of each view cell (raw codes or one-hot)."""
     obs = jnp.asarray(obs)
     return obs[..., :11].argmax(-1).astype(jnp.int32) if obs.shape[-1] == mg.N_ONE_HOT else obs[..., 0].astype(jnp.int32)
+
+
+IDX_TO_OBJECT = {i: name for name, i in mg.OBJECT_TO_IDX.items()}
+IDX_TO_COLOR = {i: name for name, i in mg.COLOR_TO_IDX.items()}
+AGENT_VIEW_CELL = (mg.VIEW_SIZE // 2, mg.VIEW_SIZE - 1)  # [x, y] of the agent in its own view
+
+
+def grid_cells(env, state) -> np.ndarray | None:
+    """(size, size, 2) int [x, y]: MiniGrid (object, colour) code of every cell of ``state``
+    (``env.grid``'s cell types through ``envs.minigrid.CELL_CODES``; the agent is not a cell)."""
+    if not hasattr(env, "grid"):
+        return None
+    types = np.asarray(_grid(env, jax.tree.map(jnp.asarray, state)))
+    return mg.CELL_CODES[types][..., :2].astype(np.int32)
+
+
+def view_colours(obs: np.ndarray) -> np.ndarray:
+    """MiniGrid colour code (7, 7) [x, y] of each view cell (raw codes or one-hot), numpy."""
+    obs = np.asarray(obs)
+    if obs.shape[-1] == mg.N_ONE_HOT:
+        n_obj = len(mg.OBJECT_TO_IDX)
+        return obs[..., n_obj:n_obj + len(mg.COLOR_TO_IDX)].argmax(-1)
+    return obs[..., 1]
+
+
+def carried(obs: np.ndarray) -> dict | None:
+    """The object the agent carries, as its observation shows it (MiniGrid draws a carried object
+    on the agent's own view cell (3, 6): Memory's fork; empty in every other family): ``{"object",
+    "colour"}`` names, or None."""
+    obs = np.asarray(obs)
+    cell = obs[AGENT_VIEW_CELL]
+    if obs.shape[-1] == mg.N_ONE_HOT:
+        n_obj, n_col = len(mg.OBJECT_TO_IDX), len(mg.COLOR_TO_IDX)
+        obj, col = int(cell[:n_obj].argmax()), int(cell[n_obj:n_obj + n_col].argmax())
+    else:
+        obj, col = int(cell[0]), int(cell[1])
+    if obj in (mg.OBJECT_TO_IDX["unseen"], mg.OBJECT_TO_IDX["empty"]):
+        return None
+    return {"object": IDX_TO_OBJECT.get(obj, str(obj)), "colour": IDX_TO_COLOR.get(col, str(col))}
 
 
 def _panels(params, cfg: ModelConfig, means: dict, window: Window, ctrl: Controls, sae_cfgs: tuple = (),
@@ -208,6 +250,11 @@ def _observe(env, state):
     return env.observe(state)
 
 
+@functools.partial(jax.jit, static_argnames=("env",))
+def _grid(env, state):
+    return env.grid(state)
+
+
 def episode_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(k_reset, k_env, k_act) of an episode (see the module docstring)."""
     k_reset, k_env, k_act = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -247,7 +294,8 @@ class Model:
         k = self.cfg.n_timesteps
         dummy = C.Inputs(obs=np.zeros((1, k) + self.cfg.obs_shape, np.uint8), rtg=np.zeros((1, k), np.float32),
                          timesteps=np.zeros((1, k), np.int32),
-                         actions=None if k == 1 else np.full((1, k), self.cfg.n_actions, np.int32))
+                         actions=None if k == 1 else np.full((1, k if self.cfg.pos_rows >= 3 * k else k - 1),
+                                                             self.cfg.n_actions, np.int32))
         shapes = jax.eval_shape(lambda p, i: C.ablation_means(p, self.cfg, i), self.params, dummy)
         self.zero_means = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
@@ -519,6 +567,11 @@ class Session:
     def _on_act(self, msg) -> list:
         a = msg.get("action")
         action = MODEL_ACTS if a == "model" else _action(a, self.task.action_names)
+        return self.update(self._act(action))
+
+    def _act(self, action: int) -> dict:
+        """Act at the step on screen (an env action or ``MODEL_ACTS``): the new step appended to the
+        history (an old future dropped) and shown; returns its panels."""
         cur = self.history[self.cursor]
         if cur.outcome != "running":
             raise BadMessage(f"the episode has ended ({cur.outcome}): reset, or step back through the history")
@@ -532,7 +585,7 @@ class Session:
                                  reward=reward, outcome=outcome,
                                  details={d: bool(v) for d, v in out["details"].items()}))
         self.cursor = len(self.history) - 1
-        return self.update(out["panels"])
+        return out["panels"]
 
     def _on_reset(self, msg) -> list:
         seed = _int(msg.get("seed", self.seed), "seed", 0, 2**31 - 1)
@@ -547,15 +600,20 @@ class Session:
         return replies + self.update()
 
     def _on_scenario(self, msg) -> list:
+        """A hand-made state; one with a history (Memory's) is played from its reset state with its
+        actions (``scenarios.scenario_start``), so the history and the context window are the episode's."""
         name = msg.get("name")
         known = S.task_scenarios(self.env_cfg)
         if name not in known:
             raise BadMessage(f"unknown scenario {name!r}; scenarios: {', '.join(known)}")
-        state = jax.tree.map(np.asarray, known[name].state)
+        start, actions = S.scenario_start(name, self.env_cfg)
+        state = jax.tree.map(np.asarray, start)
         if self.balls:  # Dynamic Obstacles' scenarios park unused balls on the wall (0, 0): re-park them
             parked = np.all(state.obstacles == np.asarray(DO_PARKED), -1)
             state = state.replace(obstacles=np.where(parked[:, None], np.asarray(PARK, np.int32), state.obstacles))
         self._start(state, _observe(self.env, state))
+        for a in actions:
+            self._act(int(a))
         return self.update()
 
     def _on_edit(self, msg) -> list:
@@ -572,15 +630,21 @@ class Session:
             x, y = (_int(c, "cell coordinate") for c in cell)
             if not (0 <= x < size and 0 <= y < size):
                 raise BadMessage(f"cell ({x}, {y}) is off the {size}x{size} grid")
-            if x in (0, size - 1) or y in (0, size - 1):
+            code = self.cell_object(state, x, y)
+            if code == mg.OBJECT_TO_IDX["wall"]:
                 raise BadMessage(f"cell ({x}, {y}) is a wall")
-            if (x, y) == (size - 2, size - 2):
+            if code == mg.OBJECT_TO_IDX["goal"]:
                 raise BadMessage(f"cell ({x}, {y}) is the goal")
+        if self.task.family == "memory" and op in self.task.editable:
+            state = self._edit_memory(state, op, cell and (x, y))
+            del self.history[self.cursor + 1:]
+            cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
+            return self.update()
         obst = np.asarray(state.obstacles).copy() if self.balls else np.zeros((0, 2), np.int32)
         agent = tuple(int(v) for v in state.agent_pos)
         if op == "ball":
             if "ball" not in self.task.editable:
-                raise BadMessage(f"edit ball is not defined for this task ({self.task.family}: no balls)")
+                raise BadMessage(self._no_balls("edit ball"))
             if cell is None:
                 raise BadMessage("edit ball needs a cell [x, y]")
             if (x, y) == agent:
@@ -598,16 +662,68 @@ class Session:
             if cell is not None:
                 if np.all(obst == (x, y), -1).any():
                     raise BadMessage(f"cell ({x}, {y}) holds a ball")
+                if self.cell_object(state, x, y) != mg.OBJECT_TO_IDX["empty"]:
+                    raise BadMessage(f"cell ({x}, {y}) holds a {IDX_TO_OBJECT[self.cell_object(state, x, y)]}")
                 state = state.replace(agent_pos=np.asarray((x, y), np.int32))
             if "dir" in msg:
                 state = state.replace(agent_dir=np.int32(_int(msg["dir"], "dir", 0, 3)))
             elif cell is None:
                 raise BadMessage("edit agent needs a cell [x, y] or a dir (0=E 1=S 2=W 3=N)")
         else:
-            raise BadMessage(f"unknown edit op {op!r}; ops: ball, agent")
+            raise BadMessage(f"unknown edit op {op!r}; ops: {', '.join(self.edit_ops())}")
         del self.history[self.cursor + 1:]
         cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
         return self.update()
+
+    def _no_balls(self, what: str) -> str:
+        """The one line that refuses a ball edit or corruption in a task without balls to avoid."""
+        try:
+            S.require_balls(self.task, what)
+        except ValueError as e:
+            return str(e)
+        return f"{what} is not defined for this task"
+
+    def edit_ops(self) -> list[str]:
+        """The grid edits of this task (the ``edit`` message's ops): each editable object but
+        "empty" (a ball toggles: a click adds or removes it), Memory's "empty" too (take the
+        instruction object away), and "agent"."""
+        memory = self.task.family == "memory"
+        return [o for o in self.task.editable if o != "empty"] + (["empty"] if memory else []) + ["agent"]
+
+    def cell_object(self, state, x: int, y: int) -> int:
+        """The MiniGrid object code of world cell (x, y) of ``state`` (``grid_cells``)."""
+        cells = grid_cells(self.env, state)
+        return int(cells[x, y, 0]) if cells is not None else mg.OBJECT_TO_IDX["empty"]
+
+    def _edit_memory(self, state, op: str, cell) -> Any:
+        """Memory's edits (``Task.editable``: key, ball, empty): painting a key or a ball onto an end
+        object sets the kinds of both ends (they are one of each), onto the start-room object (the
+        instruction) sets its kind, onto free floor moves the instruction object there as that kind;
+        "empty" on the instruction object takes it into the agent's hands (the fork, which can
+        carry; drop puts it down again)."""
+        if cell is None:
+            raise BadMessage(f"edit {op} needs a cell [x, y]")
+        x, y = cell
+        kinds = ("key", "ball")
+        h, e = self.env.size // 2, int(state.hallway_end)
+        agent = tuple(int(v) for v in state.agent_pos)
+        on_instr = not bool(state.carrying) and (x, y) == tuple(int(v) for v in state.obj_pos)
+        if op == "empty":
+            if on_instr:
+                if not getattr(self.env, "fork", True):
+                    raise BadMessage("this env cannot carry (MiniGrid's own Memory turns pickup into toggle)")
+                return state.replace(carrying=np.bool_(True), obj_pos=np.asarray((-1, -1), np.int32))
+            raise BadMessage(f"cell ({x}, {y}) holds no object that can be taken away (the end objects stay)")
+        kind = np.int32(kinds.index(op))
+        if (x, y) == (e + 1, h - 2):
+            return state.replace(top=kind)
+        if (x, y) == (e + 1, h + 2):
+            return state.replace(top=np.int32(1 - kind))
+        if on_instr:
+            return state.replace(instruction=kind)
+        if (x, y) == agent:
+            raise BadMessage(f"cell ({x}, {y}) holds the agent")
+        return state.replace(instruction=kind, obj_pos=np.asarray((x, y), np.int32), carrying=np.bool_(False))
 
     def _on_set(self, msg) -> list:
         ctl = dict(self.ctl)
@@ -697,7 +813,7 @@ class Session:
         kind = msg.get("corruption", "rtg")
         if kind not in self.corruptions():
             if kind == "ball":
-                raise BadMessage(f"corruption ball is not defined for this task ({self.task.family}: no balls)")
+                raise BadMessage(self._no_balls("corruption ball"))
             raise BadMessage(f"unknown corruption {kind!r}; corruptions: {', '.join(self.corruptions())}")
         hooks = msg.get("hooks", "main")
         if hooks not in ("main", "all"):
@@ -777,7 +893,7 @@ class Session:
             return clean, clean.replace(rtg=-clean.rtg), f"RTG {r:+.2f} -> {-r:+.2f}"
         cur = self.history[self.cursor]
         if kind == "ball" and not self.balls:
-            raise BadMessage(f"corruption ball is not defined for this task ({self.task.family}: no balls)")
+            raise BadMessage(self._no_balls("corruption ball"))
         if kind == "front":
             empty = mg.CELL_ONE_HOT[mg.EMPTY] if self.cfg.obs_mode == "one_hot" else mg.CELL_CODES[mg.EMPTY]
             obs = np.asarray(clean.obs).copy()
@@ -820,7 +936,8 @@ class Session:
             "scenarios": {n: sc.caption for n, sc in S.task_scenarios(env_cfg).items()},
             "corruptions": self.corruptions(), "task": self.task_message(), "actions": list(self.task.action_names),
             "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-            "tokens": A.token_labels(cfg.n_timesteps), "dla_labels": A.dla_labels(cfg, self.inputs()),
+            "tokens": A.token_labels(cfg.n_timesteps), "context_tokens": A.context_labels(cfg.n_timesteps),
+            "dla_labels": A.dla_labels(cfg, self.inputs()),
             "ablation_labels": A.ablation_labels(cfg), "channels": channel_names(cfg.obs_mode),
             "notes": shape_notes(cfg), "controls": self.control_values(), "n_scan": N_SCAN,
             "saes": [s.describe() for s in self.model.saes], "sae_top": explorer_sae.TOP,
@@ -833,7 +950,10 @@ class Session:
         return {"family": t.family, "actions": list(t.action_names), "action_keys": list(t.action_keys),
                 "objects": list(t.objects), "editable": list(t.editable), "outcomes": list(t.outcomes),
                 "success": t.success, "failures": list(t.failures), "details": list(t.details),
-                "direction": list(t.direction)}
+                "direction": list(t.direction), "edit_ops": self.edit_ops(),
+                "edit_labels": {o: ("click adds / removes a ball" if self.balls else f"click paints a {o}") if o != "empty" and o != "agent"
+                                else "click takes an object away" if o == "empty" else "click moves the agent"
+                                for o in self.edit_ops()}}
 
     def control_values(self) -> dict:
         c = dict(self.ctl)
@@ -865,8 +985,10 @@ class Session:
             "type": "step", "step": self.cursor, "n_steps": len(self.history), "timestep": cur.time,
             "model_timestep": int(p["timestep_token"]), "status": cur.outcome, "wall": cur.wall, "details": cur.details,
             "return": cur.cumrew, "reward": cur.reward, "rtg": float(p["rtg_token"]),
-            "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls},
-            "view": np.asarray(p["view"]).T, "probs": p["probs"], "logits": p["logits"],
+            "grid": {"size": self.env.size, "agent": list(map(int, st.agent_pos)), "dir": int(st.agent_dir), "balls": balls,
+                     "cells": grid_cells(self.env, st)},
+            "carrying": carried(cur.obs), "context": self.context(),
+            "view": np.asarray(p["view"]).T, "view_colours": view_colours(cur.obs).T, "probs": p["probs"], "logits": p["logits"],
             "ablated": ablated, "ablated_probs": p["ablated_probs"] if ablated else None, "ablate": self.ctl["ablate"],
             "kind": self.ctl["kind"],
             "action": None if self.cursor == 0 else self.history[self.cursor - 1].action,
@@ -885,6 +1007,21 @@ class Session:
             "history": hist, "controls": self.control_values(), "sae": self.sae_latents(p["sae"]),
         }
         return [step, pan]
+
+    def context(self, i: int | None = None) -> list[dict]:
+        """The context window at step ``i`` (default on screen) as the page shows it: per timestep,
+        oldest first, the state token's label (``analysis.context_labels``: s1 ... sK, the current
+        frame sK), whether it is padding, the env's step count, the action taken there (None at
+        padding and at the current step), its view's object codes [y][x] and the carried object."""
+        w = self.window(i)
+        labels = A.context_labels(self.cfg.n_timesteps, 3 * self.cfg.n_timesteps)[1::3]
+        obs = np.asarray(w.obs)
+        views = obs[..., :len(mg.OBJECT_TO_IDX)].argmax(-1) if obs.shape[-1] == mg.N_ONE_HOT else obs[..., 0]
+        names = self.task.action_names
+        k = self.cfg.n_timesteps
+        return [{"token": labels[j], "valid": bool(w.valid[j]), "t": int(w.time[j]),
+                 "action": names[int(w.actions[j])] if w.valid[j] and j < k - 1 else None,
+                 "view": views[j].T, "carrying": carried(w.obs[j]) if w.valid[j] else None} for j in range(k)]
 
     def sae_latents(self, found: list[dict]) -> list[dict]:
         """The ``panels`` reply's ``sae`` entry: per dictionary its active latents among the top ones

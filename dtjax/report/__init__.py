@@ -52,8 +52,9 @@ order  key                  module
 ====== ==================== ===================================================================
 0      model                overview
 10     calibration          overview
-20-40  scenarios, dla,      states
-       rtg_scan
+20-45  scenarios, dla,      states (context_attention: the decision token's attention to every
+       rtg_scan,            token of the context, R1 s1 a1 ... as the original app numbers them;
+       context_attention    undefined for one timestep)
 50-90  state_encoder,       weights
        embeddings, qk, ov,
        svd

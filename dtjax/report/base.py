@@ -25,8 +25,8 @@ from dtjax.config import EnvConfig, ModelConfig
 from dtjax.run import Run
 
 # Observation channels worth showing: raw codes (the state channel is always 0 in this env), and
-# the one-hot bits that occur (object empty/wall/ball/goal).
-CHANNELS = {"image": {0: "object", 1: "colour"}, "one_hot": {1: "empty", 2: "wall", 6: "ball", 8: "goal"}}
+# the one-hot bits of the objects a task's cells can hold (empty/wall/key/ball/goal; ``Task.objects`` picks).
+CHANNELS = {"image": {0: "object", 1: "colour"}, "one_hot": {1: "empty", 2: "wall", 5: "key", 6: "ball", 8: "goal"}}
 # Dynamic Obstacles' hand-made states, in its task's order; a report shows its env's task's (Context.scenarios).
 REPORT_SCENARIOS = ("start_seed0", "clear_ahead", "ball_ahead", "ball_two_ahead", "ball_diag_left",
                     "ball_diag_right", "ball_left", "ball_right", "goal_ahead", "wall_ahead")
@@ -178,7 +178,8 @@ class Context:
         options'), with the model's context (left-padded for K > 1)."""
         rtg = self.options.rtg if rtg is None else rtg
         return self.memo(f"scenarios@{rtg}", lambda: S.scenario_inputs(
-            list(S.task_scenarios(self.env_cfg)), rtg=rtg, env=self.env_cfg, n_timesteps=self.cfg.n_timesteps))
+            list(S.task_scenarios(self.env_cfg)), rtg=rtg, env=self.env_cfg, n_timesteps=self.cfg.n_timesteps,
+            pad_action=self.cfg.n_actions, pad_rtg=self.cfg.pad_rtg))
 
     def scenario_panels(self, rtg: float | None = None) -> dict:
         """``analysis.state_panels`` of the scenarios (numpy arrays)."""

@@ -14,7 +14,7 @@ lists of labels and floats), so a report section or an explorer can render it:
   ``W_U``; the direct path only: later layers are not included), ``encoder_maps`` (C, 7, 7) the
   encoder direction read through ``W_state`` (the observation's direct path into the
   latent's pre-activation, per unit of code; None where the site does not contain the state
-  embedding) and ``object_maps`` (3, 7, 7) from them: the effect of a wall / ball / goal in a view
+  embedding) and ``object_maps`` (O, 7, 7) from them: the effect of each of the task's objects in a view
   cell instead of empty floor, ``rtg_direct`` (pre-activation per unit RTG, at RTG tokens), the ``n_top``
   top-activating evaluation tokens (index, activation, view, RTG, timestep), and the best probe.
 - ``probes``: ``dtjax.sae.probes.match`` of the trained dictionary, and of two baselines on the
@@ -43,7 +43,7 @@ from dtjax.sae import activations as acts
 from dtjax.sae import metrics, probes, store
 from dtjax.sae.model import TOKENS, SAEConfig, SAEError, apply, init_sae
 from dtjax.sae.train import KEY_EVAL, KEY_HARVEST, KEY_INIT, KEY_ROLLOUT, SAETrainConfig, train_dictionary
-from envs.minigrid import BALL, CELL_CODES, CELL_ONE_HOT, EMPTY, GOAL, WALL
+from envs.minigrid import BALL, CELL_CODES, COLOR_TO_IDX, EMPTY, GOAL, N_ONE_HOT, OBJECT_TO_IDX, WALL
 
 
 @dataclasses.dataclass
@@ -182,12 +182,48 @@ def direct_logit_effects(params: dict, model_cfg: ModelConfig, directions: np.nd
     return directions @ W_U
 
 
-def object_maps(encoder_maps: np.ndarray, obs_mode: str) -> tuple[np.ndarray, list[str]]:
-    """(L, 3, 7, 7): the change of each latent's pre-activation when a view cell holds a wall, a ball
-    or a goal instead of empty floor (the codes' difference through the encoder maps (L, C, 7, 7))."""
-    codes = (CELL_ONE_HOT if obs_mode == "one_hot" else CELL_CODES).astype(np.float32)
-    diffs = np.stack([codes[t] - codes[EMPTY] for t in (WALL, BALL, GOAL)])  # (3, C)
-    return np.einsum("oc,lcxy->loxy", diffs, encoder_maps).astype(np.float32), ["wall", "ball", "goal"]
+DEFAULT_COLOURS = {"wall": 5, "ball": 2, "goal": 1, "key": 4}  # MiniGrid colour codes (Dynamic Obstacles' ball blue)
+
+
+def object_codes(obs: np.ndarray, objects) -> dict[str, tuple[int, int, int]]:
+    """The raw (object, colour, state) code of each of ``objects`` (names) as it appears in the views
+    ``obs`` (M, 7, 7, C) (its most frequent code: Memory's key and ball are green, Dynamic
+    Obstacles' ball blue), or its MiniGrid default where the views never show it."""
+    obs = np.asarray(obs)
+    if obs.shape[-1] == N_ONE_HOT:
+        n_o, n_c = len(OBJECT_TO_IDX), len(COLOR_TO_IDX)
+        raw = np.stack([obs[..., :n_o].argmax(-1), obs[..., n_o:n_o + n_c].argmax(-1),
+                        obs[..., n_o + n_c:].argmax(-1)], -1)
+    else:
+        raw = obs[..., :3]
+    raw = raw.reshape(-1, 3).astype(np.int64)
+    out = {}
+    for o in objects:
+        seen = raw[raw[:, 0] == OBJECT_TO_IDX[o]]
+        if len(seen):
+            vals, counts = np.unique(seen, axis=0, return_counts=True)
+            out[o] = tuple(int(v) for v in vals[np.argmax(counts)])
+        else:
+            out[o] = (OBJECT_TO_IDX[o], DEFAULT_COLOURS.get(o, 0), 0)
+    return out
+
+
+def object_maps(encoder_maps: np.ndarray, obs_mode: str, codes: dict | None = None) -> tuple[np.ndarray, list[str]]:
+    """(L, O, 7, 7): the change of each latent's pre-activation when a view cell holds each object
+    of ``codes`` (name -> raw (object, colour, state), ``object_codes``; default Dynamic Obstacles'
+    wall, ball, goal) instead of empty floor (the codes' difference through the encoder maps (L, C, 7, 7))."""
+    codes = {o: tuple(CELL_CODES[t]) for o, t in (("wall", WALL), ("ball", BALL), ("goal", GOAL))} if codes is None else codes
+    codes = {o: c for o, c in codes.items() if o != "empty"}
+
+    def enc(c):
+        if obs_mode != "one_hot":
+            return np.asarray(c, np.float32)
+        v = np.zeros(N_ONE_HOT, np.float32)
+        v[[c[0], len(OBJECT_TO_IDX) + c[1], len(OBJECT_TO_IDX) + len(COLOR_TO_IDX) + c[2]]] = 1
+        return v
+
+    diffs = np.stack([enc(c) - enc(CELL_CODES[EMPTY]) for c in codes.values()])  # (O, C)
+    return np.einsum("oc,lcxy->loxy", diffs, encoder_maps).astype(np.float32), list(codes)
 
 
 def _reads_residual(cfg: SAEConfig) -> bool:
@@ -268,7 +304,8 @@ def analyse(ctx: SAEInputs, d: store.Dictionary, *, n_tokens: int = 262_144, n_a
            "top_index": top_idx, "top_act": top_act, "top_obs": obs[safe], "top_rtg": rtg[safe], "top_timestep": ts[safe]}
     if _reads_residual(cfg) and cfg.token == "state" and cfg.d_in == mcfg.d_model:
         lat["encoder_maps"] = np.asarray(obs_maps(jnp.asarray((np.asarray(ctx.params["W_state"]) @ enc).T), mcfg))
-        lat["object_maps"], lat["object_labels"] = object_maps(lat["encoder_maps"], mcfg.obs_mode)
+        lat["object_maps"], lat["object_labels"] = object_maps(lat["encoder_maps"], mcfg.obs_mode,
+                                                               object_codes(obs, ctx.env.task.objects))
     if _reads_residual(cfg) and cfg.token == "rtg" and cfg.d_in == mcfg.d_model:
         lat["rtg_direct"] = (np.asarray(ctx.params["W_rtg"])[0] @ enc).astype(np.float32)
 

@@ -35,7 +35,7 @@ __all__ = ["auroc", "match", "midranks", "object_codes", "probe_labels"]
 
 THRESHOLD = 0.9
 MIN_COUNT = 20
-OBJECTS = {"empty": 1, "wall": 2, "ball": 6, "goal": 8}  # MiniGrid object codes
+OBJECTS = {"empty": 1, "wall": 2, "key": 5, "ball": 6, "goal": 8}  # MiniGrid object codes
 DIRS = ("E", "S", "W", "N")
 FRONT = (3, 5)
 ADJACENT = ((2, 6), (4, 6), (3, 5), (2, 5), (4, 5))  # left, right, front, front-left, front-right
@@ -50,13 +50,13 @@ def object_codes(obs: np.ndarray) -> np.ndarray:
 
 
 def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int,
-                 objects: tuple[str, ...] = tuple(OBJECTS)) -> tuple[list[str], list[str], np.ndarray]:
+                 objects: tuple[str, ...] = ("empty", "wall", "ball", "goal")) -> tuple[list[str], list[str], np.ndarray]:
     """(names, families, labels (M, P) bool) of every probe on M tokens.
 
     ``obs`` (M, 7, 7, C) views; ``rtg`` (M,) the RTG token's value; ``timestep`` (M,);
     ``agent_pos`` (M, 2) world (x, y); ``agent_dir`` (M,) 0=E 1=S 2=W 3=N; ``size`` the grid;
-    ``objects``: the task's objects (``env.task.objects``): the cell probes, and the ball probes
-    only where the task has balls.
+    ``objects``: the task's objects (``env.task.objects``; default Dynamic Obstacles'): the cell
+    probes (Memory's key too), and the ball probes only where the task has balls.
     """
     unknown = [o for o in objects if o not in OBJECTS]
     if unknown:

@@ -4,7 +4,11 @@
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
 const COLORS = { floor: "#000", wall: "#646464", goal: "#00ff00", ball: "#0000ff", agent: "#ff0000" };
-const OBJ_COLOR = { 0: "#333", 1: "#000", 2: "#646464", 6: "#0000ff", 8: "#00ff00" };
+const OBJ_COLOR = { 0: "#333", 1: "#000", 2: "#646464", 5: "#ffd000", 6: "#0000ff", 8: "#00ff00" };
+// MiniGrid's COLORS by colour name (a cell's colour code, e.g. Memory's green key and ball)
+const MG_RGB = { red: "#ff0000", green: "#00ff00", blue: "#0000ff", purple: "#7030ff", yellow: "#ffff00", grey: "#646464" };
+const MG_COLOR_NAMES = ["red", "green", "blue", "purple", "yellow", "grey"];
+const OBJ = { unseen: 0, empty: 1, wall: 2, key: 5, ball: 6, goal: 8 };
 const DIRS = [[1, 0], [0, 1], [-1, 0], [0, -1]];
 const PLOT_CFG = { displayModeBar: false, responsive: false };
 const KEY_GLYPHS = { ArrowLeft: "\u27F2", ArrowRight: "\u27F3", ArrowUp: "\u2191", ArrowDown: "\u2193" };
@@ -126,8 +130,9 @@ function onStep(msg) {
     requestAnimationFrame(() => setTimeout(() => S.paintLatencies.push(performance.now() - t0), 0));
   }
   S.stepSeq = msg.seq ?? 0;
-  drawFrame(msg.grid);
-  drawView(msg.view);
+  drawFrame(msg.grid, msg.carrying);
+  drawView(msg.view, msg.carrying, msg.view_colours);
+  drawContext(msg.context);
   $("status").textContent = msg.status;
   $("outcome-detail").textContent = outcomeDetail(msg);
   $("timestep").textContent = String(msg.timestep);
@@ -194,39 +199,82 @@ function agentTriangle(cx, cy, s, dir) {
   return `<polygon points="${pts.join(" ")}" fill="${COLORS.agent}"/>`;
 }
 
-function drawFrame(grid) {
+// A key (a ring and a bit) or a ball (a disc) at cell centre (cx, cy), cell side s, in colour c.
+function objectGlyph(obj, cx, cy, s, c) {
+  if (obj === OBJ.ball) return `<circle cx="${cx}" cy="${cy}" r="${0.31 * s}" fill="${c}" pointer-events="none"/>`;
+  if (obj === OBJ.key) {
+    return `<g pointer-events="none" data-glyph="key"><circle cx="${cx - 0.14 * s}" cy="${cy}" r="${0.17 * s}" fill="none" stroke="${c}" stroke-width="${0.09 * s}"/>` +
+      `<rect x="${cx + 0.02 * s}" y="${cy - 0.05 * s}" width="${0.3 * s}" height="${0.1 * s}" fill="${c}"/>` +
+      `<rect x="${cx + 0.2 * s}" y="${cy}" width="${0.08 * s}" height="${0.16 * s}" fill="${c}"/></g>`;
+  }
+  return "";
+}
+
+function drawFrame(grid, carrying) {
   const svg = $("frame");
   const n = grid.size, px = 320 / n;
   const view = viewCells(grid.agent, grid.dir);
   const balls = new Set(grid.balls.map((b) => `${b[0]},${b[1]}`));
   let html = "";
+  const objects = [];
   for (let x = 0; x < n; x++) for (let y = 0; y < n; y++) {
-    const wall = x === 0 || y === 0 || x === n - 1 || y === n - 1;
-    const goal = x === n - 2 && y === n - 2;
+    // the env's own cells (grid.cells[x][y] = MiniGrid [object, colour]); the border / goal guess without them
+    const code = grid.cells ? grid.cells[x][y] : [x === 0 || y === 0 || x === n - 1 || y === n - 1 ? OBJ.wall
+      : x === n - 2 && y === n - 2 ? OBJ.goal : balls.has(`${x},${y}`) ? OBJ.ball : OBJ.empty, 2];
+    const wall = code[0] === OBJ.wall, goal = code[0] === OBJ.goal;
     let fill = wall ? COLORS.wall : goal ? COLORS.goal : COLORS.floor;
     if (!wall && view.has(`${x},${y}`)) fill = goal ? "#66ff99" : "#33414f";  // the agent's view, tinted
-    html += `<rect class="cell" data-x="${x}" data-y="${y}" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="${fill}"/>`;
-    if (balls.has(`${x},${y}`)) html += `<circle cx="${(x + 0.5) * px}" cy="${(y + 0.5) * px}" r="${0.31 * px}" fill="${COLORS.ball}" pointer-events="none"/>`;
+    html += `<rect class="cell" data-x="${x}" data-y="${y}" data-object="${code[0]}" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="${fill}"/>`;
+    if (code[0] === OBJ.ball || code[0] === OBJ.key) {
+      objects.push(`${x},${y},${code[0]}`);
+      html += objectGlyph(code[0], (x + 0.5) * px, (y + 0.5) * px, px, MG_RGB[MG_COLOR_NAMES[code[1]]] || COLORS.ball);
+    }
   }
   html += agentTriangle((grid.agent[0] + 0.5) * px, (grid.agent[1] + 0.5) * px, px, grid.dir).replace("<polygon", '<polygon pointer-events="none"');
+  if (carrying) {  // the carried object, small, on the agent
+    html += objectGlyph(OBJ[carrying.object], (grid.agent[0] + 0.5) * px, (grid.agent[1] + 0.5) * px, 0.5 * px, MG_RGB[carrying.colour] || "#fff");
+  }
   svg.innerHTML = html;
   svg.setAttribute("data-agent", `${grid.agent[0]},${grid.agent[1]},${grid.dir}`);
   svg.setAttribute("data-balls", grid.balls.map((b) => b.join(",")).join(";"));
+  svg.setAttribute("data-objects", objects.join(";"));
+  svg.setAttribute("data-carrying", carrying ? carrying.object : "");
   svg.classList.add("editable");
 }
 
-function drawView(view) {  // view[y][x] object codes, the agent at (3, 6) facing up
-  const px = 22;
+// view[y][x] object codes (colours[y][x] their MiniGrid colour codes, if known), the agent at (3, 6) facing up
+function viewSvg(view, px, carrying, colours) {
   let html = "";
   for (let y = 0; y < 7; y++) for (let x = 0; x < 7; x++) {
     const code = view[y][x];
-    if (code === 6) html += `<rect class="cell" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="#000"/>` +
-      `<circle cx="${(x + 0.5) * px}" cy="${(y + 0.5) * px}" r="${0.31 * px}" fill="${COLORS.ball}"/>`;
-    else html += `<rect class="cell" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="${OBJ_COLOR[code] || "#888"}"/>`;
+    if (code === OBJ.ball || code === OBJ.key) {
+      const c = colours ? MG_RGB[MG_COLOR_NAMES[colours[y][x]]] : code === OBJ.ball ? COLORS.ball : OBJ_COLOR[OBJ.key];
+      html += `<rect class="cell" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="#000"/>` +
+        objectGlyph(code, (x + 0.5) * px, (y + 0.5) * px, px, c);
+    } else html += `<rect class="cell" x="${x * px}" y="${y * px}" width="${px}" height="${px}" fill="${OBJ_COLOR[code] || "#888"}"/>`;
   }
   html += agentTriangle(3.5 * px, 6.5 * px, px, 3);
-  $("view").innerHTML = html;
+  if (carrying) html += objectGlyph(OBJ[carrying.object], 3.5 * px, 6.5 * px, 0.5 * px, MG_RGB[carrying.colour] || "#fff");
+  return html;
+}
+
+function drawView(view, carrying, colours) {
+  $("view").innerHTML = viewSvg(view, 22, carrying, colours);
   $("view").setAttribute("data-view", view.map((r) => r.join("")).join("/"));
+  $("carrying").textContent = carrying ? `${carrying.colour} ${carrying.object}` : "nothing";
+}
+
+// The model's context: one small view per timestep, oldest first, labelled with its state token
+// (s1 ... sK, the original app's numbering; the current frame is sK) and the action taken there.
+function drawContext(context) {
+  const acts = S.init.actions;
+  $("context").innerHTML = context.map((c) => {
+    const body = c.valid ? viewSvg(c.view, 6, c.carrying) : `<rect width="42" height="42" fill="#ddd"/>`;
+    const cap = c.valid ? `t=${c.t}${c.action !== null ? ` \u2192 ${c.action}` : ""}` : "padding";
+    return `<figure class="ctx${c.valid ? "" : " pad"}" data-token="${c.token}" data-t="${c.valid ? c.t : ""}"` +
+      ` data-action="${c.action ?? ""}"><figcaption><b>${c.token}</b> ${cap}</figcaption><svg width="42" height="42">${body}</svg></figure>`;
+  }).join("");
+  void acts;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,11 +511,17 @@ function drawProbes(msg) {  // plain DOM: one row per concept, one column per si
     ` (fitted in ${info.seconds} s)`;
 }
 
+// An action's initial (L, R, F), or its first two letters where initials collide (drop, done: Dr, Do)
+function actionInitial(acts, a) {
+  const first = (s) => s[0].toUpperCase();
+  return acts.filter((b) => first(b) === first(acts[a])).length > 1 ? first(acts[a]) + acts[a][1] : first(acts[a]);
+}
+
 function drawHistory(p) {
   const acts = S.init.actions;
   const cur = S.step ? S.step.step : 0;
   $("history-list").innerHTML = p.history.map((h, i) => {
-    const a = h.action === null ? "" : ` ${acts[h.action][0].toUpperCase()}`;
+    const a = h.action === null ? "" : ` ${actionInitial(acts, h.action)}`;
     return `<span data-step="${i}" class="${i === cur ? "cur " : ""}${h.outcome === "running" ? "" : h.outcome}"` +
       ` title="t=${h.t} reward ${h.reward}">${h.t}${a}</span>`;
   }).join("");
@@ -487,8 +541,8 @@ function buildTask(task) {  // the action buttons, keys and grid-edit modes the 
     const k = task.action_keys[i];
     return `<button data-testid="act-${a}" data-action="${a}"${k ? ` title="${k}"` : ""}>${k && KEY_GLYPHS[k] ? KEY_GLYPHS[k] + " " : ""}${a}</button>`;
   }).join(" ");
-  const modes = task.editable.filter((o) => o !== "empty").map((o) => [o, `click adds / removes a ${o}`]);
-  options($("edit-mode"), [...modes, ["agent", "click moves the agent"]], modes.length ? modes[0][0] : "agent");
+  const modes = task.edit_ops.map((o) => [o, task.edit_labels[o]]);
+  options($("edit-mode"), modes, modes[0][0]);
   const keys = task.actions.map((a, i) => task.action_keys[i] ? `${task.action_keys[i].replace("Arrow", "")} ${a}` : "").filter(Boolean);
   $("keys-help").textContent = `Keys: ${keys.join(", ")}, m model acts, [ and ] step through the history.`;
 }

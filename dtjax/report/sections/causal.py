@@ -90,7 +90,8 @@ def patching_compute(ctx: Context) -> dict:
     pairs = {pair: (one(a), one(b)) for pair, (a, b) in ctx.task.pairs.items()}
     # the RTG pair on the first pair's clean scenario and the start state (ball_ahead, start_seed0)
     for n in dict.fromkeys([a for a, _ in list(ctx.task.pairs.values())[:1]] + names[:1]):
-        pairs[f"rtg+1_vs_-1 ({n})"] = (one(n).with_rtg(jnp.ones(1), cfg.n_actions), one(n).with_rtg(-jnp.ones(1), cfg.n_actions))
+        pairs[f"rtg+1_vs_-1 ({n})"] = (one(n).with_rtg(jnp.ones(1), cfg.n_actions, cfg.pad_rtg),
+                                      one(n).with_rtg(-jnp.ones(1), cfg.n_actions, cfg.pad_rtg))
     panels, summary = {}, {}
     for pair, (clean, corrupted) in pairs.items():
         p = A.patching_panel(ctx.params, cfg, clean, corrupted, ctx.v, patch_names(cfg, ctx.options.fast))

@@ -53,15 +53,16 @@ def circuit_pairs(ctx: Context) -> tuple[dict, list[str]]:
         notes = []
         n = min(o.circuit_batch, base.batch)
         if S.has_balls(ctx.task):  # the ball pair is a fact of a task with balls (Dynamic Obstacles)
-            ball_clean, ball_corr = S.ball_pair(base, None, o.rtg)
+            ball_clean, ball_corr = S.ball_pair(base, None, o.rtg, ctx.cfg.n_actions, ctx.cfg.pad_rtg)
         else:
             ball_clean = ball_corr = base.take(jnp.arange(0))
-            notes.append(f"No ball pair: not defined for this task ({ctx.task.family}: no balls).")
+            why = "its balls are not obstacles" if "ball" in ctx.task.objects else "no balls"
+            notes.append(f"No ball pair: not defined for this task ({ctx.task.family}: {why}).")
         if ball_clean.batch:
             n = min(n, ball_clean.batch)
         elif S.has_balls(ctx.task):
             notes.append(f"No ball pair: none of the {base.batch} sampled states has a ball in the cell ahead.")
-        pairs = {"rtg": S.rtg_pair(base.take(jnp.arange(n)), o.rtg, -1.0)}
+        pairs = {"rtg": S.rtg_pair(base.take(jnp.arange(n)), o.rtg, -1.0, ctx.cfg.n_actions, ctx.cfg.pad_rtg)}
         if ball_clean.batch:
             pairs["ball"] = (ball_clean.take(jnp.arange(n)), ball_corr.take(jnp.arange(n)))
         return pairs, notes

@@ -212,7 +212,7 @@ def render_dictionary(e: dict, page: Page) -> None:
                                        e["action_labels"]),
                     "Top latents by activation frequency and by largest |DLA|: each row gives the latent's firing "
                     "rate, its best ground-truth probe and AUROC, its top-activating held-out views (activation, RTG "
-                    "token, timestep; grey wall, blue ball, green goal, red agent) and the direct logit effect of one "
+                    "token, timestep; grey wall, yellow key, blue ball, green goal, red agent) and the direct logit effect of one "
                     "unit of it (its decoder row through W_U; later layers not included).")
         if lats[0]["object_maps"] is not None:
             maps = np.stack([np.concatenate([x["object_maps"], x["channel_maps"]]) for x in lats])
@@ -220,7 +220,7 @@ def render_dictionary(e: dict, page: Page) -> None:
             page.figure(plots.maps_grid(maps, [f"#{x['index']}" for x in lats], cols, "encoder direction through W_state"),
                         "Each latent's encoder direction read through W_state (the observation's direct path into its "
                         "pre-activation, per unit of code), as seen by the agent (bottom centre, facing up): the "
-                        "change when a view cell holds a wall / ball / goal instead of empty floor, then per channel.")
+                        f"change when a view cell holds a {' / '.join(e['object_labels'])} instead of empty floor, then per channel.")
         else:
             page.note("The dictionary's input does not contain the state embedding directly: no encoder maps.")
     p = e["probes"]

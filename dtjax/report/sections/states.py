@@ -50,10 +50,11 @@ def scenarios_render(d: dict, page: Page) -> None:
     k = d["n_timesteps"]
     page.text(f"Hand-made states observed through the env (t = 0{', left-padded to the context' if k > 1 else ''}), "
               f"at target RTG {d['rtg']} and -1.")
-    colour = {"wall": "grey", "ball": "blue", "goal": "green"}  # scenarios.render_view's palette
+    colour = {"wall": "grey", "key": "yellow", "ball": "blue", "goal": "green"}  # scenarios.render_view's palette
     legend = ", ".join(f"{colour[o]} {o}" for o in d.get("objects", colour) if o in colour)
     page.figure(plots.views(d["views"], d["names"]), f"The scenarios' 7x7 views ({legend}, red agent).")
-    short = [f"P({a[0].upper()})" for a in d["actions"]]  # P(L), P(R), P(F)
+    initials = [a[0].upper() for a in d["actions"]]
+    short = [f"P({i})" if initials.count(i) == 1 else f"P({a})" for i, a in zip(initials, d["actions"])]  # P(L), P(R), P(F)
     page.table(["scenario", "caption", f"{short[0]} @{d['rtg']}", *short[1:], f"{short[0]} @-1", *short[1:]],
                [[n, d["captions"][i], *map(float, d["probs"][i]), *map(float, d["probs_neg"][i])]
                 for i, n in enumerate(d["names"])],
@@ -116,8 +117,47 @@ def rtg_scan_render(d: dict, page: Page) -> None:
                     "head's attention from the last state token to its RTG token.")
 
 
+def context_undefined(ctx: Context) -> str | None:
+    if ctx.cfg.n_timesteps == 1:
+        return "one timestep of context: the decision token sees only its own RTG token (the scenarios section)"
+    return None
+
+
+def context_compute(ctx: Context) -> dict:
+    """Every head's attention from the decision token (the last state token) to every token of the
+    context, for each scenario (a Memory scenario holds its history: the start-room object is in
+    an earlier frame, so which head reads which frame is the memory)."""
+    names, inp = ctx.scenarios()
+    pattern = ctx.scenario_panels()["pattern"]  # (layer, batch, head, q, k)
+    q = A.n_tokens(inp) - 1  # the decision token
+    attn = pattern[:, :, :, q, : q + 1]  # (layer, batch, head, key)
+    tokens = A.context_labels(inp.n_timesteps, q + 1)
+    heads = [f"L{l}H{h}" for l in range(ctx.cfg.n_layers) for h in range(ctx.cfg.n_heads)]
+    real = np.asarray(inp.actions != ctx.cfg.n_actions) if inp.actions is not None else np.ones((inp.batch, 0), bool)
+    first = inp.n_timesteps - 1 - real.sum(1)  # the timestep index of each scenario's first real frame
+    return {"names": names, "tokens": tokens, "heads": heads, "rtg": ctx.options.rtg,
+            "attn": np.asarray(attn).transpose(0, 2, 1, 3).reshape(len(heads), len(names), q + 1),
+            "first_frame": [tokens[3 * int(k) + 1] for k in first],
+            "summary": {"context_attention": {"tokens": tokens, "heads": {
+                hd: {n: rounded(attn[i // ctx.cfg.n_heads, b, i % ctx.cfg.n_heads], 3) for b, n in enumerate(names)}
+                for i, hd in enumerate(heads)}}}}
+
+
+def context_render(d: dict, page: Page) -> None:
+    page.text(f"Attention from the decision token ({d['tokens'][-1]}, the last state token) to every token of the "
+              f"context, tokens numbered as the original app's (R1 s1 a1 ... ; a new episode's first frame is the last "
+              f"s), at RTG {d['rtg']}. Padding timesteps before a scenario's first frame hold a zero observation.")
+    rows = [f"{n} (from {f})" for n, f in zip(d["names"], d["first_frame"])]
+    for i, hd in enumerate(d["heads"]):
+        page.figure(plots.heatmap(d["attn"][i], rows, d["tokens"], max_annotated=0),
+                    f"<b>{hd}</b>: attention of the decision token (rows: scenarios, with their first real frame; "
+                    "columns: context tokens).")
+
+
 SECTIONS = (
     Section("scenarios", "Scenarios", scenarios_compute, scenarios_render, order=20),
     Section("dla", "Direct logit attribution", dla_compute, dla_render, order=30),
     Section("rtg_scan", "RTG scan", rtg_scan_compute, rtg_scan_render, order=40),
+    Section("context_attention", "Attention over the context", context_compute, context_render, order=45,
+            undefined=context_undefined),
 )
