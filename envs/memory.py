@@ -431,6 +431,38 @@ def _pairs() -> dict[str, tuple[str, str]]:
             for top in (0, 1)}
 
 
+def edit(env: Memory, state: EnvState, op: str, cell) -> EnvState:
+    """Memory's grid edits (``Task.edit``; ``op`` in ``TASK.editable``): painting a key or a ball onto
+    an end object sets the kinds of both ends (they are one of each), onto the start-room object (the
+    instruction) sets its kind, onto free floor moves the instruction object there as that kind;
+    "empty" on the instruction object takes it into the agent's hands (the fork, which can carry;
+    drop puts it down again). A refused edit is a ValueError with its reason."""
+    if cell is None:
+        raise ValueError(f"edit {op} needs a cell [x, y]")
+    x, y = cell
+    h, e = env.size // 2, int(state.hallway_end)
+    agent = tuple(int(v) for v in state.agent_pos)
+    on_instr = not bool(state.carrying) and (x, y) == tuple(int(v) for v in state.obj_pos)
+    if op == "empty":
+        if on_instr:
+            if not env.fork:
+                raise ValueError("this env cannot carry (MiniGrid's own Memory turns pickup into toggle)")
+            return state.replace(carrying=np.bool_(True), obj_pos=np.asarray((-1, -1), np.int32))
+        raise ValueError(f"cell ({x}, {y}) holds no object that can be taken away (the end objects stay)")
+    if op not in OBJECT_KINDS:
+        raise ValueError(f"unknown edit op {op!r}; ops: {', '.join(TASK.editable)}")
+    kind = np.int32(OBJECT_KINDS.index(op))
+    if (x, y) == (e + 1, h - 2):
+        return state.replace(top=kind)
+    if (x, y) == (e + 1, h + 2):
+        return state.replace(top=np.int32(1 - kind))
+    if on_instr:
+        return state.replace(instruction=kind)
+    if (x, y) == agent:
+        raise ValueError(f"cell ({x}, {y}) holds the agent")
+    return state.replace(instruction=kind, obj_pos=np.asarray((x, y), np.int32), carrying=np.bool_(False))
+
+
 OUTCOMES = ("running", "success", "wrong", "timeout")
 SUCCESS_OUTCOME, WRONG_OUTCOME, TIMEOUT_OUTCOME = 1, 2, 3
 
@@ -451,6 +483,7 @@ TASK = Task(
     return_range=(0.0, 1.0),
     scenarios=scenarios,
     pairs=_pairs(),
+    edit=edit,
     # A run as the original's MemoryDT (reference doc section 6): data at max_steps 50 from a
     # recurrent PPO's final policy sampled at temperature 1 and 5 (1:2, as its T1 10k / T5 20k
     # steps per env), one-hot views, a 9-step context, LayerNorm, 2 layers of 4 heads; evaluated at

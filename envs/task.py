@@ -57,6 +57,9 @@ class Task:
       return_range: (lowest, highest) episode return, for calibration targets.
       scenarios: ``scenarios(env) -> tuple[Scenario, ...]`` hand-made states in ``env``.
       pairs: ``{pair name: (clean scenario, corrupted scenario)}`` for patching.
+      edit: optional, the family's own grid edits (the explorer's ``edit`` message):
+        ``edit(env, state, op, cell) -> state`` for ``op`` in ``editable`` and ``cell`` an (x, y) or
+        None, raising ValueError with a one-line reason; None = the generic ball / agent edits.
       presets: config overrides of a run in this family, as nested dicts keyed like
         ``TrainConfig`` (``{"model": {...}, "data": {...}, ...}``); ``{}`` = dtjax's defaults.
       concepts: optional, the family's own probe concepts (``dtjax.probes``, beside the generic
@@ -79,6 +82,7 @@ class Task:
     scenarios: Callable[[Any], tuple[Scenario, ...]] = dataclasses.field(compare=False)
     pairs: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict, compare=False)
     presets: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    edit: Callable[..., Any] | None = dataclasses.field(default=None, compare=False)
     concepts: Callable[[Any], Mapping[str, tuple[tuple[str, ...], Callable]]] | None = dataclasses.field(
         default=None, compare=False)
 

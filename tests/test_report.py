@@ -53,8 +53,9 @@ def test_report_is_self_contained_with_every_section(fast_report):
     assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "context_attention", "state_encoder",
                     "embeddings", "qk", "ov",
                     "svd", "ablation", "patching", "attribution", "path_patching", "circuit_discovery", "logit_lens",
-                    "composition", "steering", "memory_features", "memory_adversaries", "sae"]
+                    "composition", "steering", "memory_features", "memory_adversaries", "sae", "probes"]
     keys.remove("sae")  # opt-in: analyse.py --sae DIR (tests/test_report_sae.py)
+    keys.remove("probes")  # opt-in: analyse.py --probes (tests/test_probes_report.py)
     for anchor in keys:
         assert f'id="{anchor}"' in page and f'href="#{anchor}"' in page
     assert list(s["sections"]) == keys, s["sections"]

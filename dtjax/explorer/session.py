@@ -635,8 +635,11 @@ class Session:
                 raise BadMessage(f"cell ({x}, {y}) is a wall")
             if code == mg.OBJECT_TO_IDX["goal"]:
                 raise BadMessage(f"cell ({x}, {y}) is the goal")
-        if self.task.family == "memory" and op in self.task.editable:
-            state = self._edit_memory(state, op, cell and (x, y))
+        if self.task.edit is not None and op in self.task.editable:
+            try:
+                state = self.task.edit(self.env, state, op, cell and (x, y))
+            except ValueError as e:
+                raise BadMessage(str(e)) from None
             del self.history[self.cursor + 1:]
             cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
             return self.update()
@@ -685,45 +688,15 @@ class Session:
 
     def edit_ops(self) -> list[str]:
         """The grid edits of this task (the ``edit`` message's ops): each editable object but
-        "empty" (a ball toggles: a click adds or removes it), Memory's "empty" too (take the
-        instruction object away), and "agent"."""
-        memory = self.task.family == "memory"
-        return [o for o in self.task.editable if o != "empty"] + (["empty"] if memory else []) + ["agent"]
+        "empty" (a ball toggles: a click adds or removes it; a family with its own ``Task.edit``
+        has "empty" too, e.g. Memory's: take the instruction object away), and "agent"."""
+        own = self.task.edit is not None
+        return [o for o in self.task.editable if o != "empty"] + (["empty"] if own else []) + ["agent"]
 
     def cell_object(self, state, x: int, y: int) -> int:
         """The MiniGrid object code of world cell (x, y) of ``state`` (``grid_cells``)."""
         cells = grid_cells(self.env, state)
         return int(cells[x, y, 0]) if cells is not None else mg.OBJECT_TO_IDX["empty"]
-
-    def _edit_memory(self, state, op: str, cell) -> Any:
-        """Memory's edits (``Task.editable``: key, ball, empty): painting a key or a ball onto an end
-        object sets the kinds of both ends (they are one of each), onto the start-room object (the
-        instruction) sets its kind, onto free floor moves the instruction object there as that kind;
-        "empty" on the instruction object takes it into the agent's hands (the fork, which can
-        carry; drop puts it down again)."""
-        if cell is None:
-            raise BadMessage(f"edit {op} needs a cell [x, y]")
-        x, y = cell
-        kinds = ("key", "ball")
-        h, e = self.env.size // 2, int(state.hallway_end)
-        agent = tuple(int(v) for v in state.agent_pos)
-        on_instr = not bool(state.carrying) and (x, y) == tuple(int(v) for v in state.obj_pos)
-        if op == "empty":
-            if on_instr:
-                if not getattr(self.env, "fork", True):
-                    raise BadMessage("this env cannot carry (MiniGrid's own Memory turns pickup into toggle)")
-                return state.replace(carrying=np.bool_(True), obj_pos=np.asarray((-1, -1), np.int32))
-            raise BadMessage(f"cell ({x}, {y}) holds no object that can be taken away (the end objects stay)")
-        kind = np.int32(kinds.index(op))
-        if (x, y) == (e + 1, h - 2):
-            return state.replace(top=kind)
-        if (x, y) == (e + 1, h + 2):
-            return state.replace(top=np.int32(1 - kind))
-        if on_instr:
-            return state.replace(instruction=kind)
-        if (x, y) == agent:
-            raise BadMessage(f"cell ({x}, {y}) holds the agent")
-        return state.replace(instruction=kind, obj_pos=np.asarray((x, y), np.int32), carrying=np.bool_(False))
 
     def _on_set(self, msg) -> list:
         ctl = dict(self.ctl)
