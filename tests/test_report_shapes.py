@@ -1,13 +1,14 @@
 """Every model shape train.py accepts is analysable: every report section on a covering design of
 shapes (tiny random-init models), and full ``analyse.py`` runs on tiny models trained here.
 
-Factors (values chosen for distinct code paths): layers 1 (layer 0 only) and 4 (the largest
-the issue lists); timesteps 1 (tokens R, s; no action token), 3 (the issue's failing example)
+Factors (values chosen for distinct code paths): layers 1 (layer 0 only) and 2 (later layers,
+composition; 3 and 4, the largest the issue lists, are in the slow design: each layer is compiled
+anew by every section, and 4 layers cost the fast suite a minute); timesteps 1 (tokens R, s; no action token), 3 (the issue's failing example)
 and 10 (the longest: 29 tokens); LayerNorm; attention-only; obs image / one-hot; time embedding
 learned / linear. ``DESIGN`` has every pair of factor values together at least once
 (``test_design_covers_every_pair``) in 7 rows (6 cannot: a 3 x 2^5 pairwise design needs 7).
-Two layers (the README's example) and K = 2 are a trained model's shape below (--runslow); three layers
-are in tests/test_analysis.py and the slow design: ``--runslow`` adds a 12-row design over
+K = 2 and full ``analyse.py`` runs on trained models are below (--runslow; analyse.py end to end
+is tests/test_report.py's in the fast suite); three layers are in tests/test_analysis.py and the slow design: ``--runslow`` adds a 12-row design over
 layers 1-4 x K {1, 3, 10} with closed-loop rollouts and real figures.
 
 The CI rows run every section's compute step and its render step cheaply (figures are built
@@ -40,13 +41,13 @@ from tolerance import MAX_CONDITIONING, assert_close, assert_normalised_close, c
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORS = {
-    "n_layers": (1, 4), "n_timesteps": (1, 3, 10), "layer_norm": (False, True), "attn_only": (False, True),
+    "n_layers": (1, 2), "n_timesteps": (1, 3, 10), "layer_norm": (False, True), "attn_only": (False, True),
     "obs_mode": ("image", "one_hot"), "time_embedding": ("learned", "linear"),
 }
 #         n_layers  K  layer_norm attn_only obs_mode   time_embedding
-DESIGN = [(4, 10, False, True, "image", "learned"),
-          (4, 3, True, False, "image", "linear"),
-          (4, 1, True, False, "one_hot", "learned"),
+DESIGN = [(2, 10, False, True, "image", "learned"),
+          (2, 3, True, False, "image", "linear"),
+          (2, 1, True, False, "one_hot", "learned"),
           (1, 10, True, True, "image", "linear"),
           (1, 10, False, False, "one_hot", "linear"),
           (1, 1, False, True, "image", "linear"),
@@ -225,7 +226,7 @@ def _summary(results):
 # The fast suite keeps 3 rows, which take every factor value but K = 1 (the overnight model's report
 # in tests/test_report.py and K = 1 in tests/test_analysis.py); --runslow runs all 7 (every pair)
 # and SLOW_DESIGN.
-SLOW_ROWS = {(4, 10, False, True, "image", "learned"), (4, 1, True, False, "one_hot", "learned"),
+SLOW_ROWS = {(2, 10, False, True, "image", "learned"), (2, 1, True, False, "one_hot", "learned"),
              (1, 10, True, True, "image", "linear"), (1, 1, False, True, "image", "linear")}
 
 
@@ -268,7 +269,9 @@ TRAINED = {  # the issue's two known failures together, then the shapes the rand
     "k3_attn_only_ln": dict(n_timesteps=3, attn_only=True, layer_norm=True),
     "l2_one_hot_linear_k2": dict(n_layers=2, n_timesteps=2, obs_mode="one_hot", time_embedding="linear"),
 }
-SLOW_TRAINED = {"l2_one_hot_linear_k2"}  # --runslow (each analyse.py --fast run compiles every section anew)
+# --runslow (each analyse.py --fast run compiles every section anew; the fast suite has K = 3 with LN
+# and attn-only in the shape rows above, and analyse.py end to end in tests/test_report.py)
+SLOW_TRAINED = {"k3_attn_only_ln", "l2_one_hot_linear_k2"}
 
 
 @pytest.fixture(scope="module")
