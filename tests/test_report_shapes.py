@@ -223,11 +223,12 @@ def _summary(results):
     return out
 
 
-# The fast suite keeps 3 rows, which take every factor value but K = 1 (the overnight model's report
-# in tests/test_report.py and K = 1 in tests/test_analysis.py); --runslow runs all 7 (every pair)
-# and SLOW_DESIGN.
+# The fast suite keeps 2 rows, which take every factor value but K = 1 (the overnight model's report
+# in tests/test_report.py and K = 1 in tests/test_analysis.py) and K = 10 (long contexts: the K = 9
+# Memory models of tests/test_family_memory.py); --runslow runs all 7 (every pair) and SLOW_DESIGN.
 SLOW_ROWS = {(2, 10, False, True, "image", "learned"), (2, 1, True, False, "one_hot", "learned"),
-             (1, 10, True, True, "image", "linear"), (1, 1, False, True, "image", "linear")}
+             (1, 10, True, True, "image", "linear"), (1, 1, False, True, "image", "linear"),
+             (1, 10, False, False, "one_hot", "linear")}
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW_ROWS else r for r in DESIGN],
