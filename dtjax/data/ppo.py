@@ -74,6 +74,7 @@ class Transition(NamedTuple):
     log_prob: jax.Array  # (E,) log pi(action | obs) under the rollout policy
     obs: jax.Array  # (E, H, W, C) the observation acted on
     next_value: jax.Array  # (E,) value of the state reached before any auto-reset (truncation bootstrap)
+    first: Any = None  # (E,) bool, recurrent rollouts only (dtjax.data.ppo_rnn): `obs` starts its episode
 
 
 def gae(traj: Transition, last_value: jax.Array, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
@@ -106,6 +107,12 @@ def ppo_loss(params, network, batch, cfg: PPOConfig, ent_coef):
     """
     traj, adv, targets = batch
     logits, value = network.apply(params, traj.obs)
+    return ppo_terms(logits, value, traj, adv, targets, cfg, ent_coef)
+
+
+def ppo_terms(logits, value, traj: Transition, adv, targets, cfg: PPOConfig, ent_coef):
+    """The PPO objective from the policy's ``logits`` and ``value`` on ``traj`` (any leading shape):
+    ``ppo_loss`` here, and ``dtjax.data.ppo_rnn`` with the recurrence re-run. Returns (loss, (pg, v, entropy))."""
     logp_all = jax.nn.log_softmax(logits)
     logp = jnp.take_along_axis(logp_all, traj.action[..., None], -1)[..., 0]
     ratio = jnp.exp(logp - traj.log_prob)
@@ -115,6 +122,15 @@ def ppo_loss(params, network, batch, cfg: PPOConfig, ent_coef):
     entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
     total = pg + cfg.vf_coef * v_loss - ent_coef * entropy
     return total, (pg, v_loss, entropy)
+
+
+def snapshot_updates(cfg: PPOConfig) -> np.ndarray:
+    """The update indices whose params become the snapshots: evenly spaced, the last the final one."""
+    n_updates = cfg.num_updates
+    snap_every = max(1, n_updates // max(cfg.n_snapshots, 1))
+    idx = np.minimum(np.arange(1, cfg.n_snapshots + 1) * snap_every - 1, n_updates - 1)
+    idx[-1] = n_updates - 1
+    return idx
 
 
 def make_train(cfg: PPOConfig, env, env_params):
@@ -137,7 +153,6 @@ def make_train(cfg: PPOConfig, env, env_params):
     mb_size = batch_size // cfg.num_minibatches
     lr = optax.linear_schedule(cfg.lr, 0.0, n_updates * cfg.update_epochs * cfg.num_minibatches) if cfg.anneal_lr else cfg.lr
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=1e-5))
-    snap_every = max(1, n_updates // max(cfg.n_snapshots, 1))
     # Entropy bonus: linear from ent_coef (explore: find the goal before settling on turning in
     # place, the safe 0-return behaviour) to ent_coef_end (a sharp final policy for the data).
     ent_schedule = optax.linear_schedule(cfg.ent_coef, cfg.ent_coef_end, max(n_updates - 1, 1))
@@ -207,8 +222,7 @@ def make_train(cfg: PPOConfig, env, env_params):
             update, (params, opt_state, obs, state), jnp.arange(n_updates)
         )
         # SNAPSHOTS: evenly spaced param sets (the per-update params are small: ~30k floats)
-        snap_idx = jnp.minimum(jnp.arange(1, cfg.n_snapshots + 1) * snap_every - 1, n_updates - 1).at[-1].set(n_updates - 1)
-        snapshots = jax.tree.map(lambda x: x[snap_idx], all_params)
+        snapshots = jax.tree.map(lambda x: x[snapshot_updates(cfg)], all_params)
         return {"params": params, "snapshots": snapshots, "transitions": record, "metrics": metrics}
 
     return train, network

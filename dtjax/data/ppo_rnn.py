@@ -23,7 +23,6 @@ views are ~1 MB: stacking all of them, as ``dtjax.data.ppo`` does, would not fit
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,7 +31,7 @@ import numpy as np
 import optax
 
 from dtjax.config import PPOConfig
-from dtjax.data.ppo import gae, mix_rollout
+from dtjax.data.ppo import Transition, gae, mix_rollout, ppo_terms, snapshot_updates
 
 
 class ScannedGRU(nn.Module):
@@ -84,21 +83,6 @@ class ActorCriticRNN(nn.Module):
         return jnp.zeros((n, self.hidden), jnp.float32)
 
 
-class Transition(NamedTuple):
-    """One vmapped env step of a recurrent rollout; leaves (E, ...), time-major when stacked."""
-
-    state: Any  # envs.EnvState the action was taken in
-    action: jax.Array  # (E,) int32
-    reward: jax.Array  # (E,) float32
-    terminated: jax.Array  # (E,) bool
-    truncated: jax.Array  # (E,) bool
-    value: jax.Array  # (E,) critic value of `obs`
-    log_prob: jax.Array  # (E,) log pi(action | history) under the rollout policy
-    obs: jax.Array  # (E, H, W, C) the observation acted on
-    next_value: jax.Array  # (E,) value of the state reached before any auto-reset (truncation bootstrap)
-    first: jax.Array  # (E,) bool: `obs` is its episode's first (the GRU carry was reset before it)
-
-
 def rnn_ppo_loss(params, network, h0, batch, cfg: PPOConfig, ent_coef):
     """Clipped surrogate + value loss - entropy bonus over whole sequences (``dtjax.data.ppo.ppo_loss``
     with the recurrence re-run from each env's rollout-start carry ``h0`` (M, H)).
@@ -107,25 +91,7 @@ def rnn_ppo_loss(params, network, h0, batch, cfg: PPOConfig, ent_coef):
     """
     traj, adv, targets = batch
     _, logits, value = network.apply(params, h0, traj.obs, traj.first)
-    logp_all = jax.nn.log_softmax(logits)
-    logp = jnp.take_along_axis(logp_all, traj.action[..., None], -1)[..., 0]
-    ratio = jnp.exp(logp - traj.log_prob)
-    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean()
-    v_loss = 0.5 * ((value - targets) ** 2).mean()
-    entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
-    total = pg + cfg.vf_coef * v_loss - ent_coef * entropy
-    return total, (pg, v_loss, entropy)
-
-
-def snapshot_updates(cfg: PPOConfig) -> np.ndarray:
-    """The update indices whose params become the snapshots: evenly spaced, the last the final one
-    (the same indices as ``dtjax.data.ppo``)."""
-    n_updates = cfg.num_updates
-    snap_every = max(1, n_updates // max(cfg.n_snapshots, 1))
-    idx = np.minimum(np.arange(1, cfg.n_snapshots + 1) * snap_every - 1, n_updates - 1)
-    idx[-1] = n_updates - 1
-    return idx
+    return ppo_terms(logits, value, traj, adv, targets, cfg, ent_coef)
 
 
 def make_train(cfg: PPOConfig, env, env_params):
