@@ -107,6 +107,17 @@ def tiny_sae(run, n_latents: int = 32, k: int = 4, name: str = "sae", hook: str 
     return path
 
 
+def reset_labels(py, label, n: int, seed: int) -> list:
+    """``label(py)`` after each of ``n`` resets of a real minigrid env ``py``, seeded once with ``seed``
+    (its later resets draw on from there, as a user's would): one side of a reset-distribution test."""
+    py.reset(seed=seed)
+    out = []
+    for _ in range(n):
+        py.reset()
+        out.append(label(py))
+    return out
+
+
 def chi2_p(a_labels, b_labels) -> float:
     """Chi-square homogeneity p-value of two samples of hashable outcomes. Outcomes seen fewer
     than 10 times in both samples together are pooled into one column, so every expected count is

@@ -22,7 +22,7 @@ from minigrid.envs.dynamicobstacles import DynamicObstaclesEnv
 from minigrid.wrappers import FullyObsWrapper, OneHotPartialObsWrapper
 
 import envs
-from fixtures import chi2_p
+from fixtures import chi2_p, reset_labels
 from envs.dynamic_obstacles import EnvState
 
 MG_IDS = [
@@ -249,13 +249,8 @@ def test_wrappers_one_hot_and_full_views():
 
 
 def _python_resets(env_id: str, n: int, seed: int) -> list:
-    py = python_env(env_id)
-    py.reset(seed=seed)
-    out = []
-    for _ in range(n):
-        py.reset()
-        out.append((tuple(int(v) for v in py.agent_pos), int(py.agent_dir), tuple(tuple(int(v) for v in o.cur_pos) for o in py.obstacles)))
-    return out
+    return reset_labels(python_env(env_id), lambda py: (tuple(int(v) for v in py.agent_pos), int(py.agent_dir),
+                                                        tuple(tuple(int(v) for v in o.cur_pos) for o in py.obstacles)), n, seed)
 
 
 def _jax_resets(env_id: str, n: int, seed: int) -> list:

@@ -24,7 +24,7 @@ from minigrid.envs.empty import EmptyEnv
 from minigrid.wrappers import FullyObsWrapper, OneHotPartialObsWrapper
 
 import envs
-from fixtures import chi2_p
+from fixtures import chi2_p, reset_labels
 from envs import empty
 from envs.empty import EnvState
 
@@ -262,13 +262,7 @@ def test_lockstep_detects_a_wrong_step():
 
 
 def python_resets(env_id: str, n: int, seed: int) -> list:
-    py = python_env(env_id)
-    py.reset(seed=seed)
-    out = []
-    for _ in range(n):
-        py.reset()
-        out.append(snapshot(py)[:2])
-    return out
+    return reset_labels(python_env(env_id), lambda py: snapshot(py)[:2], n, seed)
 
 
 def _labels(state: EnvState) -> list:

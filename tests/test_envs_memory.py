@@ -31,7 +31,7 @@ import envs
 from envs import memory
 from envs import minigrid as mg
 from envs.memory import EnvState
-from fixtures import chi2_p
+from fixtures import chi2_p, reset_labels
 from memory_fork import ForkMemoryEnv
 
 IDS = list(memory.IDS)
@@ -356,13 +356,7 @@ def _reset_label(s) -> tuple:
 
 
 def python_resets(env_id: str, n: int, seed: int) -> list:
-    py = python_env(env_id)
-    py.reset(seed=seed)
-    out = []
-    for _ in range(n):
-        py.reset()
-        out.append(_reset_label(snapshot(py, py.grid.get(1, py.width // 2 - 1))))
-    return out
+    return reset_labels(python_env(env_id), lambda py: _reset_label(snapshot(py, py.grid.get(1, py.width // 2 - 1))), n, seed)
 
 
 def _labels(s: EnvState) -> list:
