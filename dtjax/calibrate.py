@@ -51,6 +51,10 @@ METHODS: dict[str, tuple[dict, str]] = {
     "wait_hazard20": ({"data.mix.wait_frac": 0.3, "data.mix.hazard_frac": 0.3, "data.mix.hazard_window": 20,
                        "data.rtg_label": "hazard_mean"},
                       "wait_hazard with the waits in the last 20 steps (crash rates that fill (0, 1) more evenly)"),
+    "wait_blind": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.3, "data.mix.blind_window": 20,
+                    "data.rtg_label": "blind_mean"},
+                   "wait rollouts + blind rollouts (the final policy, greedy and blind to the balls, after a wait in the "
+                   "last 20 steps) labelled with each wait's mean return: crash rates from the env's randomness (ESPER)"),
 }
 
 

@@ -304,7 +304,7 @@ class PPOConfig(ConfigBase):
         return self.total_timesteps // (self.num_envs * self.num_steps)
 
 
-RTG_LABELS = ("realised", "group_mean", "hazard_mean")  # DataConfig.rtg_label: what a step's RTG says (dtjax.data.relabel)
+RTG_LABELS = ("realised", "group_mean", "hazard_mean", "blind_mean")  # DataConfig.rtg_label: what a step's RTG says (dtjax.data.relabel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +360,16 @@ class DataMixConfig(ConfigBase):
     have a behaviour that meets them in expectation (ESPER)"""
     hazard_window: int = 60
     """the hazard rollouts' waits span the last hazard_window steps of an episode"""
+    blind_frac: float = 0.0
+    """the final policy, greedy and blind to the obstacles (it sees the grid without balls), after
+    turning in place for w ~ U{max_steps - blind_window .. max_steps - 1} steps: it heads for the goal
+    and crashes when a ball is in its way, with a probability that grows with the time left; else a
+    timeout (or a late goal). With rtg_label "blind_mean" each wait's episodes are labelled their mean
+    return, so every target in (-0.7, 0) has a behaviour that meets it in expectation and that greedy
+    play can copy: its randomness is the env's (the balls' moves), not the policy's (ESPER)"""
+    blind_window: int = 20
+    """the blind rollouts' waits span the last blind_window steps of an episode (the goal is ~17
+    steps away: longer windows add late goals at 0.1 - 0.15)"""
     final_temp: float = 1.0
     """softmax temperature of the final-policy rollouts (logits / temp; 1 = the policy itself)"""
     tempered_frac: float = 0.0
@@ -371,7 +381,7 @@ class DataMixConfig(ConfigBase):
     """parallel envs of the extra rollouts (the rollout length follows from the steps)"""
 
     def validate(self) -> None:
-        for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac", "wait_frac", "hazard_frac", "tempered_frac"):
+        for n in ("final_frac", "random_frac", "branch_frac", "snapshot_frac", "wait_frac", "hazard_frac", "blind_frac", "tempered_frac"):
             _check(getattr(self, n) >= 0, f"data.mix.{n} must be >= 0, got {getattr(self, n)}")
         for n in ("final_temp", "tempered_temp"):
             _check(getattr(self, n) > 0, f"data.mix.{n} must be > 0, got {getattr(self, n)}")
@@ -380,9 +390,10 @@ class DataMixConfig(ConfigBase):
         _check(self.branch_steps >= 0, f"data.mix.branch_steps must be >= 0, got {self.branch_steps}")
         _check(0 <= self.wait_steps < 2**16, f"data.mix.wait_steps must be in [0, 65535], got {self.wait_steps}")
         _check(1 <= self.hazard_window < 2**16, f"data.mix.hazard_window must be in [1, 65535], got {self.hazard_window}")
+        _check(1 <= self.blind_window < 2**16, f"data.mix.blind_window must be in [1, 65535], got {self.blind_window}")
         _check(self.envs >= 1, f"data.mix.envs must be >= 1, got {self.envs}")
         _check(self.ppo_rollouts or self.final_frac + self.random_frac + self.branch_frac + self.snapshot_frac + self.wait_frac + self.hazard_frac
-               + self.tempered_frac > 0,
+               + self.blind_frac + self.tempered_frac > 0,
                "data.mix selects no rollouts at all (ppo_rollouts false and every fraction 0)")
 
 
@@ -402,7 +413,7 @@ class DataConfig(ConfigBase):
     rtg_label: str = "realised"
     """each step's RTG: "realised" (the episode's return-to-go, as the original) or "group_mean"
     (ESPER-style: the mean return of the behaviour that acted, free of the env's luck; dtjax.data.relabel)
-    or "hazard_mean" (group means for the hazard rollouts only, realised labels elsewhere)"""
+    or "hazard_mean" / "blind_mean" (group means for the hazard / blind rollouts only, realised labels elsewhere)"""
 
     def validate(self) -> None:
         _check(self.rtg_label in RTG_LABELS, f"data.rtg_label must be one of {', '.join(RTG_LABELS)}, got {self.rtg_label!r}")

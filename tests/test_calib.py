@@ -10,11 +10,12 @@ from dtjax import calibrate, evaluate, plots
 from dtjax.config import ConfigError, DataConfig, DataMixConfig, PPOConfig, TrainConfig
 from dtjax.data import collect, relabel, store
 from dtjax.data.dataset import device_arrays
-from dtjax.data.ppo import ActorCritic, make_rollout
+from dtjax.data.ppo import ActorCritic, blind_state, make_rollout
 from fixtures import random_dataset
 from tolerance import assert_close
 
 ENV_ID, MAX_STEPS = "MiniGrid-Dynamic-Obstacles-5x5-v0", 50
+MIX_E, MIX_T = 8, 120  # the shared mix rollout's envs and steps
 
 
 def hand_made(seed=0, n_episodes=60):
@@ -63,21 +64,22 @@ def test_group_mean_keeps_rewards_within_an_episode():
     assert_close(grp[starts], relabel.group_means(returns, relabel.episode_groups(arrays)))
 
 
-def test_hazard_mean_relabels_only_the_hazard_source():
+@pytest.mark.parametrize("label", ["hazard_mean", "blind_mean"])
+def test_one_source_labels_relabel_only_their_source(label):
     arrays, _ = hand_made(2, n_episodes=80)
     ep, starts, lengths, returns = store.episode_index(arrays)
-    hazard = store.SOURCES.index("hazard")
-    arrays["source"] = np.where(arrays["source"] == 1, hazard, arrays["source"]).astype(np.int8)
-    rtg = np.asarray(device_arrays(arrays, rtg_label="hazard_mean")["rtg"])
+    only = store.SOURCES.index(relabel.ONLY_SOURCE[label])
+    arrays["source"] = np.where(arrays["source"] == 1, only, arrays["source"]).astype(np.int8)
+    rtg = np.asarray(device_arrays(arrays, rtg_label=label)["rtg"])
     real = np.asarray(device_arrays(arrays)["rtg"])
     grp = np.asarray(device_arrays(arrays, rtg_label="group_mean")["rtg"])
-    is_h = arrays["source"] == hazard
+    is_h = arrays["source"] == only
     assert 0 < is_h.mean() < 1
     assert_close(rtg[~is_h], real[~is_h])  # realised labels elsewhere
-    assert_close(rtg[is_h], grp[is_h])  # group means (group = the wait) in the hazard source
+    assert_close(rtg[is_h], grp[is_h])  # group means (group = the wait) in that source
     beh = arrays["behaviour"][starts]
     for b in (0, 1):
-        m = (arrays["source"][starts] == hazard) & (beh == b)
+        m = (arrays["source"][starts] == only) & (beh == b)
         assert_close(rtg[starts][m], np.full(m.sum(), returns[m].mean()))
     assert np.abs(rtg[is_h] - real[is_h]).max() > 0.1
 
@@ -92,18 +94,35 @@ def test_group_mean_needs_behaviour_ids():
         DataMixConfig(wait_frac=-0.1)
     with pytest.raises(ConfigError, match="hazard_window"):
         DataMixConfig(hazard_window=0)
+    with pytest.raises(ConfigError, match="blind_window"):
+        DataMixConfig(blind_window=0)
 
 
-def test_wait_rollout_turns_in_place_then_acts():
+@pytest.fixture(scope="module")
+def mix():
+    """One compiled mix rollout (E = 8 envs, T = 120 steps) of a tiny random MLP policy, every
+    argument given so that all calls share the compilation: (rollout(key, **changes), env, params, net, p)."""
     env, params = envs.make(ENV_ID, max_steps=MAX_STEPS)
     net = ActorCritic(n_actions=env.num_actions, hidden=8)
-    p = net.init(jax.random.key(0), jnp.zeros((1, *env.observation_shape()), jnp.uint8))
-    E, T, W = 8, 120, 20
-    snaps = jax.tree.map(lambda x: x[None], p)
+    # key 2: a random policy whose greedy action varies with the view (key 0's always turns right)
+    p = net.init(jax.random.key(2), jnp.zeros((1, *env.observation_shape()), jnp.uint8))
+    compiled = jax.jit(make_rollout(env, params, net, MIX_E, MIX_T))
+    z = jnp.zeros(MIX_E, jnp.int32)
+    defaults = {"policy": z, "eps": jnp.zeros(MIX_E), "branch_steps": z, "wait_steps": z, "wait_from": z,
+                "temperature": jnp.ones(MIX_E), "blind": jnp.zeros(MIX_E, bool)}
+
+    def rollout(key, **changes):
+        kw = {k: jnp.asarray(v, defaults[k].dtype) for k, v in {**defaults, **changes}.items()}
+        return jax.device_get(compiled(key, jax.tree.map(lambda x: x[None], p), **kw))
+
+    return rollout, env, params, net, p
+
+
+def test_wait_rollout_turns_in_place_then_acts(mix):
+    rollout = mix[0]
+    E, W = MIX_E, 20
     wait = jnp.where(jnp.arange(E) < 6, W, 0).astype(jnp.int32)
-    rollout = jax.jit(make_rollout(env, params, net, E, T))
-    rec = jax.device_get(rollout(jax.random.key(1), snaps, jnp.zeros(E, jnp.int32), jnp.zeros(E), jnp.zeros(E, jnp.int32), wait,
-                                 jnp.zeros(E, jnp.int32)))  # wait_from 0 (given: one compilation for both calls)
+    rec = rollout(jax.random.key(1), wait_steps=wait)  # wait_from 0
     t, draw, action = rec["state"].time, rec["draw"], rec["action"]
     assert (draw[:, 6:] == 0).all() and (draw < W).all() and (draw >= 0).all()
     waiting = t < draw
@@ -117,11 +136,30 @@ def test_wait_rollout_turns_in_place_then_acts():
     goal = rec["reward"] > 0
     assert (rec["reward"][goal] <= 1 - 0.9 * (draw[goal] + 1) / MAX_STEPS + 1e-6).all()
     # hazard rollouts: uniform random play after a wait drawn in [wait_from, wait_steps)
-    rec = jax.device_get(rollout(jax.random.key(2), snaps, jnp.full(E, -1, jnp.int32), jnp.ones(E), jnp.zeros(E, jnp.int32),
-                                 jnp.full(E, MAX_STEPS, jnp.int32), jnp.full(E, MAX_STEPS - 10, jnp.int32)))
+    rec = rollout(jax.random.key(2), policy=jnp.full(E, -1), eps=jnp.ones(E), wait_steps=jnp.full(E, MAX_STEPS),
+                  wait_from=jnp.full(E, MAX_STEPS - 10))
     t, draw, action = rec["state"].time, rec["draw"], rec["action"]
     assert (draw >= MAX_STEPS - 10).all() and (draw < MAX_STEPS).all() and len(np.unique(draw)) > 5
     assert (action[t < draw] == 0).all() and (action[t >= draw] != 0).any()
+
+
+def test_blind_rollout_acts_greedily_on_the_grid_without_balls(mix):
+    """Blind envs: every action is the policy's argmax on the view with the balls removed (and the
+    balls were in view, changing the seeing policy's choice, somewhere); other envs see the balls."""
+    rollout, env, params, net, p = mix
+    E, T = MIX_E, MIX_T
+    rec = rollout(jax.random.key(4), temperature=jnp.full(E, 1e-6), blind=jnp.arange(E) < 4)
+    st = jax.tree.map(lambda x: x.reshape((T * E,) + x.shape[2:]), rec["state"])
+    seen = np.asarray(jax.vmap(lambda s: env.observe(s, params))(st))
+    hidden = np.asarray(jax.vmap(lambda s: env.observe(blind_state(s), params))(st))
+    ball = envs.minigrid.OBJECT_TO_IDX["ball"]
+    in_view = (seen[..., 0] == ball).any((1, 2)).reshape(T, E)
+    assert in_view[:, :4].mean() > 0.3 and not (hidden[..., 0] == ball).any()
+    greedy_seen = np.asarray(net.apply(p, seen)[0].argmax(-1)).reshape(T, E)
+    greedy_blind = np.asarray(net.apply(p, hidden)[0].argmax(-1)).reshape(T, E)
+    a = rec["action"]
+    assert (a[:, :4] == greedy_blind[:, :4]).all() and (a[:, 4:] == greedy_seen[:, 4:]).all()
+    assert (greedy_blind[:, :4] != greedy_seen[:, :4]).any()  # the balls matter to this policy, and the blind ones ignored them
 
 
 TINY = DataConfig(

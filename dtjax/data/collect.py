@@ -30,6 +30,7 @@ import numpy as np
 from dtjax.config import DataConfig
 from dtjax.data import ppo, ppo_rnn, relabel, store
 
+GREEDY = 1e-6  # sampling temperature of the blind rollouts: logits / 1e-6 samples the argmax
 TRAINERS = {"mlp": ppo, "gru": ppo_rnn}  # PPOConfig.arch -> the module with make_train / make_rollout
 
 
@@ -120,18 +121,21 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
     del out["transitions"]
 
     # MIX: (source, fraction of the PPO steps, param set (-1 = uniform random), eps, branch steps, wait steps, shortest wait,
-    # temperature)
+    # temperature, blind to the obstacles)
     branch_steps = mix.branch_steps or 4 * env.size
     wait_steps = mix.wait_steps or int(env_params.max_steps_in_episode)
     n_params = jax.tree.leaves(out["snapshots"])[0].shape[0]
     final = n_params - 1  # the last snapshot is the final policy
     max_steps = int(env_params.max_steps_in_episode)
-    sources = [("final", mix.final_frac, final, mix.final_eps, 0, 0, 0, mix.final_temp), ("random", mix.random_frac, -1, 1.0, 0, 0, 0, 1.0),
-               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps, 0, 0, mix.final_temp),
-               ("wait", mix.wait_frac, final, 0.0, 0, wait_steps, 0, mix.final_temp),
-               ("hazard", mix.hazard_frac, -1, 1.0, 0, max_steps, max(0, max_steps - mix.hazard_window), 1.0),
-               ("tempered", mix.tempered_frac, final, mix.final_eps, 0, 0, 0, mix.tempered_temp)]
-    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0, 0, 0, 1.0) for i in range(final)]
+    sources = [("final", mix.final_frac, final, mix.final_eps, 0, 0, 0, mix.final_temp, False),
+               ("random", mix.random_frac, -1, 1.0, 0, 0, 0, 1.0, False),
+               ("branch", mix.branch_frac, final, mix.final_eps, branch_steps, 0, 0, mix.final_temp, False),
+               ("wait", mix.wait_frac, final, 0.0, 0, wait_steps, 0, mix.final_temp, False),
+               ("hazard", mix.hazard_frac, -1, 1.0, 0, max_steps, max(0, max_steps - mix.hazard_window), 1.0, False),
+               ("tempered", mix.tempered_frac, final, mix.final_eps, 0, 0, 0, mix.tempered_temp, False),
+               # greedy (temperature -> 0): the group's outcome randomness is the env's alone
+               ("blind", mix.blind_frac, final, 0.0, 0, max_steps, max(0, max_steps - mix.blind_window), GREEDY, True)]
+    sources += [("snapshot", mix.snapshot_frac / max(final, 1), i, mix.snapshot_eps, 0, 0, 0, 1.0, False) for i in range(final)]
     sources = [s for s in sources if s[1] > 0]
     t1 = time.time()
     mix_steps = 0
@@ -143,7 +147,7 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         rollout = jax.jit(trainer.make_rollout(env, env_params, network, E, T))
         rec = rollout(k_mix, out["snapshots"], jnp.asarray(per_env(2), jnp.int32), jnp.asarray(per_env(3), jnp.float32),
                       jnp.asarray(per_env(4), jnp.int32), jnp.asarray(per_env(5), jnp.int32), jnp.asarray(per_env(6), jnp.int32),
-                      jnp.asarray(per_env(7), jnp.float32))
+                      jnp.asarray(per_env(7), jnp.float32), jnp.asarray(per_env(8), bool) if mix.blind_frac > 0 else None)
         # behaviour: the param set (+1; 0 = uniform random) and the episode's branch step or wait
         behaviour = (per_env(2)[None, :] + 1) * relabel.DRAW_RANGE + np.asarray(rec["draw"])
         parts.append(_episodes_env_major(rec, np.array([src[s[0]] for s in sources]).repeat(n_envs), behaviour))

@@ -21,7 +21,8 @@ worth 0 from states that look like any other. (Timeouts are rare once the policy
 choice matters mostly early on.)
 
 ``make_rollout`` runs a trained (or the uniform random) policy with epsilon-random actions, and
-optionally branches into uniform-random play at a random step (see DataMixConfig).
+optionally branches into uniform-random play at a random step, waits, or plays blind to the
+obstacles (see DataMixConfig).
 """
 
 from __future__ import annotations
@@ -237,9 +238,17 @@ def make_rollout(env, env_params, network, num_envs: int, num_steps: int):
     return mix_rollout(env, env_params, act, lambda params: (), num_envs, num_steps)
 
 
+def blind_state(state):
+    """``state`` with its obstacles moved off the grid (where every cell reads as wall, so none is
+    drawn): what a policy blind to the balls sees. A family without obstacles is unchanged."""
+    if not hasattr(state, "obstacles"):
+        return state
+    return state.replace(obstacles=jnp.full_like(state.obstacles, -1))
+
+
 def mix_rollout(env, env_params, act, init_carry, num_envs: int, num_steps: int):
-    """Build ``rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None, temperature=None)
-    -> record``: many behaviour
+    """Build ``rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None, temperature=None,
+    blind=None) -> record``: many behaviour
     policies at once, one per env, in a single jittable scan (one compilation for a whole mix).
 
     The policy is ``act(params, carry, obs, first) -> (carry, logits (P, E, A))`` for all P param
@@ -260,6 +269,11 @@ def mix_rollout(env, env_params, act, init_carry, num_envs: int, num_steps: int)
       wait_from: (E,) int32 or None: the shortest wait, ``w ~ U{wait_from, ..., wait_steps-1}``
         (None = 0).
       temperature: (E,) float32 dividing the logits before sampling; None = 1 (the policy itself).
+      blind: (E,) bool or None: the policy of that env sees the env without its obstacles
+        (``blind_state``), so it walks its obstacle-free path and
+        crashes when a ball is in the way: a behaviour that is a deterministic function of the
+        state under greedy sampling, whose crash rate comes from the env's randomness (the balls'
+        moves) alone. None = never blind.
 
     Returns ``record``, leaves time-major (num_steps, E, ...): ``state`` (acted in), ``action``,
     ``reward``, ``terminated``, ``truncated``, ``keep`` (the step is at or after its episode's
@@ -268,10 +282,11 @@ def mix_rollout(env, env_params, act, init_carry, num_envs: int, num_steps: int)
     see ``dtjax.data.relabel``). Envs auto-reset.
     """
     vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    vobserve = jax.vmap(lambda s: env.observe(blind_state(s), env_params))
     never = jnp.iinfo(jnp.int32).max
     env_idx = jnp.arange(num_envs)
 
-    def rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None, temperature=None):
+    def rollout(key, params, policy, eps, branch_steps, wait_steps=None, wait_from=None, temperature=None, blind=None):
         wait_steps = jnp.zeros(num_envs, jnp.int32) if wait_steps is None else jnp.asarray(wait_steps, jnp.int32)
         wait_from = jnp.zeros(num_envs, jnp.int32) if wait_from is None else jnp.asarray(wait_from, jnp.int32)
         temperature = jnp.ones((num_envs,), jnp.float32) if temperature is None else temperature
@@ -288,6 +303,8 @@ def mix_rollout(env, env_params, act, init_carry, num_envs: int, num_steps: int)
         def step(carry, k):
             obs, state, pcarry, first, (branch, wait) = carry
             k_pol, k_eps, k_rand, k_env, k_b = jax.random.split(k, 5)
+            if blind is not None:  # static: rollouts without blind envs pay nothing
+                obs = jnp.where(blind.reshape((-1,) + (1,) * (obs.ndim - 1)), vobserve(state), obs)
             pcarry, logits = act(params, pcarry, obs, first)
             sampled = jax.random.categorical(k_pol, logits[jnp.maximum(policy, 0), env_idx] / temperature[:, None])
             rand = jax.random.randint(k_rand, (num_envs,), 0, env.num_actions)

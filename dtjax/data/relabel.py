@@ -20,7 +20,11 @@ copy at a target of -0.5 (Paster et al. 2022, "You Can't Count on Luck", ESPER).
 - ``"hazard_mean"``: group means for the ``hazard`` rollouts only (uniform random play after a
   wait near the time limit; group = the wait), realised labels elsewhere. Their mean returns
   fill (-1, 0): a target of -0.5 asks for "the wait after which random play crashes half the
-  time", a behaviour a greedy DT can reproduce, unlike a mixture with random actions.
+  time". (Measured: a greedy DT does not reproduce it: it copies no randomness.)
+- ``"blind_mean"``: group means for the ``blind`` rollouts only (the final policy, greedy and blind
+  to the obstacles, after a wait near the time limit; group = the wait). The behaviour is a
+  deterministic function of the state, and its crash rate comes from the balls' moves, the env's
+  randomness: greedy play can reproduce it, so its group mean is a return the DT can meet.
 
 Everything is vectorised NumPy over the whole dataset, run once before training.
 """
@@ -32,7 +36,8 @@ import numpy as np
 from dtjax.config import RTG_LABELS
 from dtjax.data import store
 
-__all__ = ["RTG_LABELS", "DRAW_RANGE", "episode_groups", "group_means", "rtg_shift"]
+__all__ = ["RTG_LABELS", "ONLY_SOURCE", "DRAW_RANGE", "episode_groups", "group_means", "rtg_shift"]
+ONLY_SOURCE = {"hazard_mean": "hazard", "blind_mean": "blind"}  # labels that relabel one source's episodes only
 DRAW_RANGE = 2**16  # behaviour id of a mix rollout: (param set + 1) * DRAW_RANGE + its episode's wait / branch step
 
 
@@ -68,6 +73,6 @@ def rtg_shift(arrays: dict[str, np.ndarray], label: str = "realised") -> np.ndar
         return np.zeros(len(arrays["reward"]), np.float32)
     ep, starts, _, returns = store.episode_index(arrays)
     shift = group_means(returns, episode_groups(arrays)) - returns
-    if label == "hazard_mean":
-        shift = np.where(np.asarray(arrays["source"])[starts] == store.SOURCES.index("hazard"), shift, 0.0)
+    if label in ONLY_SOURCE:
+        shift = np.where(np.asarray(arrays["source"])[starts] == store.SOURCES.index(ONLY_SOURCE[label]), shift, 0.0)
     return shift[ep].astype(np.float32)

@@ -53,7 +53,7 @@ import numpy as np
 from dtjax import io
 
 SCHEMA_VERSION = 1
-SOURCES = ("ppo", "random", "final", "snapshot", "branch", "wait", "hazard", "tempered")  # append only: stored as indices
+SOURCES = ("ppo", "random", "final", "snapshot", "branch", "wait", "hazard", "tempered", "blind")  # append only: stored as indices
 # name -> (dtype on disk, ndim)
 FIELDS = {
     "agent_pos": (np.int8, 2), "agent_dir": (np.int8, 1), "obstacles": (np.int8, 3), "time": (np.int16, 1),
