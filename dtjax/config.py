@@ -327,7 +327,11 @@ class DataMixConfig(ConfigBase):
     PPO snapshots (``snapshot_*``) add middling returns; off by default. ``wait_*`` episodes (the
     final policy after turning in place for a random number of steps) reach the goal at every
     speed, so every return in [0, 0.95] has data: the DT learns to wait until the return still
-    reachable falls to its target (issue 20; docs/data.md); off by default for now.
+    reachable falls to its target (issue 20; docs/data.md). ``blind_*`` episodes (wait until near
+    the time limit, then the final policy greedy and blind to the balls) fill (-0.9, 0) in
+    expectation, with ``DataConfig.rtg_label`` "blind_mean". Both are off in these field defaults
+    and on (0.3 each) in ``DataConfig``'s default mix, so ``python train.py`` uses them while a
+    family's preset mix (Memory's) starts without them (docs/findings.md §12).
     """
 
     ppo_rollouts: bool = True
@@ -348,9 +352,10 @@ class DataMixConfig(ConfigBase):
     """epsilon of the snapshot rollouts"""
     wait_frac: float = 0.0
     """final policy after turning in place for w ~ U{0..wait_steps-1} steps: successes at every speed,
-    returns that fill [0, 0.95] (the goal reward falls with time). 0.3 cuts the calibration error from
-    0.26 to 0.10 (4 seeds), but Spearman is 0.989 against 0.991 (ties at the timeout plateau), so it is
-    off by default for now (docs/findings.md §12)"""
+    returns that fill [0, 0.95] (the goal reward falls with time). Alone, 0.3 cuts the calibration error
+    from 0.26 to 0.10 (4 seeds) but leaves targets -0.3 ... +0.1 tied at a return of 0 (the DT waits
+    to the time limit); with blind_frac 0.3 (DataConfig's default mix) the curve is strictly ordered
+    (docs/findings.md §12)"""
     wait_steps: int = 0
     """longest wait of the wait rollouts; 0 = the env's max_steps"""
     hazard_frac: float = 0.0
@@ -404,16 +409,21 @@ class DataConfig(ConfigBase):
 
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
     """the behaviour policy's PPO training (every transition is recorded)"""
-    mix: DataMixConfig = dataclasses.field(default_factory=DataMixConfig)
-    """which rollouts make up the dataset, as fractions of the PPO run's env steps"""
+    mix: DataMixConfig = dataclasses.field(default_factory=lambda: DataMixConfig(wait_frac=0.3, blind_frac=0.3))
+    """which rollouts make up the dataset, as fractions of the PPO run's env steps. Default: DataMixConfig's
+    fields plus wait_frac 0.3 and blind_frac 0.3 (with rtg_label "blind_mean": calibration error 0.26 -> 0.07,
+    Spearman 1.00; docs/findings.md §12). A partial mix (a family's presets, a --config file's data.mix)
+    starts from DataMixConfig's own fields, without those two: Memory's data stays the original's"""
     pct_traj: float = 1.0
     """train on the best episodes (by return) holding this fraction of the steps"""
     prob_go_from_end: float = 0.1
     """probability a window ends at its episode's last step (original: 0.1)"""
-    rtg_label: str = "realised"
+    rtg_label: str = "blind_mean"
     """each step's RTG: "realised" (the episode's return-to-go, as the original) or "group_mean"
     (ESPER-style: the mean return of the behaviour that acted, free of the env's luck; dtjax.data.relabel)
-    or "hazard_mean" / "blind_mean" (group means for the hazard / blind rollouts only, realised labels elsewhere)"""
+    or "hazard_mean" / "blind_mean" (group means for the hazard / blind rollouts only, realised labels elsewhere).
+    Default "blind_mean": the blind rollouts' labels must be their group means (a realised -1 or 0 promises
+    no return in between); a dataset without blind rollouts gets realised labels"""
 
     def validate(self) -> None:
         _check(self.rtg_label in RTG_LABELS, f"data.rtg_label must be one of {', '.join(RTG_LABELS)}, got {self.rtg_label!r}")

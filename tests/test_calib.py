@@ -88,6 +88,15 @@ def test_group_mean_needs_behaviour_ids():
     arrays, _ = random_dataset(np.random.default_rng(0), 10)
     with pytest.raises(store.DatasetError, match="behaviour"):
         device_arrays(arrays, rtg_label="group_mean")
+    # the default label relabels only blind episodes: a dataset without any, or without behaviour ids (a
+    # synthetic one: blind rollouts are newer than the ids), keeps its realised RTGs
+    real = np.asarray(device_arrays(arrays)["rtg"])
+    assert DataConfig().rtg_label == "blind_mean" and real.min() < 0 < real.max()
+    arrays["source"] = np.full_like(arrays["source"], store.SOURCES.index("blind"))
+    assert_close(np.asarray(device_arrays(arrays, rtg_label="blind_mean")["rtg"]), real)
+    arrays["behaviour"] = np.zeros(len(real), np.int32)  # one group: every step labelled the mean return
+    _, _, _, returns = store.episode_index(arrays)
+    assert_close(np.asarray(device_arrays(arrays, rtg_label="blind_mean")["rtg"]), np.full(len(real), returns.mean()))
     with pytest.raises(ConfigError, match="rtg_label"):
         DataConfig(rtg_label="median")
     with pytest.raises(ConfigError, match="wait_frac"):
@@ -226,7 +235,9 @@ def test_method_configs():
     cfg = calibrate.method_config(base, "wait_esper", tmp := "out")
     assert cfg.data.mix.wait_frac > 0 and cfg.data.rtg_label == "group_mean" and cfg.run_name == "wait_esper"
     assert cfg.checkpoint_dir == tmp and cfg.data.mix.final_frac == base.data.mix.final_frac
-    assert calibrate.method_config(base, "baseline", "o").data.mix.wait_frac == 0
+    old = calibrate.method_config(base, "baseline", "o").data
+    assert old.mix.wait_frac == old.mix.blind_frac == 0 and old.rtg_label == "realised"  # the default before issue 20
+    assert calibrate.method_config(base, "wait_blind", "o").data == base.data  # today's default
     with pytest.raises(ConfigError, match="unknown method"):
         calibrate.method_config(base, "magic", "o")
 

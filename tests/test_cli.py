@@ -168,14 +168,16 @@ def _field_docs() -> dict[tuple[str, str], str]:
     return docs
 
 
-def _leaf_owners(cls=TrainConfig, prefix=""):
-    """(flag name, owning config class name, field name, default) of every leaf field."""
+def _leaf_owners(cls=TrainConfig, prefix="", default=None):
+    """(flag name, owning config class name, field name, default) of every leaf field; the default
+    is the top config's (a section's default may differ from its class's: DataConfig's mix)."""
     hints = typing.get_type_hints(cls)
+    default = cls() if default is None else default
     for f in dataclasses.fields(cls):
         if isinstance(hints[f.name], type) and issubclass(hints[f.name], ConfigBase):
-            yield from _leaf_owners(hints[f.name], f"{prefix}{f.name}.")
+            yield from _leaf_owners(hints[f.name], f"{prefix}{f.name}.", getattr(default, f.name))
         else:
-            yield f"{prefix}{f.name}", cls.__name__, f.name, getattr(cls(), f.name)
+            yield f"{prefix}{f.name}", cls.__name__, f.name, getattr(default, f.name)
 
 
 def _help_text(capsys, call) -> str:

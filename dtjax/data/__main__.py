@@ -28,7 +28,7 @@ from dtjax.config import CollectConfig, ConfigError
 from dtjax.data import store
 
 PRESETS = {"default": {}, "original": {"final_frac": 0.0, "random_frac": 0.0, "branch_frac": 0.0, "snapshot_frac": 0.0,
-                                        "wait_frac": 0.0, "hazard_frac": 0.0}}
+                                        "wait_frac": 0.0, "hazard_frac": 0.0, "blind_frac": 0.0}}
 PROG = "python -m dtjax.data"
 
 

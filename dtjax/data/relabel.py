@@ -72,7 +72,13 @@ def rtg_shift(arrays: dict[str, np.ndarray], label: str = "realised") -> np.ndar
     if label == "realised":
         return np.zeros(len(arrays["reward"]), np.float32)
     ep, starts, _, returns = store.episode_index(arrays)
-    shift = group_means(returns, episode_groups(arrays)) - returns
     if label in ONLY_SOURCE:
-        shift = np.where(np.asarray(arrays["source"])[starts] == store.SOURCES.index(ONLY_SOURCE[label]), shift, 0.0)
+        mine = np.asarray(arrays["source"])[starts] == store.SOURCES.index(ONLY_SOURCE[label])
+        # Nothing to relabel: no episode of that source, or no behaviour ids (a dataset from before them
+        # has no blind or hazard episodes either; a synthetic one's are labelled as they happened).
+        if not mine.any() or "behaviour" not in arrays:
+            return np.zeros(len(arrays["reward"]), np.float32)
+        shift = np.where(mine, group_means(returns, episode_groups(arrays)) - returns, 0.0)
+    else:
+        shift = group_means(returns, episode_groups(arrays)) - returns
     return shift[ep].astype(np.float32)
