@@ -38,25 +38,33 @@ from dtjax.train import RunError, train_and_evaluate
 # method -> (config changes as "section.field" paths, where it comes from). Each method sets the mix
 # sources and the label it is about, so it stays the same method when the defaults change.
 METHODS: dict[str, tuple[dict, str]] = {
-    "baseline": ({"data.mix.wait_frac": 0.0, "data.mix.blind_frac": 0.0, "data.rtg_label": "realised"},
+    "baseline": ({"data.mix.wait_frac": 0.0, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1, "data.rtg_label": "realised"},
                  "realised returns-to-go on PPO + final + random rollouts (the default before issue 20)"),
-    "esper": ({"data.mix.wait_frac": 0.0, "data.mix.blind_frac": 0.0, "data.rtg_label": "group_mean"},
+    "esper": ({"data.mix.wait_frac": 0.0, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1, "data.rtg_label": "group_mean"},
               "ESPER-style expected-return labels: each behaviour group's mean return (Paster et al. 2022)"),
-    "wait": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.rtg_label": "realised"},
+    "wait": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1, "data.rtg_label": "realised"},
              "data coverage: + wait rollouts (turn in place for w ~ U{0..max_steps-1} steps, then the final policy)"),
-    "wait_esper": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.rtg_label": "group_mean"},
+    "wait_esper": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1, "data.rtg_label": "group_mean"},
                    "wait rollouts and ESPER-style group-mean labels together"),
-    "wait_hazard": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.mix.hazard_frac": 0.2, "data.rtg_label": "hazard_mean"},
+    "wait_hazard": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1, "data.mix.hazard_frac": 0.2, "data.rtg_label": "hazard_mean"},
                     "wait rollouts + hazard rollouts (random play after a wait near the time limit) labelled "
                     "with each wait's mean return (ESPER-style, only there)"),
-    "wait_hazard20": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.mix.hazard_frac": 0.3, "data.mix.hazard_window": 20,
+    "wait_hazard20": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1, "data.mix.hazard_frac": 0.3, "data.mix.hazard_window": 20,
                        "data.rtg_label": "hazard_mean"},
                       "wait_hazard with the waits in the last 20 steps (crash rates that fill (0, 1) more evenly)"),
     "wait_blind": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.3, "data.mix.blind_window": 20,
-                    "data.rtg_label": "blind_mean"},
+                    "data.mix.random_frac": 0.1, "data.rtg_label": "blind_mean"},
                    "wait rollouts + blind rollouts (the final policy, greedy and blind to the balls, after a wait in the "
                    "last 20 steps) labelled with each wait's mean return: crash rates from the env's randomness "
-                   "(ESPER); the default since issue 20"),
+                   "(ESPER)"),
+    "wait_blind12": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.3, "data.mix.blind_window": 12,
+                      "data.mix.random_frac": 0.1, "data.rtg_label": "blind_mean"},
+                     "wait_blind with the waits in the last 12 steps (fewer blind goals, group means in (-0.8, 0): "
+                     "further from the crash data's -1)"),
+    "wait_blind_r2": ({"data.mix.wait_frac": 0.3, "data.mix.blind_frac": 0.3, "data.mix.blind_window": 20,
+                       "data.mix.random_frac": 0.2, "data.rtg_label": "blind_mean"},
+                      "wait_blind with twice the random episodes (crashes from the start states: the RTG -1 end); "
+                      "the default since issue 20"),
 }
 
 

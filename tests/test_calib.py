@@ -237,7 +237,8 @@ def test_method_configs():
     assert cfg.checkpoint_dir == tmp and cfg.data.mix.final_frac == base.data.mix.final_frac
     old = calibrate.method_config(base, "baseline", "o").data
     assert old.mix.wait_frac == old.mix.blind_frac == 0 and old.rtg_label == "realised"  # the default before issue 20
-    assert calibrate.method_config(base, "wait_blind", "o").data == base.data  # today's default
+    assert old.mix == DataMixConfig()  # ... which DataMixConfig's fields still are
+    assert calibrate.method_config(base, "wait_blind_r2", "o").data == base.data  # today's default
     with pytest.raises(ConfigError, match="unknown method"):
         calibrate.method_config(base, "magic", "o")
 
