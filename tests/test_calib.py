@@ -173,7 +173,7 @@ def test_blind_rollout_acts_greedily_on_the_grid_without_balls(mix):
 
 TINY = DataConfig(
     ppo=PPOConfig(total_timesteps=32 * 16 * 6, num_envs=32, num_steps=16, num_minibatches=2, n_snapshots=2),
-    mix=DataMixConfig(final_frac=0.2, random_frac=0.2, wait_frac=0.6, envs=24),
+    mix=DataMixConfig(final_frac=0.2, random_frac=0.2, wait_frac=0.6, blind_frac=0.6, blind_window=10, envs=24),
 )
 
 
@@ -197,6 +197,13 @@ def test_collect_records_behaviour_ids(tmp_path):
         assert (a["action"][s:s + min(k, n)] == 0).all()
     # random episodes: param set -1 -> behaviour 0
     assert (beh[src == store.SOURCES.index("random")] == 0).all()
+    # blind episodes: the final policy and a wait in the last blind_window steps, turning until then
+    blind = src == store.SOURCES.index("blind")
+    assert blind.sum() > 10 and (beh[blind] // relabel.DRAW_RANGE == TINY.ppo.n_snapshots).all()
+    w = beh[blind] % relabel.DRAW_RANGE
+    assert (w >= MAX_STEPS - 10).all() and (w < MAX_STEPS).all() and len(np.unique(w)) > 3
+    for s, n, k in zip(starts[blind], lengths[blind], w):
+        assert (a["action"][s:s + min(k, n)] == 0).all()
 
 
 def test_spearman_matches_scipy():
