@@ -159,13 +159,16 @@ def test_blind_rollout_acts_greedily_on_the_grid_without_balls(mix):
     E, T = MIX_E, MIX_T
     rec = rollout(jax.random.key(4), temperature=jnp.full(E, 1e-6), blind=jnp.arange(E) < 4)
     st = jax.tree.map(lambda x: x.reshape((T * E,) + x.shape[2:]), rec["state"])
-    seen = np.asarray(jax.vmap(lambda s: env.observe(s, params))(st))
-    hidden = np.asarray(jax.vmap(lambda s: env.observe(blind_state(s), params))(st))
+
+    @jax.jit  # one compilation (eager vmapped observes cost seconds of op-by-op dispatch)
+    def views_and_greedy(st):
+        views = [jax.vmap(lambda s: env.observe(f(s), params))(st) for f in (lambda s: s, blind_state)]
+        return views, [net.apply(p, v)[0].argmax(-1).reshape(T, E) for v in views]
+
+    (seen, hidden), (greedy_seen, greedy_blind) = jax.device_get(views_and_greedy(st))
     ball = envs.minigrid.OBJECT_TO_IDX["ball"]
     in_view = (seen[..., 0] == ball).any((1, 2)).reshape(T, E)
     assert in_view[:, :4].mean() > 0.3 and not (hidden[..., 0] == ball).any()
-    greedy_seen = np.asarray(net.apply(p, seen)[0].argmax(-1)).reshape(T, E)
-    greedy_blind = np.asarray(net.apply(p, hidden)[0].argmax(-1)).reshape(T, E)
     a = rec["action"]
     assert (a[:, :4] == greedy_blind[:, :4]).all() and (a[:, 4:] == greedy_seen[:, 4:]).all()
     assert (greedy_blind[:, :4] != greedy_seen[:, :4]).any()  # the balls matter to this policy, and the blind ones ignored them
