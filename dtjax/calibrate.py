@@ -15,7 +15,7 @@ has standard error ``calib_se``: the JAX env, greedy) and writes, under ``--out`
 A method whose run directory already has a ``summary.json`` is read, not retrained, so an
 interrupted comparison resumes where it stopped.
 
-    python -m dtjax.calibrate --out runs/calib --methods baseline,wait --num_seeds 4
+    python -m dtjax.calibrate --out runs/calib --methods baseline,wait,wait_blind_r2 --num_seeds 4
 """
 
 from __future__ import annotations
