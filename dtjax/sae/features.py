@@ -43,6 +43,7 @@ from dtjax.sae import activations as acts
 from dtjax.sae import metrics, probes, store
 from dtjax.sae.model import TOKENS, SAEConfig, SAEError, apply, init_sae
 from dtjax.sae.train import KEY_EVAL, KEY_HARVEST, KEY_INIT, KEY_ROLLOUT, SAETrainConfig, train_dictionary
+from dtjax.scenarios import has_balls
 from envs.minigrid import BALL, CELL_CODES, COLOR_TO_IDX, EMPTY, GOAL, N_ONE_HOT, OBJECT_TO_IDX, WALL
 
 
@@ -152,7 +153,7 @@ def site_tokens(model_cfg: ModelConfig, cfg: SAEConfig) -> tuple[str, ...]:
     """Token types present at the dictionary's hook (with its own first)."""
     if cfg.hook in acts.EMBED_TOKEN:
         return (cfg.token,)
-    present = TOKENS if model_cfg.n_timesteps > 1 else ("rtg", "state")
+    present = TOKENS if model_cfg.n_timesteps > 1 and acts.full_actions(model_cfg) else ("rtg", "state")
     return (cfg.token,) + tuple(t for t in present if t != cfg.token)
 
 
@@ -311,7 +312,7 @@ def analyse(ctx: SAEInputs, d: store.Dictionary, *, n_tokens: int = 262_144, n_a
 
     # PROBES: the trained dictionary and two baselines on the same tokens
     names, fams, labels = probes.probe_labels(obs, rtg, ts, ctx.states["agent_pos"][rows], ctx.states["agent_dir"][rows],
-                                              ctx.size, ctx.env.task.objects)
+                                              ctx.size, ctx.env.task.objects, has_balls(ctx.env.task))
     auc = probes.auroc(Z, labels)
     out["probes"] = probes.match(auc, labels, names, fams)
     lat["best_probe"] = [names[i] for i in out["probes"]["latent_best_probe"]]
