@@ -157,3 +157,38 @@ def test_a_model_chooses_among_seven_actions(env):
         taken.add(step["action"])
     assert taken and all(0 <= a < 7 for a in taken) and max(taken) > 2
     assert jax.tree.leaves(s.history[-1].state)  # the env's own state
+
+
+def test_train_py_says_the_tasks_outcomes():
+    """train.py's last lines speak Memory's outcomes (the issue's criterion: at RTG 0 the wrong
+    object), per seed with N seeds; Dynamic Obstacles' JSON keeps its goal / hit keys."""
+    import sys
+    from pathlib import Path
+
+    import envs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train as train_script
+
+    def row(rtg, ret, success, wrong):
+        return {"target_rtg": rtg, "mean_return": ret, "success_rate": success, "wrong_rate": wrong,
+                "timeout_rate": 1.0 - success - wrong, "mean_length": 6.0, "episodes": 100}
+
+    one = {"run_dir": "runs/m", "final_eval": [row(0.0, 0.0, 0.0, 1.0), row(1.0, 0.9946, 1.0, 0.0)],
+           "calibration_monotonic": True, "seconds": {"total": 1.0}}
+    task = envs.task_of(ENV_ID)
+    assert train_script.outcome_lines(one, task) == [
+        "RTG +0: return 0.000, success 0.000 wrong 1.000 timeout 0.000, length 6.0",
+        "RTG +1: return 0.995, success 1.000 wrong 0.000 timeout 0.000, length 6.0"]
+    shown = train_script.brief(one, task)["final_eval"]
+    assert [(r["success_rate"], r["wrong_rate"]) for r in shown] == [(0.0, 1.0), (1.0, 0.0)]
+    seeds = {"run_dir": "runs/m", "seeds": [{**one, "run_dir": f"runs/m/seed_{k}"} for k in range(2)],
+             "seconds": {"total": 1.0}}
+    lines = train_script.outcome_lines(seeds, task)
+    assert len(lines) == 4 and lines[2] == "seed_1 RTG +0: return 0.000, success 0.000 wrong 1.000 timeout 0.000, length 6.0"
+    dyn = {**one, "final_eval": [{"target_rtg": 1.0, "mean_return": 0.9, "goal_rate": 0.95, "hit_rate": 0.01,
+                                  "hit_wall_rate": 0.0, "timeout_rate": 0.04, "mean_length": 20.0, "episodes": 10}]}
+    do = envs.task_of("MiniGrid-Dynamic-Obstacles-8x8-v0")
+    assert train_script.brief(dyn, do) == train_script.brief(dyn)
+    assert list(train_script.brief(dyn, do)["final_eval"][0]) == ["target_rtg", "mean_return", "goal_rate", "hit_rate",
+                                                                  "mean_length"]
