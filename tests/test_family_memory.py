@@ -192,3 +192,17 @@ def test_train_py_says_the_tasks_outcomes():
     assert train_script.brief(dyn, do) == train_script.brief(dyn)
     assert list(train_script.brief(dyn, do)["final_eval"][0]) == ["target_rtg", "mean_return", "goal_rate", "hit_rate",
                                                                   "mean_length"]
+
+
+def test_the_census_of_memorydt_is_not_defined_in_one_line(tmp_path):
+    """The census asks about the ball-ahead veto: on the original MemoryDT (and any Memory run) it
+    says in one line that it is not defined for this task, and writes nothing."""
+    from pathlib import Path
+
+    from dtjax.census import write_census
+
+    pt = Path(__file__).resolve().parents[1] / "checkpoints" / "original" / "MemoryGatedMLP.pt"
+    with pytest.raises(ValueError, match=r"^the census \(the ball-ahead veto and its RTG gate\) is not defined for this "
+                                         r"task \(memory: its balls are not obstacles\)$"):
+        write_census(pt, tmp_path / "census")
+    assert not (tmp_path / "census").exists()
