@@ -138,8 +138,10 @@ def _eval(args) -> int:
         line["closed_loop"] = {f"{r:+g}": [round(m, 3), round(x, 3)] for r, m, x in
                                zip(cl["target_rtg"], cl["model_return"], cl["sae_return"])}
         # the task's outcomes, model and spliced (Dynamic Obstacles goal / hit, Memory success / wrong / timeout)
-        line["closed_loop_outcomes"] = {f"{r:+g}": {o: [round(cl[f"model_{o}"][i], 3), round(cl[f"sae_{o}"][i], 3)]
-                                                    for o in cl["outcomes"]} for i, r in enumerate(cl["target_rtg"])}
+        line["closed_loop_outcomes"] = {
+            f"{r:+g}": "; ".join(f"{name} " + " ".join(f"{o} {cl[f'{who}_{o}'][i]:.3f}" for o in cl["outcomes"])
+                                 for name, who in (("model", "model"), ("spliced", "sae")))
+            for i, r in enumerate(cl["target_rtg"])}
     print(json.dumps(io.jsonable(line), indent=1))
     print(args.sae / "eval.json")
     return 0
