@@ -269,14 +269,15 @@ def test_metrics_of_an_identity_dictionary_and_the_ablation_baselines():
 
 def test_a_model_of_3k_minus_1_positions_is_fed_k_minus_1_actions():
     """The original MemoryDT's shape (3K - 1 positions, no token for the current action, e.g.
-    MemoryGatedMLP.pt's 26): the dictionary's windows feed it K - 1 actions, as dtjax.evaluate
-    does, so its clean CE is the model's own; it has no action token at its last timestep, so an
-    action-token dictionary is refused in one line and the evaluation reads rtg and state tokens."""
-    from dtjax.model import forward
+    MemoryGatedMLP.pt's 26): harvesting and the CE / KL splice feed it K - 1 actions
+    (``model_actions``, as dtjax.evaluate does; K actions made 3K tokens, more than it has
+    positions), so every timestep's state token is read; it has no action token at its last
+    timestep, so an action-token dictionary is refused in one line and the evaluation reads rtg
+    and state tokens."""
     from dtjax.sae import activations as acts
     from dtjax.sae.features import site_tokens
 
-    mcfg = TINY.replace(n_timesteps=3, n_ctx=8, layer_norm=True)
+    mcfg = TINY.replace(n_timesteps=3, n_ctx=8)
     params, (obs, rtg, ts, act) = _params(mcfg, 5), _inputs(mcfg, b=6, seed=5)
     assert acts.model_actions(mcfg, act).shape == (6, 2) and acts.model_actions(TINY, act[:, :2]).shape == (6, 2)
     with pytest.raises(SAEError, match=r"has 8 positions \(3K - 1"):
@@ -284,15 +285,10 @@ def test_a_model_of_3k_minus_1_positions_is_fed_k_minus_1_actions():
     d = mcfg.d_model
     cfg = SAEConfig(hook="blocks.0.hook_resid_mid", token="state", n_latents=2 * d, k=2 * d, d_in=d, d_out=d)
     assert site_tokens(mcfg, cfg) == ("state", "rtg") and site_tokens(TINY, cfg) == ("state", "rtg", "action")
-    dec = np.concatenate([np.eye(d), -np.eye(d)])
-    ident = _variables(cfg, dec.T, np.zeros(2 * d), dec, np.zeros(d))
-    windows = {"obs": obs, "rtg": rtg, "timesteps": ts, "actions": act, "mask": jnp.ones((6, 3), bool)}
-    _, cache = run_with_cache(params, mcfg, obs, rtg, ts, act[:, :-1])
-    out = metrics.downstream(params, mcfg, cfg, ident, windows, cache[cfg.hook][:, 1::3].mean((0, 1)), chunk=3)
-    logp = jax.nn.log_softmax(forward(params, mcfg, obs, rtg, ts, act[:, :-1]))
-    ce = -np.take_along_axis(np.asarray(logp), np.asarray(act)[..., None], -1).mean()
-    assert out["n_tokens"] == 18 and out["ce_clean"] == pytest.approx(float(ce), rel=1e-5)
-    assert out["ce_sae"] == pytest.approx(out["ce_clean"], rel=1e-5)
+    _, cache = run_with_cache(params, mcfg, obs, rtg, ts, acts.model_actions(mcfg, act), names=(cfg.hook,))  # as _harvest
+    x, _ = acts.site_values(params, mcfg, cfg, cache)
+    assert cache[cfg.hook].shape == (6, 8, d) and x.shape == (6, 3, d)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(cache[cfg.hook])[:, 1::3])
 
 
 # ---------------------------------------------------------------------------------------------

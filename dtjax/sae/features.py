@@ -8,7 +8,9 @@ lists of labels and floats), so a report section or an explorer can render it:
 - ``reconstruction``: {token type: SAELens's metrics} (``dtjax.sae.metrics.reconstruction``),
   for each token type present at the hook, the dictionary's own included.
 - ``downstream``: action CE / KL with the dictionary spliced in, and the scores against zero-
-  and mean-ablation; ``closed_loop``: returns at RTG -1 / 0 / +1 with it spliced into every step.
+  and mean-ablation; ``closed_loop``: returns and the rates of the task's outcomes at the given
+  target RTGs (the command line's default: the task's lowest, middle and highest return, -1 / 0 /
+  +1; Memory 0 / 0.5 / 1) with it spliced into every step.
 - ``latents``: per latent (n_latents, ...) -- ``density``, ``mean_act`` (when active), ``dla``
   (n_actions) the direct logit effect of one unit of the latent (its decoder row through
   ``W_U``; the direct path only: later layers are not included), ``encoder_maps`` (C, 7, 7) the
