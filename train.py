@@ -36,14 +36,37 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("train.py: interrupted; resume with --resume " + cfg.run_name, file=sys.stderr)
         return 130
-    print(json.dumps(brief(summary), indent=1))
+    from envs.registration import task_of  # lazy: CLI start-up (jax)
+
+    task = task_of(json.loads((Path(summary["run_dir"]) / "env.json").read_text())["env_id"])  # a resumed run's own env
+    print("\n".join(outcome_lines(summary, task)))
+    print(json.dumps(brief(summary, task), indent=1))
     return 0
 
 
-def brief(summary: dict) -> dict:
-    """What the terminal shows: final returns per target (one line per seed with N seeds)."""
+def outcome_lines(summary: dict, task) -> list[str]:
+    """The final greedy evaluation in the task's words, one line per target RTG (and seed):
+    ``RTG +0: return 0.000, success 0.000 wrong 1.000 timeout 0.000, length 6.0`` (Memory: at
+    RTG 0 its model should walk to the wrong object)."""
+    names = (task.success, *task.failures, "timeout")
+    seeds = summary.get("seeds")
+    out = []
+    for s in [summary] if seeds is None else seeds:
+        who = "" if seeds is None else f"{Path(s['run_dir']).name} "
+        for r in s["final_eval"]:
+            rates = " ".join(f"{o} {r[f'{o}_rate']:.3f}" for o in names)
+            out.append(f"{who}RTG {r['target_rtg']:+g}: return {r['mean_return']:.3f}, {rates}, length {r['mean_length']:.1f}")
+    return out
+
+
+def brief(summary: dict, task=None) -> dict:
+    """What the terminal shows as JSON: final returns and the rates of the task's success and
+    failures (``task``; default Dynamic Obstacles' goal and hit) per target (with N seeds one
+    line of returns per seed)."""
+    rates = ("goal", "hit") if task is None else (task.success, *task.failures)
+
     def one(s):
-        keys = ("target_rtg", "mean_return", "goal_rate", "hit_rate", "mean_length")  # hit_rate: where the task has hits
+        keys = ("target_rtg", "mean_return", *(f"{o}_rate" for o in rates), "mean_length")
         return {"final_eval": [{k: round(r[k], 3) for k in keys if k in r} for r in s["final_eval"]],
                 "calibration_monotonic": s["calibration_monotonic"]}
 

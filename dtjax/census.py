@@ -111,16 +111,18 @@ def summary_table(results: dict[str, dict]) -> str:
 
 def write_census(runs, out_dir: str | Path | None = None, log: Callable[[str], object] = print) -> Path:
     """``census`` of one run (or of several) written as ``census.json``, ``census.md`` and
-    ``census.png`` in ``out_dir`` (default: the run directory; for several runs ``reports/census``,
+    ``census.png`` in ``out_dir`` (default: the run directory, ``reports/<stem>`` for an original
+    ``.pt``; for several runs ``reports/census``,
     with one ``census_<run>.json`` each and the summary table first). Returns the markdown path.
     What ``analyse.py --census RUN [RUN ...]`` calls."""
     runs = [Path(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
     for r in runs:
         if not r.exists():
             raise FileNotFoundError(f"no run at {r}")
-    out = Path(out_dir) if out_dir else (runs[0] if len(runs) == 1 else Path("reports") / "census")
+    results = {r.name: census(r, log=log) for r in runs}  # first: a task it is not defined for writes nothing
+    one = runs[0] if runs[0].is_dir() else Path("reports") / runs[0].stem  # an original .pt: beside its report
+    out = Path(out_dir) if out_dir else (one if len(runs) == 1 else Path("reports") / "census")
     out.mkdir(parents=True, exist_ok=True)
-    results = {r.name: census(r, log=log) for r in runs}
     if len(runs) == 1:
         io.write_json_atomic(out / "census.json", io.jsonable(results[runs[0].name]), indent=1, sort_keys=False)
         text = census_table(results[runs[0].name])

@@ -32,7 +32,7 @@ from typing import Annotated, Any, TypeVar
 
 import tyro
 
-from dtjax.config import ConfigBase, ConfigError, TrainConfig
+from dtjax.config import CollectConfig, ConfigBase, ConfigError, TrainConfig
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ class TrainArgs:
     """no progress bar"""
 
 
-def _flag_value(argv: list[str], flag: str) -> str | None:
+def flag_value(argv: list[str], flag: str) -> str | None:
     """The last value given to ``flag`` (``--flag v`` or ``--flag=v``), or None."""
     out = None
     for i, a in enumerate(argv):
@@ -169,13 +169,22 @@ def preset_config(env_id: str, overrides: dict | None = None) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
+def preset_collect_config(env_id: str) -> CollectConfig:
+    """The CollectConfig of ``env_id``'s task presets: the env, seed and data of
+    ``preset_config(env_id)``, so ``python -m dtjax.data collect --env ENV_ID`` collects the dataset
+    ``python train.py --env.env_id ENV_ID`` would (Memory: the recurrent PPO's tempered rollouts at
+    max_steps 50). ``ConfigError`` on bad values."""
+    cfg = preset_config(env_id)
+    return CollectConfig(env=cfg.env, seed=cfg.seed, data=cfg.data)
+
+
 def parse_train_args(argv: list[str] | None = None, prog: str = "train.py") -> TrainArgs:
     """``python train.py``'s command line: the env's task presets (``preset_config``: the env of
     ``--env.env_id``, else of the config file, else the default) are the base; ``--config FILE``
     (when given) is laid over them; the other flags override both. ``--model.obs_mode`` alone
     sets ``env.obs_mode`` too (the DT reads what the env shows); ``--resume RUN`` names the run."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    path = _flag_value(argv, "--config")
+    path = flag_value(argv, "--config")
     raw: dict = {}
     if path is not None and not any(a in ("-h", "--help") for a in argv):
         try:
@@ -187,13 +196,13 @@ def parse_train_args(argv: list[str] | None = None, prog: str = "train.py") -> T
         if not isinstance(raw, dict):
             _error(prog, f"config file {path} is not a JSON object")
     file_env = raw.get("env") if isinstance(raw.get("env"), dict) else {}
-    env_id = _flag_value(argv, "--env.env_id") or file_env.get("env_id") or raw.get("env_id") or TrainConfig().env.env_id
+    env_id = flag_value(argv, "--env.env_id") or file_env.get("env_id") or raw.get("env_id") or TrainConfig().env.env_id
     try:
         base = preset_config(env_id, raw)  # the file's own settings only: the presets fill the rest
     except (ConfigError, TypeError) as e:
         _error(prog, f"config file {path}: {e}" if raw else f"presets of {env_id}: {e}")
-    obs_mode = _flag_value(argv, "--model.obs_mode")
-    if obs_mode is not None and _flag_value(argv, "--env.obs_mode") is None:
+    obs_mode = flag_value(argv, "--model.obs_mode")
+    if obs_mode is not None and flag_value(argv, "--env.obs_mode") is None:
         argv += ["--env.obs_mode", obs_mode]
     args = parse(TrainArgs, argv, prog, default=TrainArgs(cfg=base), description=TrainArgs.__doc__)
     if args.resume:

@@ -157,3 +157,110 @@ def test_a_model_chooses_among_seven_actions(env):
         taken.add(step["action"])
     assert taken and all(0 <= a < 7 for a in taken) and max(taken) > 2
     assert jax.tree.leaves(s.history[-1].state)  # the env's own state
+
+
+def test_train_py_says_the_tasks_outcomes():
+    """train.py's last lines speak Memory's outcomes (the issue's criterion: at RTG 0 the wrong
+    object), per seed with N seeds; Dynamic Obstacles' JSON keeps its goal / hit keys."""
+    import sys
+    from pathlib import Path
+
+    import envs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train as train_script
+
+    def row(rtg, ret, success, wrong):
+        return {"target_rtg": rtg, "mean_return": ret, "success_rate": success, "wrong_rate": wrong,
+                "timeout_rate": 1.0 - success - wrong, "mean_length": 6.0, "episodes": 100}
+
+    one = {"run_dir": "runs/m", "final_eval": [row(0.0, 0.0, 0.0, 1.0), row(1.0, 0.9946, 1.0, 0.0)],
+           "calibration_monotonic": True, "seconds": {"total": 1.0}}
+    task = envs.task_of(ENV_ID)
+    assert train_script.outcome_lines(one, task) == [
+        "RTG +0: return 0.000, success 0.000 wrong 1.000 timeout 0.000, length 6.0",
+        "RTG +1: return 0.995, success 1.000 wrong 0.000 timeout 0.000, length 6.0"]
+    shown = train_script.brief(one, task)["final_eval"]
+    assert [(r["success_rate"], r["wrong_rate"]) for r in shown] == [(0.0, 1.0), (1.0, 0.0)]
+    seeds = {"run_dir": "runs/m", "seeds": [{**one, "run_dir": f"runs/m/seed_{k}"} for k in range(2)],
+             "seconds": {"total": 1.0}}
+    lines = train_script.outcome_lines(seeds, task)
+    assert len(lines) == 4 and lines[2] == "seed_1 RTG +0: return 0.000, success 0.000 wrong 1.000 timeout 0.000, length 6.0"
+    dyn = {**one, "final_eval": [{"target_rtg": 1.0, "mean_return": 0.9, "goal_rate": 0.95, "hit_rate": 0.01,
+                                  "hit_wall_rate": 0.0, "timeout_rate": 0.04, "mean_length": 20.0, "episodes": 10}]}
+    do = envs.task_of("MiniGrid-Dynamic-Obstacles-8x8-v0")
+    assert train_script.brief(dyn, do) == train_script.brief(dyn)
+    assert list(train_script.brief(dyn, do)["final_eval"][0]) == ["target_rtg", "mean_return", "goal_rate", "hit_rate",
+                                                                  "mean_length"]
+
+
+def test_the_census_of_memorydt_is_not_defined_in_one_line(tmp_path):
+    """The census asks about the ball-ahead veto: on the original MemoryDT (and any Memory run) it
+    says in one line that it is not defined for this task, and writes nothing."""
+    from pathlib import Path
+
+    from dtjax.census import write_census
+
+    pt = Path(__file__).resolve().parents[1] / "checkpoints" / "original" / "MemoryGatedMLP.pt"
+    with pytest.raises(ValueError, match=r"^the census \(the ball-ahead veto and its RTG gate\) is not defined for this "
+                                         r"task \(memory: its balls are not obstacles\)$"):
+        write_census(pt, tmp_path / "census")
+    assert not (tmp_path / "census").exists()
+
+
+TINY_RUN = ["--env.env_id", ENV_ID, "--num_steps", "50", "--log_every", "25", "--eval_every", "25", "--ckpt_every", "50",
+            "--warmup_steps", "5", "--batch_size", "32", "--eval_episodes", "8", "--final_eval_episodes", "16",
+            "--calib_points", "3", "--calib_episodes", "16", "--calib_min_episodes", "8",
+            "--data.ppo.total_timesteps", "16384", "--data.ppo.num_envs", "16", "--data.ppo.num_steps", "64",
+            "--data.mix.envs", "32", "--quiet"]
+
+
+@pytest.mark.slow  # compiles the GRU PPO, the K = 9 training chunk and Memory's closed loop (~2 min of CPU)
+def test_num_seeds_on_memory_end_to_end(tmp_path, capsys):
+    """``train.py --num_seeds 2`` on Memory's presets (tiny budgets): collects the recurrent PPO's
+    data, trains both seeds, evaluates and calibrates each with the task's outcome rates, prints
+    one outcome line per seed and target; each seed opens with ``Run.open`` and gets a report; an
+    SAE trains and evaluates on a seed; the census says in one line it is not defined."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from dtjax.run import Run
+    from dtjax.sae.__main__ import main as sae_main
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import analyse
+    import train as train_script
+
+    assert train_script.main([*TINY_RUN, "--num_seeds", "2", "--run_name", "mem", "--checkpoint_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = [x for x in out.splitlines() if x.startswith("seed_")]
+    assert [x.split(":")[0] for x in lines] == ["seed_0 RTG +0", "seed_0 RTG +1", "seed_1 RTG +0", "seed_1 RTG +1"]
+    assert all(" success " in x and " wrong " in x and " timeout " in x for x in lines)
+    run = tmp_path / "mem"
+    meta = json.loads((run / "dataset" / "metadata.json").read_text())
+    assert meta["outcome_words"] == ["success", "wrong"] and meta["data_config"]["ppo"]["arch"] == "gru"
+    for k in range(2):
+        seed = Run.open(run / f"seed_{k}").require_model()
+        assert seed.env_cfg.env_id == ENV_ID and seed.model_cfg.n_timesteps == 9 and seed.model_cfg.n_actions == 7
+        s = json.loads((run / f"seed_{k}" / "summary.json").read_text())
+        for r in s["final_eval"]:
+            assert r["success_rate"] + r["wrong_rate"] + r["timeout_rate"] == pytest.approx(1.0)
+        calib = json.loads((run / f"seed_{k}" / "calibration.json").read_text())
+        assert [r["target_rtg"] for r in calib["rows"]] == [0.0, 0.5, 1.0] and "wrong_rate" in calib["rows"][0]
+    assert analyse.main(["--ckpt", str(run / "seed_1"), "--out", str(tmp_path / "rep"), "--fast", "--quiet"]) == 0
+    rep = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert all(v["status"] in ("ok", "undefined") for v in rep["sections"].values()), rep["sections"]
+    assert sae_main(["train", "--ckpt", str(run / "seed_0"), "--latents", "32", "--k", "4", "--num_steps", "20",
+                     "--log_every", "10", "--n_tokens", "2048", "--batch_size", "256", "--quiet", "--name", "t"]) == 0
+    assert sae_main(["eval", "--sae", str(run / "seed_0" / "sae" / "t"), "--tokens", "2048", "--analysis_tokens", "1024",
+                     "--episodes", "4", "--quiet", "--no_figures"]) == 0
+    ev = json.loads((run / "seed_0" / "sae" / "t" / "eval.json").read_text())
+    assert ev["closed_loop"]["target_rtg"] == [0.0, 0.5, 1.0] and ev["closed_loop"]["outcomes"] == ["success", "wrong", "timeout"]
+    assert not any(r["family"] == "goal_dist" or r["probe"] == "ball_adjacent" for r in ev["probes"]["table"])
+    capsys.readouterr()
+    assert analyse.main(["--census", str(run), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: the census (the ball-ahead veto and its RTG gate) is not defined for this task "
+                   "(memory: its balls are not obstacles)")

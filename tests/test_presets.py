@@ -5,8 +5,9 @@ dtjax's defaults."""
 import json
 
 import envs
-from dtjax.cli import parse_train_args, preset_config
-from dtjax.config import TrainConfig
+from dtjax.cli import parse_train_args, preset_collect_config, preset_config
+from dtjax.config import CollectConfig, TrainConfig
+from dtjax.data import __main__ as data_cli
 
 MEMORY = "MiniGrid-MemoryS7FixedStart-v0"
 
@@ -35,3 +36,18 @@ def test_families_without_presets_get_the_defaults():
     assert parse_train_args([]).cfg == TrainConfig()
     cfg = parse_train_args(["--env.env_id", "MiniGrid-Empty-8x8-v0"]).cfg
     assert cfg == TrainConfig().replace(env=TrainConfig().env.replace(env_id="MiniGrid-Empty-8x8-v0"))
+
+
+def test_collect_starts_from_the_presets_as_train_does():
+    """``python -m dtjax.data collect --env ENV`` collects what ``train.py --env.env_id ENV`` would
+    (Memory: the recurrent PPO's data at max_steps 50); flags override; other families keep the
+    defaults."""
+    train = parse_train_args(["--env.env_id", MEMORY]).cfg
+    for flag in ("--env", "--env.env_id"):
+        cfg = data_cli.collect_config(data_cli.parse_args(["collect", "--out", "d", flag, MEMORY]))
+        assert cfg == preset_collect_config(MEMORY) and (cfg.env, cfg.seed, cfg.data) == (train.env, train.seed, train.data)
+    assert cfg.data.ppo.arch == "gru" and cfg.env.max_steps == 50 and cfg.data.mix.tempered_frac > 0
+    cfg = data_cli.collect_config(data_cli.parse_args(["collect", "--out", "d", "--env", MEMORY, "--env.max_steps", "60",
+                                                       "--mix", "tempered_frac=0.5"]))
+    assert cfg.env.max_steps == 60 and cfg.data.mix.tempered_frac == 0.5 and cfg.data.ppo.arch == "gru"
+    assert data_cli.collect_config(data_cli.parse_args(["collect", "--out", "d"])) == CollectConfig()

@@ -267,6 +267,30 @@ def test_metrics_of_an_identity_dictionary_and_the_ablation_baselines():
     assert out["ce_clean"] == pytest.approx(ce({}), rel=1e-5)
 
 
+def test_a_model_of_3k_minus_1_positions_is_fed_k_minus_1_actions():
+    """The original MemoryDT's shape (3K - 1 positions, no token for the current action, e.g.
+    MemoryGatedMLP.pt's 26): harvesting and the CE / KL splice feed it K - 1 actions
+    (``model_actions``, as dtjax.evaluate does; K actions made 3K tokens, more than it has
+    positions), so every timestep's state token is read; it has no action token at its last
+    timestep, so an action-token dictionary is refused in one line and the evaluation reads rtg
+    and state tokens."""
+    from dtjax.sae import activations as acts
+    from dtjax.sae.features import site_tokens
+
+    mcfg = TINY.replace(n_timesteps=3, n_ctx=8)
+    params, (obs, rtg, ts, act) = _params(mcfg, 5), _inputs(mcfg, b=6, seed=5)
+    assert acts.model_actions(mcfg, act).shape == (6, 2) and acts.model_actions(TINY, act[:, :2]).shape == (6, 2)
+    with pytest.raises(SAEError, match=r"has 8 positions \(3K - 1"):
+        acts.check_site(mcfg, "blocks.0.hook_resid_post", "action", False)
+    d = mcfg.d_model
+    cfg = SAEConfig(hook="blocks.0.hook_resid_mid", token="state", n_latents=2 * d, k=2 * d, d_in=d, d_out=d)
+    assert site_tokens(mcfg, cfg) == ("state", "rtg") and site_tokens(TINY, cfg) == ("state", "rtg", "action")
+    _, cache = run_with_cache(params, mcfg, obs, rtg, ts, acts.model_actions(mcfg, act), names=(cfg.hook,))  # as _harvest
+    x, _ = acts.site_values(params, mcfg, cfg, cache)
+    assert cache[cfg.hook].shape == (6, 8, d) and x.shape == (6, 3, d)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(cache[cfg.hook])[:, 1::3])
+
+
 # ---------------------------------------------------------------------------------------------
 # Probes
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +337,14 @@ def test_probe_labels_on_scenarios():
                                     np.asarray(states.agent_pos), np.asarray(states.agent_dir), 8, ("empty", "wall", "goal"))
     assert not any("ball" in n for n in p2) and set(p2) == {n for n in pnames if "ball" not in n}
     np.testing.assert_array_equal(l2, labels[:, [pnames.index(n) for n in p2]])
+    # Memory (objects empty, wall, key, ball; its balls are not obstacles, there is no goal cell):
+    # the cell probes for keys and balls, no blocked-front, ball-adjacent or goal-distance probes
+    p3, f3, l3 = probes.probe_labels(obs, np.array([1.0, -1.0, 0.0, 0.6]), np.array([0, 7, 12, 60]),
+                                     np.asarray(states.agent_pos), np.asarray(states.agent_dir), 8,
+                                     ("empty", "wall", "key", "ball"), obstacles=False)
+    assert "front=key" in p3 and "front=ball" in p3 and "goal_dist" not in f3
+    assert not {"front=ball|wall", "ball_adjacent"} & set(p3)
+    np.testing.assert_array_equal(l3[:, p3.index("front=ball")], col["front=ball"])
     with pytest.raises(ValueError, match="no probe for object 'lava'"):
         probes.probe_labels(obs, np.zeros(4), np.zeros(4), np.asarray(states.agent_pos), np.asarray(states.agent_dir), 8,
                             ("empty", "lava"))

@@ -170,6 +170,30 @@ def test_summary_counts_outcomes_against_a_loop(ds, tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
 
+def test_summary_speaks_the_tasks_outcomes(ds, tmp_path, capsys):
+    """The summary names the task's outcomes (Memory: a non-success termination is the wrong
+    object), with the same counts as goal / hit; the data CLI reads the words from the metadata."""
+    import envs
+    from dtjax.data.__main__ import main
+
+    arrays, meta = ds
+    plain = store.summary(arrays)
+    words = store.outcome_words(envs.task_of("MiniGrid-MemoryS7FixedStart-v0"))
+    assert words == ("success", "wrong") and store.outcome_words(envs.task_of("MiniGrid-Empty-8x8-v0"))[1] == "failure"
+    assert store.outcome_words(envs.task_of("MiniGrid-Dynamic-Obstacles-8x8-v0")) == ("goal", "hit")
+    mem = store.summary(arrays, words=words)
+    o = plain["outcomes"]
+    assert mem["outcomes"] == {"success": o["goal"], "wrong": o["hit"], "timeout": o["timeout"]}
+    n = plain["episodes"]
+    line = store.format_summary(mem).splitlines()[0]
+    assert f"success {o['goal']} ({o['goal'] / n:.1%}), wrong {o['hit']} ({o['hit'] / n:.1%})" in line
+    assert "goal" not in store.format_summary(mem) and "hit" not in store.format_summary(mem)
+    assert store.format_summary(plain) == store.format_summary(store.summary(arrays, words=("goal", "hit")))
+    store.save(tmp_path / "d", arrays, {**meta, "outcome_words": list(words)})
+    assert main(["summary", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == line
+
+
 def test_cli_summary_and_errors(tmp_path, ds, capsys):
     from dtjax.data.__main__ import main
 

@@ -7,7 +7,9 @@
 
 ``--mix`` takes comma-separated DataMixConfig overrides (``key=value``) or a preset name:
 ``default`` (DataMixConfig's defaults) or ``original`` (only the PPO training rollouts, as the
-original project). Every CollectConfig field is also a flag (``--data.mix.random_frac 0.2``),
+original project). ``collect`` starts from the env's task presets, as ``python train.py`` does
+(Memory: recurrent PPO data at max_steps 50, one-hot), so it collects the dataset train.py would;
+flags override them. Every CollectConfig field is also a flag (``--data.mix.random_frac 0.2``),
 shown by ``collect --help`` with its default and meaning (the command line is tyro's, from the
 dataclasses below: ``dtjax.cli.parse``).
 """
@@ -94,8 +96,24 @@ def collect_config(args: Collect) -> CollectConfig:
     return cfg
 
 
+def parse_args(argv: list[str]) -> Collect | Summary:
+    """The command line. ``collect`` starts from the task presets of its env (``--env`` or
+    ``--env.env_id``, else the default), as ``python train.py`` does (``cli.preset_collect_config``):
+    the flags override them."""
+    if argv[:1] != ["collect"] or any(a in ("-h", "--help") for a in argv):
+        return cli.parse(Command, argv, PROG, description=__doc__.splitlines()[0])
+    env_id = cli.flag_value(argv, "--env") or cli.flag_value(argv, "--env.env_id") or CollectConfig().env.env_id
+    try:
+        base = cli.preset_collect_config(env_id)
+    except (ConfigError, TypeError) as e:
+        print(f"{PROG}: error: presets of {env_id}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cli.parse(Collect, argv[1:], PROG, default=Collect(out=tyro.MISSING, cfg=base),
+                     description=Collect.__doc__)
+
+
 def main(argv=None) -> int:
-    args = cli.parse(Command, list(sys.argv[1:] if argv is None else argv), PROG, description=__doc__.splitlines()[0])
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if isinstance(args, Collect):
             try:
@@ -113,11 +131,11 @@ def main(argv=None) -> int:
             if args.store_obs:
                 arrays = {**arrays, "obs": observations(arrays, cfg)}
             store.save(args.out, arrays, meta)
-            print(store.format_summary(store.summary(arrays)))
+            print(store.format_summary(store.summary(arrays, words=summary_words(meta))))
             print(f"wrote {args.out}")
         else:
             arrays, meta = store.load(args.path, mmap=True)
-            summ = store.summary(arrays)
+            summ = store.summary(arrays, words=summary_words(meta))
             print(json.dumps(summ, indent=1) if args.json else store.format_summary(summ))
         if args.plot:
             from dtjax import plots  # lazy: CLI start-up (matplotlib)
@@ -129,6 +147,16 @@ def main(argv=None) -> int:
         print(f"dtjax.data: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def summary_words(meta: dict) -> tuple[str, str]:
+    """The task's names of success and failure for a dataset's summary (Memory: success / wrong):
+    from its metadata, or (a dataset of an older dtjax) its env's task."""
+    if "outcome_words" in meta:
+        return tuple(meta["outcome_words"])
+    from envs.registration import REGISTRY, task_of  # lazy: CLI start-up (jax), older datasets only
+
+    return store.outcome_words(task_of(meta["env_id"]) if meta.get("env_id") in REGISTRY else None)
 
 
 def observations(arrays, cfg, chunk: int = 65536):

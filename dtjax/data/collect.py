@@ -183,6 +183,7 @@ def dataset_metadata(cfg: DataConfig, env, env_params, env_id: str, seed: int) -
         "seed": int(seed),
         "data_config": cfg.to_dict(),
         "sources": list(store.SOURCES),
+        "outcome_words": list(store.outcome_words(env.task)),  # what `summary` calls success and failure
     }
 
 
@@ -215,5 +216,5 @@ def prepare_dataset(cfg, env, env_params, key, run_dir, log=print) -> tuple[dict
     col = collect(cfg.data, env, env_params, key, log=log)
     meta = {**dataset_metadata(cfg.data, env, env_params, cfg.env.env_id, cfg.seed), "collection": col.info}
     store.save(path, col.arrays, meta)
-    log(store.format_summary(store.summary(col.arrays)))
+    log(store.format_summary(store.summary(col.arrays, words=store.outcome_words(env.task))))
     return col.arrays, meta

@@ -6,7 +6,8 @@ Format (schema version 1)::
       metadata.json      schema_version, env_id, max_steps, size, n_obstacles, obs_mode (what
                          the PPO saw), seed, data_config (PPO settings and policy mix),
                          collection (timings, PPO return per update), counts (steps, episodes,
-                         per source), created (unix time)
+                         per source), created (unix time), outcome_words (the task's
+                         names of success and failure, e.g. ["success", "wrong"]: the summary's)
       agent_pos.npy      (N, 2)    int8    MiniGrid (x, y) of the state acted in
       agent_dir.npy      (N,)      int8    0=E 1=S 2=W 3=N
       obstacles.npy      (N, n, 2) int8    ball cells (x, y), MiniGrid list order
@@ -237,7 +238,8 @@ def counts(arrays: dict[str, np.ndarray]) -> dict:
 
 
 def outcomes(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per episode (goal (E,) bool, hit (E,) bool); neither = timeout (architecture.md).
+    """Per episode (goal (E,) bool, hit (E,) bool); neither = timeout (architecture.md). In a
+    task's own words (``outcome_words``): success and failure.
 
     goal: the last reward is positive; hit: the episode terminated otherwise, i.e. a failure of
     the task (Dynamic Obstacles: a crash, reward -1; Memory: the wrong object, reward 0)."""
@@ -247,10 +249,23 @@ def outcomes(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return goal, np.asarray(arrays["terminated"])[last] & ~goal
 
 
-def summary(arrays: dict[str, np.ndarray], bins: int = 10) -> dict:
-    """Episodes, steps, outcome counts (goal/hit/timeout), return histogram, lengths, per source."""
+def outcome_words(task=None) -> tuple[str, str]:
+    """The names ``summary`` gives the two ways an episode ends before timeout: the task's success
+    and its failure (``envs.task.Task``: Dynamic Obstacles goal / hit, Memory success / wrong,
+    several failures joined by "/", "failure" for a task without one); no task: goal / hit."""
+    if task is None:
+        return "goal", "hit"
+    return task.success, "/".join(task.failures) or "failure"
+
+
+def summary(arrays: dict[str, np.ndarray], bins: int = 10, words: tuple[str, str] = ("goal", "hit")) -> dict:
+    """Episodes, steps, outcome counts, return histogram, lengths, per source.
+
+    ``words``: the task's names of success and failure (``outcome_words(task)``): the keys of
+    ``outcomes`` (``{success: n, failure: n, "timeout": n}``) and of each source's rates."""
     ep, starts, lengths, returns = episode_index(arrays)
     goal, hit = outcomes(arrays)
+    win, lose = words
     hist, edges = np.histogram(returns, bins=bins, range=(-1.0, 1.0))
     src = np.asarray(arrays["source"])[starts]
     per_source = {}
@@ -258,11 +273,11 @@ def summary(arrays: dict[str, np.ndarray], bins: int = 10) -> dict:
         m = src == i
         if m.any():
             per_source[s] = {"episodes": int(m.sum()), "steps": int(lengths[m].sum()), "mean_return": float(returns[m].mean()),
-                             "goal": float(goal[m].mean()), "hit": float(hit[m].mean()), "mean_length": float(lengths[m].mean())}
+                             win: float(goal[m].mean()), lose: float(hit[m].mean()), "mean_length": float(lengths[m].mean())}
     return {
         "episodes": int(len(starts)),
         "steps": int(len(ep)),
-        "outcomes": {"goal": int(goal.sum()), "hit": int(hit.sum()), "timeout": int((~goal & ~hit).sum())},
+        "outcomes": {win: int(goal.sum()), lose: int(hit.sum()), "timeout": int((~goal & ~hit).sum())},
         "mean_return": float(returns.mean()),
         "length": {"mean": float(lengths.mean()), "min": int(lengths.min()), "median": float(np.median(lengths)),
                    "max": int(lengths.max())},
@@ -272,12 +287,14 @@ def summary(arrays: dict[str, np.ndarray], bins: int = 10) -> dict:
 
 
 def format_summary(s: dict) -> str:
-    """A few printable lines of ``summary``: totals, outcomes, return histogram, per source."""
+    """A few printable lines of ``summary``: totals, outcomes (in the task's words), return
+    histogram, per source."""
     o, n = s["outcomes"], max(s["episodes"], 1)
+    win, lose = [k for k in o if k != "timeout"]
     L = s["length"]
     lines = [
         f"{s['episodes']} episodes, {s['steps']} steps; mean return {s['mean_return']:+.3f}; "
-        f"goal {o['goal']} ({o['goal'] / n:.1%}), hit {o['hit']} ({o['hit'] / n:.1%}), "
+        f"{win} {o[win]} ({o[win] / n:.1%}), {lose} {o[lose]} ({o[lose] / n:.1%}), "
         f"timeout {o['timeout']} ({o['timeout'] / n:.1%}); length mean {L['mean']:.1f}, "
         f"median {L['median']:.0f}, min {L['min']}, max {L['max']}",
         "return histogram:",
@@ -288,5 +305,5 @@ def format_summary(s: dict) -> str:
         lines.append(f"  [{lo:+.1f}, {hi:+.1f}{']' if hi >= 1 else ')'} {c:8d} {'#' * round(40 * c / top)}")
     for name, v in s["per_source"].items():
         lines.append(f"  {name:9s} {v['episodes']:7d} episodes {v['steps']:9d} steps, mean return {v['mean_return']:+.3f}, "
-                     f"goal {v['goal']:.1%}, hit {v['hit']:.1%}, mean length {v['mean_length']:.1f}")
+                     f"{win} {v[win]:.1%}, {lose} {v[lose]:.1%}, mean length {v['mean_length']:.1f}")
     return "\n".join(lines)

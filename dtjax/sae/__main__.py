@@ -15,8 +15,11 @@ checkpoints/<stem>/sae/NAME/); NAME defaults to hook-token-kind-arch-latents-k. 
 SAETrainConfig field is a flag (--num_steps, --batch_size, --lr, --n_tokens, --aux_coef, ...).
 
 eval: reconstruction metrics per token type, CE / KL recovered with the dictionary spliced in
-(against zero- and mean-ablation), closed-loop returns at RTG -1, 0, +1, and what each latent
-means (top-activating views, DLA, encoder maps, ground-truth probes). Writes SAE_DIR/eval.json,
+(against zero- and mean-ablation), closed-loop returns and the rates of the task's outcomes
+(Memory: success / wrong / timeout) at its lowest, middle and highest return (RTG -1, 0, +1;
+Memory 0, 0.5, 1), and what each latent means (top-activating views, DLA, encoder maps,
+ground-truth probes). A model of 3K - 1 positions (the original MemoryDT) has no action token at
+its last timestep: its dictionaries read rtg or state tokens. Writes SAE_DIR/eval.json,
 and SAE_DIR/eval/ (report.html: the report's "SAE features" section for this dictionary alone, and
 analysis.npz).
 """
@@ -77,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--analysis_tokens", type=_positive, default=32_768,
                    help="of those, tokens for CE / KL, the latents and the probes (default 32768)")
     e.add_argument("--episodes", type=_positive, default=500, help="closed-loop episodes per target RTG (default 500)")
-    e.add_argument("--rtgs", type=float, nargs="+", default=[-1.0, 0.0, 1.0], help="closed-loop target RTGs")
+    e.add_argument("--rtgs", type=float, nargs="+", default=None,
+                   help="closed-loop target RTGs (default: the task's lowest, middle and highest return: -1 0 1; Memory 0 0.5 1)")
     e.add_argument("--no_closed_loop", action="store_true", help="skip the closed-loop rollouts")
     e.add_argument("--top", type=_positive, default=9, help="top-activating tokens kept per latent (default 9)")
     e.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the training seed)")
@@ -112,7 +116,9 @@ def _eval(args) -> int:
 
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     ctx, d = features.open_dictionary(args.sae, args.ckpt, args.dataset)
-    a = features.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=tuple(args.rtgs),
+    lo, hi = ctx.env.task.return_range
+    rtgs = tuple(args.rtgs) if args.rtgs else (lo, (lo + hi) / 2, hi)
+    a = features.analyse(ctx, d, n_tokens=args.tokens, n_analysis=args.analysis_tokens, episodes=args.episodes, rtgs=rtgs,
                          closed_loop=not args.no_closed_loop, n_top=args.top, seed=args.seed, log=log)
     s = features.summary(a)
     io.write_json_atomic(args.sae / "eval.json", io.jsonable(s))
@@ -131,6 +137,11 @@ def _eval(args) -> int:
         cl = s["closed_loop"]
         line["closed_loop"] = {f"{r:+g}": [round(m, 3), round(x, 3)] for r, m, x in
                                zip(cl["target_rtg"], cl["model_return"], cl["sae_return"])}
+        # the task's outcomes, model and spliced (Dynamic Obstacles goal / hit, Memory success / wrong / timeout)
+        line["closed_loop_outcomes"] = {
+            f"{r:+g}": "; ".join(f"{name} " + " ".join(f"{o} {cl[f'{who}_{o}'][i]:.3f}" for o in cl["outcomes"])
+                                 for name, who in (("model", "model"), ("spliced", "sae")))
+            for i, r in enumerate(cl["target_rtg"])}
     print(json.dumps(io.jsonable(line), indent=1))
     print(args.sae / "eval.json")
     return 0

@@ -60,6 +60,9 @@ def check_site(model_cfg: ModelConfig, hook: str, token: str, transcoder: bool) 
     if token == "action" and model_cfg.n_timesteps == 1:
         raise SAEError("with one timestep of context the model is fed no action token (it could not affect the "
                        "prediction); choose --token rtg or state")
+    if token == "action" and not full_actions(model_cfg):
+        raise SAEError(f"this model has {model_cfg.pos_rows} positions (3K - 1, the original MemoryDT's): its last "
+                       f"timestep has no action token, so action tokens are not K per window; choose --token rtg or state")
     if transcoder:
         if not (full.startswith("blocks.") and full.endswith(".hook_mlp_out")):
             raise SAEError(f"a transcoder predicts an MLP's output: its hook is blocks.L.hook_mlp_out, got {full}")
@@ -117,9 +120,18 @@ def site_values(params: dict, model_cfg: ModelConfig, cfg: SAEConfig, cache: dic
     return x, x
 
 
+def full_actions(model_cfg: ModelConfig) -> bool:
+    """Whether the model reads an action token at every timestep (3K positions, dtjax's); a model
+    of 3K - 1 positions (the original MemoryDT's 26) never reads the current action slot."""
+    return model_cfg.pos_rows >= 3 * model_cfg.n_timesteps
+
+
 def model_actions(model_cfg: ModelConfig, actions: jax.Array):
-    """The action tokens the model is fed in training (none with one timestep of context)."""
-    return actions if model_cfg.n_timesteps > 1 else None
+    """The action tokens the model is fed: (B, K), (B, K - 1) for a model of 3K - 1 positions (as
+    ``dtjax.evaluate`` feeds it), none with one timestep of context."""
+    if model_cfg.n_timesteps == 1:
+        return None
+    return actions if full_actions(model_cfg) else actions[:, :-1]
 
 
 def window_rows(data: dict, si: jax.Array, K: int) -> jax.Array:

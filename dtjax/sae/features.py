@@ -8,7 +8,9 @@ lists of labels and floats), so a report section or an explorer can render it:
 - ``reconstruction``: {token type: SAELens's metrics} (``dtjax.sae.metrics.reconstruction``),
   for each token type present at the hook, the dictionary's own included.
 - ``downstream``: action CE / KL with the dictionary spliced in, and the scores against zero-
-  and mean-ablation; ``closed_loop``: returns at RTG -1 / 0 / +1 with it spliced into every step.
+  and mean-ablation; ``closed_loop``: returns and the rates of the task's outcomes at the given
+  target RTGs (the command line's default: the task's lowest, middle and highest return, -1 / 0 /
+  +1; Memory 0 / 0.5 / 1) with it spliced into every step.
 - ``latents``: per latent (n_latents, ...) -- ``density``, ``mean_act`` (when active), ``dla``
   (n_actions) the direct logit effect of one unit of the latent (its decoder row through
   ``W_U``; the direct path only: later layers are not included), ``encoder_maps`` (C, 7, 7) the
@@ -43,6 +45,7 @@ from dtjax.sae import activations as acts
 from dtjax.sae import metrics, probes, store
 from dtjax.sae.model import TOKENS, SAEConfig, SAEError, apply, init_sae
 from dtjax.sae.train import KEY_EVAL, KEY_HARVEST, KEY_INIT, KEY_ROLLOUT, SAETrainConfig, train_dictionary
+from dtjax.scenarios import has_balls
 from envs.minigrid import BALL, CELL_CODES, COLOR_TO_IDX, EMPTY, GOAL, N_ONE_HOT, OBJECT_TO_IDX, WALL
 
 
@@ -152,7 +155,7 @@ def site_tokens(model_cfg: ModelConfig, cfg: SAEConfig) -> tuple[str, ...]:
     """Token types present at the dictionary's hook (with its own first)."""
     if cfg.hook in acts.EMBED_TOKEN:
         return (cfg.token,)
-    present = TOKENS if model_cfg.n_timesteps > 1 else ("rtg", "state")
+    present = TOKENS if model_cfg.n_timesteps > 1 and acts.full_actions(model_cfg) else ("rtg", "state")
     return (cfg.token,) + tuple(t for t in present if t != cfg.token)
 
 
@@ -311,7 +314,7 @@ def analyse(ctx: SAEInputs, d: store.Dictionary, *, n_tokens: int = 262_144, n_a
 
     # PROBES: the trained dictionary and two baselines on the same tokens
     names, fams, labels = probes.probe_labels(obs, rtg, ts, ctx.states["agent_pos"][rows], ctx.states["agent_dir"][rows],
-                                              ctx.size, ctx.env.task.objects)
+                                              ctx.size, ctx.env.task.objects, has_balls(ctx.env.task))
     auc = probes.auroc(Z, labels)
     out["probes"] = probes.match(auc, labels, names, fams)
     lat["best_probe"] = [names[i] for i in out["probes"]["latent_best_probe"]]

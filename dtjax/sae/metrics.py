@@ -141,8 +141,11 @@ def downstream(params: dict, model_cfg: ModelConfig, cfg: SAEConfig, variables: 
 
 def closed_loop(params: dict, model_cfg: ModelConfig, cfg: SAEConfig, variables: dict, env, env_params, key: jax.Array,
                 target_rtgs=(-1.0, 0.0, 1.0), n_episodes: int = 500) -> dict:
-    """Mean return (and goal / hit rates) at each target RTG, the model alone and with the dictionary
-    spliced into every step; both on the same episodes (same key). Greedy actions, as dtjax.evaluate."""
+    """Mean return and the rate of each of the task's outcomes at each target RTG, the model alone
+    and with the dictionary spliced into every step; both on the same episodes (same key). Greedy
+    actions, as dtjax.evaluate. Rates: ``model_{outcome}`` / ``sae_{outcome}`` for every outcome but
+    running (Dynamic Obstacles ``goal``, ``hit``, ``timeout``; Memory ``success``, ``wrong``,
+    ``timeout``), named in ``outcomes``."""
     base = evaluate(params, model_cfg, env, env_params, key, target_rtgs, n_episodes)
     spliced = evaluate(params, model_cfg, env, env_params, key, target_rtgs, n_episodes,
                        interventions=splice(cfg, variables, params, model_cfg))
@@ -150,5 +153,6 @@ def closed_loop(params: dict, model_cfg: ModelConfig, cfg: SAEConfig, variables:
     return {"target_rtg": [float(r) for r in base.target_rtg], "n_episodes": int(n_episodes),
             "model_return": base.returns.mean(1).tolist(), "sae_return": spliced.returns.mean(1).tolist(),
             "return_diff": (spliced.returns.mean(1) - base.returns.mean(1)).tolist(), "diff_se": se.tolist(),
-            "model_goal": base.goal.mean(1).tolist(), "sae_goal": spliced.goal.mean(1).tolist(),
-            "model_hit": base.hit.mean(1).tolist(), "sae_hit": spliced.hit.mean(1).tolist()}
+            "outcomes": list(base.outcomes[1:]),
+            **{f"{who}_{o}": res.ended(o).mean(1).tolist() for o in base.outcomes[1:]
+               for who, res in (("model", base), ("sae", spliced))}}

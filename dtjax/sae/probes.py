@@ -7,7 +7,7 @@ where it was. Binary probes, by family:
   named by view coordinate, ``cell(x,y)=ball``; the agent sits at (3, 6) facing up, so (3, 5) is
   the cell in front.
 - ``front``: the object in front (the cell (3, 5) probes under their own name, ``front=ball`` is
-  the "ball in front" of docs/findings.md); in a task with balls (Dynamic Obstacles) also
+  the "ball in front" of docs/findings.md); in a task with balls to avoid (Dynamic Obstacles) also
   ``front=ball|wall`` (the front cell is blocked: what vetoes "forward" at positive RTG), and
   ``ball_adjacent`` (a ball in one of the five view cells the agent could step or be hit from:
   left, right, front and the front diagonals).
@@ -15,7 +15,8 @@ where it was. Binary probes, by family:
   ``rtg~0`` (|rtg| < 0.05: a timeout), ``rtg>0.5``, and its sign ``rtg>0``.
 - ``time``: timestep buckets [0,5), [5,10), [10,20), [20,50), [50, inf).
 - ``dir``: the agent's direction (E, S, W, N), invisible in the egocentric view.
-- ``goal_dist``: Manhattan distance from the agent to the goal (at (size-2, size-2)): 1, 2-3, 4-5, 6-7, >= 8.
+- ``goal_dist``: Manhattan distance from the agent to the goal (at (size-2, size-2)): 1, 2-3, 4-5, 6-7, >= 8;
+  only in a task with a goal cell (not Memory, whose targets are its key and ball).
 
 A latent "recovers" a probe when its activation, used as a score, separates the probe's
 positives from its negatives with AUROC >= ``THRESHOLD`` (0.9). Probes with fewer than
@@ -50,13 +51,17 @@ def object_codes(obs: np.ndarray) -> np.ndarray:
 
 
 def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int,
-                 objects: tuple[str, ...] = ("empty", "wall", "ball", "goal")) -> tuple[list[str], list[str], np.ndarray]:
+                 objects: tuple[str, ...] = ("empty", "wall", "ball", "goal"),
+                 obstacles: bool | None = None) -> tuple[list[str], list[str], np.ndarray]:
     """(names, families, labels (M, P) bool) of every probe on M tokens.
 
     ``obs`` (M, 7, 7, C) views; ``rtg`` (M,) the RTG token's value; ``timestep`` (M,);
     ``agent_pos`` (M, 2) world (x, y); ``agent_dir`` (M,) 0=E 1=S 2=W 3=N; ``size`` the grid;
     ``objects``: the task's objects (``env.task.objects``; default Dynamic Obstacles'): the cell
-    probes (Memory's key too), and the ball probes only where the task has balls.
+    probes (Memory's key too), and the goal distance only where there is a goal; ``obstacles``:
+    whether the balls are obstacles (``dtjax.scenarios.has_balls``; default: a ball is among
+    ``objects``), which adds the blocked-front and ball-adjacent probes (not Memory's balls, an
+    object to remember and walk to).
     """
     unknown = [o for o in objects if o not in OBJECTS]
     if unknown:
@@ -78,7 +83,7 @@ def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int,
                     add(f"front={o}", "front", obj[:, x, y] == code)
                 else:
                     add(f"cell({x},{y})={o}", "cell", obj[:, x, y] == code)
-    if "ball" in objects:  # Dynamic Obstacles' concepts: a blocked front cell, a ball within a step
+    if ("ball" in objects) if obstacles is None else obstacles:  # Dynamic Obstacles': a blocked front, a ball within a step
         add("front=ball|wall", "front", np.isin(obj[:, FRONT[0], FRONT[1]], (OBJECTS["ball"], OBJECTS["wall"])))
         add("ball_adjacent", "front", np.any([obj[:, x, y] == OBJECTS["ball"] for x, y in ADJACENT], axis=0))
     add("rtg<-0.5", "rtg", rtg < -0.5)
@@ -90,11 +95,12 @@ def probe_labels(obs, rtg, timestep, agent_pos, agent_dir, size: int,
         add(f"t in [{lo},{hi})" if np.isfinite(hi) else f"t>={lo}", "time", (t >= lo) & (t < hi))
     for d, name in enumerate(DIRS):
         add(f"dir={name}", "dir", np.asarray(agent_dir) == d)
-    goal = np.array([size - 2, size - 2])
-    dist = np.abs(np.asarray(agent_pos) - goal).sum(-1)
-    for lo, hi in DIST_BUCKETS:
-        add(f"goal_dist={lo}" if lo == hi else (f"goal_dist>={lo}" if hi > 100 else f"goal_dist={lo}-{hi}"),
-            "goal_dist", (dist >= lo) & (dist <= hi))
+    if "goal" in objects:
+        goal = np.array([size - 2, size - 2])
+        dist = np.abs(np.asarray(agent_pos) - goal).sum(-1)
+        for lo, hi in DIST_BUCKETS:
+            add(f"goal_dist={lo}" if lo == hi else (f"goal_dist>={lo}" if hi > 100 else f"goal_dist={lo}-{hi}"),
+                "goal_dist", (dist >= lo) & (dist <= hi))
     return names, fams, np.stack(cols, 1)
 
 

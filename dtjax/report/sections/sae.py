@@ -198,11 +198,15 @@ def render_dictionary(e: dict, page: Page) -> None:
                "tokens with the dictionary spliced in at its tokens; recovered = (ablated - spliced) / (ablated - clean).")
     cl = e["closed_loop"]
     if cl:
-        page.table(["target RTG", "model return", "spliced return", "difference", "SE of the difference"],
-                   [[float(r), float(m), float(x), float(dd), float(se)] for r, m, x, dd, se in
-                    zip(cl["target_rtg"], cl["model_return"], cl["sae_return"], cl["return_diff"], cl["diff_se"])],
-                   f"Closed-loop mean return over {cl['n_episodes']} episodes per target (the same episodes), the "
-                   "dictionary spliced into every step.")
+        ends = [o for o in cl.get("outcomes", []) if o != "timeout"]  # the task's outcomes (goal, hit; success, wrong)
+        page.table(["target RTG", "model return", "spliced return", "difference", "SE of the difference"]
+                   + [f"{who} {o}" for o in ends for who in ("model", "spliced")],
+                   [[float(r), float(m), float(x), float(dd), float(se)]
+                    + [float(cl[f"{who}_{o}"][i]) for o in ends for who in ("model", "sae")]
+                    for i, (r, m, x, dd, se) in enumerate(zip(cl["target_rtg"], cl["model_return"], cl["sae_return"],
+                                                              cl["return_diff"], cl["diff_se"]))],
+                   f"Closed-loop mean return and outcome rates over {cl['n_episodes']} episodes per target (the same "
+                   "episodes), the dictionary spliced into every step.")
     lats = e["latents"]
     if lats:
         dla = None if lats[0]["dla"] is None else np.stack([x["dla"] for x in lats])
