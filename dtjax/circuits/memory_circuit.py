@@ -227,12 +227,16 @@ def faithfulness(params: dict, cfg: ModelConfig, clean: Inputs, patch: jax.Array
     the model's sign (the same turn).
     """
     v = action_vector(direction, cfg.n_actions)
-    kept = jnp.asarray(kept, bool)
-    clean_ld, circ, empty = _faith(params, cfg, clean, patch, kept, v)
+    allowed = G.inputs_graph(cfg, clean).allowed
+    kept = np.asarray(kept, bool)
+    if kept.ndim == 2:  # over all positions: one compile for both kinds of mask
+        kept = np.repeat(kept[..., None], n_positions(clean), -1)
+    kept = kept & allowed[:, :, None]
+    clean_ld, circ, empty = _faith(params, cfg, clean, patch, jnp.asarray(kept), v)
     mc, mk, me = clean_ld.mean(), circ.mean(), empty.mean()
     return {"clean": clean_ld, "circuit": circ, "empty": empty, "fraction": mk / mc,
             "normalised": _normalise(mk, mc, me), "accuracy": (jnp.sign(circ) == jnp.sign(clean_ld)).mean(),
-            "n_edges": int(np.asarray(kept).sum())}
+            "n_edges": int(kept.sum())}
 
 
 def edge_positions(cfg: ModelConfig, inputs: Inputs, edges) -> np.ndarray:
