@@ -157,13 +157,20 @@ def test_path_patching_matrix_is_path_patching_per_pair(hand):
 
 
 def test_head_source_dla_sums_to_the_heads_dla(rand):
+    """Summed over source positions: each head's output at the decision token (z @ W_O) through the
+    final LayerNorm (centred, the cached scale, its weight) and W_U, along the direction."""
     params, clean, _ = rand
     v = C.action_vector(DIR, RAND.n_actions)
-    by_src = MC.head_source_dla(params, RAND, clean, v)  # (batch, layer, head, pos)
-    _, cache = C.run_with_cache(params, RAND, clean)
-    labels, dla = C.direct_logit_attribution(params, RAND, cache, v)
-    heads = jnp.stack([dla[:, labels.index(f"L{l}H{h}")] for l in range(2) for h in range(2)], 1).reshape(-1, 2, 2)
-    assert_close(by_src.sum(-1), heads, rtol=1e-4)
+    by_src = np.asarray(MC.head_source_dla(params, RAND, clean, v))  # (batch, layer, head, pos)
+    names = [("z", l) for l in range(2)] + ["ln_final.hook_scale"]
+    _, cache = C.run_with_cache(params, RAND, clean, names=names)
+    u = np.asarray(params["ln_final"]["w"]) * (np.asarray(params["W_U"]) @ np.asarray(v))
+    scale = np.asarray(cache["ln_final.hook_scale"])[:, -1]  # (batch, 1)
+    for l in range(2):
+        out = np.einsum("bhe,hed->bhd", np.asarray(cache[f"blocks.{l}.attn.hook_z"])[:, -1],
+                        np.asarray(params[f"blocks_{l}"]["attn"]["W_O"]))
+        want = (out - out.mean(-1, keepdims=True)) / scale[:, :, None] @ u
+        assert_close(by_src[:, l].sum(-1), want, rtol=1e-4)
 
 
 def test_the_task_pairs_join_the_circuit_pairs_as_instruction():

@@ -428,10 +428,16 @@ def path_patching_senders(params: dict, cfg: ModelConfig, clean: Inputs, corrupt
             "clean": m_clean, "corrupted": m_corr}
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _path_chunk(params, cfg, base, p_src, p_base, send, recv, freeze_mlps, v):
+    logits = jax.vmap(lambda s, r: _path_patch(params, cfg, base, p_src, p_base, s, r, freeze_mlps))(send, recv)
+    return (logits[:, :, -1] @ v).mean(1)
+
+
 def path_patching_matrix(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, senders, receivers,
                          direction: Any = "forward-right", freeze_mlps: bool = True) -> dict:
     """Path patching from each of ``senders`` to each of ``receivers`` on its own (labels as
-    ``path_patching``; one ``lax.map`` over the pairs, one compile).
+    ``path_patching``; vmapped over the pairs in fixed chunks, one compile).
 
     Returns ``effects`` (len(senders), len(receivers)) normalised as ``path_patching`` (NaN where
     the sender has no edge to the receiver), ``clean``, ``corrupted``.
@@ -445,11 +451,12 @@ def path_patching_matrix(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
     corr_logits, p_base = sender_outputs(params, cfg, corrupted)
     m_clean, m_corr = last_logit_metric(clean_logits, v), last_logit_metric(corr_logits, v)
     si, ri = np.meshgrid(np.arange(len(senders)), np.arange(len(receivers)), indexing="ij")
-    pairs = (jnp.asarray(send[si.ravel()]), jnp.asarray(recv[ri.ravel()]))
+    n, chunk = si.size, 8  # fixed chunks of pairs: one compile whatever the number of pairs
+    rows = np.concatenate([np.arange(n), np.zeros((-n) % chunk, int)])
     fz = jnp.bool_(freeze_mlps)
-    logits = jax.lax.map(lambda sr: _path_patch(params, cfg, corrupted, p_src, p_base, sr[0], sr[1], fz), pairs,
-                         batch_size=8)
-    eff = ((logits[:, :, -1] @ v).mean(1) - m_corr) / _normaliser(m_clean, m_corr)
+    m = [_path_chunk(params, cfg, corrupted, p_src, p_base, jnp.asarray(send[si.ravel()[rows[i:i + chunk]]]),
+                     jnp.asarray(recv[ri.ravel()[rows[i:i + chunk]]]), fz, v) for i in range(0, len(rows), chunk)]
+    eff = (jnp.concatenate(m)[:n] - m_corr) / _normaliser(m_clean, m_corr)
     reaches = np.asarray([(g.allowed[send[i]][:, recv[j]]).any() for i, j in zip(si.ravel(), ri.ravel())])
     eff = jnp.where(jnp.asarray(reaches), eff, jnp.nan).reshape(si.shape)
     return {"effects": eff, "clean": m_clean, "corrupted": m_corr}

@@ -93,14 +93,23 @@ def _normalise(m, m_clean, m_corr):
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "batch_size"))
-def masked_logit_diffs(params: dict, cfg: ModelConfig, base: Inputs, patch: jax.Array, masks: jax.Array,
-                       v: jax.Array, batch_size: int = 8) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _masked_chunk(params, cfg, base, patch, masks, v):
+    return jax.vmap(lambda m: G.graph_forward(params, cfg, base, patch, m)[:, -1] @ v)(masks)
+
+
+def masked_logit_diffs(params: dict, cfg: ModelConfig, base: Inputs, patch: jax.Array, masks, v: jax.Array,
+                       chunk: int = 8) -> jax.Array:
     """(n_masks, batch): the logit along ``v`` (n_actions,) at the last state token of ``base``
     with each of ``masks`` (n_masks, n_senders, n_receivers[, pos]) patched to ``patch``
-    (``graph.graph_forward``), one ``lax.map`` in chunks of ``batch_size`` masks."""
-    return jax.lax.map(lambda m: G.graph_forward(params, cfg, base, patch, m)[:, -1] @ v, masks,
-                       batch_size=batch_size)
+    (``graph.graph_forward``), ``chunk`` masks per call: one compile per model and input shape,
+    whatever the number of masks."""
+    masks = np.asarray(masks, np.float32)
+    n = len(masks)
+    masks = np.concatenate([masks, np.zeros(((-n) % chunk,) + masks.shape[1:], np.float32)])
+    out = [_masked_chunk(params, cfg, base, patch, jnp.asarray(masks[i:i + chunk]), v)
+           for i in range(0, len(masks), chunk)]
+    return jnp.concatenate(out)[:n]
 
 
 def _patch_setup(params, cfg, clean, corrupted, direction):
@@ -129,7 +138,7 @@ def head_input_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupted
     for (c, l, h), r in np.ndenumerate(idx):
         for p in range(n_pos):
             masks[c, l, h, p, :, r, p] = 1.0
-    lds = masked_logit_diffs(params, cfg, corrupted, p_clean, jnp.asarray(masks.reshape((-1,) + masks.shape[4:])), v)
+    lds = masked_logit_diffs(params, cfg, corrupted, p_clean, masks.reshape((-1,) + masks.shape[4:]), v)
     eff = _normalise(lds.mean(1), m_clean, m_corr).reshape(3, L, H, n_pos)
     return {"effects": eff, "clean": m_clean, "corrupted": m_corr}
 
@@ -147,7 +156,7 @@ def source_edge_patching(params: dict, cfg: ModelConfig, clean: Inputs, corrupte
     masks = np.zeros((len(g.receivers), len(g.senders), len(g.receivers), n_pos), np.float32)
     for r in range(len(g.receivers)):
         masks[r, s, r, pos] = 1.0
-    lds = masked_logit_diffs(params, cfg, corrupted, p_clean, jnp.asarray(masks), v)
+    lds = masked_logit_diffs(params, cfg, corrupted, p_clean, masks, v)
     eff = jnp.where(jnp.asarray(g.allowed[s]), _normalise(lds.mean(1), m_clean, m_corr), jnp.nan)
     return {"receivers": list(g.receivers), "effects": eff, "clean": m_clean, "corrupted": m_corr}
 
