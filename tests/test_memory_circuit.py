@@ -127,6 +127,8 @@ def test_bad_inputs_are_one_line_errors(hand):
         MC.edge_positions(HAND, clean, [("embed_state", "L0H0.v", 8)])
     with pytest.raises(ValueError, match="exactly one of corrupted"):
         MC.ablation_patch(params, HAND, clean)
+    with pytest.raises(ValueError, match="pad_rtg must be 'initial' or 'zero', got 'none'"):
+        MC.instruction_pair(pad_rtg="none")
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +214,9 @@ def test_the_memory_circuit_of_memory_gated_mlp():
     diff = np.asarray(clean.obs != corr.obs).reshape(2, 9, -1).any(-1)  # the pair differs only in S5
     assert diff[:, M.INSTRUCTION_FRAME].all() and diff.sum() == 2
     assert MC.token_label(M.INSTRUCTION_POS) == "S5" and MC.token_label(24) == "R9"
+    zero = MC.pair_inputs(MC.MATCH_TOP, pad_rtg="zero")  # a model trained with RTG 0 in the padding
+    np.testing.assert_array_equal(np.asarray(zero.rtg), np.repeat([[0.0] * 4 + [MC.RTG] * 5], 2, 0).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(zero.obs), np.asarray(clean.obs))
     res = MC.head_input_patching(params, cfg, clean, corr)
     assert_close(res["clean"], 5.5141, rtol=1e-3)
     assert_close(res["corrupted"], -7.0845, rtol=1e-3)

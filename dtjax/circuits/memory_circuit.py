@@ -54,22 +54,30 @@ QKV = G.QKV
 THRESHOLD = 0.1  # a normalised effect counted as part of the circuit
 
 
-def pair_inputs(layouts, rtg: float = RTG) -> Inputs:
-    """The write-up's junction contexts (9 timesteps, original frames) of ``layouts`` at ``rtg``."""
-    return M.adversary_inputs(rtgs=(rtg,), edits=("original",), layouts=tuple(layouts)).inputs
+def pair_inputs(layouts, rtg: float = RTG, pad_rtg: str = "initial") -> Inputs:
+    """The write-up's junction contexts (9 timesteps, original frames) of ``layouts`` at ``rtg``;
+    the 4 padding frames hold ``rtg`` too (``pad_rtg="initial"``, the original's convention) or 0
+    (``"zero"``, ``ModelConfig.pad_rtg`` of a model trained so)."""
+    if pad_rtg not in ("initial", "zero"):
+        raise ValueError(f"pad_rtg must be 'initial' or 'zero', got {pad_rtg!r}")
+    inputs = M.adversary_inputs(rtgs=(rtg,), edits=("original",), layouts=tuple(layouts)).inputs
+    if pad_rtg == "zero":
+        inputs = inputs.replace(rtg=inputs.rtg.at[:, :M.N_PAD].set(0.0))
+    return inputs
 
 
-def instruction_pair(rtg: float = RTG, match_top: bool = True) -> tuple[Inputs, Inputs]:
+def instruction_pair(rtg: float = RTG, match_top: bool = True, pad_rtg: str = "initial") -> tuple[Inputs, Inputs]:
     """(clean, corrupted): the layouts with the match on top (``match_top``; else on the bottom)
     against the same targets with the other instruction; they differ only in the S5 frame."""
     a, b = (MATCH_TOP, MATCH_BOTTOM) if match_top else (MATCH_BOTTOM, MATCH_TOP)
-    return pair_inputs(a, rtg), pair_inputs(b, rtg)
+    return pair_inputs(a, rtg, pad_rtg), pair_inputs(b, rtg, pad_rtg)
 
 
-def rtg_pair(rtg: float = RTG, corrupted_rtg: float = 0.0, match_top: bool = True) -> tuple[Inputs, Inputs]:
+def rtg_pair(rtg: float = RTG, corrupted_rtg: float = 0.0, match_top: bool = True,
+             pad_rtg: str = "initial") -> tuple[Inputs, Inputs]:
     """(clean, corrupted): the same contexts at ``rtg`` and at ``corrupted_rtg``."""
     lay = MATCH_TOP if match_top else MATCH_BOTTOM
-    return pair_inputs(lay, rtg), pair_inputs(lay, corrupted_rtg)
+    return pair_inputs(lay, rtg, pad_rtg), pair_inputs(lay, corrupted_rtg, pad_rtg)
 
 
 def decision_direction(match_top: bool = True, n_actions: int = 7) -> jax.Array:

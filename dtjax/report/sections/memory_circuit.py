@@ -5,7 +5,8 @@ path, how RTG enters, and how faithful the found circuit is. ``summary.json``: `
 Pairs: the write-up's 9-timestep junction contexts (`memory_circuit.instruction_pair`,
 `memory_circuit.rtg_pair`), the match on top (left is right) as the clean run; the mirrored
 layouts (match at the bottom, direction right - left) join the faithfulness rows so that the
-decision accuracy is over all four layouts.
+decision accuracy is over all four layouts. The padding frames' RTG follows the model's
+``pad_rtg`` (the original's: the RTG itself).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _faith_rows(params, cfg, circuits: dict, pairs: dict, reference: Inputs) -> 
 def circuit_compute(ctx: Context) -> dict:
     params, cfg, o = ctx.params, ctx.cfg, ctx.options
     d = "-".join(DIRECTION)
-    clean, corr = MC.instruction_pair()
+    pad = cfg.pad_rtg  # the padding frames' RTG as the model was trained
+    clean, corr = MC.instruction_pair(pad_rtg=pad)
     g = G.inputs_graph(cfg, clean)
     n_pos = MC.n_positions(clean)
     labels = [MC.token_label(p) for p in range(n_pos)]
@@ -82,7 +84,7 @@ def circuit_compute(ctx: Context) -> dict:
     sizes = sorted({1, 2, 4, 8, 16, 32, 64, len(g.edges)} & set(range(1, len(g.edges) + 1)))
     prune = C.prune_by_attribution(params, cfg, clean, corr, sizes, d, ig_steps=ig)
     # FAITHFULNESS
-    pairs = {True: (clean, corr), False: MC.instruction_pair(match_top=False)}
+    pairs = {True: (clean, corr), False: MC.instruction_pair(match_top=False, pad_rtg=pad)}
     reference = Inputs.concat([clean, corr])  # the four layouts at RTG 0.892
     full = np.ones(g.allowed.shape + (n_pos,), bool)
     acdc_kept = np.repeat(np.asarray(acdc["kept"])[..., None], n_pos, -1)
@@ -90,7 +92,7 @@ def circuit_compute(ctx: Context) -> dict:
                 "path + current view": MC.with_view(cfg, clean, path["kept"]), f"ACDC (tau {o.acdc_tau:g})": acdc_kept}
     faith = _faith_rows(params, cfg, circuits, pairs, reference)
     # HOW RTG ENTERS
-    rc, rk = MC.rtg_pair()
+    rc, rk = MC.rtg_pair(pad_rtg=pad)
     rhip = MC.head_input_patching(params, cfg, rc, rk, d)
     rpath = MC.circuit_path(params, cfg, rc, rk, d, rhip)
     rtg_recv = np.asarray(G.path_patching_matrix(params, cfg, rc, rk, ["embed_rtg"], list(g.receivers), d,
