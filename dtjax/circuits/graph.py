@@ -220,11 +220,15 @@ def graph_forward(params: dict, cfg: ModelConfig, inputs: Inputs, patch: jax.Arr
       patch: (n_senders, batch, pos, d_model) the value each patched edge carries instead of its
         sender's output in this run (e.g. ``sender_outputs`` of another input).
       mask: (n_senders, n_receivers) in [0, 1]: 0 keeps the edge, 1 patches it; entries that are
-        not edges are ignored. Differentiable (EAP is its gradient at 0).
+        not edges are ignored. Differentiable (EAP is its gradient at 0). Or (n_senders,
+        n_receivers, pos): per receiver token position (the receiver reads the patched value at
+        the positions where it is 1), for position-resolved patching.
       return_outputs: also return every sender's output in this run (n_senders, batch, pos, d_model).
     """
     g = inputs_graph(cfg, inputs)
-    mask = jnp.asarray(mask, jnp.float32) * jnp.asarray(g.allowed, jnp.float32)
+    mask = jnp.asarray(mask, jnp.float32)
+    allowed = jnp.asarray(g.allowed, jnp.float32)
+    mask = mask * (allowed[:, :, None] if mask.ndim == 3 else allowed)
     with_actions = inputs.actions is not None
     _, cache = run_with_cache(params, cfg, inputs, names=_sender_names(cfg, with_actions)[: 4 + with_actions])
     outs = _embed_outputs(cfg, cache, with_actions)
@@ -234,7 +238,8 @@ def graph_forward(params: dict, cfg: ModelConfig, inputs: Inputs, patch: jax.Arr
 
     def read(count):  # inputs (count, batch, pos, d_model) of the next ``count`` receivers
         X = jnp.stack(outs)[:, None]  # (sender, 1, batch, pos, d_model)
-        m = mask[: X.shape[0], n_recv: n_recv + count][:, :, None, None, None]
+        m = mask[: X.shape[0], n_recv: n_recv + count]
+        m = m[:, :, None, :, None] if m.ndim == 3 else m[:, :, None, None, None]
         # (1 - m) out + m P per edge, then the sum: for m in {0, 1} an edge whose P equals its sender's
         # output changes nothing (bitwise), and a sender all of whose edges are patched is not read at all
         return ((1.0 - m) * X + m * patch[: X.shape[0], None]).sum(0) + const
@@ -421,6 +426,40 @@ def path_patching_senders(params: dict, cfg: ModelConfig, clean: Inputs, corrupt
     reaches = (g.allowed & np.asarray(recv)[None, :]).any(1)
     return {"senders": list(g.senders), "effects": jnp.where(jnp.asarray(reaches), eff, jnp.nan),
             "clean": m_clean, "corrupted": m_corr}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _path_chunk(params, cfg, base, p_src, p_base, send, recv, freeze_mlps, v):
+    logits = jax.vmap(lambda s, r: _path_patch(params, cfg, base, p_src, p_base, s, r, freeze_mlps))(send, recv)
+    return (logits[:, :, -1] @ v).mean(1)
+
+
+def path_patching_matrix(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: Inputs, senders, receivers,
+                         direction: Any = "forward-right", freeze_mlps: bool = True) -> dict:
+    """Path patching from each of ``senders`` to each of ``receivers`` on its own (labels as
+    ``path_patching``; vmapped over the pairs in fixed chunks, one compile).
+
+    Returns ``effects`` (len(senders), len(receivers)) normalised as ``path_patching`` (NaN where
+    the sender has no edge to the receiver), ``clean``, ``corrupted``.
+    """
+    check_pair(clean, corrupted)
+    g = inputs_graph(cfg, clean)
+    send = np.stack([_labels_mask(g, s, senders=True) for s in senders])
+    recv = np.stack([_labels_mask(g, r, senders=False) for r in receivers])
+    v = action_vector(direction, cfg.n_actions)
+    clean_logits, p_src = sender_outputs(params, cfg, clean)
+    corr_logits, p_base = sender_outputs(params, cfg, corrupted)
+    m_clean, m_corr = last_logit_metric(clean_logits, v), last_logit_metric(corr_logits, v)
+    si, ri = np.meshgrid(np.arange(len(senders)), np.arange(len(receivers)), indexing="ij")
+    n, chunk = si.size, 8  # fixed chunks of pairs: one compile whatever the number of pairs
+    rows = np.concatenate([np.arange(n), np.zeros((-n) % chunk, int)])
+    fz = jnp.bool_(freeze_mlps)
+    m = [_path_chunk(params, cfg, corrupted, p_src, p_base, jnp.asarray(send[si.ravel()[rows[i:i + chunk]]]),
+                     jnp.asarray(recv[ri.ravel()[rows[i:i + chunk]]]), fz, v) for i in range(0, len(rows), chunk)]
+    eff = (jnp.concatenate(m)[:n] - m_corr) / _normaliser(m_clean, m_corr)
+    reaches = np.asarray([(g.allowed[send[i]][:, recv[j]]).any() for i, j in zip(si.ravel(), ri.ravel())])
+    eff = jnp.where(jnp.asarray(reaches), eff, jnp.nan).reshape(si.shape)
+    return {"effects": eff, "clean": m_clean, "corrupted": m_corr}
 
 
 # ---------------------------------------------------------------------------------------------

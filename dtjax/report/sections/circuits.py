@@ -45,13 +45,36 @@ def _pair_text(d: dict) -> str:
             "(patched - corrupted) / (clean - corrupted): 1 = the clean behaviour restored.")
 
 
+def history_pairs(ctx: Context) -> tuple[str, tuple, int] | None:
+    """(name, (clean, corrupted), number of pairs) of the task's pairs whose two scenarios show the
+    same current frame, so that only the history differs (Memory's "same junction state, other
+    instruction"), clean rows then corrupted rows at the report's RTG; the name is the common first
+    word of their names ("instruction"), else "history". None: the model sees no history (K = 1)
+    or the task has no such pair."""
+    if ctx.cfg.n_timesteps < 2 or not ctx.task.pairs:
+        return None
+    names, inp = ctx.scenarios()
+    chosen = [(k, names.index(a), names.index(b)) for k, (a, b) in ctx.task.pairs.items()]
+    obs = np.asarray(inp.obs)
+    chosen = [c for c in chosen if np.array_equal(obs[c[1], -1], obs[c[2], -1])]
+    if not chosen:
+        return None
+    first = {k.split("_")[0] for k, _, _ in chosen}
+    name = first.pop() if len(first) == 1 else "history"
+    return name, (inp.take(jnp.asarray([c[1] for c in chosen])), inp.take(jnp.asarray([c[2] for c in chosen]))), len(chosen)
+
+
 def circuit_pairs(ctx: Context) -> tuple[dict, list[str]]:
-    """({"rtg": (clean, corrupted), "ball": ...}, notes), shared by every circuit section."""
+    """({"rtg": (clean, corrupted), "ball": ..., "instruction": ...}, notes), shared by every
+    circuit section. "instruction" (`history_pairs`, where the task defines pairs that differ only
+    in the history) is those pairs repeated to the common batch, which is rounded down to a
+    multiple of their number, so that its batch mean weighs each pair equally."""
 
     def build():
         o, base = ctx.options, ctx.reference()
         notes = []
         n = min(o.circuit_batch, base.batch)
+        hist = history_pairs(ctx)
         if S.has_balls(ctx.task):  # the ball pair is a fact of a task with balls (Dynamic Obstacles)
             ball_clean, ball_corr = S.ball_pair(base, None, o.rtg, ctx.cfg.n_actions, ctx.cfg.pad_rtg)
         else:
@@ -62,9 +85,16 @@ def circuit_pairs(ctx: Context) -> tuple[dict, list[str]]:
             n = min(n, ball_clean.batch)
         elif S.has_balls(ctx.task):
             notes.append(f"No ball pair: none of the {base.batch} sampled states has a ball in the cell ahead.")
+        if hist is not None and n >= hist[2]:
+            n -= n % hist[2]
         pairs = {"rtg": S.rtg_pair(base.take(jnp.arange(n)), o.rtg, -1.0, ctx.cfg.n_actions, ctx.cfg.pad_rtg)}
         if ball_clean.batch:
             pairs["ball"] = (ball_clean.take(jnp.arange(n)), ball_corr.take(jnp.arange(n)))
+        if hist is not None:
+            notes.append(f"Pair {hist[0]}: the task's {hist[2]} pair(s) of scenarios with the same current frame and "
+                         f"another history ({', '.join(ctx.task.pairs)}), at RTG {o.rtg:g}, repeated to the batch.")
+            rows = jnp.arange(n) % hist[2]
+            pairs[hist[0]] = (hist[1][0].take(rows), hist[1][1].take(rows))
         return pairs, notes
 
     return ctx.memo("circuit_pairs", build)
