@@ -112,6 +112,7 @@ def test_two_cell_flip_is_found_by_the_pair_search(ctxs):
     assert (s.min_decision == 2).all() and (s.min_feature == 2).all()
     assert_close(s.feature_pair_proj, np.full(n, 0.5))
     assert all({tuple(r[1:]) for r in fp} == {tuple(w[1:]) for w in want} for fp in s.feature_pairs)
+    assert (s.feature_pairs[:, :, 0] == M.INSTRUCTION_FRAME).all()  # the instruction frame's feature
     assert A.best_edits(s, 0, 1)[0]["size"] == 2 and A.size_label(s.min_decision[0]) == 2
     # without the key's weight nothing flips: "none"
     s = A.search(hand_model(1.0, 0.0, -1.5), HAND, ctxs, direction=E0, top_b=4)

@@ -18,8 +18,10 @@ The search (`search`), per context (the write-up's 4 layouts at the junction, at
    instruction feature's projection of every frame's token (state + time embedding, the
    write-up's Fig. 18 quantity, on the unit instruction PC1 of `dtjax.circuits.memory.subset_pca`);
 2. the decision flips when LD changes sign; the feature flips when the projection of an edited
-   frame changes sign (on the instruction frame S5 that is the instruction feature itself; on other
-   frames, the same direction read where no instruction is shown);
+   frame changes sign. On the instruction frame s5 that is the instruction feature itself (its
+   rate and minimal size are read there, ``feature_frame``); on other frames it is the same
+   direction read where no instruction is shown (the zero padding frames' projection is only
+   W_time[0]'s, small, so painting almost anything flips it there);
 3. pairs: the decision is not additive in the edits, so the pair space (~10^6 per context) is
    pruned greedily: the ``top_b`` single edits that move LD furthest toward the flip without
    flipping it are combined in every pair of distinct cells (``top_b * (top_b - 1) / 2`` forwards).
@@ -193,8 +195,9 @@ class Search(NamedTuple):
     singles / pairs: ``*_ctx`` (n,) context index, ``*_edits`` (n, 2, 4), ``*_ld`` (n,),
     ``*_flip`` (n,) bool (the decision flips); ``singles_feature`` (n1,) bool (an edited frame's
     projection flips). min_decision / min_feature (C,): the minimal edit size that flips (1, 2;
-    0 = none found). feature_pairs (C, 2, 4): the best two-cell feature edit (by the linear
-    sum) of each context; feature_pair_proj (C,) its frame's projection after it.
+    0 = none found; the feature's on frame ``feature_frame``, None: any frame). feature_pairs
+    (C, 2, 4): the best two-cell feature edit (by the linear sum) of each context; feature_pair_proj
+    (C,) its frame's projection after it.
     """
 
     labels: tuple[str, ...]
@@ -214,6 +217,7 @@ class Search(NamedTuple):
     feature_pairs: np.ndarray
     feature_pair_proj: np.ndarray
     top_b: int
+    feature_frame: int | None
 
 
 def _progress(ld, ld0):
@@ -222,11 +226,12 @@ def _progress(ld, ld0):
 
 
 def search(params: dict, cfg: ModelConfig, ctxs: Contexts | None = None, direction=None, top_b: int = 32,
-           frames=None, chunk: int = CHUNK) -> Search:
+           frames=None, feature_frame: int | None = M.INSTRUCTION_FRAME, chunk: int = CHUNK) -> Search:
     """Search one- and two-cell edits of every context of ``ctxs`` (default `contexts`) that flip
     the decision (the sign of LD) or the feature (the sign of an edited frame's projection on unit
     ``direction``, default `instruction_direction`); pairs among the ``top_b`` best non-flipping
-    single edits of each context (module docstring). ``frames``: only edit these frame indices."""
+    single edits of each context (module docstring). ``frames``: only edit these frame indices;
+    ``feature_frame``: the frame whose feature flips count for ``min_feature`` (None: any)."""
     check_memory(cfg)
     if top_b < 0:
         raise ValueError(f"top_b must be >= 0, got {top_b}")
@@ -264,7 +269,7 @@ def search(params: dict, cfg: ModelConfig, ctxs: Contexts | None = None, directi
     feature_pairs = np.broadcast_to(np.asarray(NO_CELL, np.int32), (n_ctx, EDIT_SIZE, 4)).copy()
     feature_pair_proj = np.full(n_ctx, np.nan, np.float32)
     for c in range(n_ctx):
-        sel = s_ctx == c
+        sel = (s_ctx == c) & ((f == feature_frame) if feature_frame is not None else True)
         if s_feature[sel].any():
             min_feature[c] = 1
         best_val = -np.inf
@@ -281,12 +286,13 @@ def search(params: dict, cfg: ModelConfig, ctxs: Contexts | None = None, directi
                 best_val = val
                 feature_pairs[c] = [s_edits[idx[top[0]], 0], s_edits[idx[top[1]], 0]]
                 feature_pair_proj[c] = proj0[c, fr] + delta[idx[top]].sum()
-        if min_feature[c] == 0 and feature_pair_proj[c] * proj0[c, feature_pairs[c, 0, 0]] < 0:
+        if min_feature[c] == 0 and feature_pairs[c, 0, 0] >= 0 and \
+                feature_pair_proj[c] * proj0[c, feature_pairs[c, 0, 0]] < 0:
             min_feature[c] = 2
     min_decision = np.asarray([1 if s_flip[s_ctx == c].any() else 2 if p_flip[p_ctx == c].any() else 0
                                for c in range(n_ctx)], np.int32)
     return Search(ctxs.labels, ld0, proj0, s_ctx, s_edits, s_ld, s_flip, s_feature, p_ctx, p_edits, p_ld, p_flip,
-                  min_decision, min_feature, feature_pairs, feature_pair_proj, top_b)
+                  min_decision, min_feature, feature_pairs, feature_pair_proj, top_b, feature_frame)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,15 +301,19 @@ def search(params: dict, cfg: ModelConfig, ctxs: Contexts | None = None, directi
 
 
 def flip_rates(s: Search) -> dict[str, np.ndarray]:
-    """Per context (C,): the fraction of single edits that flip the decision / the feature, and of
-    the searched pairs that flip the decision (nan where a context had no pairs)."""
+    """Per context (C,): the fraction of single edits that flip the decision; of those on the
+    feature frame (``s.feature_frame``; all for None) that flip the feature; of all single edits that
+    flip their frame's feature (``feature_any``); of the searched pairs that flip the decision
+    (nan where a context had none)."""
     n = len(s.labels)
 
     def rate(flag, ctx):
         tot = np.bincount(ctx, minlength=n)
         return np.where(tot > 0, np.bincount(ctx, flag.astype(float), minlength=n) / np.maximum(tot, 1), np.nan)
 
-    return {"decision": rate(s.singles_flip, s.singles_ctx), "feature": rate(s.singles_feature, s.singles_ctx),
+    on = s.singles_edits[:, 0, 0] == s.feature_frame if s.feature_frame is not None else np.ones(len(s.singles_ctx), bool)
+    return {"decision": rate(s.singles_flip, s.singles_ctx), "feature": rate(s.singles_feature[on], s.singles_ctx[on]),
+            "feature_any": rate(s.singles_feature, s.singles_ctx),
             "pairs": rate(s.pairs_flip, s.pairs_ctx)}
 
 
@@ -365,7 +375,7 @@ def transfer(params: dict, cfg: ModelConfig, ctx, edits, ctxs: Contexts | None =
 
 def touches(edits: np.ndarray, frame: int, cell: tuple[int, int]) -> np.ndarray:
     """(n,) bool: which edits (n, size, 4) paint view ``cell`` of ``frame``."""
-    e = np.asarray(edits).reshape(len(edits), -1, 4)
+    e = np.asarray(edits).reshape(len(edits), -1, 4) if len(edits) else np.zeros((0, EDIT_SIZE, 4), np.int32)
     return ((e[..., 0] == frame) & (e[..., 1] == cell[0]) & (e[..., 2] == cell[1])).any(-1)
 
 

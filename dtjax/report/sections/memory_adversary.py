@@ -47,7 +47,7 @@ def compute(ctx: Context) -> dict:
     n1 = len(s.singles_ld)
     summary = {
         "memory.adversary_search.flip_rate": {"decision": round(float(s.singles_flip.mean()), 4) if n1 else None,
-                                              "feature": round(float(s.singles_feature.mean()), 4) if n1 else None,
+                                              "feature": round(float(np.nanmean(rates["feature"])), 4) if n1 else None,
                                               "pairs": round(float(s.pairs_flip.mean()), 4) if len(s.pairs_ld) else None},
         "memory.adversary_search.min_edit": {r["scenario"]: r["min_edit"] for r in rows},
         "memory.adversary_search.by_frame": {k: rounded(np.nanmean(frames[k], 0)) for k in ("decision", "feature")},
@@ -64,10 +64,10 @@ def render(d: dict, page: Page) -> None:
         "then the start view and 4 forwards, RTG 0.892 and 0): one view cell of one frame set to empty, key or ball as "
         f"the env encodes them ({d['n_singles']} edits); then pairs among the {d['top_b']} non-flipping single edits "
         f"of each context that move the decision furthest toward a flip ({d['n_pairs']} pairs). The decision flips when "
-        "LD = logit(left) - logit(right) at the decision token changes sign; the feature flips when an edited frame's "
-        "token (state + time embedding) changes sign on the instruction PC1 (keys positive). Minimal edit size: 1, 2 or "
-        "none; 'other than the instruction' leaves the instruction cell (2,6) of s5 alone; the feature's pairs are exact "
-        "(its projection is linear in the frame).")
+        "LD = logit(left) - logit(right) at the decision token changes sign; the instruction feature flips when the "
+        "instruction frame s5's token (state + time embedding) changes sign on the instruction PC1 (keys positive; its "
+        "flip rate is over the edits of s5). Minimal edit size: 1, 2 or none; 'other than the instruction' leaves the "
+        "instruction cell (2,6) of s5 alone; the feature's pairs are exact (its projection is linear in the frame).")
     page.table(["scenario", "LD", "flip rate", "pair flip rate", "min edit", "min edit, other than the instruction",
                 "feature flip rate", "min feature edit", "best edit (LD)"],
                [[r["scenario"], r["ld"], r["flip_rate"], r["pair_flip_rate"], r["min_edit"], r["min_edit_other"],
@@ -81,7 +81,8 @@ def render(d: dict, page: Page) -> None:
                 "Fraction of the single edits at each frame (s1..s9; s5 holds the instruction, s9 is the junction) that "
                 "flip the decision, per context.")
     page.figure(plots.heatmap(d["by_frame"]["feature"], labels, tokens),
-                "Fraction of the single edits at each frame that flip that frame's projection on the instruction feature.")
+                "Fraction of the single edits at each frame that flip that frame's projection on the instruction feature "
+                "(s1..s4 are zero padding: their projection is W_time[0]'s alone, small, so almost any edit flips it).")
     page.figure(plots.maps_grid(np.nan_to_num(d["maps"]), [f"s{f + 1}" for f in MAP_FRAMES], list(A.KINDS),
                                 "where single edits flip the decision (fraction of contexts)"),
                 "For each view cell (x right, y down; the agent at (3,6)) and kind painted, the fraction of the 8 "
