@@ -43,7 +43,8 @@ def compute(ctx: Context) -> dict:
                      "min_edit": A.size_label(s.min_decision[c]),
                      "min_edit_other": A.size_label(other[c]),
                      "min_edit_feature": A.size_label(s.min_feature[c]),
-                     "top_edits": [{k: e[k] for k in ("edit", "ld", "flips")} for e in A.best_edits(s, c, N_BEST)]})
+                     "top_edits": [{"edit": e["edit"], "ld": round(e["ld"], 4), "flips": e["flips"]}
+                                   for e in A.best_edits(s, c, N_BEST)]})
     n1 = len(s.singles_ld)
     summary = {
         "memory.adversary_search.flip_rate": {"decision": round(float(s.singles_flip.mean()), 4) if n1 else None,
