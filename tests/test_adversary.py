@@ -33,6 +33,7 @@ HAND = ModelConfig(d_model=8, n_heads=1, d_head=8, d_mlp=8, max_timestep=50, n_t
 TINY = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=16, max_timestep=50, n_timesteps=9, n_actions=7,
                    obs_mode="one_hot", layer_norm=True, pad_rtg="initial")
 DECISION = M.N_PAD + 4  # frame s9: the junction, the decision token's own frame
+FRAMES = (M.INSTRUCTION_FRAME, DECISION)  # the frames edited where all nine are not needed (fewer forwards)
 BALL_CELL, KEY_CELL = (3, 5), (1, 1)  # two view cells no context holds a ball / key at
 E0 = np.eye(HAND.d_model, dtype=np.float32)[0]
 
@@ -92,16 +93,18 @@ def test_one_cell_flip_is_found_exactly(ctxs):
     frames = A.by_frame(s)
     assert (frames["decision"][:, :DECISION] == 0).all() and (frames["decision"][:, DECISION] > 0).all()
     assert A.size_label(s.min_decision[0]) == 1
+    only = A.search(hand_model(1.0, 0.25, -0.5), HAND, ctxs, direction=E0, top_b=0, frames=[DECISION])
+    assert (only.singles_edits[:, 0, 0] == DECISION).all() and only.singles_flip.sum() == n and len(only.pairs_ld) == 0
 
 
 def test_two_cell_flip_is_found_by_the_pair_search(ctxs):
     """LD = -1.5; the ball and the key each add 1: no single edit flips, the pair of both in s9 does
     (and only it among the searched pairs); the feature needs the same two cells in one frame."""
-    s = A.search(hand_model(1.0, 1.0, -1.5), HAND, ctxs, direction=E0, top_b=4)
+    s = A.search(hand_model(1.0, 1.0, -1.5), HAND, ctxs, direction=E0, top_b=4, frames=FRAMES)
     n = len(ctxs.labels)
     assert not s.singles_flip.any() and not s.singles_feature.any()
-    # C(4, 2) = 6 pairs of the top 4 per context, less the one of two kinds painted on one cell (s1 (0,0),
-    # the first of the tied singles); every pair touches two cells
+    # C(4, 2) = 6 pairs of the top 4 per context, less the one of two kinds painted on one cell (the
+    # first of the tied singles); every pair touches two cells
     assert (np.bincount(s.pairs_ctx) == 5).all()
     assert (s.pairs_edits[:, 0, :3] != s.pairs_edits[:, 1, :3]).any(-1).all()
     flips = s.pairs_edits[s.pairs_flip]
@@ -115,7 +118,7 @@ def test_two_cell_flip_is_found_by_the_pair_search(ctxs):
     assert (s.feature_pairs[:, :, 0] == M.INSTRUCTION_FRAME).all()  # the instruction frame's feature
     assert A.best_edits(s, 0, 1)[0]["size"] == 2 and A.size_label(s.min_decision[0]) == 2
     # without the key's weight nothing flips: "none"
-    s = A.search(hand_model(1.0, 0.0, -1.5), HAND, ctxs, direction=E0, top_b=4)
+    s = A.search(hand_model(1.0, 0.0, -1.5), HAND, ctxs, direction=E0, top_b=4, frames=FRAMES)
     assert not s.singles_flip.any() and not s.pairs_flip.any()
     assert (s.min_decision == 0).all() and (s.min_feature == 0).all() and A.size_label(s.min_decision[0]) == "none"
     assert (A.min_decision_without(s) == 0).all()
@@ -123,7 +126,7 @@ def test_two_cell_flip_is_found_by_the_pair_search(ctxs):
 
 def test_transfer_to_another_model(ctxs):
     """The one-cell model's flipping edits flip it again and never flip the model that needs two."""
-    src = A.search(hand_model(1.0, 0.25, -0.5), HAND, ctxs, direction=E0, top_b=0)
+    src = A.search(hand_model(1.0, 0.25, -0.5), HAND, ctxs, direction=E0, top_b=0, frames=FRAMES)
     ctx, edits = A.flipping_edits(src)
     same = A.transfer(hand_model(1.0, 0.25, -0.5), HAND, ctx, edits, ctxs)
     other = A.transfer(hand_model(1.0, 1.0, -1.5), HAND, ctx, edits, ctxs)
