@@ -53,14 +53,14 @@ def test_report_is_self_contained_with_every_section(fast_report):
     assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "context_attention", "state_encoder",
                     "embeddings", "qk", "ov",
                     "svd", "ablation", "patching", "attribution", "path_patching", "circuit_discovery", "logit_lens",
-                    "composition", "steering", "memory_features", "memory_adversaries", "memory_circuit", "sae", "probes"]
+                    "composition", "steering", "memory_features", "memory_adversaries", "memory_circuit", "memory_adversary_search", "sae", "probes"]
     keys.remove("sae")  # opt-in: analyse.py --sae DIR (tests/test_report_sae.py)
     keys.remove("probes")  # opt-in: analyse.py --probes (tests/test_probes_report.py)
     for anchor in keys:
         assert f'id="{anchor}"' in page and f'href="#{anchor}"' in page
     assert list(s["sections"]) == keys, s["sections"]
     undefined = ("composition", "context_attention", "memory_features", "memory_adversaries",
-                 "memory_circuit")  # 1 layer; 1 timestep; not Memory
+                 "memory_circuit", "memory_adversary_search")  # 1 layer; 1 timestep; not Memory
     assert all(v["status"] == "ok" for k, v in s["sections"].items() if k not in undefined), s["sections"]
     assert all(s["sections"][k]["status"] == "undefined" for k in undefined[1:]), s["sections"]
     assert s["sections"]["composition"]["status"] == "undefined" and "n_layers >= 2" in s["sections"]["composition"]["note"]

@@ -139,7 +139,7 @@ def _check_sections(cfg, results, status, html):
     rollouts), shapes that follow the model, and identities that hold for any weights."""
     keys = [s.key for s in all_sections()]
     assert list(status) == keys
-    undefined = ({"calibration", "memory_features", "memory_adversaries", "memory_circuit"} | ({"composition"} if cfg.n_layers == 1 else set())
+    undefined = ({"calibration", "memory_features", "memory_adversaries", "memory_circuit", "memory_adversary_search"} | ({"composition"} if cfg.n_layers == 1 else set())
                  | ({"context_attention"} if cfg.n_timesteps == 1 else set()))
     assert {k for k, s in status.items() if s["status"] != "ok"} <= undefined, status
     if cfg.n_layers == 1:
@@ -316,7 +316,7 @@ def test_analyse_on_a_trained_model(trained, name, tmp_path):
     assert analyse.main(["--ckpt", str(run), "--out", str(tmp_path), "--fast", "--quiet", *sae_args]) == 0
     s = json.loads((tmp_path / "summary.json").read_text())
     one_layer = s["config"]["n_layers"] == 1  # composition needs two layers
-    undefined = {"memory_features", "memory_adversaries", "memory_circuit"} | ({"composition"} if one_layer else set()) \
+    undefined = {"memory_features", "memory_adversaries", "memory_circuit", "memory_adversary_search"} | ({"composition"} if one_layer else set()) \
         | ({"context_attention"} if s["config"]["n_timesteps"] == 1 else set())  # Dynamic Obstacles models
     assert all(v["status"] == "ok" or (k in undefined and v["status"] == "undefined") for k, v in s["sections"].items()), s["sections"]
     for k, v in TRAINED[name].items():
