@@ -63,7 +63,7 @@ class Tables:
 
     def describe(self) -> dict:
         return {"layouts": list(self.layouts), "labels": [list(lab) for lab in self.labels], "rtgs": list(self.rtgs),
-                "edits": list(self.edits), "ld": np.round(self.ld, 4), "restored": np.round(self.restored, 4),
+                "edits": list(self.edits), "edit_labels": [edit_label(e) for e in self.edits], "ld": np.round(self.ld, 4), "restored": np.round(self.restored, 4),
                 "explained": [round(e, 4) for e in self.explained], "coef_range": COEF_RANGE,
                 "instruction_pos": M.INSTRUCTION_POS}
 
@@ -77,6 +77,13 @@ class Tables:
         if not hit:
             raise ValueError(f"the adversaries are at RTG {' or '.join(f'{r:g}' for r in self.rtgs)}, got {rtg!r}")
         return self.layouts.index(layout), hit[0], self.edits.index(edit)
+
+
+def edit_label(edit: str) -> str:
+    """"original", "instruction flipped", "complement at (0,5)+(4,2)": an edit of ``circuits.memory.EDITS``."""
+    if edit in ("original", "instruction_flipped"):
+        return edit.replace("_", " ")
+    return "complement at " + "+".join(f"({x},{y})" for x, y in M.EDITS[edit])
 
 
 def tables(params, cfg: ModelConfig) -> Tables:
