@@ -12,7 +12,7 @@ Everything here is computed by ``dtjax.circuits.memory``, the functions the repo
   logits with the instruction frame's coefficient set to ``coef`` (``set_feature``: a
   ``hooks.Apply`` at ``blocks.0.hook_resid_pre``, as the report's intervention curve; a traced
   coefficient and position, so the slider never recompiles) and every head's attention from the
-  decision token (``decision_attention``).
+  decision token (as ``decision_attention``, from the same cache).
 
 ``undefined`` is the one place that says whether a model and env have these analyses (the
 report's condition: a Memory task, one-hot (7, 7, 20) observations, 9 timesteps; the adversaries
@@ -113,12 +113,15 @@ def instruction_frame(valid, time) -> int:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _panel(params, cfg: ModelConfig, inputs: Inputs, direction, coef, frame):
     K = inputs.n_timesteps
-    logits, cache = run_with_cache(params, cfg, inputs, names=["hook_embed"])
+    patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(cfg.n_layers)]
+    # one cached forward for the LD, the token embeddings and the patterns (``decision_attention`` reads
+    # the same cache entries: one compile fewer), one with the intervention
+    logits, cache = run_with_cache(params, cfg, inputs, names=["hook_embed"] + patterns)
     n_pos = cache["hook_embed"].shape[1]
     proj = jnp.stack([M.feature_projection(cache["hook_embed"], direction, state_pos(K, j))[0] for j in range(K)])
     pos = jnp.where(frame >= 0, 3 * frame + 1, -1)  # state_pos of a traced frame; -1: no token is set
     steered = run_with_hooks(params, cfg, inputs, M.set_feature(direction, coef[None], n_pos, pos))
-    att = M.decision_attention(params, cfg, inputs)[:, 0]  # (layer, head, key_pos)
+    att = jnp.stack([cache[h][0, :, -1] for h in patterns])  # (layer, head, key_pos) from the last state token
     return {"logits": logits[0, -1], "ld": M.logit_diff(logits)[0], "projection": proj,
             "steered_logits": steered[0, -1], "steered_ld": M.logit_diff(steered)[0], "attention": att}
 
