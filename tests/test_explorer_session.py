@@ -8,6 +8,8 @@ of the weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -423,3 +425,37 @@ def test_memory_card_is_not_defined_elsewhere(tiny):
     for msg in ({"type": "adversary", "layout": "key_key-ball", "edit": "original"}, {"type": "memory", "coef": 1.0}):
         out = s.handle(msg)
         assert len(out) == 1 and out[0]["type"] == "error" and "not defined" in out[0]["message"]
+
+
+MEMORY_PT = Path(__file__).resolve().parents[1] / "checkpoints" / "original" / "MemoryGatedMLP.pt"
+
+
+@pytest.mark.slow
+def test_memory_card_on_the_original_memorydt():
+    """On ``MemoryGatedMLP.pt``: each layout's original and instruction-flipped contexts, loaded by a
+    click's message, give the reference doc's LDs (§7: +3.77, -6.43, +7.26, -7.74 at RTG 0.892) and the
+    flip's sign change; L0H1 puts >= 0.93 of the decision token's attention on s5; the slider at c = -2 /
+    +2 is the report's intervention on the loaded context."""
+    from dtjax.circuits import memory as M
+    from dtjax.explorer.session import Model
+
+    if not MEMORY_PT.exists():
+        pytest.skip(f"{MEMORY_PT} is not here")
+    model = Model.load(MEMORY_PT, warm=False)
+    s = Session(model, seed=0)
+    t = model.memory_tables()
+    reference = {"key_key-ball": 3.77, "key_ball-key": -6.43, "ball_ball-key": 7.26, "ball_key-ball": -7.74}
+    for layout, want in reference.items():
+        _, pan = s.handle({"type": "adversary", "layout": layout, "edit": "original", "rtg": 0.892})
+        assert pan["memory"]["ld"] == pytest.approx(want, abs=0.02), layout
+        assert pan["memory"]["attention"][0][1][M.INSTRUCTION_POS] >= 0.93
+        _, flipped = s.handle({"type": "adversary", "layout": layout, "edit": "instruction_flipped", "rtg": 0.892})
+        assert np.sign(flipped["memory"]["ld"]) == -np.sign(want), layout
+    i, j, k = t.index("key_key-ball", "complement_0_5_4_2", 0.892)
+    assert t.restored[i, j, k] == pytest.approx(1.03, abs=0.02)  # §7's measured table
+    s.handle({"type": "adversary", "layout": "key_key-ball", "edit": "original", "rtg": 0.892})
+    curve = np.asarray(M.intervention_curve(model.params, model.cfg, s.inputs(), t.direction, (-2.0, 2.0)))[0]
+    for c, want in zip((-2.0, 2.0), curve):
+        (r,) = s.handle({"type": "memory", "coef": c})
+        assert_close(r["steered_ld"], want)
+    assert curve[0] < 0 < curve[1]  # keys positive: a ball-like instruction feature turns the key layout right
