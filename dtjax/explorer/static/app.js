@@ -138,7 +138,7 @@ function onStep(msg) {
     requestAnimationFrame(() => setTimeout(() => S.paintLatencies.push(performance.now() - t0), 0));
   }
   S.stepSeq = msg.seq ?? 0;
-  if (S.memoryLoad && S.memoryLoad.seq !== msg.seq) S.memoryLoad = null;  // another step: the adversary is no longer on screen
+  if (S.memoryLoad && (msg.seq ?? 0) > S.memoryLoad.seq) S.memoryLoad = null;  // a later step: the adversary is no longer on screen
   drawFrame(msg.grid, msg.carrying);
   drawView(msg.view, msg.carrying, msg.view_colours);
   drawContext(msg.context);
