@@ -116,6 +116,11 @@ def _probs_rows(page):
     return page.evaluate("[...document.querySelectorAll('[data-testid=\"action-probs\"] .prow')].map(r => r.innerText)")
 
 
+def _drawn(page):
+    """The panels of the last message sent drawn (idle() alone may hold between its step and panels replies)."""
+    page.wait_for_function("window.__dtjax.panelsSeq === window.__dtjax.seq && window.__dtjax.idle()")
+
+
 def _attr(page, tid, name="data-value"):
     return float(page.get_attribute(f'[data-testid="{tid}"]', name))
 
@@ -130,7 +135,7 @@ def _memory_card(page, model):
     lds = {}
     for edit in ("original", "instruction_flipped", "complement_0_5_4_2"):  # at RTG 0 (index 1)
         page.click(f'[data-testid="adv-ball_key-ball-{edit}-1"]')
-        _settled(page)
+        _drawn(page)
         i, j, k = t.index("ball_key-ball", edit, 0.0)
         lds[edit] = _attr(page, "memory-ld")
         assert abs(lds[edit] - t.ld[i, j, k]) <= 1e-5 * abs(t.ld).max(), edit  # the report's LD of that context
@@ -156,7 +161,7 @@ def _memory_card(page, model):
     assert page.locator('[data-testid="memory-steered"] .prow').count() == 7
     choice = page.locator('[data-testid="memory-steered"] .prow.chosen span').first.inner_text()
     page.click('[data-testid="memory-act"]')
-    _settled(page)
+    _drawn(page)
     assert _text(page, "timestep") == "5" and _text(page, "last-action") == choice
     # every head's attention from the decision token: one map per layer, heads x 26 tokens
     n = model.cfg.n_layers * model.cfg.n_heads * 26
