@@ -374,7 +374,7 @@ def test_memory_adversary_loads_the_reports_context(memory_tiny):
             np.testing.assert_array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(want, f)), err_msg=f)
         mem = pan["memory"]
         assert_close(mem["ld"], ld[i, j, k])
-        assert mem["ld"] == pytest.approx(pan["logit_diff"], rel=1e-5)  # the default direction is left - right
+        assert float(mem["ld"]) == pytest.approx(pan["logit_diff"], rel=1e-5)  # the default direction is left - right
         assert [c["edited"] for c in step["context"]] == [False] * 4 + [edit != "original"] + [False] * 4
         assert mem["frame"] == M.INSTRUCTION_FRAME and step["timestep"] == 4
         _, cache = C.run_with_cache(params, cfg, want, names=["hook_embed"])
@@ -447,7 +447,7 @@ def test_memory_card_on_the_original_memorydt():
     reference = {"key_key-ball": 3.77, "key_ball-key": -6.43, "ball_ball-key": 7.26, "ball_key-ball": -7.74}
     for layout, want in reference.items():
         _, pan = s.handle({"type": "adversary", "layout": layout, "edit": "original", "rtg": 0.892})
-        assert pan["memory"]["ld"] == pytest.approx(want, abs=0.02), layout
+        assert float(pan["memory"]["ld"]) == pytest.approx(want, abs=0.02), layout
         assert pan["memory"]["attention"][0][1][M.INSTRUCTION_POS] >= 0.93
         _, flipped = s.handle({"type": "adversary", "layout": layout, "edit": "instruction_flipped", "rtg": 0.892})
         assert np.sign(flipped["memory"]["ld"]) == -np.sign(want), layout

@@ -122,32 +122,28 @@ def _panel(params, cfg: ModelConfig, inputs: Inputs, direction, coef, frame):
     pos = jnp.where(frame >= 0, 3 * frame + 1, -1)  # state_pos of a traced frame; -1: no token is set
     steered = run_with_hooks(params, cfg, inputs, M.set_feature(direction, coef[None], n_pos, pos))
     att = jnp.stack([cache[h][0, :, -1] for h in patterns])  # (layer, head, key_pos) from the last state token
-    return {"logits": logits[0, -1], "ld": M.logit_diff(logits)[0], "projection": proj,
-            "steered_logits": steered[0, -1], "steered_ld": M.logit_diff(steered)[0], "attention": att}
+    return {"probs": jax.nn.softmax(logits[0, -1]), "ld": M.logit_diff(logits)[0], "projection": proj,
+            "steered_probs": jax.nn.softmax(steered[0, -1]), "steered_ld": M.logit_diff(steered)[0],
+            "steered_action": jnp.argmax(steered[0, -1]), "attention": att}
 
 
-def _softmax(z) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
-def panel(params, cfg: ModelConfig, t: Tables, inputs: Inputs, frame: int, coef: float | None) -> dict:
+def panel(params, cfg: ModelConfig, t: Tables, inputs: Inputs, frame: int, coef: float | None,
+          block: bool = True) -> dict:
     """The Memory card's numbers at one context (batch 1): ``ld`` (left - right), ``probs``,
     ``projection`` (one per frame), ``frame`` (the instruction frame, or None), ``coef`` (None: no
     intervention), ``steered_probs`` / ``steered_ld`` / ``steered_action`` (the context with the
     instruction frame's coefficient set to ``coef``; None without one) and ``attention`` (layer,
-    head, token) from the decision token."""
+    head, token) from the decision token. ``block=False``: the arrays are JAX's, still computing
+    (async dispatch): the explorer's ``panels`` reply is serialised after the ``step`` reply is
+    sent, so a key press does not wait for them; else numpy."""
     c = 0.0 if coef is None else float(coef)
-    out = jax.device_get(_panel(params, cfg, inputs, jnp.asarray(t.direction, jnp.float32), jnp.float32(c),
-                                jnp.int32(frame)))
+    out = _panel(params, cfg, inputs, jnp.asarray(t.direction, jnp.float32), jnp.float32(c), jnp.int32(frame))
     steer = coef is not None and frame >= 0
-    return {"ld": float(out["ld"]), "probs": _softmax(out["logits"]).round(4), "projection": np.asarray(out["projection"]),
-            "frame": frame if frame >= 0 else None, "coef": coef,
-            "steered_probs": _softmax(out["steered_logits"]).round(4) if steer else None,
-            "steered_ld": float(out["steered_ld"]) if steer else None,
-            "steered_action": int(np.argmax(out["steered_logits"])) if steer else None,
-            "attention": np.asarray(out["attention"])}
+    res = {"ld": out["ld"], "probs": out["probs"], "projection": out["projection"],
+           "frame": frame if frame >= 0 else None, "coef": coef,
+           **{k: out[k] if steer else None for k in ("steered_probs", "steered_ld", "steered_action")},
+           "attention": out["attention"]}
+    return jax.device_get(res) if block else res
 
 
 def parse_coef(msg: dict):

@@ -904,16 +904,16 @@ class Session:
         if reply["steered_action"] is None:
             self.ctl["coef"] = old
             raise BadMessage("acting with the intervention needs a coefficient and the instruction frame (t = 0) in the context")
-        return [reply, *self._on_act({"action": reply["steered_action"]})]
+        return [reply, *self._on_act({"action": int(reply["steered_action"])})]
 
-    def memory_panel(self, i: int | None = None) -> dict | None:
+    def memory_panel(self, i: int | None = None, block: bool = True) -> dict | None:
         """The Memory card's numbers at step ``i`` (default on screen; ``explorer.memory.panel``), or
-        None where it does not apply."""
+        None where it does not apply; ``block=False``: JAX arrays still computing (the ``panels`` reply)."""
         if self.memory_why is not None:
             return None
         w = self.window(i)
         return explorer_memory.panel(self.model.params, self.cfg, self.model.memory_tables(), self.inputs(i),
-                                     explorer_memory.instruction_frame(w.valid, w.time), self.ctl["coef"])
+                                     explorer_memory.instruction_frame(w.valid, w.time), self.ctl["coef"], block)
 
     def memory_info(self) -> dict:
         """``init.memory``: why the Memory card does not apply (``undefined``), or its table."""
@@ -1057,7 +1057,7 @@ class Session:
             "scan": {"rtg": p["scan_rtg"], "logits": p["scan_logits"], "probs": p["scan_probs"], "dla": p["scan_dla"],
                      "attn": p["scan_attn"], "marker": float(p["rtg_token"])},
             "history": hist, "controls": self.control_values(), "sae": self.sae_latents(p["sae"]),
-            "memory": self.memory_panel(),
+            "memory": self.memory_panel(block=False),  # computed while the step reply is sent
         }
         return [step, pan]
 
