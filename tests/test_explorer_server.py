@@ -85,6 +85,21 @@ def test_protocol_step_and_bad_messages(client):
         assert ws.receive_json()["seq"] == 12
 
 
+def test_memory_messages_outside_memory_are_errors(client):
+    """The Memory card's messages on a model where it does not apply: an error reply each (the reason in
+    one line, as ``init.memory.undefined``), and the socket keeps serving."""
+    with client.websocket_connect("/ws") as ws:
+        first = _recv_until(ws, "panels")
+        why = first[0]["memory"]["undefined"]
+        assert why and first[-1]["memory"] is None
+        for i, msg in enumerate([{"type": "memory", "coef": 1.0}, {"type": "adversary", "layout": "key_key-ball", "edit": "original"}]):
+            ws.send_text(json.dumps({**msg, "seq": 30 + i}))
+            err = ws.receive_json()
+            assert (err["type"], err["seq"]) == ("error", 30 + i) and why in err["message"]
+        ws.send_text(json.dumps({"type": "act", "action": 2, "seq": 40}))
+        assert ws.receive_json()["seq"] == 40
+
+
 def test_two_sockets_are_two_sessions(client):
     with client.websocket_connect("/ws") as a, client.websocket_connect("/ws") as b:
         _recv_until(a, "panels")

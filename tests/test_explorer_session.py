@@ -8,6 +8,8 @@ of the weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -331,3 +333,129 @@ def test_sae_loading_checks_the_model(tmp_path, capsys):
     for name, msg in (("wide", "reads width 24"), ("deep", "no hook blocks.1"), ("nothing", "no dtjax SAE directory")):
         with pytest.raises(SAEError, match=msg):  # a given one that does not fit is an error
             es.load_all(None, model.cfg, model.params, [str(run / "sae" / name)])
+
+
+# ---------------------------------------------------------------------------------------------
+# MEMORY: the write-up's adversaries, the instruction feature, its coefficient, attention
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def memory_tiny():
+    """The tiny Memory model of test_family_memory (9 timesteps, one-hot; compiles shared with it)."""
+    from test_family_memory import ENV as MEMORY_ENV
+    from test_family_memory import TINY as MEMORY_TINY
+
+    return tiny_model(MEMORY_TINY, MEMORY_ENV)
+
+
+def test_memory_adversary_loads_the_reports_context(memory_tiny):
+    """Each adversary loads exactly the report's context (``circuits.memory.adversary_inputs``), and the
+    Memory card's LD, feature projections and attention are the report's functions on it."""
+    from dtjax.circuits import memory as M
+
+    params, cfg = memory_tiny.params, memory_tiny.cfg
+    s = Session(memory_tiny, seed=0)
+    info = s.init_message()["memory"]
+    assert info["undefined"] is None and info["edits"] == list(M.EDITS) and info["layouts"] == M.layout_names()
+    adv = M.adversary_inputs()
+    ld, _ = M.adversary_logit_diffs(params, cfg, adv)
+    t = memory_tiny.memory_tables()
+    np.testing.assert_array_equal(t.ld, np.asarray(ld))
+    assert_close(info["ld"], ld, floor=1e-3, rtol=1e-3)  # rounded to 4 decimals for the page
+    assert_close(t.restored, M.restored_fractions(ld))
+    assert info["note"]  # this model pads with RTG 0, the report's contexts with the target
+    for layout, edit in (("ball_key-ball", "original"), ("ball_key-ball", "complement_0_5_4_2"), ("key_ball-key", "instruction_flipped")):
+        step, pan = s.handle({"type": "adversary", "layout": layout, "edit": edit, "rtg": 0.0})
+        i, j, k = t.index(layout, edit, 0.0)
+        want = adv.inputs.take(np.asarray([np.ravel_multi_index((i, j, k), adv.shape)]))
+        got = s.inputs()
+        for f in ("obs", "rtg", "timesteps", "actions"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(want, f)), err_msg=f)
+        mem = pan["memory"]
+        assert_close(mem["ld"], ld[i, j, k])
+        assert float(mem["ld"]) == pytest.approx(pan["logit_diff"], rel=1e-5)  # the default direction is left - right
+        assert [c["edited"] for c in step["context"]] == [False] * 4 + [edit != "original"] + [False] * 4
+        assert mem["frame"] == M.INSTRUCTION_FRAME and step["timestep"] == 4
+        _, cache = C.run_with_cache(params, cfg, want, names=["hook_embed"])
+        proj = [M.feature_projection(cache["hook_embed"], t.direction, C.state_pos(9, f))[0] for f in range(9)]
+        assert_close(mem["projection"], proj)
+        att = np.asarray(M.decision_attention(params, cfg, want))[:, 0]
+        assert_close(mem["attention"], att)
+        assert_close(att.sum(-1), np.ones(att.shape[:2]))
+    s.handle({"type": "adversary", "layout": "key_key-ball", "edit": "original", "rtg": 0.892})
+    assert s.ctl["rtg"] == pytest.approx(0.892) and np.asarray(s.inputs().rtg)[0, -1] == pytest.approx(0.892)
+
+
+def test_memory_coefficient_intervention_and_acting(memory_tiny):
+    """The slider's coefficient is the report's direct intervention (``intervention_curve``); "act with
+    the intervention" plays its greedy action; bad values are one-line errors and change nothing."""
+    from dtjax.circuits import memory as M
+
+    params, cfg, t = memory_tiny.params, memory_tiny.cfg, memory_tiny.memory_tables()
+    s = Session(memory_tiny, seed=0)
+    s.handle({"type": "adversary", "layout": "key_key-ball", "edit": "original", "rtg": 0.0})
+    steered = {}
+    for c in (-2.0, 2.0):
+        (r,) = s.handle({"type": "memory", "coef": c})
+        curve = np.asarray(M.intervention_curve(params, cfg, s.inputs(), t.direction, (c,)))
+        assert_close(r["steered_ld"], curve[0, 0])
+        assert sum(r["steered_probs"]) == pytest.approx(1.0, abs=1e-3) and r["steered_action"] in range(cfg.n_actions)
+        steered[c] = r["steered_ld"]
+    # the coefficient moves the decision (a random tiny model barely reads its old frames: by far more
+    # than float32 noise, though)
+    assert abs(steered[2.0] - steered[-2.0]) > 10 * 1e-5 * max(abs(v) for v in steered.values())
+    for bad in ({"coef": 2.5}, {"coef": "high"}, {"coef": True}, {"coef": 1.0, "act": "yes"}):
+        out = s.handle({"type": "memory", **bad})
+        assert len(out) == 1 and out[0]["type"] == "error" and "\n" not in out[0]["message"], bad
+    assert s.ctl["coef"] == -2.0 or s.ctl["coef"] == 2.0
+    (r,) = s.handle({"type": "memory", "coef": None})
+    assert r["coef"] is None and r["steered_probs"] is None and r["steered_ld"] is None
+    out = s.handle({"type": "memory", "coef": -2.0, "act": True})
+    assert [o["type"] for o in out] == ["memory", "step", "panels"]
+    assert s.history[-2].action == out[0]["steered_action"] and out[1]["timestep"] == 5
+    assert out[2]["memory"]["frame"] == M.INSTRUCTION_FRAME - 1 and out[2]["memory"]["coef"] == -2.0
+
+
+def test_memory_card_is_not_defined_elsewhere(tiny):
+    s = Session(tiny, seed=0)
+    info = s.init_message()["memory"]
+    assert set(info) == {"undefined"} and info["undefined"] and "\n" not in info["undefined"]
+    assert s.update()[1]["memory"] is None
+    for msg in ({"type": "adversary", "layout": "key_key-ball", "edit": "original"}, {"type": "memory", "coef": 1.0}):
+        out = s.handle(msg)
+        assert len(out) == 1 and out[0]["type"] == "error" and "not defined" in out[0]["message"]
+
+
+MEMORY_PT = Path(__file__).resolve().parents[1] / "checkpoints" / "original" / "MemoryGatedMLP.pt"
+
+
+@pytest.mark.slow
+def test_memory_card_on_the_original_memorydt():
+    """On ``MemoryGatedMLP.pt``: each layout's original and instruction-flipped contexts, loaded by a
+    click's message, give the reference doc's LDs (§7: +3.77, -6.43, +7.26, -7.74 at RTG 0.892) and the
+    flip's sign change; L0H1 puts >= 0.93 of the decision token's attention on s5; the slider at c = -2 /
+    +2 is the report's intervention on the loaded context."""
+    from dtjax.circuits import memory as M
+    from dtjax.explorer.session import Model
+
+    if not MEMORY_PT.exists():
+        pytest.skip(f"{MEMORY_PT} is not here")
+    model = Model.load(MEMORY_PT, warm=False)
+    s = Session(model, seed=0)
+    t = model.memory_tables()
+    reference = {"key_key-ball": 3.77, "key_ball-key": -6.43, "ball_ball-key": 7.26, "ball_key-ball": -7.74}
+    for layout, want in reference.items():
+        _, pan = s.handle({"type": "adversary", "layout": layout, "edit": "original", "rtg": 0.892})
+        assert float(pan["memory"]["ld"]) == pytest.approx(want, abs=0.02), layout
+        assert pan["memory"]["attention"][0][1][M.INSTRUCTION_POS] >= 0.93
+        _, flipped = s.handle({"type": "adversary", "layout": layout, "edit": "instruction_flipped", "rtg": 0.892})
+        assert np.sign(flipped["memory"]["ld"]) == -np.sign(want), layout
+    i, j, k = t.index("key_key-ball", "complement_0_5_4_2", 0.892)
+    assert t.restored[i, j, k] == pytest.approx(1.03, abs=0.02)  # §7's measured table
+    s.handle({"type": "adversary", "layout": "key_key-ball", "edit": "original", "rtg": 0.892})
+    curve = np.asarray(M.intervention_curve(model.params, model.cfg, s.inputs(), t.direction, (-2.0, 2.0)))[0]
+    for c, want in zip((-2.0, 2.0), curve):
+        (r,) = s.handle({"type": "memory", "coef": c})
+        assert_close(r["steered_ld"], want)
+    assert curve[0] < 0 < curve[1]  # keys positive: a ball-like instruction feature turns the key layout right

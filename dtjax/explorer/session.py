@@ -63,6 +63,7 @@ from dtjax import circuits as C
 from dtjax import scenarios as S
 from dtjax.config import EnvConfig, ModelConfig
 from dtjax.evaluate import env_step, push_step
+from dtjax.explorer import memory as explorer_memory
 from dtjax.explorer import probes as explorer_probes
 from dtjax.explorer import sae as explorer_sae
 from dtjax.run import Run
@@ -285,6 +286,7 @@ class Model:
     compile_s: float = 0.0
     saes: list = dataclasses.field(default_factory=list)  # explorer.sae.ExplorerSAE: the active-latents panel
     probes: Any = None  # explorer.probes.ExplorerProbes, fitted on the first "probes" message
+    memory: Any = None  # explorer.memory.Tables of a Memory model, computed on first use (memory_tables)
     _means: dict | None = dataclasses.field(default=None, repr=False)
     _lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -320,6 +322,13 @@ class Model:
                 self._means = jax.device_get(C.ablation_means(self.params, self.cfg, ref))
             return self._means
 
+    def memory_tables(self) -> "explorer_memory.Tables":
+        """The MemoryDT write-up's adversary table and instruction feature (computed once, thread-safe)."""
+        with self._lock:
+            if self.memory is None:
+                self.memory = explorer_memory.tables(self.params, self.cfg)
+            return self.memory
+
     def sae_args(self) -> tuple[tuple, tuple]:
         """(static configs, traced arrays) of the dictionaries for ``explore_step``."""
         return tuple(s.cfg for s in self.saes), tuple(s.arrays for s in self.saes)
@@ -349,6 +358,7 @@ class Step:
     action: int | None = None  # action taken at this step (None: not yet)
     outcome: str = "running"  # "running", or how the episode ended at this step (a task outcome)
     details: dict = dataclasses.field(default_factory=dict)  # the task's flags of that ending (hit_wall)
+    edited: bool = False  # obs is not the state's own observation (a loaded adversary's painted frame)
 
     @property
     def wall(self) -> bool:  # the hit was into a wall (Dynamic Obstacles)
@@ -453,7 +463,7 @@ class Session:
         self.catalog = catalog
         self.ctl = {"rtg": 0.9, "extrapolate": False, "t_adjust": 0, "direction": None,
                     "greedy": True, "temperature": 1.0, "ablate": [], "kind": "zero", "head": (0, 0),
-                    "channels": None}
+                    "channels": None, "coef": None}
         self._install(model, env_cfg)
         self._reset(seed)
 
@@ -471,6 +481,7 @@ class Session:
         l, h = self.ctl["head"]
         self.ctl["head"] = (min(l, self.cfg.n_layers - 1), min(h, self.cfg.n_heads - 1))
         self.ctl["channels"] = default_channels(self.cfg.obs_mode, self.task.objects)
+        self.memory_why = explorer_memory.undefined(self.cfg, self.task, self.env.size)  # None: the Memory card applies
 
     def _reset(self, seed: int) -> None:
         self.seed = seed
@@ -641,7 +652,7 @@ class Session:
             except ValueError as e:
                 raise BadMessage(str(e)) from None
             del self.history[self.cursor + 1:]
-            cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
+            cur.state, cur.obs, cur.edited = state, np.asarray(_observe(self.env, state)), False
             return self.update()
         obst = np.asarray(state.obstacles).copy() if self.balls else np.zeros((0, 2), np.int32)
         agent = tuple(int(v) for v in state.agent_pos)
@@ -675,7 +686,7 @@ class Session:
         else:
             raise BadMessage(f"unknown edit op {op!r}; ops: {', '.join(self.edit_ops())}")
         del self.history[self.cursor + 1:]
-        cur.state, cur.obs = state, np.asarray(_observe(self.env, state))
+        cur.state, cur.obs, cur.edited = state, np.asarray(_observe(self.env, state)), False
         return self.update()
 
     def _no_balls(self, what: str) -> str:
@@ -847,6 +858,73 @@ class Session:
             return [reply, *self._on_act({"action": reply["steered_action"]})]
         return [reply]
 
+    def _on_adversary(self, msg) -> list:
+        """One of the MemoryDT write-up's adversary contexts (``explorer.memory``): the layout's junction
+        scenario played from its reset state (4 forwards), each frame's observation the report's context's
+        (``circuits.memory.adversary_inputs``: the edit painted on the instruction frame), the target RTG
+        the adversary's; the coefficient intervention off."""
+        if self.memory_why is not None:
+            raise BadMessage(f"adversaries are not defined here: {self.memory_why}")
+        t = self.model.memory_tables()
+        layout, edit = msg.get("layout"), msg.get("edit")
+        rtg = _num(msg.get("rtg", t.rtgs[0]), "RTG")
+        try:
+            inputs = explorer_memory.context(t, layout, edit, rtg)
+            start, actions = S.scenario_start(f"{layout}_junction", self.env_cfg)
+        except ValueError as e:
+            raise BadMessage(str(e)) from None
+        self._start(jax.tree.map(np.asarray, start), _observe(self.env, start))
+        for a in actions:
+            self._act(int(a))
+        frames = np.asarray(inputs.obs[0, -len(self.history):])
+        real = np.stack([st.obs for st in self.history])
+        if frames.shape != real.shape or not np.array_equal(frames[1:], real[1:]):
+            raise BadMessage(f"the env {self.env_cfg.env_id} does not replay the write-up's contexts")
+        for st, o in zip(self.history, frames):
+            st.edited = not np.array_equal(o, st.obs)
+            st.obs = o.astype(st.obs.dtype)
+        self.ctl["rtg"], self.ctl["coef"] = float(rtg), None
+        return self.update()
+
+    def _on_memory(self, msg) -> list:
+        """The instruction feature's coefficient in the instruction frame's token (``coef``: null for
+        none, else in [-2, 2]): the Memory card at the step on screen with it set (``explorer.memory``);
+        ``act: true`` also plays the intervened model's greedy action (an ordinary ``act``)."""
+        if self.memory_why is not None:
+            raise BadMessage(f"the instruction feature is not defined here: {self.memory_why}")
+        try:
+            coef = explorer_memory.parse_coef(msg)
+        except ValueError as e:
+            raise BadMessage(str(e)) from None
+        act = _bool(msg.get("act", False), "act")
+        old, self.ctl["coef"] = self.ctl["coef"], coef
+        reply = {"type": "memory", "step": self.cursor, **self.memory_panel()}
+        if not act:
+            return [reply]
+        if reply["steered_action"] is None:
+            self.ctl["coef"] = old
+            raise BadMessage("acting with the intervention needs a coefficient and the instruction frame (t = 0) in the context")
+        return [reply, *self._on_act({"action": int(reply["steered_action"])})]
+
+    def memory_panel(self, i: int | None = None, block: bool = True) -> dict | None:
+        """The Memory card's numbers at step ``i`` (default on screen; ``explorer.memory.panel``), or
+        None where it does not apply; ``block=False``: JAX arrays still computing (the ``panels`` reply)."""
+        if self.memory_why is not None:
+            return None
+        w = self.window(i)
+        return explorer_memory.panel(self.model.params, self.cfg, self.model.memory_tables(), self.inputs(i),
+                                     explorer_memory.instruction_frame(w.valid, w.time), self.ctl["coef"], block)
+
+    def memory_info(self) -> dict:
+        """``init.memory``: why the Memory card does not apply (``undefined``), or its table."""
+        if self.memory_why is not None:
+            return {"undefined": self.memory_why}
+        note = None
+        if self.cfg.pad_rtg != "initial":
+            note = ("this model pads its context with RTG 0 (as its closed-loop evaluation); the report's contexts pad "
+                    "with the target RTG, so at RTG 0.892 the live numbers differ from the table's (at RTG 0 they agree)")
+        return {"undefined": None, **self.model.memory_tables().describe(), "note": note}
+
     # -- corruptions for patching ----------------------------------------------------------
     def corruptions(self) -> dict[str, str]:
         """The corruptions defined for this task ("ball" only where it has balls)."""
@@ -914,6 +992,7 @@ class Session:
             "ablation_labels": A.ablation_labels(cfg), "channels": channel_names(cfg.obs_mode),
             "notes": shape_notes(cfg), "controls": self.control_values(), "n_scan": N_SCAN,
             "saes": [s.describe() for s in self.model.saes], "sae_top": explorer_sae.TOP,
+            "memory": self.memory_info(),
         }
 
     def task_message(self) -> dict:
@@ -978,6 +1057,7 @@ class Session:
             "scan": {"rtg": p["scan_rtg"], "logits": p["scan_logits"], "probs": p["scan_probs"], "dla": p["scan_dla"],
                      "attn": p["scan_attn"], "marker": float(p["rtg_token"])},
             "history": hist, "controls": self.control_values(), "sae": self.sae_latents(p["sae"]),
+            "memory": self.memory_panel(block=False),  # computed while the step reply is sent
         }
         return [step, pan]
 
@@ -987,6 +1067,7 @@ class Session:
         frame sK), whether it is padding, the env's step count, the action taken there (None at
         padding and at the current step), its view's object codes [y][x] and the carried object."""
         w = self.window(i)
+        i_cur = self.cursor if i is None else i
         labels = A.context_labels(self.cfg.n_timesteps, 3 * self.cfg.n_timesteps)[1::3]
         obs = np.asarray(w.obs)
         views = obs[..., :len(mg.OBJECT_TO_IDX)].argmax(-1) if obs.shape[-1] == mg.N_ONE_HOT else obs[..., 0]
@@ -994,7 +1075,8 @@ class Session:
         k = self.cfg.n_timesteps
         return [{"token": labels[j], "valid": bool(w.valid[j]), "t": int(w.time[j]),
                  "action": names[int(w.actions[j])] if w.valid[j] and j < k - 1 else None,
-                 "view": views[j].T, "carrying": carried(w.obs[j]) if w.valid[j] else None} for j in range(k)]
+                 "view": views[j].T, "carrying": carried(w.obs[j]) if w.valid[j] else None,
+                 "edited": bool(w.valid[j]) and self.history[i_cur - (k - 1 - j)].edited} for j in range(k)]
 
     def sae_latents(self, found: list[dict]) -> list[dict]:
         """The ``panels`` reply's ``sae`` entry: per dictionary its active latents among the top ones

@@ -25,6 +25,7 @@ const S = {
   // replies the server sends on its own (a new connection) count as seq 0
   answered: 0, stepSeq: 0, panelsSeq: 0, renderedSeq: -1, renderScheduled: false, renders: 0,
   loadedMs: null, errors: [], autoplay: false, controlInflight: null, controlQueued: null,
+  memoryInflight: null, memoryQueued: null, memoryLoad: null,  // the Memory card's slider; the adversary loaded
   marks: { script: performance.now() },  // page-load milestones (ms since navigation start)
 };
 S.idle = () => S.answered === S.seq && S.renderedSeq === S.panelsSeq && !S.renderScheduled &&
@@ -101,6 +102,7 @@ const HANDLERS = {
     }
     buildControls(msg);
     $("sae-card").hidden = !(msg.saes && msg.saes.length);
+    buildMemory(msg.memory);
     $("sae-latents").innerHTML = "";
     $("probes-concept").innerHTML = ""; $("probes-site").innerHTML = ""; $("probes").innerHTML = "";  // a new model's probes
   },
@@ -111,9 +113,15 @@ const HANDLERS = {
   patching(msg) { if (havePlotly()) drawPatching(msg); else showMessage("plotly.js has not loaded yet"); $("message").hidden = true; },
   closed_loop(msg) { drawClosedLoop(msg); $("message").hidden = true; },
   probes(msg) { drawProbes(msg); $("message").hidden = true; },
+  memory(msg) {
+    if (S.panels) S.panels.memory = msg;
+    drawMemory(msg);
+    memoryDone(msg.seq);
+  },
   error(msg) {
     if (msg.seq in S.pendingActs) delete S.pendingActs[msg.seq];
     controlDone(msg.seq);
+    memoryDone(msg.seq);
     showMessage(msg.message);
     if (S.step) syncControls(S.panels && S.panels.controls);
   },
@@ -130,6 +138,7 @@ function onStep(msg) {
     requestAnimationFrame(() => setTimeout(() => S.paintLatencies.push(performance.now() - t0), 0));
   }
   S.stepSeq = msg.seq ?? 0;
+  if (S.memoryLoad && (msg.seq ?? 0) > S.memoryLoad.seq) S.memoryLoad = null;  // a later step: the adversary is no longer on screen
   drawFrame(msg.grid, msg.carrying);
   drawView(msg.view, msg.carrying, msg.view_colours);
   drawContext(msg.context);
@@ -271,7 +280,7 @@ function drawContext(context) {
   $("context").innerHTML = context.map((c) => {
     const body = c.valid ? viewSvg(c.view, 6, c.carrying) : `<rect width="42" height="42" fill="#ddd"/>`;
     const cap = c.valid ? `t=${c.t}${c.action !== null ? ` \u2192 ${c.action}` : ""}` : "padding";
-    return `<figure class="ctx${c.valid ? "" : " pad"}" data-token="${c.token}" data-t="${c.valid ? c.t : ""}"` +
+    return `<figure class="ctx${c.valid ? "" : " pad"}${c.edited ? " edited" : ""}" data-token="${c.token}" data-t="${c.valid ? c.t : ""}"` +
       ` data-action="${c.action ?? ""}"><figcaption><b>${c.token}</b> ${cap}</figcaption><svg width="42" height="42">${body}</svg></figure>`;
   }).join("");
   void acts;
@@ -300,6 +309,7 @@ function renderPanels() {
     drawAblation(p);
     drawHistory(p);
     drawSAE(p);
+    drawMemory(p.memory);
     if (S.weightsDirty && S.weights) { drawWeights(S.weights); S.weightsDirty = false; }
     if (!havePlotly()) return;  // the line and bar charts follow when plotly.js has loaded
     drawDLA(p);
@@ -511,6 +521,88 @@ function drawProbes(msg) {  // plain DOM: one row per concept, one column per si
     ` (fitted in ${info.seconds} s)`;
 }
 
+// The MemoryDT card (init.memory; hidden where the session says it does not apply): the adversary table,
+// the feature projection on the context strip, the coefficient slider, the decision token's attention.
+function buildMemory(m) {
+  const card = $("memory-card");
+  card.hidden = !m || m.undefined !== null;
+  card.setAttribute("data-undefined", m && m.undefined ? m.undefined : "");
+  if (card.hidden) return;
+  const f = (v) => (v >= 0 ? "+" : "") + v.toFixed(3);
+  let html = `<table><tr><th>layout</th><th>edit</th>${m.rtgs.map((r) => `<th>LD @ RTG ${r}</th><th>restored</th>`).join("")}</tr>`;
+  m.layouts.forEach((lay, i) => m.edits.forEach((e, k) => {
+    html += `<tr data-layout="${lay}" data-edit="${e}"><td>${k === 0 ? m.labels[i].join(", ") : ""}</td><td>${m.edit_labels[k]}</td>` +
+      m.rtgs.map((r, j) => `<td class="adv" data-testid="adv-${lay}-${e}-${j}" data-rtg="${r}" title="load this context">` +
+        `${f(m.ld[i][j][k])}</td><td>${m.restored[i][j][k].toFixed(2)}</td>`).join("") + "</tr>";
+  }));
+  $("memory-adversaries").innerHTML = html + "</table>";
+  $("memory-explained").textContent = `${(100 * m.explained[0]).toFixed(1)}% of the subset's variance`;
+  $("memory-note").textContent = m.note || "";
+}
+
+function memoryMessage(act = false) {
+  return { type: "memory", coef: $("memory-coef-on").checked ? Number($("memory-coef").value) : null, act };
+}
+
+function sendMemory(msg) {  // the slider keeps one message in flight; the latest value waits
+  if (S.memoryInflight !== null && !msg.act) { S.memoryQueued = msg; return; }
+  S.memoryInflight = send(msg);
+}
+
+function memoryDone(seq) {
+  if (S.memoryInflight !== null && seq === S.memoryInflight) {
+    S.memoryInflight = null;
+    if (S.memoryQueued) { const q = S.memoryQueued; S.memoryQueued = null; sendMemory(q); }
+  }
+}
+
+function drawMemory(mp) {
+  if (!mp || $("memory-card").hidden) return;
+  const acts = S.init.actions, load = S.memoryLoad;
+  $("memory-ld").textContent = (mp.ld >= 0 ? "+" : "") + mp.ld.toFixed(3);
+  $("memory-ld").setAttribute("data-value", String(mp.ld));
+  document.querySelectorAll("[data-testid=memory-adversaries] tr.loaded").forEach((r) => r.classList.remove("loaded"));
+  if (load) {
+    const m = S.init.memory, i = m.layouts.indexOf(load.layout), k = m.edits.indexOf(load.edit), j = m.rtgs.indexOf(load.rtg);
+    $("memory-loaded").textContent = `${m.labels[i].join(", ")}, ${m.edit_labels[k]} at RTG ${load.rtg} ` +
+      `(table: LD ${m.ld[i][j][k].toFixed(3)}, restored ${m.restored[i][j][k].toFixed(2)})`;
+    const row = document.querySelector(`[data-testid=memory-adversaries] tr[data-layout="${load.layout}"][data-edit="${load.edit}"]`);
+    if (row) row.classList.add("loaded");
+  } else $("memory-loaded").textContent = "";
+  // the feature's projection of each frame's state token, on the context strip
+  const lim = Math.max(1e-9, ...mp.projection.map(Math.abs));
+  document.querySelectorAll("[data-testid=context] figure.ctx").forEach((fig, j) => {
+    const v = mp.projection[j];
+    fig.setAttribute("data-proj", String(v));
+    fig.classList.toggle("instr", j === mp.frame);
+    let el = fig.querySelector(".proj");
+    if (!el) { el = document.createElement("div"); el.className = "proj"; fig.appendChild(el); }
+    el.textContent = (v >= 0 ? "+" : "") + v.toFixed(2);
+    el.style.background = rdbu(v / lim);
+    el.style.color = Math.abs(v / lim) > 0.55 ? "#fff" : "#000";
+    el.title = "instruction feature . this state token (keys positive)";
+  });
+  $("memory-coef-on").checked = mp.coef !== null;
+  if (mp.coef !== null && document.activeElement !== $("memory-coef")) $("memory-coef").value = String(mp.coef);
+  $("memory-coef-value").textContent = $("memory-coef").value;
+  let html = "";
+  if (mp.steered_probs) {
+    const best = mp.steered_probs.indexOf(Math.max(...mp.steered_probs));
+    html = `<div class="sub" data-testid="memory-steered-ld" data-value="${mp.steered_ld}">with c = ${mp.coef} on the instruction frame ` +
+      `(s${mp.frame + 1}): LD ${(mp.steered_ld >= 0 ? "+" : "") + mp.steered_ld.toFixed(3)}, greedy ${acts[mp.steered_action]}</div>`;
+    acts.forEach((a, i) => {
+      html += `<div class="prow${i === best ? " chosen" : ""}"><span>${a}</span><div class="bar abl"><div style="width:` +
+        `${(100 * mp.steered_probs[i]).toFixed(1)}%"></div></div><span class="val">${mp.steered_probs[i].toFixed(3)}</span></div>`;
+    });
+  } else if (mp.coef !== null) html = `<div class="sub">the instruction frame (t = 0) has left the context: nothing to set</div>`;
+  $("memory-steered").innerHTML = html;
+  $("memory-act").disabled = !mp.steered_probs;
+  const toks = S.init.context_tokens.slice(0, mp.attention[0][0].length);
+  const heads = mp.attention[0].map((_, h) => `H${h}`);
+  drawMaps($("memory-attention"), mp.attention, mp.attention.map((_, l) => `layer ${l}: head x token`),
+    { blues: true, cell: 15, xlabels: toks, ylabels: heads });
+}
+
 // An action's initial (L, R, F), or its first two letters where initials collide (drop, done: Dr, Do)
 function actionInitial(acts, a) {
   const first = (s) => s[0].toUpperCase();
@@ -632,6 +724,18 @@ function wire() {
   $("probes-concept").onchange = () => send(probesMessage());
   $("probes-site").onchange = () => send(probesMessage());
   $("probes-act").onclick = () => send(probesMessage(true));
+  $("memory-adversaries").onclick = (e) => {
+    const td = e.target.closest("td.adv");
+    if (!td) return;
+    const tr = td.closest("tr");
+    const load = { layout: tr.dataset.layout, edit: tr.dataset.edit, rtg: Number(td.dataset.rtg) };
+    load.seq = send(Object.assign({ type: "adversary" }, load));
+    S.memoryLoad = load;
+    $("memory-coef-on").checked = false;
+  };
+  $("memory-coef").oninput = (e) => { $("memory-coef-value").textContent = e.target.value; $("memory-coef-on").checked = true; sendMemory(memoryMessage()); };
+  $("memory-coef-on").onchange = () => sendMemory(memoryMessage());
+  $("memory-act").onclick = () => sendMemory(memoryMessage(true));
   $("patch-run").onclick = () => send({ type: "patch", corruption: $("patch-corruption").value, hooks: $("patch-hooks").value });
   const goto = (i) => { if (S.step && i >= 0 && i < S.step.n_steps) send({ type: "goto", step: i }); };
   $("history-scrub").oninput = (e) => goto(Number(e.target.value));
