@@ -51,6 +51,12 @@ METHODS: dict[str, tuple[dict, str]] = {
     "wait_hazard20": ({"data.mix.wait_frac": 0.3, "data.mix.hazard_frac": 0.3, "data.mix.hazard_window": 20,
                        "data.rtg_label": "hazard_mean"},
                       "wait_hazard with the waits in the last 20 steps (crash rates that fill (0, 1) more evenly)"),
+    "value_critic": ({"data.mix.wait_frac": 0.0, "data.rtg_label": "value_critic"},
+                     "QDT-style value relabelling (Yamagata et al. 2023) with the final PPO critic: max(V(s_t), r_t + R_t+1)"),
+    "value_fitted": ({"data.mix.wait_frac": 0.0, "data.rtg_label": "value_fitted"},
+                     "QDT-style value relabelling with V = max_a Q(s, t, a) fitted offline (Monte-Carlo regression)"),
+    "q_fitted": ({"data.mix.wait_frac": 0.0, "data.rtg_label": "q_fitted"},
+                 "expected return-to-go labels: each step's RTG replaced by Q(s_t, t, a_t) fitted offline (dtjax.data.value)"),
 }
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from dtjax.config import RTG_LABELS
-from dtjax.data import store
+from dtjax.data import store, value
 
 __all__ = ["RTG_LABELS", "DRAW_RANGE", "episode_groups", "group_means", "rtg_shift"]
 DRAW_RANGE = 2**16  # behaviour id of a mix rollout: (param set + 1) * DRAW_RANGE + its episode's wait / branch step
@@ -66,6 +66,8 @@ def rtg_shift(arrays: dict[str, np.ndarray], label: str = "realised") -> np.ndar
         raise ValueError(f"rtg_label must be one of {', '.join(RTG_LABELS)}, got {label!r}")
     if label == "realised":
         return np.zeros(len(arrays["reward"]), np.float32)
+    if label in value.LABELS:  # learned-value labels (QDT-style): dtjax.data.value
+        return value.rtg_shift(arrays, label)
     ep, starts, _, returns = store.episode_index(arrays)
     shift = group_means(returns, episode_groups(arrays)) - returns
     if label == "hazard_mean":
