@@ -456,30 +456,39 @@ def rtg_time_panel(params: dict, cfg: ModelConfig, inputs: Inputs, rtgs: jax.Arr
     return {"rtg": rtgs, "timesteps": ts, "probs": jnp.moveaxis(probs, 2, 0), "dla": jnp.moveaxis(dla, 2, 0)}
 
 
+def _gate_kind(gate: np.ndarray, timesteps: np.ndarray, switch_spread: float) -> tuple[str, float, float]:
+    """(kind, spread, slope per 100 steps) of a gate (T,) with NaN where there is none."""
+    has = np.isfinite(gate)
+    if not has.any():
+        return "none", float("nan"), float("nan")
+    spread = float(np.ptp(gate[has]))
+    slope = float(np.polyfit(timesteps[has], gate[has], 1)[0] * 100) if has.sum() >= 2 and np.ptp(timesteps[has]) > 0 else 0.0
+    return ("switch" if spread <= switch_spread else "graded"), spread, slope
+
+
 def rtg_gate_stats(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, switch_spread: float = 0.2) -> dict:
     """Where one state's greedy action changes with the RTG, at each timestep (``rtg_time_panel`` for one row).
 
-    Args: ``rtg`` (R,) ascending, ``timesteps`` (T,), ``probs`` (T, R, n_actions). At each timestep
+    Args: ``rtg`` (R,) ascending, ``timesteps`` (T,), ``probs`` (T, R, n_actions). At each timestep:
     the *gate* is the lowest scanned RTG from which the greedy action is the one at the highest RTG
-    all the way up (NaN: the same action at every RTG, no gate). Returns ``gate_rtg`` (T,),
-    ``action_low`` / ``action_high`` (T,) (the greedy action at the lowest and highest RTG), and
-    ``kind``: "none" (no gate at any timestep), "switch" (the gate moves by at most
-    ``switch_spread`` over time: a fixed RTG threshold, as the baseline's veto at ~0) or "graded"
-    (it moves with time: the RTG is compared with the return still reachable), with
-    ``gate_slope_per_100_steps`` (least squares over the timesteps with a gate).
+    all the way up (where the top behaviour, e.g. going for the goal, starts); the *low gate* the
+    lowest RTG whose greedy action differs from the one at the lowest RTG (where the bottom
+    behaviour, e.g. the crash, stops); NaN where the action is the same at every RTG. Returns
+    ``gate_rtg``, ``gate_low_rtg``, ``action_low`` / ``action_high`` (all (T,)), and for each gate
+    its ``kind`` / ``kind_low``: "none" (no gate at any timestep), "switch" (it moves by at most
+    ``switch_spread`` over time: a fixed RTG threshold, as the baseline's ball veto at ~0) or
+    "graded" (it moves with time: the RTG is compared with the return still reachable), with its
+    spread and least-squares slope per 100 steps.
     """
     rtg, timesteps, probs = np.asarray(rtg, np.float64), np.asarray(timesteps, np.float64), np.asarray(probs)
     greedy = probs.argmax(-1)  # (T, R)
-    same = greedy == greedy[:, -1:]
-    # first index from which every higher RTG has the top action: one past the last mismatch
-    last_bad = np.where(~same, np.arange(len(rtg))[None, :], -1).max(1)
+    idx = np.arange(len(rtg))[None, :]
+    last_bad = np.where(greedy != greedy[:, -1:], idx, -1).max(1)  # one below the top behaviour's start
     gate = np.where(last_bad >= 0, rtg[np.minimum(last_bad + 1, len(rtg) - 1)], np.nan)
-    has = np.isfinite(gate)
-    if not has.any():
-        kind, slope, spread = "none", float("nan"), float("nan")
-    else:
-        spread = float(np.ptp(gate[has]))
-        slope = float(np.polyfit(timesteps[has], gate[has], 1)[0] * 100) if has.sum() >= 2 and np.ptp(timesteps[has]) > 0 else 0.0
-        kind = "switch" if spread <= switch_spread else "graded"
-    return {"gate_rtg": gate, "action_low": greedy[:, 0], "action_high": greedy[:, -1], "kind": kind,
-            "gate_spread": spread, "gate_slope_per_100_steps": slope}
+    first_off = np.where(greedy != greedy[:, :1], idx, len(rtg)).min(1)
+    gate_low = np.where(first_off < len(rtg), rtg[np.minimum(first_off, len(rtg) - 1)], np.nan)
+    kind, spread, slope = _gate_kind(gate, timesteps, switch_spread)
+    kind_low, spread_low, slope_low = _gate_kind(gate_low, timesteps, switch_spread)
+    return {"gate_rtg": gate, "gate_low_rtg": gate_low, "action_low": greedy[:, 0], "action_high": greedy[:, -1],
+            "kind": kind, "gate_spread": spread, "gate_slope_per_100_steps": slope,
+            "kind_low": kind_low, "gate_low_spread": spread_low, "gate_low_slope_per_100_steps": slope_low}

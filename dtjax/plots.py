@@ -687,7 +687,7 @@ def rtg_time(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, gate: np
     """One state's RTG gate against time: the greedy action over (timestep, target RTG) with the gate
     (``analysis.rtg_gate_stats``) drawn on it, then per chosen RTG (indices ``at``) each varying
     component's DLA onto ``direction`` against the timestep. ``probs`` (T, R, n_actions), ``gate``
-    (T,), ``dla`` (T, R, component)."""
+    (T,) or (2, T) (the gate, then the low gate), ``dla`` (T, R, component)."""
     plt = _plt()
     rtg, timesteps, probs, gate, dla = map(np.asarray, (rtg, timesteps, probs, gate, dla))
     fig, axes = plt.subplots(1, 1 + len(at), figsize=(4.4 * (1 + len(at)), 3.4), squeeze=False)
@@ -695,7 +695,10 @@ def rtg_time(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, gate: np
     cmap = plt.get_cmap("tab10", len(actions))
     im = ax.imshow(probs.argmax(-1).T, origin="lower", aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(actions) - 0.5,
                    extent=(timesteps[0], timesteps[-1], rtg[0], rtg[-1]), interpolation="nearest")
-    ax.plot(timesteps, gate, "k--", lw=1.2, label="gate")
+    gate = gate.reshape(-1, len(timesteps))
+    ax.plot(timesteps, gate[0], "k--", lw=1.2, label="gate")
+    if len(gate) > 1:
+        ax.plot(timesteps, gate[1], "k:", lw=1.2, label="low gate")
     ax.set_xlabel("timestep")
     ax.set_ylabel("target RTG")
     ax.set_title("greedy action", fontsize=9)

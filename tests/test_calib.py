@@ -221,8 +221,15 @@ def test_rtg_gate_stats_tells_a_switch_from_a_graded_gate():
         return np.stack([onehot(np.where(rtg >= g - 1e-9, 2, 0)) for g in gate_at])
 
     sw = A.rtg_gate_stats(rtg, ts, probs([0.0, 0.0, 0.1, 0.0]))
-    assert sw["kind"] == "switch"
+    assert sw["kind"] == sw["kind_low"] == "switch"  # two actions: the low gate is the gate
     assert_close(sw["gate_rtg"], [0.0, 0.0, 0.1, 0.0], floor=1.0)
+    assert_close(sw["gate_low_rtg"], sw["gate_rtg"], floor=1.0)
+    # three behaviours: crash (2) up to a fixed -0.5, wait (0) in between, go (1) from a gate that falls with time
+    three = np.stack([onehot(np.where(rtg < -0.5 - 1e-9, 2, np.where(rtg < g - 1e-9, 0, 1))) for g in (0.9, 0.6, 0.3, 0.0)])
+    st = A.rtg_gate_stats(rtg, ts, three)
+    assert (st["kind"], st["kind_low"]) == ("graded", "switch")
+    assert_close(st["gate_low_rtg"], np.full(4, -0.5), floor=1.0)
+    assert_close(st["gate_rtg"], [0.9, 0.6, 0.3, 0.0], floor=1.0)
     gr = A.rtg_gate_stats(rtg, ts, probs([0.9, 0.6, 0.3, 0.0]))  # the gate falls 0.3 per 100 steps
     assert gr["kind"] == "graded" and abs(gr["gate_slope_per_100_steps"] + 0.3) < 1e-9
     assert (gr["action_low"] == 0).all() and (gr["action_high"] == 2).all()

@@ -38,16 +38,18 @@ def rtg_time_compute(ctx: Context) -> dict:
     summary, gates = {}, []
     for j, n in enumerate(scan_names):
         st = A.rtg_gate_stats(rtgs, ts, probs[j])
-        gates.append(st["gate_rtg"])
+        gates.append(np.stack([st["gate_rtg"], st["gate_low_rtg"]]))
         slopes = {}
         for i in at:
             fit = np.polyfit(ts.astype(np.float64), dla[j, :, i].astype(np.float64), 1)[0] * 100
             slopes[f"{rtgs[i]:+.2f}"] = dict(zip(labels, rounded(fit)))
+        num = lambda x: None if not np.isfinite(x) else round(float(x), 4)  # noqa: E731
         summary[n] = {
-            "timesteps": ts.tolist(), "gate_rtg": [None if not np.isfinite(g) else round(float(g), 4) for g in st["gate_rtg"]],
-            "kind": st["kind"], "gate_spread": None if not np.isfinite(st["gate_spread"]) else round(st["gate_spread"], 4),
-            "gate_slope_per_100_steps": None if not np.isfinite(st["gate_slope_per_100_steps"])
-            else round(st["gate_slope_per_100_steps"], 4),
+            "timesteps": ts.tolist(), "gate_rtg": [num(g) for g in st["gate_rtg"]],
+            "gate_low_rtg": [num(g) for g in st["gate_low_rtg"]],
+            "kind": st["kind"], "gate_spread": num(st["gate_spread"]), "gate_slope_per_100_steps": num(st["gate_slope_per_100_steps"]),
+            "kind_low": st["kind_low"], "gate_low_spread": num(st["gate_low_spread"]),
+            "gate_low_slope_per_100_steps": num(st["gate_low_slope_per_100_steps"]),
             "greedy_at_t0": {"lowest_rtg": actions[int(st["action_low"][0])], "highest_rtg": actions[int(st["action_high"][0])]},
             "dla_slope_per_100_steps": slopes,
         }
@@ -58,17 +60,20 @@ def rtg_time_compute(ctx: Context) -> dict:
 
 def rtg_time_render(d: dict, page: Page) -> None:
     page.text("The current timestep and target RTG swept together (everything else fixed). The gate is the lowest RTG "
-              "from which the greedy action is the one at the highest RTG: a <b>switch</b> keeps it at one RTG at every "
-              "timestep, a <b>graded</b> gate moves with time (the model compares the target with the return still "
-              "reachable, e.g. it waits until that falls to the target).")
+              "from which the greedy action is the one at the highest RTG; the low gate, the lowest RTG whose action is no "
+              "longer the one at the lowest RTG. A <b>switch</b> stays at one RTG at every timestep, a <b>graded</b> gate "
+              "moves with time (the model compares the target with the return still reachable, e.g. it waits until that "
+              "falls to the target).")
     s = d["summary"]["rtg_time"]
-    page.table(["scenario", "gate", "spread (RTG)", "slope per 100 steps", "greedy at t=0, lowest RTG", "highest RTG"],
-               [[n, s[n]["kind"], s[n]["gate_spread"], s[n]["gate_slope_per_100_steps"],
-                 s[n]["greedy_at_t0"]["lowest_rtg"], s[n]["greedy_at_t0"]["highest_rtg"]] for n in d["names"]])
+    page.table(["scenario", "gate (top action from)", "spread (RTG)", "slope per 100 steps", "low gate (bottom action up to)",
+                "spread", "slope", "greedy at t=0, lowest RTG", "highest RTG"],
+               [[n, s[n]["kind"], s[n]["gate_spread"], s[n]["gate_slope_per_100_steps"], s[n]["kind_low"], s[n]["gate_low_spread"],
+                 s[n]["gate_low_slope_per_100_steps"], s[n]["greedy_at_t0"]["lowest_rtg"], s[n]["greedy_at_t0"]["highest_rtg"]]
+                for n in d["names"]])
     for j, n in enumerate(d["names"]):
         page.figure(plots.rtg_time(d["rtg"], d["timesteps"], d["probs"][j], d["gate"][j], d["dla"][j], d["labels"], d["at"],
                                    d["actions"], d["direction"]),
-                    f"<b>{n}</b>: the greedy action over (timestep, target RTG) with its gate (dashed), and each "
+                    f"<b>{n}</b>: the greedy action over (timestep, target RTG) with its gates (dashed: top, dotted: low), and each "
                     "component's DLA against the timestep at three targets.")
 
 
