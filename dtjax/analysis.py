@@ -457,13 +457,17 @@ def rtg_time_panel(params: dict, cfg: ModelConfig, inputs: Inputs, rtgs: jax.Arr
 
 
 def _gate_kind(gate: np.ndarray, timesteps: np.ndarray, switch_spread: float) -> tuple[str, float, float]:
-    """(kind, spread, slope per 100 steps) of a gate (T,) with NaN where there is none."""
+    """(kind, trend, slope per 100 steps) of a gate (T,) with NaN where there is none. The trend is
+    the median gate over the last third of the timesteps minus that over the first third (robust to
+    single timesteps where two near-tied actions swap); "switch" if it is at most ``switch_spread``."""
     has = np.isfinite(gate)
     if not has.any():
         return "none", float("nan"), float("nan")
-    spread = float(np.ptp(gate[has]))
+    third = max(1, len(gate) // 3)
+    first, last = gate[:third][has[:third]], gate[-third:][has[-third:]]
+    trend = float(np.median(last) - np.median(first)) if len(first) and len(last) else float(np.ptp(gate[has]))
     slope = float(np.polyfit(timesteps[has], gate[has], 1)[0] * 100) if has.sum() >= 2 and np.ptp(timesteps[has]) > 0 else 0.0
-    return ("switch" if spread <= switch_spread else "graded"), spread, slope
+    return ("switch" if abs(trend) <= switch_spread else "graded"), trend, slope
 
 
 def rtg_gate_stats(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, switch_spread: float = 0.2) -> dict:
@@ -475,10 +479,11 @@ def rtg_gate_stats(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, sw
     lowest RTG whose greedy action differs from the one at the lowest RTG (where the bottom
     behaviour, e.g. the crash, stops); NaN where the action is the same at every RTG. Returns
     ``gate_rtg``, ``gate_low_rtg``, ``action_low`` / ``action_high`` (all (T,)), and for each gate
-    its ``kind`` / ``kind_low``: "none" (no gate at any timestep), "switch" (it moves by at most
-    ``switch_spread`` over time: a fixed RTG threshold, as the baseline's ball veto at ~0) or
-    "graded" (it moves with time: the RTG is compared with the return still reachable), with its
-    spread and least-squares slope per 100 steps.
+    its ``kind`` / ``kind_low``: "none" (no gate at any timestep), "switch" (its trend, the median
+    over the last third of the timesteps minus that over the first third, is at most
+    ``switch_spread``: a fixed RTG threshold, as the baseline's ball veto) or "graded" (it moves with
+    time: the RTG is compared with the return still reachable), with that trend
+    (``gate_trend``, ``gate_low_trend``) and a least-squares slope per 100 steps.
     """
     rtg, timesteps, probs = np.asarray(rtg, np.float64), np.asarray(timesteps, np.float64), np.asarray(probs)
     greedy = probs.argmax(-1)  # (T, R)
@@ -487,8 +492,8 @@ def rtg_gate_stats(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, sw
     gate = np.where(last_bad >= 0, rtg[np.minimum(last_bad + 1, len(rtg) - 1)], np.nan)
     first_off = np.where(greedy != greedy[:, :1], idx, len(rtg)).min(1)
     gate_low = np.where(first_off < len(rtg), rtg[np.minimum(first_off, len(rtg) - 1)], np.nan)
-    kind, spread, slope = _gate_kind(gate, timesteps, switch_spread)
-    kind_low, spread_low, slope_low = _gate_kind(gate_low, timesteps, switch_spread)
+    kind, trend, slope = _gate_kind(gate, timesteps, switch_spread)
+    kind_low, trend_low, slope_low = _gate_kind(gate_low, timesteps, switch_spread)
     return {"gate_rtg": gate, "gate_low_rtg": gate_low, "action_low": greedy[:, 0], "action_high": greedy[:, -1],
-            "kind": kind, "gate_spread": spread, "gate_slope_per_100_steps": slope,
-            "kind_low": kind_low, "gate_low_spread": spread_low, "gate_low_slope_per_100_steps": slope_low}
+            "kind": kind, "gate_trend": trend, "gate_slope_per_100_steps": slope,
+            "kind_low": kind_low, "gate_low_trend": trend_low, "gate_low_slope_per_100_steps": slope_low}

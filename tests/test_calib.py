@@ -233,6 +233,10 @@ def test_rtg_gate_stats_tells_a_switch_from_a_graded_gate():
     gr = A.rtg_gate_stats(rtg, ts, probs([0.9, 0.6, 0.3, 0.0]))  # the gate falls 0.3 per 100 steps
     assert gr["kind"] == "graded" and abs(gr["gate_slope_per_100_steps"] + 0.3) < 1e-9
     assert (gr["action_low"] == 0).all() and (gr["action_high"] == 2).all()
+    assert abs(st["gate_trend"] + 0.9) < 1e-9 and abs(st["gate_low_trend"]) < 1e-9
+    # one timestep where two near-tied actions swap does not make a switch graded
+    blip = A.rtg_gate_stats(rtg, np.arange(6) * 50, probs([0.0, 0.0, 0.8, 0.0, 0.0, 0.0]))
+    assert blip["kind"] == "switch" and blip["gate_trend"] == 0
     none = A.rtg_gate_stats(rtg, ts, np.broadcast_to(onehot(1), (4, 21, 3)))
     assert none["kind"] == "none" and np.isnan(none["gate_rtg"]).all()
 

@@ -18,7 +18,7 @@ from dtjax import plots
 from dtjax.report.base import Context, Page, Section, rounded
 from dtjax.report.sections.states import scanned
 
-N_TIMES, N_RTGS = 26, 41  # the grid: timesteps 0..max_timestep, RTGs over the task's return range (fast: 6 x 11)
+N_TIMES, N_RTGS = 26, 41  # the grid: timesteps 0..max_steps - 1, RTGs over the task's return range (fast: 6 x 11)
 DLA_AT = (0.65, 0.8, 0.95)  # fractions of the return range where DLA is drawn against time (Dynamic Obstacles: 0.3, 0.6, 0.9)
 
 
@@ -28,7 +28,8 @@ def rtg_time_compute(ctx: Context) -> dict:
     lo, hi = ctx.task.return_range
     fast = ctx.options.fast
     rtgs = np.linspace(lo, hi, 11 if fast else N_RTGS)
-    ts = np.unique(np.linspace(0, ctx.cfg.max_timestep, 6 if fast else N_TIMES).round().astype(int))
+    last = min(ctx.env_cfg.max_steps - 1, ctx.cfg.max_timestep)  # the last timestep an episode reaches (trained rows only)
+    ts = np.unique(np.linspace(0, last, 6 if fast else N_TIMES).round().astype(int))
     at = [int(np.argmin(np.abs(rtgs - (lo + f * (hi - lo))))) for f in DLA_AT]
     panel = A.rtg_time_panel(ctx.params, ctx.cfg, inp.take(jnp.asarray([names.index(n) for n in scan_names])),
                              jnp.asarray(rtgs), jnp.asarray(ts), ctx.v)
@@ -47,8 +48,8 @@ def rtg_time_compute(ctx: Context) -> dict:
         summary[n] = {
             "timesteps": ts.tolist(), "gate_rtg": [num(g) for g in st["gate_rtg"]],
             "gate_low_rtg": [num(g) for g in st["gate_low_rtg"]],
-            "kind": st["kind"], "gate_spread": num(st["gate_spread"]), "gate_slope_per_100_steps": num(st["gate_slope_per_100_steps"]),
-            "kind_low": st["kind_low"], "gate_low_spread": num(st["gate_low_spread"]),
+            "kind": st["kind"], "gate_trend": num(st["gate_trend"]), "gate_slope_per_100_steps": num(st["gate_slope_per_100_steps"]),
+            "kind_low": st["kind_low"], "gate_low_trend": num(st["gate_low_trend"]),
             "gate_low_slope_per_100_steps": num(st["gate_low_slope_per_100_steps"]),
             "greedy_at_t0": {"lowest_rtg": actions[int(st["action_low"][0])], "highest_rtg": actions[int(st["action_high"][0])]},
             "dla_slope_per_100_steps": slopes,
@@ -61,13 +62,14 @@ def rtg_time_compute(ctx: Context) -> dict:
 def rtg_time_render(d: dict, page: Page) -> None:
     page.text("The current timestep and target RTG swept together (everything else fixed). The gate is the lowest RTG "
               "from which the greedy action is the one at the highest RTG; the low gate, the lowest RTG whose action is no "
-              "longer the one at the lowest RTG. A <b>switch</b> stays at one RTG at every timestep, a <b>graded</b> gate "
+              "longer the one at the lowest RTG. A <b>switch</b> stays at one RTG at every timestep (its trend, the median "
+              "over the last third of the timesteps minus the first third's, is within 0.2), a <b>graded</b> gate "
               "moves with time (the model compares the target with the return still reachable, e.g. it waits until that "
               "falls to the target).")
     s = d["summary"]["rtg_time"]
-    page.table(["scenario", "gate (top action from)", "spread (RTG)", "slope per 100 steps", "low gate (bottom action up to)",
-                "spread", "slope", "greedy at t=0, lowest RTG", "highest RTG"],
-               [[n, s[n]["kind"], s[n]["gate_spread"], s[n]["gate_slope_per_100_steps"], s[n]["kind_low"], s[n]["gate_low_spread"],
+    page.table(["scenario", "gate (top action from)", "trend (RTG, last third - first)", "slope per 100 steps",
+                "low gate (bottom action up to)", "trend", "slope", "greedy at t=0, lowest RTG", "highest RTG"],
+               [[n, s[n]["kind"], s[n]["gate_trend"], s[n]["gate_slope_per_100_steps"], s[n]["kind_low"], s[n]["gate_low_trend"],
                  s[n]["gate_low_slope_per_100_steps"], s[n]["greedy_at_t0"]["lowest_rtg"], s[n]["greedy_at_t0"]["highest_rtg"]]
                 for n in d["names"]])
     for j, n in enumerate(d["names"]):
