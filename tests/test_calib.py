@@ -241,6 +241,7 @@ def test_rtg_gate_stats_tells_a_switch_from_a_graded_gate():
     assert none["kind"] == "none" and np.isnan(none["gate_rtg"]).all()
 
 
+@pytest.mark.slow  # a compile of the vmapped grid (~5 s idle); the rtg_time section runs in test_report(_shapes) by default
 def test_rtg_time_panel_is_the_policy_at_each_timestep_and_rtg():
     from fixtures import random_params
 

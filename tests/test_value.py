@@ -108,13 +108,11 @@ def test_critic_values_are_the_critic_on_each_stored_state():
     net = ActorCritic(n_actions=3)
     params = net.init(jax.random.PRNGKey(0), np.zeros((1,) + env.observation_shape(), np.uint8))
     got = value.critic_values(net, params, env, arrays, chunk=16)  # several chunks, the last padded
-    want = [net.apply(params, env.observe(env_state_row(env, arrays, i))[None])[1][0] for i in (0, 7, len(got) - 1)]
-    assert_close(got[[0, 7, len(got) - 1]], want)
+    rows = np.array([0, 7, len(got) - 1])
+    state = env_state(env, {k: np.asarray(arrays[k][rows], np.int32) for k in ("agent_pos", "agent_dir", "obstacles", "time")})
+    want = jax.jit(lambda s: net.apply(params, jax.vmap(env.observe)(s))[1])(state)
+    assert_close(got[rows], want)
     assert got.shape == (len(arrays["time"]),) and np.ptp(got) > 0
-
-
-def env_state_row(env, arrays, i):
-    return env_state(env, {k: np.asarray(v[i], np.int32) for k, v in arrays.items() if k in ("agent_pos", "agent_dir", "obstacles", "time")})
 
 
 def test_value_critic_needs_stored_values_and_configs_name_the_labels():
