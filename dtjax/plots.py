@@ -92,7 +92,7 @@ def calibration_methods(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.8))
-    lo, hi = -1.0, 1.0
+    lo, hi = np.inf, -np.inf  # the targets' range: [-1, 1] in Dynamic Obstacles, [0, 1] where returns cannot be negative
     for name, (x, mean, sd) in curves.items():
         x, mean, sd = (np.asarray(v, np.float64) for v in (x, mean, sd))
         (line,) = ax.plot(x, mean, "o-", ms=3.5, label=name)
@@ -102,7 +102,7 @@ def calibration_methods(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
     ax.set_xlabel("target RTG")
     ax.set_ylabel("achieved return (mean over seeds ± sd)")
     ax.set_title(title, fontsize=9)
-    ax.set_ylim(-1.1, 1.1)
+    ax.set_ylim(lo - 0.1, hi + 0.1)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

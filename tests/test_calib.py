@@ -265,3 +265,16 @@ def test_rtg_time_panel_is_the_policy_at_each_timestep_and_rtg():
     top = A.state_panels(params, cfg, inp.replace(timesteps=jnp.full_like(inp.timesteps, MAX_STEPS)).with_rtg(-1.0), v)
     assert_close(p["probs"][:, 2, 0], top["probs"])
     assert np.abs(np.asarray(p["probs"][:, 0] - p["probs"][:, 1])).max() > 1e-4  # the timestep reaches the policy
+
+
+def test_calibration_table_and_figure_for_a_family_without_negative_returns():
+    """Empty's returns lie in [0, 1] (its Task.return_range): the table's columns and the figure follow the targets."""
+    x = np.linspace(0, 1, 21)
+    flat = np.full(21, 0.98)  # a model that always goes straight to the goal
+    calib = {"rows": [{"target_rtg": float(t), "mean_return": float(m)} for t, m in zip(x, flat)], "monotonic": False}
+    row = calibrate.method_row([calib])
+    assert row["targets"] == [0.0, 0.5, 1.0]
+    assert_close(row["calibration_error_reachable"][0], np.abs(flat - x)[:-1].mean())
+    assert "return @0 | return @0.5 | return @1" in calibrate.format_table({"baseline": row})
+    ax = plots.calibration_methods({"baseline": (x, flat, 0 * x)}).axes[0]
+    assert ax.get_ylim() == pytest.approx((-0.1, 1.1)) and ax.lines[-1].get_xdata().tolist() == [0.0, 1.0]  # the diagonal
