@@ -126,3 +126,21 @@ def test_value_critic_needs_stored_values_and_configs_name_the_labels():
     for label in value.LABELS:
         DataConfig(rtg_label=label).validate()
         assert calibrate.METHODS[label][0]["data.rtg_label"] == label
+
+
+@pytest.mark.slow  # a PPO compile: ~80 s on a busy 2-core CPU
+def test_collect_stores_the_final_critics_values_for_value_critic(tmp_path):
+    from dtjax.config import DataMixConfig, PPOConfig
+    from dtjax.data import collect
+
+    cfg = DataConfig(ppo=PPOConfig(total_timesteps=32 * 16 * 4, num_envs=32, num_steps=16, num_minibatches=2, n_snapshots=2),
+                     mix=DataMixConfig(final_frac=0.3, random_frac=0.3, envs=16), rtg_label="value_critic")
+    env, env_params = envs.make("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=50)
+    col = collect.collect(cfg, env, env_params, jax.random.key(0), log=lambda m: None)
+    assert "value" not in collect.collect(cfg.replace(rtg_label="realised"), env, env_params, jax.random.key(0),
+                                          log=lambda m: None).arrays  # only when the label needs it
+    store.save(tmp_path / "d", col.arrays, collect.dataset_metadata(cfg, env, env_params, "MiniGrid-Dynamic-Obstacles-5x5-v0", 0))
+    arrays, _ = store.load(tmp_path / "d")
+    assert_close(arrays["value"], value.critic_values(col.network, col.params, env, arrays))  # the final critic
+    rtg = np.asarray(device_arrays(arrays, rtg_label="value_critic")["rtg"])
+    assert (rtg >= value.returns_to_go(arrays) - 1e-6).all() and (rtg >= arrays["value"] - 1e-6).all()  # QDT: never below either
