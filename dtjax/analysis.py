@@ -411,3 +411,89 @@ def attribution_panel(params: dict, cfg: ModelConfig, clean: Inputs, corrupted: 
             "pearson_ig": pearson(arr["actp"], arr["ig"]) if "ig" in arr else float("nan"),
             "worst": worst, "hooks": hooks, "clean": float(act["clean"]), "corrupted": float(act["corrupted"]),
             "ig_steps": int(ig_steps)}
+
+
+# ---------------------------------------------------------------------------------------------
+# THE RTG GATE AGAINST TIME (issue 20: a switch at RTG ~ 0, or a graded code that waits)
+# ---------------------------------------------------------------------------------------------
+
+
+def with_timestep(inputs: Inputs, t, max_timestep: int, pad_action: int = 3) -> Inputs:
+    """``inputs`` with each row's current (last) timestep set to ``t`` (scalar), the earlier real
+    timesteps shifted with it (clipped at 0 and ``max_timestep``); padding timesteps (``with_rtg``'s
+    convention: pad action, RTG 0, timestep 0, zero observation) keep timestep 0."""
+    ts = jnp.asarray(inputs.timesteps, jnp.int32)
+    new = jnp.clip(ts - ts[:, -1:] + jnp.asarray(t, jnp.int32), 0, max_timestep)
+    k = inputs.n_timesteps
+    if inputs.actions is not None and k > 1:
+        obs = jnp.asarray(inputs.obs)[:, : k - 1]
+        pad = ((jnp.asarray(inputs.actions)[:, : k - 1] == pad_action) & (jnp.asarray(inputs.rtg)[:, : k - 1] == 0)
+               & (ts[:, : k - 1] == 0) & ~jnp.any(obs != 0, axis=tuple(range(2, obs.ndim))))
+        new = jnp.where(jnp.concatenate([pad, jnp.zeros_like(pad[:, :1])], 1), ts, new)
+    return inputs.replace(timesteps=new)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def rtg_time_panel(params: dict, cfg: ModelConfig, inputs: Inputs, rtgs: jax.Array, timesteps: jax.Array, v: jax.Array) -> dict:
+    """Each state's current RTG and timestep swept together over ``timesteps`` (T,) x ``rtgs`` (R,),
+    everything else fixed (one vmap over the grid): where the RTG gate sits as time runs out (the
+    goal reward falls with time, so a model that meets middling targets by waiting must compare the
+    RTG with the time left).
+
+    Returns ``rtg`` (R,), ``timesteps`` (T,); ``probs`` (batch, T, R, n_actions); ``dla`` (batch, T,
+    R, component) onto ``v`` at the last state token (labels: ``dla_labels``).
+    """
+    pos = C.state_pos(inputs.n_timesteps)
+    rtgs, ts = jnp.asarray(rtgs, jnp.float32), jnp.asarray(timesteps, jnp.int32)
+
+    def one(t, r):
+        x = with_timestep(inputs, t, cfg.max_timestep, cfg.n_actions).with_rtg(r, cfg.n_actions, cfg.pad_rtg)
+        logits, cache = C.run_with_cache(params, cfg, x)
+        _, dla = C.direct_logit_attribution(params, cfg, cache, v, pos)
+        return jax.nn.softmax(logits[:, -1], -1), dla
+
+    probs, dla = jax.vmap(lambda t: jax.vmap(lambda r: one(t, r))(rtgs))(ts)  # (T, R, batch, ...)
+    return {"rtg": rtgs, "timesteps": ts, "probs": jnp.moveaxis(probs, 2, 0), "dla": jnp.moveaxis(dla, 2, 0)}
+
+
+def _gate_kind(gate: np.ndarray, timesteps: np.ndarray, switch_spread: float) -> tuple[str, float, float]:
+    """(kind, trend, slope per 100 steps) of a gate (T,) with NaN where there is none. The trend is
+    the median gate over the last third of the timesteps minus that over the first third (robust to
+    single timesteps where two near-tied actions swap); "switch" if it is at most ``switch_spread``."""
+    has = np.isfinite(gate)
+    if not has.any():
+        return "none", float("nan"), float("nan")
+    third = max(1, len(gate) // 3)
+    first, last = gate[:third][has[:third]], gate[-third:][has[-third:]]
+    trend = float(np.median(last) - np.median(first)) if len(first) and len(last) else float(np.ptp(gate[has]))
+    slope = float(np.polyfit(timesteps[has], gate[has], 1)[0] * 100) if has.sum() >= 2 and np.ptp(timesteps[has]) > 0 else 0.0
+    return ("switch" if abs(trend) <= switch_spread else "graded"), trend, slope
+
+
+def rtg_gate_stats(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, switch_spread: float = 0.2) -> dict:
+    """Where one state's greedy action changes with the RTG, at each timestep (``rtg_time_panel`` for one row).
+
+    Args: ``rtg`` (R,) ascending, ``timesteps`` (T,), ``probs`` (T, R, n_actions). At each timestep:
+    the *gate* is the lowest scanned RTG from which the greedy action is the one at the highest RTG
+    all the way up (where the top behaviour, e.g. going for the goal, starts); the *low gate* the
+    lowest RTG whose greedy action differs from the one at the lowest RTG (where the bottom
+    behaviour, e.g. the crash, stops); NaN where the action is the same at every RTG. Returns
+    ``gate_rtg``, ``gate_low_rtg``, ``action_low`` / ``action_high`` (all (T,)), and for each gate
+    its ``kind`` / ``kind_low``: "none" (no gate at any timestep), "switch" (its trend, the median
+    over the last third of the timesteps minus that over the first third, is at most
+    ``switch_spread``: a fixed RTG threshold, as the baseline's ball veto) or "graded" (it moves with
+    time: the RTG is compared with the return still reachable), with that trend
+    (``gate_trend``, ``gate_low_trend``) and a least-squares slope per 100 steps.
+    """
+    rtg, timesteps, probs = np.asarray(rtg, np.float64), np.asarray(timesteps, np.float64), np.asarray(probs)
+    greedy = probs.argmax(-1)  # (T, R)
+    idx = np.arange(len(rtg))[None, :]
+    last_bad = np.where(greedy != greedy[:, -1:], idx, -1).max(1)  # one below the top behaviour's start
+    gate = np.where(last_bad >= 0, rtg[np.minimum(last_bad + 1, len(rtg) - 1)], np.nan)
+    first_off = np.where(greedy != greedy[:, :1], idx, len(rtg)).min(1)
+    gate_low = np.where(first_off < len(rtg), rtg[np.minimum(first_off, len(rtg) - 1)], np.nan)
+    kind, trend, slope = _gate_kind(gate, timesteps, switch_spread)
+    kind_low, trend_low, slope_low = _gate_kind(gate_low, timesteps, switch_spread)
+    return {"gate_rtg": gate, "gate_low_rtg": gate_low, "action_low": greedy[:, 0], "action_high": greedy[:, -1],
+            "kind": kind, "gate_trend": trend, "gate_slope_per_100_steps": slope,
+            "kind_low": kind_low, "gate_low_trend": trend_low, "gate_low_slope_per_100_steps": slope_low}

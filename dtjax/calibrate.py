@@ -65,6 +65,15 @@ METHODS: dict[str, tuple[dict, str]] = {
                        "data.mix.random_frac": 0.2, "data.rtg_label": "blind_mean"},
                       "wait_blind with twice the random episodes (crashes from the start states: the RTG -1 end); "
                       "the default since issue 20"),
+    "value_critic": ({"data.mix.wait_frac": 0.0, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1,
+                      "data.rtg_label": "value_critic"},
+                     "QDT-style value relabelling (Yamagata et al. 2023) with the final PPO critic: max(V(s_t), r_t + R_t+1)"),
+    "value_fitted": ({"data.mix.wait_frac": 0.0, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1,
+                      "data.rtg_label": "value_fitted"},
+                     "QDT-style value relabelling with V = max_a Q(s, t, a) fitted offline (Monte-Carlo regression)"),
+    "q_fitted": ({"data.mix.wait_frac": 0.0, "data.mix.blind_frac": 0.0, "data.mix.random_frac": 0.1,
+                  "data.rtg_label": "q_fitted"},
+                 "expected return-to-go labels: each step's RTG replaced by Q(s_t, t, a_t) fitted offline (dtjax.data.value)"),
 }
 
 

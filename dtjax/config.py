@@ -304,7 +304,7 @@ class PPOConfig(ConfigBase):
         return self.total_timesteps // (self.num_envs * self.num_steps)
 
 
-RTG_LABELS = ("realised", "group_mean", "hazard_mean", "blind_mean")  # DataConfig.rtg_label: what a step's RTG says (dtjax.data.relabel)
+RTG_LABELS = ("realised", "group_mean", "hazard_mean", "blind_mean", "value_critic", "value_fitted", "q_fitted")  # DataConfig.rtg_label: what a step's RTG says (dtjax.data.relabel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,9 +423,11 @@ class DataConfig(ConfigBase):
     rtg_label: str = "blind_mean"
     """each step's RTG: "realised" (the episode's return-to-go, as the original) or "group_mean"
     (ESPER-style: the mean return of the behaviour that acted, free of the env's luck; dtjax.data.relabel)
-    or "hazard_mean" / "blind_mean" (group means for the hazard / blind rollouts only, realised labels elsewhere).
-    Default "blind_mean": the blind rollouts' labels must be their group means (a realised -1 or 0 promises
-    no return in between); a dataset without blind rollouts gets realised labels"""
+    or "hazard_mean" / "blind_mean" (group means for the hazard / blind rollouts only, realised labels elsewhere);
+    learned values (dtjax.data.value): "value_critic" / "value_fitted" (QDT's relabelling, max(V(s_t), r_t + R_t+1)
+    backwards, with the final PPO critic / an offline-fitted V = max_a Q) or "q_fitted" (each step labelled
+    Q(s_t, t, a_t), fitted offline). Default "blind_mean": the blind rollouts' labels must be their group means (a
+    realised -1 or 0 promises no return in between); a dataset without blind rollouts gets realised labels"""
 
     def validate(self) -> None:
         _check(self.rtg_label in RTG_LABELS, f"data.rtg_label must be one of {', '.join(RTG_LABELS)}, got {self.rtg_label!r}")

@@ -92,7 +92,7 @@ def calibration_methods(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.8))
-    lo, hi = -1.0, 1.0
+    lo, hi = np.inf, -np.inf  # the targets' range: [-1, 1] in Dynamic Obstacles, [0, 1] where returns cannot be negative
     for name, (x, mean, sd) in curves.items():
         x, mean, sd = (np.asarray(v, np.float64) for v in (x, mean, sd))
         (line,) = ax.plot(x, mean, "o-", ms=3.5, label=name)
@@ -102,7 +102,7 @@ def calibration_methods(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
     ax.set_xlabel("target RTG")
     ax.set_ylabel("achieved return (mean over seeds ± sd)")
     ax.set_title(title, fontsize=9)
-    ax.set_ylim(-1.1, 1.1)
+    ax.set_ylim(lo - 0.1, hi + 0.1)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -678,5 +678,40 @@ def class_timeline(steps: np.ndarray, classes: np.ndarray, names: Sequence[str],
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(len(names))]
     ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def rtg_time(rtg: np.ndarray, timesteps: np.ndarray, probs: np.ndarray, gate: np.ndarray, dla: np.ndarray,
+             labels: Sequence[str], at: Sequence[int], actions: Sequence[str], direction: str):
+    """One state's RTG gate against time: the greedy action over (timestep, target RTG) with the gate
+    (``analysis.rtg_gate_stats``) drawn on it, then per chosen RTG (indices ``at``) each varying
+    component's DLA onto ``direction`` against the timestep. ``probs`` (T, R, n_actions), ``gate``
+    (T,) or (2, T) (the gate, then the low gate), ``dla`` (T, R, component)."""
+    plt = _plt()
+    rtg, timesteps, probs, gate, dla = map(np.asarray, (rtg, timesteps, probs, gate, dla))
+    fig, axes = plt.subplots(1, 1 + len(at), figsize=(4.4 * (1 + len(at)), 3.4), squeeze=False)
+    ax = axes[0, 0]
+    cmap = plt.get_cmap("tab10", len(actions))
+    im = ax.imshow(probs.argmax(-1).T, origin="lower", aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(actions) - 0.5,
+                   extent=(timesteps[0], timesteps[-1], rtg[0], rtg[-1]), interpolation="nearest")
+    gate = gate.reshape(-1, len(timesteps))
+    ax.plot(timesteps, gate[0], "k--", lw=1.2, label="gate")
+    if len(gate) > 1:
+        ax.plot(timesteps, gate[1], "k:", lw=1.2, label="low gate")
+    ax.set_xlabel("timestep")
+    ax.set_ylabel("target RTG")
+    ax.set_title("greedy action", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, ticks=range(len(actions)))
+    bar.ax.set_yticklabels(list(actions), fontsize=7)
+    for ax, j in zip(axes[0, 1:], at):
+        for i, lab in enumerate(labels):
+            if np.ptp(dla[:, j, i]) > 0.05:
+                ax.plot(timesteps, dla[:, j, i], label=lab)
+        ax.plot(timesteps, dla[:, j].sum(-1), "k--", label="total")
+        ax.axhline(0, color="grey", lw=0.5, ls=":")
+        ax.set_title(f"DLA onto {direction} at RTG {rtg[j]:+.2f}", fontsize=9)
+        ax.set_xlabel("timestep")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     return fig

@@ -269,3 +269,72 @@ def test_gate_map_is_the_policy_at_the_start_states():
     logits = forward(params, cfg, obs[:, None], jnp.full((4, 1), 0.5), jnp.full((4, 1), 7))
     assert_close(m[1, 2], np.asarray(jax.nn.softmax(logits[:, -1], -1).mean(0)))
     assert np.abs(m[0] - m[1]).max() > 1e-4  # the timestep reaches the policy
+
+
+def test_rtg_gate_stats_tells_a_switch_from_a_graded_gate():
+    from dtjax import analysis as A
+
+    rtg, ts = np.linspace(-1, 1, 21), np.array([0, 100, 200, 300])
+    onehot = lambda a: np.eye(3)[a]  # noqa: E731
+
+    def probs(gate_at):  # greedy action 0 below each timestep's gate RTG, 2 from it on
+        return np.stack([onehot(np.where(rtg >= g - 1e-9, 2, 0)) for g in gate_at])
+
+    sw = A.rtg_gate_stats(rtg, ts, probs([0.0, 0.0, 0.1, 0.0]))
+    assert sw["kind"] == sw["kind_low"] == "switch"  # two actions: the low gate is the gate
+    assert_close(sw["gate_rtg"], [0.0, 0.0, 0.1, 0.0], floor=1.0)
+    assert_close(sw["gate_low_rtg"], sw["gate_rtg"], floor=1.0)
+    # three behaviours: crash (2) up to a fixed -0.5, wait (0) in between, go (1) from a gate that falls with time
+    three = np.stack([onehot(np.where(rtg < -0.5 - 1e-9, 2, np.where(rtg < g - 1e-9, 0, 1))) for g in (0.9, 0.6, 0.3, 0.0)])
+    st = A.rtg_gate_stats(rtg, ts, three)
+    assert (st["kind"], st["kind_low"]) == ("graded", "switch")
+    assert_close(st["gate_low_rtg"], np.full(4, -0.5), floor=1.0)
+    assert_close(st["gate_rtg"], [0.9, 0.6, 0.3, 0.0], floor=1.0)
+    gr = A.rtg_gate_stats(rtg, ts, probs([0.9, 0.6, 0.3, 0.0]))  # the gate falls 0.3 per 100 steps
+    assert gr["kind"] == "graded" and abs(gr["gate_slope_per_100_steps"] + 0.3) < 1e-9
+    assert (gr["action_low"] == 0).all() and (gr["action_high"] == 2).all()
+    assert abs(st["gate_trend"] + 0.9) < 1e-9 and abs(st["gate_low_trend"]) < 1e-9
+    # one timestep where two near-tied actions swap does not make a switch graded
+    blip = A.rtg_gate_stats(rtg, np.arange(6) * 50, probs([0.0, 0.0, 0.8, 0.0, 0.0, 0.0]))
+    assert blip["kind"] == "switch" and blip["gate_trend"] == 0
+    none = A.rtg_gate_stats(rtg, ts, np.broadcast_to(onehot(1), (4, 21, 3)))
+    assert none["kind"] == "none" and np.isnan(none["gate_rtg"]).all()
+
+
+@pytest.mark.slow  # a compile of the vmapped grid (~5 s idle); the rtg_time section runs in test_report(_shapes) by default
+def test_rtg_time_panel_is_the_policy_at_each_timestep_and_rtg():
+    from fixtures import random_params
+
+    from dtjax import analysis as A
+    from dtjax import scenarios as S
+    from dtjax.circuits import action_vector
+    from dtjax.config import ModelConfig
+
+    cfg = ModelConfig(d_model=16, n_heads=2, d_head=8, d_mlp=16, max_timestep=MAX_STEPS)
+    params = random_params(cfg, std=0.3)
+    names, inp = S.scenario_inputs(None, rtg=0.9)
+    inp = inp.take(jnp.arange(2))
+    rtgs, ts = jnp.array([-1.0, 0.5]), jnp.array([0, 7, MAX_STEPS + 5])  # the last is clipped to max_timestep
+    v = action_vector("forward-right", 3)
+    p = A.rtg_time_panel(params, cfg, inp, rtgs, ts, v)
+    assert p["probs"].shape == (2, 3, 2, 3) and p["dla"].shape[:3] == (2, 3, 2)
+    # the grid point (t, r) is the state panel of the scenarios at timestep t and RTG r
+    want = A.state_panels(params, cfg, inp.replace(timesteps=jnp.full_like(inp.timesteps, 7)).with_rtg(0.5), v)
+    assert_close(p["probs"][:, 1, 1], want["probs"])
+    assert_close(p["dla"][:, 1, 1], want["dla"])
+    top = A.state_panels(params, cfg, inp.replace(timesteps=jnp.full_like(inp.timesteps, MAX_STEPS)).with_rtg(-1.0), v)
+    assert_close(p["probs"][:, 2, 0], top["probs"])
+    assert np.abs(np.asarray(p["probs"][:, 0] - p["probs"][:, 1])).max() > 1e-4  # the timestep reaches the policy
+
+
+def test_calibration_table_and_figure_for_a_family_without_negative_returns():
+    """Empty's returns lie in [0, 1] (its Task.return_range): the table's columns and the figure follow the targets."""
+    x = np.linspace(0, 1, 21)
+    flat = np.full(21, 0.98)  # a model that always goes straight to the goal
+    calib = {"rows": [{"target_rtg": float(t), "mean_return": float(m)} for t, m in zip(x, flat)], "monotonic": False}
+    row = calibrate.method_row([calib])
+    assert row["targets"] == [0.0, 0.5, 1.0]
+    assert_close(row["calibration_error_reachable"][0], np.abs(flat - x)[:-1].mean())
+    assert "return @0 | return @0.5 | return @1" in calibrate.format_table({"baseline": row})
+    ax = plots.calibration_methods({"baseline": (x, flat, 0 * x)}).axes[0]
+    assert ax.get_ylim() == pytest.approx((-0.1, 1.1)) and ax.lines[-1].get_xdata().tolist() == [0.0, 1.0]  # the diagonal

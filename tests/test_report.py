@@ -50,7 +50,8 @@ def test_report_is_self_contained_with_every_section(fast_report):
     out, s = fast_report
     page = (out / "report.html").read_text()
     keys = [sec.key for sec in all_sections()]
-    assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "context_attention", "state_encoder",
+    assert keys == ["model", "calibration", "scenarios", "dla", "rtg_scan", "rtg_time", "context_attention",
+                    "state_encoder",
                     "embeddings", "qk", "ov",
                     "svd", "ablation", "patching", "attribution", "path_patching", "circuit_discovery", "logit_lens",
                     "composition", "steering", "memory_features", "memory_adversaries", "memory_circuit", "memory_adversary_search", "sae", "probes"]

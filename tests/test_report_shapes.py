@@ -179,6 +179,9 @@ def _check_sections(cfg, results, status, html):
     scan = results["rtg_scan"]["scan"]
     assert scan["logits"].shape == (2, OPTIONS.scan_points, cfg.n_actions)
     assert scan["attn_to_rtg"].shape == (2, OPTIONS.scan_points, L, H)
+    rt = results["rtg_time"]  # the RTG gate against time: probabilities over the grid, DLA with the dla section's labels
+    assert rt["probs"].shape[:2] == (2, len(rt["timesteps"])) and rt["dla"].shape[-1] == len(dla["labels"])
+    assert_close(rt["probs"].sum(-1), np.ones(rt["probs"].shape[:-1]))
 
 
 def _check_circuit_sections(cfg, results):

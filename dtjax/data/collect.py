@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dtjax.config import DataConfig
-from dtjax.data import ppo, ppo_rnn, relabel, store
+from dtjax.data import ppo, ppo_rnn, relabel, store, value
 
 GREEDY = 1e-6  # sampling temperature of the blind rollouts: logits / 1e-6 samples the argmax
 TRAINERS = {"mlp": ppo, "gru": ppo_rnn}  # PPOConfig.arch -> the module with make_train / make_rollout
@@ -157,6 +157,10 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
     if not parts:
         raise store.DatasetError("the collection produced no complete episode; raise the step counts")
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if cfg.rtg_label == "value_critic":  # QDT-style labels from the final critic (dtjax.data.value), kept in the store
+        if cfg.ppo.arch != "mlp":
+            raise store.DatasetError(f"rtg_label 'value_critic' needs the MLP PPO's critic, not ppo.arch {cfg.ppo.arch!r}")
+        arrays["value"] = value.critic_values(network, out["params"], env, arrays)
     log(f"mix rollouts: {mix_steps} env steps in {t_mix:.1f}s (incl. compile)")
     info = {
         "ppo_env_steps": n_ppo,

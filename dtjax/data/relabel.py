@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from dtjax.config import RTG_LABELS
-from dtjax.data import store
+from dtjax.data import store, value
 
 __all__ = ["RTG_LABELS", "ONLY_SOURCE", "DRAW_RANGE", "episode_groups", "group_means", "rtg_shift"]
 ONLY_SOURCE = {"hazard_mean": "hazard", "blind_mean": "blind"}  # labels that relabel one source's episodes only
@@ -71,6 +71,8 @@ def rtg_shift(arrays: dict[str, np.ndarray], label: str = "realised") -> np.ndar
         raise ValueError(f"rtg_label must be one of {', '.join(RTG_LABELS)}, got {label!r}")
     if label == "realised":
         return np.zeros(len(arrays["reward"]), np.float32)
+    if label in value.LABELS:  # learned-value labels (QDT-style): dtjax.data.value
+        return value.rtg_shift(arrays, label)
     ep, starts, _, returns = store.episode_index(arrays)
     if label in ONLY_SOURCE:
         mine = np.asarray(arrays["source"])[starts] == store.SOURCES.index(ONLY_SOURCE[label])

@@ -21,6 +21,8 @@ Format (schema version 1)::
       behaviour.npy      (N,)      int32   optional: which behaviour acted, within its source (the
                                            PPO update; a mix policy and its episode's wait or
                                            branch step): ESPER-style groups, dtjax.data.relabel
+      value.npy          (N,)      float32 optional: the final PPO critic's value of the state (rtg_label
+                                           "value_critic", dtjax.data.value)
       <field>.npy        (N, ...)  int16 or bool  the family's other state fields (Memory: its
                          objects and what the agent carries), listed in metadata
                          ``state_fields`` {name: dtype}; none for Dynamic Obstacles and Empty
@@ -61,7 +63,7 @@ FIELDS = {
     "action": (np.int8, 1), "reward": (np.float32, 1), "terminated": (np.bool_, 1), "truncated": (np.bool_, 1),
     "source": (np.int8, 1),
 }
-OPTIONAL = {"obs": (np.uint8, 4), "behaviour": (np.int32, 1)}
+OPTIONAL = {"obs": (np.uint8, 4), "behaviour": (np.int32, 1), "value": (np.float32, 1)}
 N_ACTIONS = 3  # actions of a dataset whose metadata has no n_actions (Dynamic Obstacles, Empty)
 STATE_DTYPES = {"bool": np.bool_, "int16": np.int16}  # a state field's dtype on disk
 

@@ -55,6 +55,7 @@ order  key                  module
 20-45  scenarios, dla,      states (context_attention: the decision token's attention to every
        rtg_scan,            token of the context, R1 s1 a1 ... as the original app numbers them;
        context_attention    undefined for one timestep)
+42     rtg_time             rtg (the RTG gate against the timestep: switch or graded; DLA against time)
 50-90  state_encoder,       weights
        embeddings, qk, ov,
        svd

@@ -1,7 +1,7 @@
 """The report's sections: every module in this package that defines ``SECTIONS`` (a tuple of
 ``dtjax.report.Section``) contributes them, placed by ``Section.order``.
 
-Built in: ``overview`` (model, calibration), ``states`` (scenarios, dla, rtg_scan), ``weights``
+Built in: ``overview`` (model, calibration), ``states`` (scenarios, dla, rtg_scan), ``rtg`` (rtg_time), ``weights``
 (state_encoder, embeddings, qk, ov, svd), ``causal`` (ablation, patching), ``circuits``
 (attribution, path_patching, circuit_discovery, logit_lens, composition, steering), ``sae`` (sae:
 opt-in, ``analyse.py --sae DIR``). A new module here is
