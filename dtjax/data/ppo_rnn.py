@@ -94,10 +94,48 @@ def rnn_ppo_loss(params, network, h0, batch, cfg: PPOConfig, ent_coef):
     return ppo_terms(logits, value, traj, adv, targets, cfg, ent_coef)
 
 
+SELECT_ENVS, SELECT_STEPS = 64, 100  # held-out greedy episodes that pick the best of a population (~6400 env steps each)
+
+
 def make_train(cfg: PPOConfig, env, env_params):
     """Build ``(train, network)`` for ``cfg`` (``cfg.arch == "gru"``); ``train(key)`` returns the
-    dict of ``dtjax.data.ppo.make_train`` (params, snapshots, transitions, metrics)."""
+    dict of ``dtjax.data.ppo.make_train`` (params, snapshots, transitions, metrics).
+
+    With ``cfg.population`` = N > 1, ``train(key)`` trains N runs vmapped (keys ``split(key, N)``),
+    scores each by ``greedy_score`` on held-out episodes and returns the best run's dict, plus
+    ``population_score`` (N,) (the mean greedy return per ended episode) and ``population_success``
+    (N,) (the fraction of those episodes that reached the goal)."""
     network = ActorCriticRNN(n_actions=env.num_actions, hidden=cfg.hidden)
+    train = _make_train_one(cfg, env, env_params, network)
+    if cfg.population == 1:
+        return train, network
+    rollout = make_rollout(env, env_params, network, SELECT_ENVS, SELECT_STEPS)
+
+    def train_population(key):
+        k_pop, k_select = jax.random.split(key)
+        outs = jax.vmap(train)(jax.random.split(k_pop, cfg.population))
+        score, success = jax.vmap(lambda p: greedy_score(rollout, p, k_select))(outs["params"])
+        best = jnp.argmax(score)
+        out = jax.tree.map(lambda x: x[best], outs)
+        return {**out, "population_score": score, "population_success": success}
+
+    return train_population, network
+
+
+def greedy_score(rollout, params, key) -> tuple[jax.Array, jax.Array]:
+    """(mean return, success rate) per ended episode of the greedy policy ``params`` in ``rollout``
+    (a ``make_rollout`` of E envs): each env runs whole episodes from resets drawn with ``key``.
+    Greedy is sampling at temperature 1e-6 (argmax up to exact ties)."""
+    E = SELECT_ENVS
+    rec = rollout(key, jax.tree.map(lambda x: x[None], params), jnp.zeros(E, jnp.int32), jnp.zeros(E, jnp.float32),
+                  jnp.zeros(E, jnp.int32), None, None, jnp.full((E,), 1e-6, jnp.float32))
+    ended = rec["terminated"] | rec["truncated"]
+    n = jnp.maximum(ended.sum(), 1)
+    return (rec["reward"] * ended).sum() / n, (ended & (rec["reward"] > 0)).sum() / n
+
+
+def _make_train_one(cfg: PPOConfig, env, env_params, network):
+    """One recurrent PPO run: ``train(key)`` -> params, snapshots, transitions, metrics."""
     n_updates, E, T = cfg.num_updates, cfg.num_envs, cfg.num_steps
     mb_envs = E // cfg.num_minibatches
     lr = optax.linear_schedule(cfg.lr, 0.0, n_updates * cfg.update_epochs * cfg.num_minibatches) if cfg.anneal_lr else cfg.lr
@@ -187,7 +225,7 @@ def make_train(cfg: PPOConfig, env, env_params):
         )
         return {"params": params, "snapshots": snaps, "transitions": record, "metrics": metrics}
 
-    return train, network
+    return train
 
 
 def make_rollout(env, env_params, network: ActorCriticRNN, num_envs: int, num_steps: int):
