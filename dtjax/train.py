@@ -211,7 +211,7 @@ def compiled_chunk(spec: TrainConfig, shared_data: bool, mesh: Mesh):
     setting: later runs with equal arguments (and data shapes) reuse its compilation."""
     env, _ = spec.env.make()
     sample_cfg = SampleConfig(spec.model.n_timesteps, spec.model.max_timestep, spec.model.n_actions,
-                              spec.data.prob_go_from_end)
+                              spec.data.prob_go_from_end, spec.data.window_end)
     sample_batch = functools.partial(sample_batch_fn, env=env, cfg=sample_cfg)
     return make_seeds_chunk(spec, make_optimizer(spec), sample_batch, mesh, shared_data=shared_data)
 
