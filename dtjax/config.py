@@ -284,10 +284,11 @@ class PPOConfig(ConfigBase):
     (dtjax.data.ppo_rnn, PureJaxRL's ppo_rnn) for tasks that need memory (Memory: the object seen
     at the start decides the turn at the junction); minibatches are then whole env sequences"""
     population: int = 1
-    """with arch "gru": PPO runs trained together (vmapped, one jitted program), each from its own
+    """with arch "gru": PPO runs trained one after another (one compilation), each from its own
     key; the one with the best greedy return on held-out episodes is kept (best-of-N selection, as
-    in population-based training's exploit step). A recurrent PPO on Memory sometimes never finds
-    the memory (stuck at a coin flip at the junction); N runs make that N times less likely"""
+    in population-based training's exploit step; dtjax.data.ppo_rnn.train_best_of). A recurrent
+    PPO on Memory sometimes never finds the memory (a coin flip at the junction): with a failure
+    rate p per run, all N fail with probability p^N"""
 
     def validate(self) -> None:
         for n in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "hidden"):

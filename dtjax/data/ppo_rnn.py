@@ -99,27 +99,36 @@ SELECT_ENVS, SELECT_STEPS = 64, 100  # held-out greedy episodes that pick the be
 
 def make_train(cfg: PPOConfig, env, env_params):
     """Build ``(train, network)`` for ``cfg`` (``cfg.arch == "gru"``); ``train(key)`` returns the
-    dict of ``dtjax.data.ppo.make_train`` (params, snapshots, transitions, metrics).
-
-    With ``cfg.population`` = N > 1, ``train(key)`` trains N runs vmapped (keys ``split(key, N)``),
-    scores each by ``greedy_score`` on held-out episodes and returns the best run's dict, plus
-    ``population_score`` (N,) (the mean greedy return per ended episode) and ``population_success``
-    (N,) (the fraction of those episodes that reached the goal)."""
+    dict of ``dtjax.data.ppo.make_train`` (params, snapshots, transitions, metrics): one run
+    (``train_best_of`` runs a population)."""
     network = ActorCriticRNN(n_actions=env.num_actions, hidden=cfg.hidden)
-    train = _make_train_one(cfg, env, env_params, network)
-    if cfg.population == 1:
-        return train, network
-    rollout = make_rollout(env, env_params, network, SELECT_ENVS, SELECT_STEPS)
+    return _make_train_one(cfg, env, env_params, network), network
 
-    def train_population(key):
-        k_pop, k_select = jax.random.split(key)
-        outs = jax.vmap(train)(jax.random.split(k_pop, cfg.population))
-        score, success = jax.vmap(lambda p: greedy_score(rollout, p, k_select))(outs["params"])
-        best = jnp.argmax(score)
-        out = jax.tree.map(lambda x: x[best], outs)
-        return {**out, "population_score": score, "population_success": success}
 
-    return train_population, network
+def train_best_of(cfg: PPOConfig, env, env_params, key: jax.Array):
+    """``cfg.population`` runs (keys ``split(split(key)[0], N)``), one after another through one
+    compiled ``train``; each is scored by ``greedy_score`` on the same held-out episodes (key
+    ``split(key)[1]``) and the best is kept (best-of-N selection). Returns ``(out, network)``:
+    ``out`` is the best run's ``train`` dict plus ``population_score`` (N,) (mean greedy return per
+    ended episode) and ``population_success`` (N,) (the fraction of those that reached the goal).
+
+    Sequential, not vmapped: one program holding the vmapped runs and the scoring rollout hung in
+    XLA's CPU runtime (all threads waiting, 2 of 4 tries on a loaded 2-core machine); the single
+    run never did. Only the best run's transitions are kept in memory."""
+    train, network = make_train(cfg, env, env_params)
+    run = jax.jit(train)
+    score = jax.jit(functools.partial(greedy_score, make_rollout(env, env_params, network, SELECT_ENVS, SELECT_STEPS)))
+    k_pop, k_select = jax.random.split(key)
+    scores, successes, best = [], [], None
+    for k in jax.random.split(k_pop, cfg.population):
+        out = jax.block_until_ready(run(k))
+        s, success = (float(x) for x in score(out["params"], k_select))
+        if best is None or s > max(scores):
+            best = out
+        scores.append(s)
+        successes.append(success)
+        del out
+    return {**best, "population_score": np.asarray(scores), "population_success": np.asarray(successes)}, network
 
 
 def greedy_score(rollout, params, key) -> tuple[jax.Array, jax.Array]:
