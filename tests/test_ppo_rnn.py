@@ -179,7 +179,7 @@ def test_store_keeps_a_familys_state_fields(tmp_path):
 
 
 
-@pytest.mark.slow  # compiles a tiny GRU PPO and the greedy rollouts, runs 3 (~60 s of CPU)
+@pytest.mark.slow  # compiles a tiny GRU PPO and the greedy rollouts, runs 3 (~10 s on 2 busy cores)
 def test_population_keeps_its_best_run():
     """A population of 3 returns the run with the best greedy score, and that run is exactly the
     single run trained from its member key, its score recomputed; the runs differ, so the
