@@ -283,11 +283,19 @@ class PPOConfig(ConfigBase):
     """"mlp": separate actor and critic MLPs (Markov tasks); "gru": a recurrent actor-critic
     (dtjax.data.ppo_rnn, PureJaxRL's ppo_rnn) for tasks that need memory (Memory: the object seen
     at the start decides the turn at the junction); minibatches are then whole env sequences"""
+    population: int = 1
+    """with arch "gru": PPO runs trained one after another (one compilation), each from its own
+    key; the one with the best greedy return on held-out episodes is kept (best-of-N selection, as
+    in population-based training's exploit step; dtjax.data.ppo_rnn.train_best_of). A recurrent
+    PPO on Memory sometimes never finds the memory (a coin flip at the junction): with a failure
+    rate p per run, all N fail with probability p^N"""
 
     def validate(self) -> None:
         for n in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "hidden"):
             _check(getattr(self, n) >= 1, f"ppo.{n} must be >= 1, got {getattr(self, n)}")
         _check(self.arch in PPO_ARCHS, f"ppo.arch must be one of {', '.join(PPO_ARCHS)}, got {self.arch!r}")
+        _check(self.population >= 1 and (self.arch == "gru" or self.population == 1),
+               f"ppo.population must be >= 1, and 1 unless ppo.arch is gru, got {self.population} with arch {self.arch!r}")
         _check(self.arch != "gru" or self.num_envs % self.num_minibatches == 0,
                f"ppo.num_envs ({self.num_envs}) must be divisible by ppo.num_minibatches ({self.num_minibatches}) with arch gru "
                "(minibatches are whole env sequences)")
@@ -420,6 +428,9 @@ class DataConfig(ConfigBase):
     """train on the best episodes (by return) holding this fraction of the steps"""
     prob_go_from_end: float = 0.1
     """probability a window ends at its episode's last step (original: 0.1)"""
+    window_end: bool = False
+    """windows end at a uniform transition, as the evaluation's window ends at the current step
+    (False: they start there, as the original's); Memory's junction decision then sees the start room"""
     rtg_label: str = "blind_mean"
     """each step's RTG: "realised" (the episode's return-to-go, as the original) or "group_mean"
     (ESPER-style: the mean return of the behaviour that acted, free of the env's luck; dtjax.data.relabel)

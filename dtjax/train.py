@@ -193,12 +193,12 @@ def make_seeds_chunk(cfg: TrainConfig, tx, sample_batch, mesh, shared_data: bool
 def chunk_spec(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every field the chunk does not read set to its default: the cache key of
     ``compiled_chunk``. Kept: model, env, optimizer and schedule (``num_steps`` included),
-    ``batch_size``, ``log_every``, ``data.prob_go_from_end``. Blanking only fields known to be
+    ``batch_size``, ``log_every``, ``data.prob_go_from_end`` and ``data.window_end``. Blanking only fields known to be
     unread errs on the safe side: a new field is part of the key until it is listed here."""
     d = TrainConfig()
     return cfg.replace(
         run_name=d.run_name, checkpoint_dir=d.checkpoint_dir, seed=d.seed, dataset=d.dataset,
-        data=DataConfig(prob_go_from_end=cfg.data.prob_go_from_end), eval_every=0, eval_episodes=d.eval_episodes,
+        data=DataConfig(prob_go_from_end=cfg.data.prob_go_from_end, window_end=cfg.data.window_end), eval_every=0, eval_episodes=d.eval_episodes,
         final_eval_episodes=d.final_eval_episodes, eval_rtgs=d.eval_rtgs, calib_points=d.calib_points,
         calib_se=d.calib_se, calib_min_episodes=d.calib_min_episodes, calib_episodes=d.calib_episodes,
         eval_pool=d.eval_pool, num_seeds=1, seed_datasets=False, ckpt_every=cfg.log_every,
@@ -211,7 +211,7 @@ def compiled_chunk(spec: TrainConfig, shared_data: bool, mesh: Mesh):
     setting: later runs with equal arguments (and data shapes) reuse its compilation."""
     env, _ = spec.env.make()
     sample_cfg = SampleConfig(spec.model.n_timesteps, spec.model.max_timestep, spec.model.n_actions,
-                              spec.data.prob_go_from_end)
+                              spec.data.prob_go_from_end, spec.data.window_end)
     sample_batch = functools.partial(sample_batch_fn, env=env, cfg=sample_cfg)
     return make_seeds_chunk(spec, make_optimizer(spec), sample_batch, mesh, shared_data=shared_data)
 

@@ -168,6 +168,29 @@ def test_starts_are_uniform_over_transitions_and_go_from_end(env):
     assert set(si.tolist()) <= set((starts + np.maximum(0, lengths - 3)).tolist())
 
 
+def test_end_aligned_windows_end_at_a_uniform_transition(env):
+    """With window_end, the window that holds a drawn row r ends at r (starts K - 1 rows earlier)
+    or starts at r's episode start: every row is a window's last step equally often (K = 3); the
+    start-aligned draw (the default) differs, so the check can fail."""
+    arrays, _ = random_dataset(np.random.default_rng(4), 5, SIZE, N_OBST, MAX_STEPS, max_len=8)
+    data = dataset.device_arrays(arrays)
+    _, starts, lengths, _ = store.episode_index(arrays)
+    ep_of = np.repeat(np.arange(len(starts)), lengths)
+    n, K, B = len(arrays["action"]), 3, 20_000
+    si = np.asarray(dataset.draw_starts(jax.random.key(2), data, B, K, 0.0, window_end=True))
+    assert (si >= starts[ep_of[si]]).all()
+    # a window starting at s has its last real row at min(s + K, episode end) - 1
+    last = np.minimum(si + K, starts[ep_of[si]] + lengths[ep_of[si]]) - 1
+    at_start = si == starts[ep_of[si]]
+    assert ((si + K - 1 == last) | at_start).all()
+    # rows K or more into their episode (whose windows never start at the episode's start) each
+    # end a window as often as a uniform draw picks them
+    deep = np.arange(n) - starts[ep_of] >= K
+    freq = np.bincount(si[~at_start] + K - 1, minlength=n) / B
+    assert np.abs(freq[deep] - 1 / n).max() < 4 * np.sqrt(1 / n / B) + 1e-3
+    assert not (np.asarray(dataset.draw_starts(jax.random.key(2), data, B, K, 0.0)) == si).all()
+
+
 def test_stored_obs_give_the_same_batch(env):
     arrays, _ = random_dataset(np.random.default_rng(5), 20, SIZE, N_OBST, MAX_STEPS)
     states = envs.EnvState(*(jnp.asarray(arrays[k], jnp.int32) for k in ("agent_pos", "agent_dir", "obstacles", "time")))

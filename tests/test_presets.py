@@ -19,6 +19,8 @@ def test_memory_presets_are_the_base():
     assert cfg.model.n_timesteps == 9 and cfg.model.n_actions == 7 and cfg.model.layer_norm
     assert cfg.env.obs_mode == cfg.model.obs_mode == "one_hot" and cfg.env.max_steps == 50
     assert cfg.data.ppo.arch == "gru" and cfg.data.mix.tempered_frac == presets["data"]["mix"]["tempered_frac"]
+    assert cfg.data.ppo.population > 1 and cfg.data.window_end  # best-of-N PPO; end-aligned windows
+    assert not TrainConfig().data.window_end and TrainConfig().data.ppo.population == 1  # the defaults stay as they were
     assert cfg.num_steps == presets["num_steps"] and cfg.eval_rtgs == tuple(presets["eval_rtgs"])
     assert cfg.lr == TrainConfig().lr  # what the presets leave alone keeps its default
 

@@ -117,6 +117,7 @@ def test_second_run_of_the_same_shapes_reuses_the_compiled_chunk(tiny_run, tmp_p
     assert tr.CHUNK_TRACES["count"] == before + 1
     assert tr.chunk_spec(cfg) == tr.chunk_spec(cfg.replace(seed=7, run_name="x", eval_rtgs=(1.0,)))
     assert tr.chunk_spec(cfg) != tr.chunk_spec(cfg.replace(lr=2e-3))
+    assert tr.chunk_spec(cfg) != tr.chunk_spec(cfg.replace(data=cfg.data.replace(window_end=True)))  # the sampler reads it
 
 
 def test_resume_errors(tmp_path):

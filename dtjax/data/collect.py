@@ -104,14 +104,21 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
     src = {name: i for i, name in enumerate(store.SOURCES)}
     trainer = TRAINERS[cfg.ppo.arch]
     t0 = time.time()
-    train, network = trainer.make_train(cfg.ppo, env, env_params)
-    out = jax.block_until_ready(jax.jit(train)(k_ppo))
+    if cfg.ppo.population > 1:  # best of N recurrent PPO runs (config validation: arch gru)
+        out, network = ppo_rnn.train_best_of(cfg.ppo, env, env_params, k_ppo)
+    else:
+        train, network = trainer.make_train(cfg.ppo, env, env_params)
+        out = jax.block_until_ready(jax.jit(train)(k_ppo))
     t_ppo = time.time() - t0
     ppo_returns = np.asarray(out["metrics"]["mean_return"])
     final_return = float(np.nanmean(ppo_returns[-max(1, len(ppo_returns) // 20):]))
-    n_ppo = cfg.ppo.num_updates * cfg.ppo.num_envs * cfg.ppo.num_steps
+    n_ppo = cfg.ppo.num_updates * cfg.ppo.num_envs * cfg.ppo.num_steps * cfg.ppo.population
     log(f"PPO: {n_ppo} env steps in {t_ppo:.1f}s ({n_ppo / t_ppo:,.0f} steps/s incl. compile); "
         f"mean return over the last 5% of updates {final_return:.3f}")
+    population = {k: np.asarray(out.pop(k)).round(4).tolist() for k in ("population_score", "population_success") if k in out}
+    if population:  # ppo_rnn's best-of-N: the greedy success of each run, the best kept
+        log(f"PPO population of {cfg.ppo.population}: greedy success {population['population_success']}, "
+            f"kept run {int(np.argmax(population['population_score']))}")
     parts = []
     if mix.ppo_rollouts:
         # (U, T, E, ...) -> (U*T, E, ...): each env's timeline continues across updates
@@ -171,6 +178,7 @@ def collect(cfg: DataConfig, env, env_params, key: jax.Array, log=print) -> Coll
         "ppo_mean_return_per_update": [None if np.isnan(x) else round(float(x), 4) for x in ppo_returns],
         "branch_steps": branch_steps,
         "wait_steps": wait_steps,
+        **population,
     }
     return Collection(arrays, info, out["params"], network, out["snapshots"])
 

@@ -82,6 +82,7 @@ class SampleConfig:
     max_timestep: int  # timesteps are clipped to this (the model's last time-embedding row)
     n_actions: int = 3  # the padding action index
     prob_go_from_end: float = 0.1  # probability a window ends at its episode's last step
+    window_end: bool = False  # the uniform transition ends its window (else starts it): see draw_starts
 
 
 def select_top(returns: np.ndarray, lengths: np.ndarray, pct_traj: float) -> np.ndarray:
@@ -129,9 +130,16 @@ def device_arrays(arrays: dict[str, np.ndarray], pct_traj: float = 1.0, rtg_labe
     return out
 
 
-def draw_starts(key: jax.Array, data: dict, batch_size: int, K: int, prob_go_from_end: float) -> jax.Array:
+def draw_starts(key: jax.Array, data: dict, batch_size: int, K: int, prob_go_from_end: float,
+                window_end: bool = False) -> jax.Array:
     """(B,) window start rows: a uniform kept transition, or with probability ``prob_go_from_end``
-    the start ``max(0, len - K)`` of that transition's episode (the window then ends it)."""
+    the start ``max(0, len - K)`` of that transition's episode (the window then ends it).
+
+    ``window_end``: the uniform transition is the window's last step instead (its start is K - 1
+    rows earlier, or its episode's start), as the evaluation's window ends at the current step:
+    each step is then a last token as often, seeing the same history it sees in a rollout. For a
+    task whose decision needs an early frame (Memory's junction needs the start room) a
+    start-aligned window mostly cuts that frame off the decision."""
     k_idx, k_end = jax.random.split(key)
     # "n_valid": the real length of a padded valid_idx (datasets of several seeds stacked, see dtjax.train)
     n_valid = data["n_valid"] if "n_valid" in data else data["valid_idx"].shape[0]
@@ -140,7 +148,8 @@ def draw_starts(key: jax.Array, data: dict, batch_size: int, K: int, prob_go_fro
     ep = data["episode"][idx]
     start, length = data["ep_start"][ep], data["ep_len"][ep]
     go_end = jax.random.uniform(k_end, (batch_size,)) < prob_go_from_end
-    return jnp.where(go_end, start + jnp.maximum(0, length - K), idx)
+    first = jnp.maximum(start, idx - (K - 1)) if window_end else idx
+    return jnp.where(go_end, start + jnp.maximum(0, length - K), first)
 
 
 def state_class(env):
@@ -192,7 +201,7 @@ def sample_batch(key: jax.Array, data: dict, batch_size: int, *, env, cfg: Sampl
     model uses. Returns dict: obs (B, K, *obs_shape) uint8, rtg (B, K) float32, timesteps (B, K)
     int32, actions (B, K) int32 (padding = n_actions), mask (B, K) bool (False on padding).
     """
-    si = draw_starts(key, data, batch_size, cfg.n_timesteps, cfg.prob_go_from_end)
+    si = draw_starts(key, data, batch_size, cfg.n_timesteps, cfg.prob_go_from_end, cfg.window_end)
     return windows(data, si, env=env, cfg=cfg)
 
 
