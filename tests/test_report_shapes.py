@@ -62,7 +62,8 @@ SLOW_DESIGN = [(1, 1, False, True, "image", "linear"), (1, 3, True, True, "one_h
 BASE = ModelConfig(d_model=8, n_heads=2, d_head=4, d_mlp=8, max_timestep=12)
 ENV = EnvConfig("MiniGrid-Dynamic-Obstacles-5x5-v0", max_steps=10)
 OPTIONS = ReportOptions(calib_rtgs=2, calib_episodes=2, ablation_rtgs=(-1.0, 1.0), ablation_episodes=2, mean_samples=16,
-                        scan_points=5, circuit_batch=8, ig_steps=0, fast=True, strict=True, closed_loop=False, dpi=20)
+                        scan_points=5, circuit_batch=8, ig_steps=0, fast=True, strict=True, closed_loop=False, dpi=20,
+                        probe_episodes=32, probe_train=256, probe_test=128)  # probes: tiny, as the rest
 
 
 def _cfg(row) -> ModelConfig:
