@@ -494,7 +494,7 @@ TASK = Task(
                   "n_layers": 2, "n_heads": 4, "d_head": 32},
         "data": {
             # lambda 0.99 (the original's) and 1M steps: 3 of 4 seeds find the memory, the 4th stays a
-            # coin flip at the junction, so 3 runs train together and the best is kept (docs/data.md)
+            # coin flip at the junction, so 3 runs train one after another and the best is kept (docs/data.md)
             "ppo": {"arch": "gru", "total_timesteps": 1_000_000, "num_envs": 64, "num_steps": 64, "num_minibatches": 4,
                     "lr": 1e-3, "gae_lambda": 0.99, "ent_coef": 0.2, "ent_coef_end": 0.0, "n_snapshots": 2, "population": 3},
             # 160k T1 + 320k T5 steps, the original's 480k
