@@ -362,3 +362,14 @@ def adversary_labels() -> tuple[tuple[str, str], ...]:
 def layout_names() -> list[str]:
     """`envs.memory.layout_name` of each of `LAYOUTS`."""
     return [layout_name(*lay) for lay in LAYOUTS]
+
+
+def writeup_undefined(cfg: ModelConfig, task, contexts: bool = True) -> str | None:
+    """Why the write-up's analyses do not apply to a model of ``task`` (one line), or None: they need a
+    Memory model with one-hot (7, 7, 20) views and, for the write-up's contexts (``contexts``), its
+    9 timesteps. The one check of the report's Memory sections and the explorer's Memory card."""
+    if task.family != "memory" or tuple(cfg.obs_shape) != (VIEW, VIEW, N_CHANNELS):
+        return f"defined for Memory models with one-hot ({VIEW}, {VIEW}, {N_CHANNELS}) observations (the MemoryDT write-up)"
+    if contexts and cfg.n_timesteps != N_PAD + 5:
+        return f"the write-up's contexts have {N_PAD + 5} timesteps; this model has {cfg.n_timesteps}"
+    return None

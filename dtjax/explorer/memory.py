@@ -37,10 +37,9 @@ COEF_RANGE = 2.0  # the slider's |c| (the write-up's Fig. 19 range)
 
 def undefined(cfg: ModelConfig, task, size: int) -> str | None:
     """Why the Memory card does not apply to this model in this env (one line), or None."""
-    if task.family != "memory" or tuple(cfg.obs_shape) != (M.VIEW, M.VIEW, M.N_CHANNELS):
-        return "defined for Memory models with one-hot (7, 7, 20) observations (the MemoryDT write-up)"
-    if cfg.n_timesteps != M.N_PAD + 5:
-        return f"the write-up's adversary contexts have {M.N_PAD + 5} timesteps; this model has {cfg.n_timesteps}"
+    why = M.writeup_undefined(cfg, task)
+    if why:
+        return why
     if size != M.VIEW:
         return f"the write-up's adversaries are contexts of the 7x7 Memory grid; this env is {size}x{size}"
     return None

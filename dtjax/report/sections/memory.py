@@ -14,18 +14,13 @@ from dtjax.report.base import Context, Page, Section, rounded
 COEFS = (-2.0, -1.0, 0.0, 1.0, 2.0)  # the write-up's Fig. 19 coefficients
 
 
-def _undefined(ctx: Context) -> str | None:
-    if ctx.task.family != "memory" or tuple(ctx.cfg.obs_shape) != (7, 7, 20):
-        return "defined for Memory models with one-hot (7, 7, 20) observations (the MemoryDT write-up)"
-    if ctx.cfg.n_timesteps != M.N_PAD + 5:
-        return f"the write-up's adversary contexts have 9 timesteps; this model has {ctx.cfg.n_timesteps}"
-    return None
+def undefined(ctx: Context) -> str | None:
+    """The write-up's sections on its 9-timestep contexts (``dtjax.circuits.memory.writeup_undefined``)."""
+    return M.writeup_undefined(ctx.cfg, ctx.task)
 
 
 def _features_undefined(ctx: Context) -> str | None:
-    if ctx.task.family != "memory" or tuple(ctx.cfg.obs_shape) != (7, 7, 20):
-        return "defined for Memory models with one-hot (7, 7, 20) observations (the MemoryDT write-up)"
-    return None
+    return M.writeup_undefined(ctx.cfg, ctx.task, contexts=False)
 
 
 def features_compute(ctx: Context) -> dict:
@@ -138,5 +133,5 @@ SECTIONS = (
     Section("memory_features", "MemoryDT write-up: embedding norms and PCA features", features_compute, features_render,
             order=134, undefined=_features_undefined),
     Section("memory_adversaries", "MemoryDT write-up: instruction adversaries, feature intervention, attention",
-            adversaries_compute, adversaries_render, order=135, undefined=_undefined),
+            adversaries_compute, adversaries_render, order=135, undefined=undefined),
 )

@@ -11,19 +11,12 @@ from dtjax import plots
 from dtjax.circuits import adversary as A
 from dtjax.circuits import memory as M
 from dtjax.report.base import Context, Page, Section, rounded
+from dtjax.report.sections import memory as memory_sections
 
 TOP_B = 32  # pairs among the best 32 non-flipping single edits of each context (496 forwards each)
 TOP_B_FAST = 8  # ReportOptions.fast (tests, --fast): 28 pairs each
 N_BEST = 3  # best edits listed per context
 MAP_FRAMES = (M.INSTRUCTION_FRAME, M.N_PAD + 4)  # S5 (the instruction frame) and S9 (the junction, the decision)
-
-
-def _undefined(ctx: Context) -> str | None:
-    if ctx.task.family != "memory" or tuple(ctx.cfg.obs_shape) != (7, 7, 20):
-        return "defined for Memory models with one-hot (7, 7, 20) observations (the MemoryDT write-up)"
-    if ctx.cfg.n_timesteps != M.N_PAD + 5:
-        return f"the write-up's adversary contexts have 9 timesteps; this model has {ctx.cfg.n_timesteps}"
-    return None
 
 
 def compute(ctx: Context) -> dict:
@@ -93,5 +86,5 @@ def render(d: dict, page: Page) -> None:
 
 SECTIONS = (
     Section("memory_adversary_search", "MemoryDT: automatic adversary search (one- and two-cell edits of any frame)",
-            compute, render, order=138, undefined=_undefined),
+            compute, render, order=138, undefined=memory_sections.undefined),
 )

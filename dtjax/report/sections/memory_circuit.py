@@ -16,20 +16,12 @@ import numpy as np
 from dtjax import circuits as C
 from dtjax import plots
 from dtjax.circuits import graph as G
-from dtjax.circuits import memory as M
 from dtjax.circuits import memory_circuit as MC
 from dtjax.circuits.core import Inputs
 from dtjax.report.base import Context, Page, Section, rounded
+from dtjax.report.sections import memory as memory_sections
 
 DIRECTION = ("left", "right")
-
-
-def _undefined(ctx: Context) -> str | None:
-    if ctx.task.family != "memory" or tuple(ctx.cfg.obs_shape) != (7, 7, 20):
-        return "defined for Memory models with one-hot (7, 7, 20) observations (the MemoryDT write-up's contexts)"
-    if ctx.cfg.n_timesteps != M.N_PAD + 5:
-        return f"the write-up's junction contexts have 9 timesteps; this model has {ctx.cfg.n_timesteps}"
-    return None
 
 
 def _faith_rows(params, cfg, circuits: dict, pairs: dict, reference: Inputs) -> dict:
@@ -211,5 +203,5 @@ def circuit_render(d: dict, page: Page) -> None:
 
 SECTIONS = (
     Section("memory_circuit", "The memory circuit: instruction path, RTG entry, faithfulness", circuit_compute,
-            circuit_render, order=136, undefined=_undefined),
+            circuit_render, order=136, undefined=memory_sections.undefined),
 )
