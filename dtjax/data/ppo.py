@@ -125,6 +125,23 @@ def ppo_terms(logits, value, traj: Transition, adv, targets, cfg: PPOConfig, ent
     return total, (pg, v_loss, entropy)
 
 
+def update_record(traj: Transition, losses) -> tuple[dict, dict]:
+    """What one PPO update keeps (both PPOs): the compact transitions (state, action, reward,
+    terminated, truncated) and its metrics (mean return of the episodes ended in the rollout, their
+    count, the mean loss and entropy over the epochs' minibatches; ``losses`` as ``ppo_terms``)."""
+    ended = traj.terminated | traj.truncated
+    n_ended = ended.sum()
+    metrics = {
+        "mean_return": jnp.where(n_ended > 0, (traj.reward * ended).sum() / jnp.maximum(n_ended, 1), jnp.nan),
+        "episodes": n_ended,
+        "loss": losses[0].mean(),
+        "entropy": losses[3].mean(),
+    }
+    record = {"state": traj.state, "action": traj.action, "reward": traj.reward,
+              "terminated": traj.terminated, "truncated": traj.truncated}
+    return record, metrics
+
+
 def snapshot_updates(cfg: PPOConfig) -> np.ndarray:
     """The update indices whose params become the snapshots: evenly spaced, the last the final one."""
     n_updates = cfg.num_updates
@@ -207,16 +224,7 @@ def make_train(cfg: PPOConfig, env, env_params):
             (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), jax.random.split(k_perm, cfg.update_epochs))
 
             # RECORD: the compact transitions and this update's metrics
-            ended = traj.terminated | traj.truncated
-            n_ended = ended.sum()
-            metrics = {
-                "mean_return": jnp.where(n_ended > 0, (traj.reward * ended).sum() / jnp.maximum(n_ended, 1), jnp.nan),
-                "episodes": n_ended,
-                "loss": losses[0].mean(),
-                "entropy": losses[3].mean(),
-            }
-            record = {"state": traj.state, "action": traj.action, "reward": traj.reward,
-                      "terminated": traj.terminated, "truncated": traj.truncated}
+            record, metrics = update_record(traj, losses)
             return (params, opt_state, obs, state), (record, metrics, params)
 
         (params, opt_state, _, _), (record, metrics, all_params) = jax.lax.scan(

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from dtjax.config import PPOConfig
-from dtjax.data.ppo import Transition, gae, mix_rollout, ppo_terms, snapshot_updates
+from dtjax.data.ppo import Transition, gae, mix_rollout, ppo_terms, snapshot_updates, update_record
 
 
 class ScannedGRU(nn.Module):
@@ -217,16 +217,7 @@ def _make_train_one(cfg: PPOConfig, env, env_params, network):
             snaps = jax.tree.map(lambda b, p: jnp.where(hit.any(), b.at[slot].set(p), b), snaps, params)
 
             # RECORD: the compact transitions and this update's metrics
-            ended = traj.terminated | traj.truncated
-            n_ended = ended.sum()
-            metrics = {
-                "mean_return": jnp.where(n_ended > 0, (traj.reward * ended).sum() / jnp.maximum(n_ended, 1), jnp.nan),
-                "episodes": n_ended,
-                "loss": losses[0].mean(),
-                "entropy": losses[3].mean(),
-            }
-            record = {"state": traj.state, "action": traj.action, "reward": traj.reward,
-                      "terminated": traj.terminated, "truncated": traj.truncated}
+            record, metrics = update_record(traj, losses)
             return (params, opt_state, obs, state, h, first, snaps), (record, metrics)
 
         (params, *_, snaps), (record, metrics) = jax.lax.scan(
