@@ -132,3 +132,13 @@ def chi2_p(a_labels, b_labels) -> float:
     if rare.any():
         table = np.concatenate([table[:, ~rare], table[:, rare].sum(1, keepdims=True)], axis=1)
     return chi2_contingency(table)[1]
+
+
+def quick_compiles():
+    """Most XLA optimisations off while a module compiles dozens of tiny programs (flax's
+    examples/lm1b/train_test.py does the same); restored afterwards. A module makes it its own
+    fixture: ``pytest.fixture(scope="module", autouse=True, name="_quick_compiles")(quick_compiles)``."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

@@ -19,7 +19,7 @@ from dtjax.circuits import memory_circuit as MC
 from dtjax.config import EnvConfig, ModelConfig
 from dtjax.report import Context, ReportOptions
 from dtjax.report.sections.circuits import circuit_pairs
-from fixtures import random_params
+from fixtures import quick_compiles, random_params
 from tolerance import assert_close, assert_normalised_close
 
 # 1 layer, 2 heads, no MLP, no LN, 3 timesteps (8 tokens: R s a R s a R s)
@@ -53,13 +53,7 @@ def _pair(cfg, b=3, seed=0):
     return C.Inputs(obs=jnp.asarray(obs), **common), C.Inputs(obs=jnp.asarray(other), **common)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """Most XLA optimisations off for these tiny programs (as tests/test_report_shapes.py)."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+_quick_compiles = pytest.fixture(scope="module", autouse=True, name="_quick_compiles")(quick_compiles)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from dtjax.config import EnvConfig, ModelConfig
 from dtjax.data import store
 from dtjax.model import init_params
 from dtjax.report import Context, Page, ReportOptions, all_sections, run_sections
-from fixtures import random_dataset
+from fixtures import quick_compiles, random_dataset
 from tolerance import MAX_CONDITIONING, assert_close, assert_normalised_close, conditioning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,14 +112,7 @@ class CheapPage(Page):
         self.body.append(f"<figure><figcaption>{caption}</figcaption></figure>")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """Most XLA optimisations off while this module compiles dozens of tiny programs (flax's
-    examples/lm1b/train_test.py does the same); restored afterwards."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+_quick_compiles = pytest.fixture(scope="module", autouse=True, name="_quick_compiles")(quick_compiles)
 
 
 @pytest.fixture(scope="module")
